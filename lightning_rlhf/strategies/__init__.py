@@ -1,0 +1,1 @@
+"""Where models live: the hybrid DeepSpeed strategy and its generation switch."""

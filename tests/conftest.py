@@ -1,0 +1,44 @@
+"""Shared fixtures: a locally trained tokenizer and tiny Hugging Face model folders of each family."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+CORPUS = [
+    "Human: What is 12 + 34? Assistant: 46",
+    "Human: Write the word cat in capitals. Assistant: CAT",
+    "Human: How do I bake bread? Assistant: Mix flour, water, salt and yeast, then bake it.",
+    "the quick brown fox jumps over the lazy dog 0123456789 + - * = ?",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from lightning_rlhf.models.tiny import train_tokenizer
+
+    return train_tokenizer(CORPUS, vocab_size=320)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory, tiny_tokenizer):
+    """``factory(family, head="causal_lm", **sizes) -> Path`` of a saved tiny model (cached per arguments)."""
+    from lightning_rlhf.models.tiny import save_tiny_model
+
+    cache: dict = {}
+    root = tmp_path_factory.mktemp("tiny_models")
+
+    def factory(family: str = "llama", head: str = "causal_lm", seed: int = 0, **sizes) -> Path:
+        key = (family, head, seed, tuple(sorted(sizes.items())))
+        if key not in cache:
+            name = "-".join([family, head, str(seed)] + [f"{k}{v}" for k, v in sorted(sizes.items())])
+            cache[key] = save_tiny_model(root / name, family, tiny_tokenizer, head=head, seed=seed, **sizes)
+        return cache[key]
+
+    return factory
