@@ -1,0 +1,319 @@
+"""Loading causal LMs, value models and tokenizers, with LoRA, gradient checkpointing and dropout control.
+
+Why one place: all three pipeline steps load models the same way (SFT and PPO's actor/reference are
+causal LMs; the reward model and PPO's critic are value models), and the per-family details (which
+modules LoRA targets, which config fields hold dropout, which token pads) must not drift between them.
+
+Safe by default: weights are read with ``use_safetensors`` where the folder has them and pickles only with
+``weights_only=True``; ``trust_remote_code`` is off unless the caller turns it on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+# LoRA targets when ``target_modules="auto"``: the attention projections DeepSpeed-Chat and peft's own
+# defaults use for each family.
+LORA_TARGETS: dict[str, list[str]] = {
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "opt": ["q_proj", "v_proj"],
+    "gpt2": ["c_attn"],
+    "gpt_neox": ["query_key_value"],
+    "bloom": ["query_key_value"],
+    "gptj": ["q_proj", "v_proj"],
+    "gpt_neo": ["q_proj", "v_proj"],
+    "falcon": ["query_key_value"],
+}
+
+# Config fields holding dropout probabilities that do not end in ``dropout`` / ``pdrop``.
+_EXTRA_DROPOUT_FIELDS = ("layerdrop",)
+
+
+@dataclass
+class LoraArgs:
+    """LoRA adapter settings (peft), applied when a model is loaded.
+
+    Attributes:
+        rank: rank ``r`` of the low-rank update (DeepSpeed-Chat's ``--lora_dim``).
+        alpha: scaling numerator; the update is scaled by ``alpha / rank``.
+        dropout: dropout on the LoRA branch input.
+        target_modules: module names to adapt, or ``"auto"`` to pick the attention projections of the
+            model's family (``q_proj``/``v_proj`` for llama and opt, ``c_attn`` for gpt2,
+            ``query_key_value`` for gpt_neox, ...).
+        only_lora: train only the LoRA weights (and a value model's head); if False, every weight trains
+            (DeepSpeed-Chat's ``--only_optimize_lora`` inverted).
+        modules_to_keep_trainable: further module names (e.g. ``lm_head``) that stay trainable when
+            ``only_lora`` freezes the rest.
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | str = "auto"
+    only_lora: bool = True
+    modules_to_keep_trainable: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.rank <= 0:
+            raise ValueError(f"LoraArgs.rank must be positive, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoraArgs.dropout must be in [0, 1), got {self.dropout}")
+
+    def resolve_targets(self, model_type: str) -> list[str]:
+        """The target module names for a model of ``model_type`` (resolving ``"auto"``)."""
+        if self.target_modules != "auto":
+            return [self.target_modules] if isinstance(self.target_modules, str) else list(self.target_modules)
+        if model_type not in LORA_TARGETS:
+            raise ValueError(
+                f"LoraArgs.target_modules='auto' has no default for model type {model_type!r}; "
+                f"pass target_modules explicitly (known: {sorted(LORA_TARGETS)})"
+            )
+        return LORA_TARGETS[model_type]
+
+
+LoraConfigArgs = LoraArgs  # the name used in CONTRACTS.md
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load a tokenizer and give it a pad token distinct from EOS where the vocabulary allows.
+
+    Families without a pad token (gpt2, llama, gpt_neox) get ``unk`` as pad when it exists and differs
+    from EOS, else a new ``<pad>`` token is added (the model's embeddings must then be resized, which
+    :func:`load_causal_lm` / :func:`load_value_model` do when given this tokenizer). Padding side is left
+    to the collators (right for training, left for generation).
+
+    Args:
+        path: a Hugging Face folder (or hub id already in the local cache).
+        trust_remote_code: allow custom tokenizer code shipped with the folder.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+        rank_zero_info(f"tokenizer {path}: pad token set to {tokenizer.pad_token!r} (id {tokenizer.pad_token_id})")
+    return tokenizer
+
+
+def dropout_overrides(config: PretrainedConfig, dropout: float) -> dict[str, float]:
+    """The config fields holding dropout probabilities, each mapped to ``dropout``."""
+    names = [
+        k for k, v in config.to_dict().items()
+        if isinstance(v, float) and (k.endswith("dropout") or k.endswith("pdrop") or k in _EXTRA_DROPOUT_FIELDS)
+    ]
+    return {name: dropout for name in names}
+
+
+def set_dropout(model: nn.Module, dropout: float) -> None:
+    """Set every dropout probability of ``model`` (config fields and ``nn.Dropout`` modules) to ``dropout``.
+
+    PPO runs with dropout 0 so that the log-probabilities of the rollout and of the update agree.
+    """
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    config = getattr(model, "config", None)
+    if config is not None:
+        for name, value in dropout_overrides(config, dropout).items():
+            setattr(config, name, value)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = dropout
+        elif hasattr(module, "attention_dropout") and isinstance(module.attention_dropout, float):
+            module.attention_dropout = dropout  # attention modules that apply dropout functionally
+
+
+def _load_config(path: str, dropout: float | None, trust_remote_code: bool, **overrides: Any) -> PretrainedConfig:
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if dropout is not None:
+        overrides.update(dropout_overrides(config, dropout))
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return config
+
+
+def _has_safetensors(path: str) -> bool:
+    folder = Path(path)
+    return folder.is_dir() and any(folder.glob("*.safetensors"))
+
+
+def _from_pretrained(auto_cls: Any, path: str, config: PretrainedConfig, torch_dtype: Any, trust: bool) -> Any:
+    kwargs: dict[str, Any] = dict(config=config, trust_remote_code=trust, weights_only=True)
+    if torch_dtype is not None:
+        kwargs["dtype"] = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
+    if _has_safetensors(path):
+        kwargs["use_safetensors"] = True
+    return auto_cls.from_pretrained(path, **kwargs)
+
+
+def _resize_for_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None) -> None:
+    if tokenizer is None:
+        return
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    if tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def _finish(
+    model: PreTrainedModel,
+    lora: LoraArgs | None,
+    gradient_checkpointing: bool,
+    dropout: float | None,
+    trainable_head: str | None,
+) -> PreTrainedModel:
+    if dropout is not None:
+        set_dropout(model, dropout)
+    if gradient_checkpointing:
+        # transformers 5 renamed the method; keep working with 4.x
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora is not None:
+        model = apply_lora(model, lora, trainable_head=trainable_head)
+    return model
+
+
+def apply_lora(model: PreTrainedModel, lora: LoraArgs, trainable_head: str | None = None) -> PreTrainedModel:
+    """Wrap ``model`` with peft LoRA adapters.
+
+    Args:
+        model: a transformers model.
+        lora: the adapter settings.
+        trainable_head: name of a head module (a value model's ``score``) kept trainable when
+            ``lora.only_lora`` freezes the rest.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    task_type = "CAUSAL_LM" if trainable_head is None else None
+    config = LoraConfig(
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora.resolve_targets(model.config.model_type), task_type=task_type,
+    )
+    peft_model = get_peft_model(model, config)
+    keep = list(lora.modules_to_keep_trainable) + ([trainable_head] if trainable_head else [])
+    for name, param in peft_model.named_parameters():
+        if not lora.only_lora or "lora_" in name or any(f".{k}." in f".{name}" for k in keep):
+            param.requires_grad_(True)
+    return peft_model
+
+
+def load_causal_lm(
+    path_or_model: str | Path | PreTrainedModel,
+    lora: LoraArgs | None = None,
+    gradient_checkpointing: bool = False,
+    dropout: float | None = None,
+    torch_dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> PreTrainedModel:
+    """Load a causal LM (policy, reference, SFT model) from a folder or take a built one.
+
+    Args:
+        path_or_model: a Hugging Face folder, or an already built ``PreTrainedModel`` (used as is).
+        lora: LoRA settings, or None for full fine-tuning.
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
+        dropout: set every dropout probability to this value (None keeps the config's).
+        torch_dtype: parameter dtype (``"bfloat16"``, ``torch.float16``, ...); None keeps float32.
+        trust_remote_code: allow custom modelling code from the folder (off by default).
+        tokenizer: if given, embeddings are resized to its length and its pad id written to the config.
+    """
+    if isinstance(path_or_model, PreTrainedModel):
+        model = path_or_model
+    else:
+        path = str(path_or_model)
+        config = _load_config(path, dropout, trust_remote_code)
+        model = _from_pretrained(AutoModelForCausalLM, path, config, torch_dtype, trust_remote_code)
+    _resize_for_tokenizer(model, tokenizer)
+    return _finish(model, lora, gradient_checkpointing, dropout, trainable_head=None)
+
+
+def load_value_model(
+    path_or_model: str | Path | PreTrainedModel,
+    lora: LoraArgs | None = None,
+    gradient_checkpointing: bool = False,
+    dropout: float | None = None,
+    torch_dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> PreTrainedModel:
+    """Load a value model: backbone + one-output linear head (``AutoModelForSequenceClassification``).
+
+    A causal-LM folder (an SFT output, a pretrained LM) gets a fresh head, initialised to zero so every
+    sequence starts with reward 0 (a value folder keeps its trained head). The same head gives the reward
+    model's score and the critic's per-token values (see :func:`token_values`).
+
+    Args:
+        path_or_model: a Hugging Face folder, or an already built sequence-classification model.
+        lora: LoRA settings; the head stays trainable when only LoRA trains.
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant).
+        dropout: set every dropout probability to this value (None keeps the config's).
+        torch_dtype: parameter dtype; None keeps float32.
+        trust_remote_code: allow custom modelling code from the folder (off by default).
+        tokenizer: if given, embeddings are resized to its length and its pad id written to the config.
+    """
+    if isinstance(path_or_model, PreTrainedModel):
+        model = path_or_model
+    else:
+        path = str(path_or_model)
+        config = _load_config(path, dropout, trust_remote_code, num_labels=1)
+        fresh_head = not any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+        model = _from_pretrained(AutoModelForSequenceClassification, path, config, torch_dtype, trust_remote_code)
+        if fresh_head:
+            _zero_head(model)
+    if model.config.num_labels != 1:
+        raise ValueError(f"value model must have num_labels=1, got {model.config.num_labels}")
+    _resize_for_tokenizer(model, tokenizer)
+    return _finish(model, lora, gradient_checkpointing, dropout, trainable_head=value_head_name(model))
+
+
+def _zero_head(model: PreTrainedModel) -> None:
+    head = getattr(model, value_head_name(model))
+    with torch.no_grad():
+        for param in head.parameters():
+            param.zero_()
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside a peft wrapper (or ``model`` itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def value_head_name(model: nn.Module) -> str:
+    """Attribute name of a value model's scalar head (``score`` for most families)."""
+    base = unwrap_peft(model)
+    for name in ("score", "classifier", "v_head"):
+        if isinstance(getattr(base, name, None), nn.Module):
+            return name
+    raise ValueError(f"{type(base).__name__} has no value head (looked for score / classifier / v_head)")
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts (ZeRO-3 aware: uses ``ds_numel`` where present)."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = getattr(param, "ds_numel", param.numel())
+        total += n
+        trainable += n if param.requires_grad else 0
+    return trainable, total
+

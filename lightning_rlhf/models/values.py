@@ -1,0 +1,82 @@
+"""Per-token values and sequence scores from a value model's scalar head.
+
+Why a hook rather than the model's own pooled output: Hugging Face sequence-classification models pool at
+the last token that is not ``pad_token_id``, which is wrong when pad equals EOS and gives nothing per
+token. The critic needs a value at every token, and the reward model the value at the last real token by
+the attention mask, for right- and left-padded batches alike. Both come from the same head output, read
+with a forward hook on the head so the code works for every family, inside peft wrappers and under
+ZeRO-3 (whose own hooks gather the head's weights as usual).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import Tensor, nn
+
+from lightning_rlhf.models.loading import unwrap_peft, value_head_name
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions counted over real tokens only, so left padding does not shift them. Shape ``(B, T)``."""
+    position_ids = attention_mask.long().cumsum(-1) - 1
+    return position_ids.clamp_(min=0)
+
+
+def _accepts_position_ids(model: nn.Module) -> bool:
+    return "position_ids" in inspect.signature(unwrap_peft(model).forward).parameters
+
+
+def token_values(value_model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The head's scalar output at every token.
+
+    Args:
+        value_model: a model from :func:`~lightning_rlhf.models.load_value_model` (optionally peft-wrapped).
+        input_ids: token ids, shape ``(B, T)``, right- or left-padded.
+        attention_mask: 1 on real tokens, 0 on padding, shape ``(B, T)``.
+
+    Returns:
+        Values of shape ``(B, T)`` in float32 (padding positions hold whatever the head gives; mask them).
+    """
+    head = getattr(unwrap_peft(value_model), value_head_name(value_model))
+    captured: list[Tensor] = []
+    handle = head.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    kwargs = {}
+    if _accepts_position_ids(value_model):
+        kwargs["position_ids"] = position_ids_from_mask(attention_mask)
+    try:
+        value_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"value head ran {len(captured)} times in one forward; expected once")
+    values = captured[0]
+    if values.shape[-1] != 1:
+        raise ValueError(f"value head must output one value per token, got shape {tuple(values.shape)}")
+    return values.squeeze(-1).float()
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """Index of the last real token of each row (works for right and left padding). Shape ``(B,)``."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(-1)
+
+
+def gather_last(values: Tensor, attention_mask: Tensor) -> Tensor:
+    """``values[b, last real token of b]``: shape ``(B, T) -> (B,)``."""
+    return values.gather(-1, last_token_index(attention_mask).unsqueeze(-1)).squeeze(-1)
+
+
+def sequence_scores(value_model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The value at the last non-padding token of each sequence (the reward model's score).
+
+    Args:
+        value_model: a value model (optionally peft-wrapped).
+        input_ids: token ids, shape ``(B, T)``, right- or left-padded.
+        attention_mask: 1 on real tokens, 0 on padding, shape ``(B, T)``.
+
+    Returns:
+        Scores of shape ``(B,)`` in float32.
+    """
+    return gather_last(token_values(value_model, input_ids, attention_mask), attention_mask)
