@@ -1,0 +1,161 @@
+"""PPO and reward-model losses, each returning ``(loss, stats)``.
+
+- Clipped surrogate policy loss and clipped value loss: Schulman et al. 2017, "Proximal Policy
+  Optimization Algorithms" (https://arxiv.org/abs/1707.06347); the value loss as
+  ``0.5 * max(unclipped, clipped)`` squared error follows DeepSpeed-Chat's ``critic_loss_fn``.
+- Pairwise reward loss ``-log sigmoid(r_chosen - r_rejected)``: Ouyang et al. 2022, "Training
+  language models to follow instructions with human feedback" (https://arxiv.org/abs/2203.02155).
+- The language-modelling (ptx) loss mixed into PPO: InstructGPT's PPO-ptx objective, same paper.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_rlhf.algorithms.kl import kl_k3
+from lightning_rlhf.algorithms.masked import masked_mean
+
+
+class PolicyLossStats(TypedDict):
+    """Detached scalars of one policy update."""
+
+    #: fraction of tokens whose ratio was clipped (the clipped term was the active one)
+    clipfrac: Tensor
+    #: k3 estimate of ``KL(pi_old || pi)`` over the tokens, how far the update moved the policy
+    approx_kl: Tensor
+    #: mean probability ratio ``pi / pi_old``
+    ratio_mean: Tensor
+
+
+class ValueLossStats(TypedDict):
+    """Detached scalars of one critic update."""
+
+    #: fraction of tokens where the clipped error was the larger one
+    value_clipfrac: Tensor
+    #: mean predicted value
+    value_mean: Tensor
+
+
+class PairwiseLossStats(TypedDict):
+    """Detached scalars of one reward-model batch."""
+
+    #: fraction of pairs ranked correctly (chosen scored above rejected)
+    accuracy: Tensor
+    chosen_mean: Tensor
+    rejected_mean: Tensor
+
+
+def clipped_policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float = 0.2
+) -> tuple[Tensor, PolicyLossStats]:
+    """PPO's clipped surrogate: ``mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))``.
+
+    Args:
+        logprobs: ``(batch, seq)`` log-probabilities of the taken tokens under the current policy
+            (carries the gradient).
+        old_logprobs: ``(batch, seq)`` the same at sampling time.
+        advantages: ``(batch, seq)`` advantage estimates.
+        mask: ``(batch, seq)`` true on real response tokens; the mean is over these.
+        clip_range: ``eps``.
+
+    Returns:
+        ``(loss, stats)``; the loss is a scalar.
+    """
+    log_ratio = logprobs.float() - old_logprobs.float().detach()
+    ratio = torch.exp(log_ratio)
+    advantages = advantages.float().detach()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    stats = PolicyLossStats(
+        clipfrac=masked_mean((clipped > unclipped).float(), mask).detach(),
+        approx_kl=masked_mean(kl_k3(old_logprobs, logprobs, clamp=None), mask).detach(),
+        ratio_mean=masked_mean(ratio, mask).detach(),
+    )
+    return loss, stats
+
+
+def clipped_value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_range: float = 0.2
+) -> tuple[Tensor, ValueLossStats]:
+    """``0.5 * mean(max((V - R)^2, (V_clipped - R)^2))`` with ``V_clipped = V_old + clip(V - V_old, -eps, eps)``.
+
+    Args:
+        values: ``(batch, seq)`` current critic values (carry the gradient).
+        old_values: ``(batch, seq)`` critic values at sampling time.
+        returns: ``(batch, seq)`` value targets.
+        mask: ``(batch, seq)`` true on real response tokens.
+        clip_range: ``eps``.
+
+    Returns:
+        ``(loss, stats)``; the loss is a scalar.
+    """
+    values = values.float()
+    old_values, returns = old_values.float().detach(), returns.float().detach()
+    clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    unclipped_error = (values - returns) ** 2
+    clipped_error = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+    stats = ValueLossStats(
+        value_clipfrac=masked_mean((clipped_error > unclipped_error).float(), mask).detach(),
+        value_mean=masked_mean(values, mask).detach(),
+    )
+    return loss, stats
+
+
+def pairwise_reward_loss(
+    chosen_scores: Tensor, rejected_scores: Tensor, mask: Tensor | None = None
+) -> tuple[Tensor, PairwiseLossStats]:
+    """Bradley-Terry loss ``mean(-log sigmoid(r_chosen - r_rejected))``.
+
+    Args:
+        chosen_scores: ``(batch,)`` scores of the preferred responses, or ``(batch, seq)`` per-token
+            scores when comparing token-wise as DeepSpeed-Chat does.
+        rejected_scores: same shape, scores of the rejected responses.
+        mask: same shape, true on entries that count (e.g. tokens after chosen and rejected first
+            differ); ``None`` counts all.
+
+    Returns:
+        ``(loss, stats)``; accuracy compares the entries' means per pair.
+    """
+    if chosen_scores.shape != rejected_scores.shape:
+        raise ValueError(
+            f"chosen_scores {tuple(chosen_scores.shape)} and rejected_scores {tuple(rejected_scores.shape)} differ in shape"
+        )
+    chosen, rejected = chosen_scores.float(), rejected_scores.float()
+    loss = masked_mean(-F.logsigmoid(chosen - rejected), mask)
+    if chosen.dim() > 1:
+        chosen, rejected = masked_mean(chosen, mask, dim=-1), masked_mean(rejected, mask, dim=-1)
+    stats = PairwiseLossStats(
+        accuracy=(chosen > rejected).float().mean().detach(),
+        chosen_mean=chosen.mean().detach(),
+        rejected_mean=rejected.mean().detach(),
+    )
+    return loss, stats
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """Next-token cross-entropy: position ``t`` predicts ``labels[t + 1]``; ``ignore_index`` skipped.
+
+    Args:
+        logits: ``(batch, seq, vocab)``.
+        labels: ``(batch, seq)`` token ids, ``ignore_index`` on prompt and padding.
+        ignore_index: label value that does not count.
+
+    Returns:
+        Scalar mean over counted tokens (0 when none count).
+    """
+    shifted_logits = logits[:, :-1].float()
+    shifted_labels = labels[:, 1:]
+    counted = shifted_labels != ignore_index
+    per_token = F.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.shape[-1]),
+        shifted_labels.reshape(-1),
+        ignore_index=ignore_index,
+        reduction="none",
+    ).view_as(shifted_labels)
+    return masked_mean(per_token, counted)
