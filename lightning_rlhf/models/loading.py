@@ -184,9 +184,11 @@ def _finish(
     if dropout is not None:
         set_dropout(model, dropout)
     if gradient_checkpointing:
-        # transformers 5 renamed the method; keep working with 4.x
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.config.use_cache = False
     if lora is not None:
         model = apply_lora(model, lora, trainable_head=trainable_head)
