@@ -1,0 +1,93 @@
+"""Collators: pad tokenized examples into the batch formats every module relies on.
+
+* SFT: ``input_ids``, ``attention_mask``, ``labels`` (right-padded; labels ``-100`` on the prompt and
+  on padding).
+* Reward: ``chosen_input_ids``, ``chosen_attention_mask``, ``rejected_input_ids``,
+  ``rejected_attention_mask`` (right-padded).
+* PPO: ``prompt_input_ids``, ``prompt_attention_mask`` (LEFT-padded, so generation continues right
+  after the last prompt token) and ``prompts``, the raw prompt texts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def pad(
+    sequences: Sequence[Sequence[int]], pad_id: int, left: bool = False, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token lists to one length; returns ``(ids, attention_mask)``, both ``(batch, seq)`` long.
+
+    Args:
+        sequences: token id lists.
+        pad_id: id written into padding positions.
+        left: pad on the left (generation) instead of the right.
+        width: pad to this length (default: the longest sequence).
+    """
+    width = max((len(s) for s in sequences), default=0) if width is None else width
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
+class SFTCollator:
+    """Right-pads ``input_ids`` and builds ``labels`` masked on the prompt and padding.
+
+    Args:
+        pad_id: the tokenizer's pad token id.
+    """
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = pad([e["input_ids"] for e in examples], self.pad_id)
+        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        for row, example in enumerate(examples):
+            labels[row, : example["prompt_length"]] = IGNORE_INDEX
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class RewardCollator:
+    """Right-pads chosen and rejected sequences to one shared width (so modules can concatenate them).
+
+    Args:
+        pad_id: the tokenizer's pad token id.
+    """
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = {}
+        width = max(len(e[f"{side}_input_ids"]) for e in examples for side in ("chosen", "rejected"))
+        for side in ("chosen", "rejected"):
+            ids, mask = pad([e[f"{side}_input_ids"] for e in examples], self.pad_id, width=width)
+            batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"] = ids, mask
+        return batch
+
+
+class PPOCollator:
+    """Left-pads prompts for generation and passes the raw prompt texts along.
+
+    Args:
+        pad_id: the tokenizer's pad token id.
+    """
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        ids, mask = pad([e["prompt_input_ids"] for e in examples], self.pad_id, left=True)
+        return {"prompt_input_ids": ids, "prompt_attention_mask": mask, "prompts": [e["prompt"] for e in examples]}
+
+
+COLLATORS = {"sft": SFTCollator, "reward": RewardCollator, "ppo": PPOCollator}

@@ -1,0 +1,233 @@
+"""``PreferenceDataModule``: one LightningDataModule feeding SFT, reward modelling and PPO.
+
+Records come from files, saved ``datasets`` folders or hub names (or the built-in synthetic task),
+are validated by a format adapter, split between the three steps by ratios, tokenized for the chosen
+step (cached on disk by ``datasets``) and batched by the step's collator. Sharding across ranks is
+Lightning's: with ``Trainer(use_distributed_sampler=True)`` (the default) it wraps the train and val
+loaders in a ``DistributedSampler`` so each rank reads a disjoint part; :meth:`ptx_dataloader`, which
+Lightning does not see, shards itself the same way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, DistributedSampler
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from lightning_rlhf.data.collate import COLLATORS
+from lightning_rlhf.data.records import OnBadRecord
+from lightning_rlhf.data.sources import SourceReport, load_records
+from lightning_rlhf.data.split import STAGES, split_indices
+from lightning_rlhf.data.task import SyntheticTask
+from lightning_rlhf.data.tokenization import Encoder, LongPromptPolicy, Stage, TokenizeSettings, encode_batch
+
+TASK_SOURCE = "<synthetic task>"
+_KEEP_COLUMNS = {"prompt", "source", "record"}
+
+
+class PreferenceDataModule(LightningDataModule):
+    """Data for one RLHF step (``sft``, ``reward`` or ``ppo``), split deterministically between steps.
+
+    Args:
+        tokenizer: a tokenizer, or a local folder loaded with ``AutoTokenizer.from_pretrained``.
+        stage: the step to feed: ``sft`` (prompt + demonstration), ``reward`` (chosen/rejected pairs)
+            or ``ppo`` (left-padded prompts; also :meth:`ptx_dataloader` for the pretraining mix).
+        sources: data files (json, jsonl, jsonl.gz, parquet, csv), ``save_to_disk`` folders or hub
+            names, concatenated. ``None`` uses the built-in synthetic task.
+        format: the adapter for every source (``pairs``, ``rm_static``, ``hh_rlhf``, ``sft`` or a
+            registered one), or ``auto`` to detect it per source.
+        split: ratios of each source given to sft, reward and ppo, e.g. ``"2,4,4"`` (20/40/40%).
+        eval_fraction: share of each step's part held out for validation.
+        seed: seed of the split (and of the built-in task unless ``task`` is given).
+        task: the built-in task to use when ``sources`` is ``None`` (default: addition with ``seed``).
+        task_size: number of built-in task records when ``sources`` is ``None``.
+        max_prompt_length: longest prompt in tokens.
+        max_length: longest prompt + response in tokens.
+        long_prompt_policy: ``drop`` or left-``truncate`` prompts over ``max_prompt_length``; the
+            count is logged either way.
+        add_eos: end responses with the tokenizer's EOS token (DeepSpeed-Chat's ``--add_eot_token``).
+        use_chat_template: format prompts with the tokenizer's chat template when it has one (else
+            ``"Human: ... Assistant:"``).
+        on_bad_record: ``error`` stops at the first bad record with its file, number and field;
+            ``skip`` drops bad records and logs their count by reason.
+        batch_size: training batch size per rank.
+        eval_batch_size: validation batch size per rank (default: ``batch_size``).
+        num_workers: DataLoader worker processes.
+        cache_dir: where tokenized data is cached (default: the ``datasets`` cache).
+    """
+
+    def __init__(
+        self,
+        tokenizer: str | PreTrainedTokenizerBase,
+        stage: Literal["sft", "reward", "ppo"] = "sft",
+        sources: list[str] | None = None,
+        format: str = "auto",
+        split: str = "2,4,4",
+        eval_fraction: float = 0.05,
+        seed: int = 0,
+        task: SyntheticTask | None = None,
+        task_size: int = 10000,
+        max_prompt_length: int = 256,
+        max_length: int = 512,
+        long_prompt_policy: LongPromptPolicy = "drop",
+        add_eos: bool = True,
+        use_chat_template: bool = True,
+        on_bad_record: OnBadRecord = "error",
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if on_bad_record not in ("error", "skip"):
+            raise ValueError(f"on_bad_record must be 'error' or 'skip', got {on_bad_record!r}")
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")
+        if sources is not None and not sources:
+            raise ValueError("sources is empty; pass None to use the built-in synthetic task")
+        split_indices(10, split, seed, eval_fraction)  # validates split and eval_fraction now
+        self.save_hyperparameters(ignore=["tokenizer", "task"])
+        self.stage = stage
+        self.sources = list(sources) if sources is not None else None
+        self.settings = TokenizeSettings(max_prompt_length, max_length, long_prompt_policy, add_eos, use_chat_template)
+        self._tokenizer_arg = tokenizer
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._task = task
+        self.datasets: dict[str, Any] = {}
+        self.report: dict[str, Any] = {}
+
+    # -- public helpers --------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer (loaded from its folder on first use)."""
+        if self._tokenizer is None:
+            arg = self._tokenizer_arg
+            self._tokenizer = AutoTokenizer.from_pretrained(arg, local_files_only=True) if isinstance(arg, (str, Path)) else arg
+        return self._tokenizer
+
+    @property
+    def task(self) -> SyntheticTask | None:
+        """The built-in task (with its checker) when it is the data source, else ``task`` if given."""
+        if self._task is None and self.sources is None:
+            self._task = SyntheticTask(seed=self.hparams.seed)
+        return self._task
+
+    @property
+    def pad_id(self) -> int:
+        """Pad token id used by the collators (EOS when the tokenizer has no pad token)."""
+        if self.tokenizer.pad_token_id is not None:
+            return self.tokenizer.pad_token_id
+        rank_zero_warn("the tokenizer has no pad token; padding with EOS (masks still exclude padding)")
+        return self.tokenizer.eos_token_id
+
+    # -- building ----------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Read, split and tokenize once on the main process, so the other ranks load the cache."""
+        self._build()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build this step's ``train`` and ``eval`` datasets (from the cache when present)."""
+        if not self.datasets:
+            self._build()
+
+    def load_records(self) -> tuple[list[list[dict[str, Any]]], list[SourceReport]]:
+        """Read and validate every source; returns records and a report per source."""
+        if self.sources is None:
+            records = [{**r, "source": TASK_SOURCE, "record": i} for i, r in
+                       enumerate(self.task.records(self.hparams.task_size), start=1)]  # type: ignore[union-attr]
+            return [records], [SourceReport(TASK_SOURCE, "task", len(records), len(records))]
+        loaded = [load_records(s, self.hparams.format, self.hparams.on_bad_record, self.hparams.cache_dir)
+                  for s in self.sources]
+        return [records for records, _ in loaded], [report for _, report in loaded]
+
+    def split_records(self, per_source: list[list[dict[str, Any]]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """Split each source's records between the steps and concatenate: ``{stage: {part: records}}``."""
+        out: dict[str, dict[str, list]] = {s: {"train": [], "eval": []} for s in STAGES}
+        for index, records in enumerate(per_source):
+            parts = split_indices(len(records), self.hparams.split, self.hparams.seed,
+                                  self.hparams.eval_fraction, source_index=index)
+            for stage, by_part in parts.items():
+                for part, indices in by_part.items():
+                    out[stage][part].extend(records[i] for i in indices)
+        return out
+
+    def _build(self) -> None:
+        per_source, reports = self.load_records()
+        parts = self.split_records(per_source)
+        self.report = {"sources": reports, "split": {s: {p: len(r) for p, r in v.items()} for s, v in parts.items()},
+                       "tokenized": {}}
+        for report in reports:
+            rank_zero_info(f"[data] {report.source} ({report.format}): {report.rows} rows, {report.kept} kept, "
+                           f"dropped {report.dropped or 'none'}")
+        wanted = {"train": (self.stage, "train"), "eval": (self.stage, "eval")}
+        if self.stage == "ppo":
+            wanted["ptx"] = ("sft", "train")
+        for name, (stage, part) in wanted.items():
+            self.datasets[name] = self._tokenize(parts[stage][part], stage, name)  # type: ignore[arg-type]
+
+    def _tokenize(self, records: list[dict[str, Any]], stage: Stage, name: str) -> Any:
+        """Tokenize ``records`` for ``stage`` with ``datasets`` (cached on disk), dropping and counting."""
+        import datasets
+        from datasets.fingerprint import Hasher
+
+        encoder = Encoder(self.tokenizer, self.settings)
+        if not records:
+            self.report["tokenized"][name] = {"kept": 0, "dropped": {}}
+            return []
+        table = datasets.Dataset.from_list(records)
+        key = Hasher.hash([table._fingerprint, stage, self.settings, Hasher.hash(self.tokenizer)])
+        cache = Path(self.hparams.cache_dir or datasets.config.HF_DATASETS_CACHE) / "lightning_rlhf"
+        cache.mkdir(parents=True, exist_ok=True)
+        encoded = table.map(
+            encode_batch, batched=True, fn_kwargs={"encoder": encoder, "stage": stage},
+            remove_columns=[c for c in table.column_names if c not in _KEEP_COLUMNS],
+            cache_file_name=str(cache / f"{stage}-{key}.arrow"), new_fingerprint=key,
+            desc=f"Tokenizing {stage} ({name})",
+        )
+        dropped = Counter(r for r in encoded["drop_reason"] if r)
+        kept = encoded.filter(lambda r: [not x for x in r], input_columns="drop_reason", batched=True,
+                              cache_file_name=str(cache / f"{stage}-{key}-kept.arrow"), desc="Dropping")
+        self.report["tokenized"][name] = {"kept": len(kept), "dropped": dict(dropped)}
+        rank_zero_info(f"[data] {stage} {name}: {len(kept)} kept, dropped {dict(dropped) or 'none'}")
+        return kept
+
+    # -- loaders -----------------------------------------------------------------------------------
+    def _loader(self, name: str, batch_size: int, shuffle: bool, stage: str, sampler: Any = None) -> DataLoader:
+        if name not in self.datasets:
+            self.setup()
+        return DataLoader(
+            self.datasets[name], batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+            collate_fn=COLLATORS[stage](self.pad_id), num_workers=self.hparams.num_workers,
+            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle and sampler is None else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Training batches of this step (Lightning adds the distributed sampler)."""
+        return self._loader("train", self.hparams.batch_size, True, self.stage)
+
+    def val_dataloader(self) -> DataLoader:
+        """Held-out batches of this step (for PPO: held-out prompts)."""
+        return self._loader("eval", self.hparams.eval_batch_size or self.hparams.batch_size, False, self.stage)
+
+    def ptx_dataloader(self, batch_size: int | None = None) -> DataLoader:
+        """SFT batches from the SFT part, for PPO's pretraining (ptx) loss; sharded across ranks here.
+
+        Args:
+            batch_size: batch size per rank (default: ``batch_size``).
+        """
+        if self.stage != "ppo":
+            raise RuntimeError(f"ptx_dataloader is for stage 'ppo'; this data module is for {self.stage!r}")
+        if "ptx" not in self.datasets:
+            self.setup()
+        sampler = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            sampler = DistributedSampler(self.datasets["ptx"], shuffle=True, seed=self.hparams.seed)
+        return self._loader("ptx", batch_size or self.hparams.batch_size, True, "sft", sampler=sampler)

@@ -1,0 +1,167 @@
+"""Sources: read raw rows from local files, saved ``datasets`` folders or hub names, then adapt them.
+
+JSON lines files (``.jsonl``, ``.jsonl.gz``) are read line by line here rather than by ``datasets``
+so that a bad line (undecodable bytes, broken JSON) gets an error naming the file and the line, and
+``on_bad_record="skip"`` can drop just that line. Parquet, CSV, ``save_to_disk`` folders and hub
+names go through ``datasets``; their rows are numbered from 1 in file order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from lightning_rlhf.data.adapters import Adapter, Record, detect_format, get_adapter
+from lightning_rlhf.data.records import DropCounter, FieldError, OnBadRecord, RecordError
+
+_LOCAL_SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json", ".parquet", ".csv")
+
+
+@dataclass
+class SourceReport:
+    """What became of one source's rows: every row is either kept or dropped with a reason.
+
+    Args:
+        source: the path or hub name.
+        format: the adapter used.
+        rows: rows read.
+        kept: rows that became records.
+        dropped: dropped rows counted by reason.
+    """
+
+    source: str
+    format: str = ""
+    rows: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+def _json_lines(path: Path, name: str, bad: DropCounter) -> Iterator[tuple[int, Any]]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield number, json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                bad.bad(RecordError(name, number, None, f"undecodable bytes ({err.reason} at byte {err.start})"))
+                yield number, None
+            except json.JSONDecodeError as err:
+                bad.bad(RecordError(name, number, None, f"invalid JSON ({err.msg} at column {err.colno})"))
+                yield number, None
+
+
+def _json_document(path: Path, name: str, bad: DropCounter) -> Iterator[tuple[int, Any]]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecordError(name, None, None, f"undecodable bytes ({err.reason} at byte {err.start})") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        yield from _json_lines(path, name, bad)  # a .json file holding JSON lines
+        return
+    if isinstance(document, dict) and len(document) == 1 and isinstance(next(iter(document.values())), list):
+        document = next(iter(document.values()))  # {"data": [...]} / {"train": [...]}
+    if not isinstance(document, list):
+        raise RecordError(name, None, None, "expected a JSON list of records or JSON lines")
+    yield from enumerate(document, start=1)
+
+
+def _datasets_rows(source: str, cache_dir: str | None) -> Iterator[tuple[int, Any]]:
+    import datasets
+
+    path = Path(source)
+    if path.is_dir():
+        loaded = datasets.load_from_disk(str(path))
+    elif path.name.endswith(".parquet"):
+        loaded = datasets.Dataset.from_parquet(str(path), cache_dir=cache_dir)
+    elif path.name.endswith(".csv"):
+        loaded = datasets.Dataset.from_csv(str(path), cache_dir=cache_dir)
+    else:
+        loaded = datasets.load_dataset(source, split="train", cache_dir=cache_dir)
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
+    yield from enumerate(loaded, start=1)
+
+
+def iter_rows(source: str, bad: DropCounter, cache_dir: str | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield ``(record_number, row)`` for every row of ``source``; ``row`` is ``None`` for skipped lines.
+
+    Args:
+        source: a local file (json, jsonl, jsonl.gz, parquet, csv), a ``save_to_disk`` folder, or a
+            hub data set name (needs network; never used in tests).
+        bad: where unreadable rows are raised or counted.
+        cache_dir: ``datasets`` cache for parquet/csv/hub sources.
+    """
+    path = Path(source)
+    looks_local = path.name.endswith(_LOCAL_SUFFIXES) or path.is_absolute() or source.startswith(".")
+    if looks_local and not path.exists():
+        raise RecordError(source, None, None, "file does not exist")
+    if path.is_file() and path.name.endswith((".jsonl", ".jsonl.gz")):
+        yield from _json_lines(path, source, bad)
+    elif path.is_file() and path.name.endswith((".json", ".json.gz")):
+        yield from _json_document(path, source, bad)
+    elif path.is_file() and not path.name.endswith((".parquet", ".csv")):
+        raise RecordError(source, None, None, f"unsupported file type; use one of {list(_LOCAL_SUFFIXES)}")
+    else:
+        yield from _datasets_rows(source, cache_dir)
+
+
+def _resolve_adapter(fmt: str, row: dict, source: str, number: int) -> Adapter:
+    if fmt != "auto":
+        return get_adapter(fmt)
+    adapter = detect_format(row)
+    if adapter is None:
+        keys = sorted(row)
+        raise RecordError(source, number, None, f"cannot detect the format from fields {keys}; pass format=")
+    return adapter
+
+
+def load_records(
+    source: str, fmt: str = "auto", on_bad_record: OnBadRecord = "error", cache_dir: str | None = None
+) -> tuple[list[Record], SourceReport]:
+    """Read and adapt every row of ``source``, returning the records and a report of what was dropped.
+
+    Each record gains ``source`` and ``record`` (its 1-based number) so later stages can say where it
+    came from.
+
+    Args:
+        source: see :func:`iter_rows`.
+        fmt: an adapter name, or ``"auto"`` to detect it from the first readable row.
+        on_bad_record: ``"error"`` raises :class:`RecordError` at the first bad row; ``"skip"`` counts it.
+        cache_dir: ``datasets`` cache for parquet/csv/hub sources.
+    """
+    if fmt != "auto":
+        try:
+            get_adapter(fmt)
+        except ValueError as err:
+            raise RecordError(source, None, None, str(err)) from None
+    bad = DropCounter(on_bad_record)
+    report = SourceReport(source)
+    adapter: Adapter | None = None
+    records: list[Record] = []
+    for number, row in iter_rows(source, bad, cache_dir):
+        report.rows += 1
+        if row is None:
+            continue
+        if not isinstance(row, dict):
+            bad.bad(RecordError(source, number, None, f"expected a JSON object, got {type(row).__name__}"))
+            continue
+        adapter = adapter or _resolve_adapter(fmt, row, source, number)
+        try:
+            record = adapter.convert(row)
+        except FieldError as err:
+            bad.bad(RecordError(source, number, err.field, err.problem))
+            continue
+        records.append({**record, "source": source, "record": number})
+    report.format = adapter.name if adapter else fmt
+    report.kept, report.dropped = len(records), dict(bad.counts)
+    return records, report

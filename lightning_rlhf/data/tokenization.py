@@ -1,0 +1,149 @@
+"""Per-stage tokenization of normalised records (unpadded token lists; the collators pad).
+
+Prompt and response are tokenized separately and concatenated, so the label mask of SFT is exact and
+the prompt tokens an SFT model is trained on are the very tokens PPO generates from.
+
+* Prompt text: with a tokenizer that has a chat template (and ``use_chat_template``), the prompt (a
+  plain question, or an HH-style dialogue split into turns) goes through ``apply_chat_template`` with
+  a generation prompt; otherwise a plain prompt becomes ``"Human: {prompt} Assistant:"`` and an
+  already formatted dialogue is kept as it is.
+* Responses end with the tokenizer's EOS when ``add_eos`` (DeepSpeed-Chat's ``--add_eot_token``), so
+  the policy learns to stop and the reward model scores the answer at its end.
+* Prompts longer than ``max_prompt_length`` are dropped or left-truncated (the end of a prompt, where
+  the assistant turn opens, is what matters); whole sequences are cut at ``max_length``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from transformers import PreTrainedTokenizerBase
+
+LongPromptPolicy = Literal["drop", "truncate"]
+Stage = Literal["sft", "reward", "ppo"]
+
+DROP_LONG_PROMPT = "prompt longer than max_prompt_length"
+DROP_NO_PAIR = "no preference pair (SFT-only record)"
+DROP_SAME_PAIR = "chosen and rejected identical after truncation"
+
+_TURN = re.compile(r"\s*(Human|Assistant):\s*")
+
+
+@dataclass(frozen=True)
+class TokenizeSettings:
+    """How records become tokens.
+
+    Args:
+        max_prompt_length: longest prompt in tokens.
+        max_length: longest prompt + response in tokens (responses are cut to fit).
+        long_prompt_policy: ``"drop"`` prompts over ``max_prompt_length`` or ``"truncate"`` them
+            from the left.
+        add_eos: end every response with the tokenizer's EOS token.
+        use_chat_template: use the tokenizer's chat template when it has one.
+    """
+
+    max_prompt_length: int = 256
+    max_length: int = 512
+    long_prompt_policy: LongPromptPolicy = "drop"
+    add_eos: bool = True
+    use_chat_template: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_prompt_length < self.max_length:
+            raise ValueError(
+                f"need 0 < max_prompt_length < max_length, got {self.max_prompt_length} and {self.max_length}"
+            )
+        if self.long_prompt_policy not in ("drop", "truncate"):
+            raise ValueError(f"long_prompt_policy must be 'drop' or 'truncate', got {self.long_prompt_policy!r}")
+
+
+def dialogue_messages(prompt: str) -> list[dict[str, str]]:
+    """Split a "Human: ... Assistant: ..." prompt into chat messages (a plain prompt is one user turn).
+
+    Args:
+        prompt: a plain question or an HH-style dialogue ending with an open assistant turn.
+    """
+    parts = _TURN.split(prompt)
+    if len(parts) < 3:
+        return [{"role": "user", "content": prompt.strip()}]
+    messages = []
+    for speaker, text in zip(parts[1::2], parts[2::2]):
+        if text.strip():
+            messages.append({"role": "user" if speaker == "Human" else "assistant", "content": text.strip()})
+    return messages
+
+
+class Encoder:
+    """Formats and tokenizes prompts and responses for one tokenizer and one set of settings.
+
+    Args:
+        tokenizer: any Hugging Face tokenizer.
+        settings: see :class:`TokenizeSettings`.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, settings: TokenizeSettings) -> None:
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.chat = bool(settings.use_chat_template and getattr(tokenizer, "chat_template", None))
+        if settings.add_eos and tokenizer.eos_token_id is None:
+            raise ValueError("add_eos=True but the tokenizer has no EOS token; set add_eos=False or add one")
+
+    def prompt_text(self, prompt: str) -> str:
+        """The prompt as the model sees it (chat template, or the "Human: / Assistant:" format)."""
+        if self.chat:
+            return self.tokenizer.apply_chat_template(
+                dialogue_messages(prompt), tokenize=False, add_generation_prompt=True
+            )
+        if _TURN.search(prompt) and prompt.rstrip().endswith("Assistant:"):
+            return prompt
+        return f"Human: {prompt.strip()} Assistant:"
+
+    def prompt_ids(self, prompt: str) -> tuple[list[int], bool]:
+        """Token ids of the formatted prompt and whether it was over ``max_prompt_length``."""
+        ids = self.tokenizer(self.prompt_text(prompt), add_special_tokens=not self.chat)["input_ids"]
+        limit = self.settings.max_prompt_length
+        if len(ids) <= limit:
+            return ids, False
+        bos = self.tokenizer.bos_token_id
+        keep_bos = bos is not None and ids[0] == bos
+        return ([bos] if keep_bos else []) + ids[len(ids) - limit + keep_bos:], True
+
+    def response_ids(self, response: str) -> list[int]:
+        """Token ids of a response (separated from the prompt by one space without a chat template)."""
+        text = response.strip() if self.chat else (response if response[:1].isspace() else " " + response)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids + [self.tokenizer.eos_token_id] if self.settings.add_eos else ids
+
+    def full(self, prompt_ids: list[int], response: str) -> list[int]:
+        """Prompt + response ids cut at ``max_length``."""
+        return (prompt_ids + self.response_ids(response))[: self.settings.max_length]
+
+    def encode(self, record: dict[str, Any], stage: Stage) -> dict[str, Any]:
+        """Tokenize one record for ``stage``; ``drop_reason`` is empty for records to keep."""
+        prompt_ids, too_long = self.prompt_ids(record["prompt"])
+        out: dict[str, Any] = {"drop_reason": ""}
+        if too_long and self.settings.long_prompt_policy == "drop":
+            out["drop_reason"] = DROP_LONG_PROMPT
+        if stage == "sft":
+            response = record["response"] if record.get("response") is not None else record["chosen"]
+            out["input_ids"] = self.full(prompt_ids, response)
+            out["prompt_length"] = len(prompt_ids)
+        elif stage == "reward":
+            if record.get("chosen") is None or record.get("rejected") is None:
+                return {"drop_reason": DROP_NO_PAIR, "chosen_input_ids": [], "rejected_input_ids": []}
+            out["chosen_input_ids"] = self.full(prompt_ids, record["chosen"])
+            out["rejected_input_ids"] = self.full(prompt_ids, record["rejected"])
+            if not out["drop_reason"] and out["chosen_input_ids"] == out["rejected_input_ids"]:
+                out["drop_reason"] = DROP_SAME_PAIR
+        else:
+            out["prompt_input_ids"] = prompt_ids
+        return out
+
+
+def encode_batch(batch: dict[str, list], encoder: Encoder, stage: Stage) -> dict[str, list]:
+    """``datasets.Dataset.map(batched=True)`` function: tokenize a batch of records for ``stage``."""
+    rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+    encoded = [encoder.encode(row, stage) for row in rows]
+    return {key: [e[key] for e in encoded] for key in encoded[0]} if encoded else {}
