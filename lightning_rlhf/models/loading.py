@@ -10,9 +10,10 @@ Safe by default: weights are read with ``use_safetensors`` where the folder has 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -26,6 +27,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 # LoRA targets when ``target_modules="auto"``: the attention projections DeepSpeed-Chat and peft's own
 # defaults use for each family.
@@ -279,13 +281,25 @@ def load_value_model(
         path = str(path_or_model)
         config = _load_config(path, dropout, trust_remote_code, num_labels=1)
         fresh_head = not any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
-        model = _from_pretrained(AutoModelForSequenceClassification, path, config, torch_dtype, trust_remote_code)
+        with _quiet_transformers(fresh_head):  # its "score.weight MISSING" report is expected here
+            model = _from_pretrained(AutoModelForSequenceClassification, path, config, torch_dtype, trust_remote_code)
         if fresh_head:
             _zero_head(model)
     if model.config.num_labels != 1:
         raise ValueError(f"value model must have num_labels=1, got {model.config.num_labels}")
     _resize_for_tokenizer(model, tokenizer)
     return _finish(model, lora, gradient_checkpointing, dropout, trainable_head=value_head_name(model))
+
+
+@contextmanager
+def _quiet_transformers(enabled: bool) -> Iterator[None]:
+    previous = hf_logging.get_verbosity()
+    if enabled:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
 
 
 def _zero_head(model: PreTrainedModel) -> None:

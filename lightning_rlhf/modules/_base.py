@@ -1,0 +1,107 @@
+"""A LightningModule around one Hugging Face model: lazy loading, tokenizer, optimizer, export hooks.
+
+Why lazy loading in ``configure_model``: Lightning calls that hook inside the strategy's sharded
+context, so under DeepSpeed ZeRO-3 the parameters are partitioned as they are created instead of being
+materialised whole on every rank first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningModule
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lightning_rlhf.models import LoraArgs, count_parameters, load_tokenizer
+from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
+
+
+class HFModelModule(LightningModule):
+    """Base of :class:`SFTModule` and :class:`RewardModule`: one trainable ``self.model``.
+
+    Args:
+        model: a Hugging Face folder, or a built ``PreTrainedModel``.
+        tokenizer: tokenizer folder (None: the model folder).
+        lora: LoRA settings; None trains every weight.
+        gradient_checkpointing: recompute activations in the backward pass.
+        dropout: set every dropout probability to this (None keeps the model's).
+        torch_dtype: parameter dtype when loading (``bfloat16``, ``float16``; None keeps float32).
+        trust_remote_code: allow custom modelling code from the model folder.
+        optimizer: AdamW and learning-rate schedule settings.
+    """
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        tokenizer: str | PreTrainedTokenizerBase | None = None,
+        lora: LoraArgs | None = None,
+        gradient_checkpointing: bool = False,
+        dropout: float | None = None,
+        torch_dtype: str | None = None,
+        trust_remote_code: bool = False,
+        optimizer: OptimizerArgs | None = None,
+    ) -> None:
+        super().__init__()
+        built = isinstance(model, nn.Module)
+        self.save_hyperparameters(ignore=["model", "tokenizer"] if built else ["tokenizer"])
+        if not built and not isinstance(model, (str, Path)):
+            raise TypeError(f"model must be a folder path or a PreTrainedModel, got {type(model).__name__}")
+        self.model_path: str | None = None if built else str(model)
+        self._model_in: PreTrainedModel | None = model if built else None
+        self._tokenizer_in = tokenizer
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self.lora = lora
+        self.gradient_checkpointing = gradient_checkpointing
+        self.dropout = dropout
+        self.torch_dtype = torch_dtype
+        self.trust_remote_code = trust_remote_code
+        self.optimizer_args = optimizer or OptimizerArgs()
+        self.model: PreTrainedModel | None = None
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer (loaded once, pad token set up by :func:`~lightning_rlhf.models.load_tokenizer`)."""
+        if self._tokenizer is None:
+            source = self._tokenizer_in
+            if isinstance(source, PreTrainedTokenizerBase):
+                self._tokenizer = source
+            else:
+                path = source or self.model_path or getattr(getattr(self._model_in, "config", None), "_name_or_path", None)
+                if not path:
+                    raise ValueError(f"{type(self).__name__}: pass tokenizer= when model is a built model")
+                self._tokenizer = load_tokenizer(path, trust_remote_code=self.trust_remote_code)
+        return self._tokenizer
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`load_causal_lm` / :func:`load_value_model`."""
+        return dict(
+            lora=self.lora, gradient_checkpointing=self.gradient_checkpointing, dropout=self.dropout,
+            torch_dtype=self.torch_dtype, trust_remote_code=self.trust_remote_code, tokenizer=self.tokenizer,
+        )
+
+    def build_model(self) -> PreTrainedModel:
+        """Load the model; subclasses pick the head."""
+        raise NotImplementedError
+
+    def configure_model(self) -> None:
+        """Build ``self.model`` once, inside the strategy's (possibly ZeRO-3 sharded) context."""
+        if self.model is None:
+            # from_pretrained returns eval mode and Lightning does not call train() at fit start
+            self.model = self.build_model().train()
+            self._model_in = None
+            trainable, total = count_parameters(self.model)
+            self.print(f"{type(self).__name__}: {trainable:,} trainable of {total:,} parameters")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW (decay groups, optional LoRA learning rate) with warmup + cosine decay per step."""
+        return lightning_optimizer_config(self.model, self.optimizer_args, self.trainer.estimated_stepping_batches)
+
+    def export_model(self) -> nn.Module:
+        """The model :class:`~lightning_rlhf.callbacks.HFExportCallback` writes."""
+        return self.model
+
+    def export_artifacts(self) -> dict[str, Any]:
+        """Extra files written beside the exported model (``name -> dict or str``). Collective: all ranks call."""
+        return {}
