@@ -1,13 +1,14 @@
 """Sources: read raw rows from local files, saved ``datasets`` folders or hub names, then adapt them.
 
-JSON lines files (``.jsonl``, ``.jsonl.gz``) are read line by line here rather than by ``datasets``
-so that a bad line (undecodable bytes, broken JSON) gets an error naming the file and the line, and
-``on_bad_record="skip"`` can drop just that line. Parquet, CSV, ``save_to_disk`` folders and hub
-names go through ``datasets``; their rows are numbered from 1 in file order.
+JSON lines (``.jsonl``, ``.jsonl.gz``) and CSV files are read row by row here rather than by
+``datasets``, so that a bad line (undecodable bytes, broken JSON) gets an error naming the file and
+the line, ``on_bad_record="skip"`` can drop just that line, and CSV cells stay text. Parquet,
+``save_to_disk`` folders and hub names go through ``datasets``; rows are numbered from 1 in file order.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 from dataclasses import dataclass, field
@@ -39,6 +40,20 @@ class SourceReport:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
+def _undecodable(raw: bytes, name: str, number: int, err: UnicodeDecodeError) -> RecordError:
+    """Name the field holding the invalid UTF-8 when the line is otherwise valid JSON."""
+    problem = f"undecodable bytes (invalid UTF-8 at byte {err.start} of the line)"
+    try:
+        row = json.loads(raw.decode("utf-8", errors="surrogateescape"))
+    except json.JSONDecodeError:
+        return RecordError(name, number, None, problem)
+    if isinstance(row, dict):
+        for key, value in row.items():
+            if isinstance(value, str) and any("\udc80" <= ch <= "\udcff" for ch in value):
+                return RecordError(name, number, str(key), problem)
+    return RecordError(name, number, None, problem)
+
+
 def _json_lines(path: Path, name: str, bad: DropCounter) -> Iterator[tuple[int, Any]]:
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as handle:
@@ -48,7 +63,7 @@ def _json_lines(path: Path, name: str, bad: DropCounter) -> Iterator[tuple[int, 
             try:
                 yield number, json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as err:
-                bad.bad(RecordError(name, number, None, f"undecodable bytes ({err.reason} at byte {err.start})"))
+                bad.bad(_undecodable(raw, name, number, err))
                 yield number, None
             except json.JSONDecodeError as err:
                 bad.bad(RecordError(name, number, None, f"invalid JSON ({err.msg} at column {err.colno})"))
@@ -75,6 +90,15 @@ def _json_document(path: Path, name: str, bad: DropCounter) -> Iterator[tuple[in
     yield from enumerate(document, start=1)
 
 
+def _csv_rows(path: Path, name: str) -> Iterator[tuple[int, Any]]:
+    # read as text ourselves: pandas (behind datasets' CSV loader) turns "5" into 5 and "" into NaN
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            yield from enumerate(csv.DictReader(handle), start=1)
+    except UnicodeDecodeError as err:
+        raise RecordError(name, None, None, f"undecodable bytes (invalid UTF-8 at byte {err.start})") from None
+
+
 def _datasets_rows(source: str, cache_dir: str | None) -> Iterator[tuple[int, Any]]:
     import datasets
 
@@ -83,8 +107,6 @@ def _datasets_rows(source: str, cache_dir: str | None) -> Iterator[tuple[int, An
         loaded = datasets.load_from_disk(str(path))
     elif path.name.endswith(".parquet"):
         loaded = datasets.Dataset.from_parquet(str(path), cache_dir=cache_dir)
-    elif path.name.endswith(".csv"):
-        loaded = datasets.Dataset.from_csv(str(path), cache_dir=cache_dir)
     else:
         loaded = datasets.load_dataset(source, split="train", cache_dir=cache_dir)
     if isinstance(loaded, datasets.DatasetDict):
@@ -109,7 +131,9 @@ def iter_rows(source: str, bad: DropCounter, cache_dir: str | None = None) -> It
         yield from _json_lines(path, source, bad)
     elif path.is_file() and path.name.endswith((".json", ".json.gz")):
         yield from _json_document(path, source, bad)
-    elif path.is_file() and not path.name.endswith((".parquet", ".csv")):
+    elif path.is_file() and path.name.endswith(".csv"):
+        yield from _csv_rows(path, source)
+    elif path.is_file() and not path.name.endswith(".parquet"):
         raise RecordError(source, None, None, f"unsupported file type; use one of {list(_LOCAL_SUFFIXES)}")
     else:
         yield from _datasets_rows(source, cache_dir)
