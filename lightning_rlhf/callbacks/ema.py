@@ -1,0 +1,139 @@
+"""Exponential moving average of a model's weights (DeepSpeed-Chat's ``--enable_ema``, beta 0.992).
+
+Why on the local shard: under ZeRO-3 each rank keeps only its partition of every parameter
+(``param.ds_tensor``); averaging that partition needs no communication and keeps the EMA as sharded as
+the model. Swapping the averages into those same tensors makes every ordinary path (validation,
+generation, :func:`~lightning_rlhf.models.export_hf`) see the EMA weights, at any ZeRO stage.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from lightning_rlhf.callbacks.export import export_target, find_tokenizer
+from lightning_rlhf.models import export_hf
+
+
+def local_tensor(param: nn.Parameter) -> Tensor:
+    """The tensor this rank holds for ``param``: its ZeRO-3 partition, else its data."""
+    return param.ds_tensor if hasattr(param, "ds_tensor") else param.data
+
+
+class EMACallback(Callback):
+    """Keep ``ema <- decay * ema + (1 - decay) * weights`` after optimizer steps, in float32.
+
+    Args:
+        decay: weight of the old average (DeepSpeed-Chat uses 0.992).
+        every_n_steps: update every this many optimizer steps.
+        start_step: first optimizer step that updates (before it the EMA tracks the weights exactly).
+        model_attr: attribute of the module holding the model (None: ``export_model()`` or ``model``;
+            PPO passes ``actor``).
+        validate_with_ema: run validation with the EMA weights swapped in.
+        export_dirpath: if set, the EMA model is exported there (HF folder) at the end of fit.
+        merge_lora: merge LoRA adapters when exporting.
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.992,
+        every_n_steps: int = 1,
+        start_step: int = 0,
+        model_attr: str | None = None,
+        validate_with_ema: bool = False,
+        export_dirpath: str | None = None,
+        merge_lora: bool = True,
+    ) -> None:
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMACallback.decay must be in [0, 1], got {decay}")
+        if every_n_steps < 1:
+            raise ValueError(f"EMACallback.every_n_steps must be >= 1, got {every_n_steps}")
+        self.decay = decay
+        self.every_n_steps = every_n_steps
+        self.start_step = start_step
+        self.model_attr = model_attr
+        self.validate_with_ema = validate_with_ema
+        self.export_dirpath = export_dirpath
+        self.merge_lora = merge_lora
+        self.shadow: dict[str, Tensor] = {}
+        self._last_step = -1
+        self._validation_swap: Any = None
+
+    def _params(self, pl_module: LightningModule) -> dict[str, nn.Parameter]:
+        model = export_target(pl_module, self.model_attr)
+        return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start the average from the current weights (unless restored from a checkpoint)."""
+        params = self._params(pl_module)
+        if set(self.shadow) != set(params):
+            self.shadow = {n: local_tensor(p).detach().float().clone() for n, p in params.items()}
+        else:  # restored: move to the parameters' device
+            self.shadow = {n: t.to(local_tensor(params[n]).device) for n, t in self.shadow.items()}
+
+    @torch.no_grad()
+    def update(self, pl_module: LightningModule, decay: float) -> None:
+        """One EMA step with ``decay`` (pure lerp on each local tensor)."""
+        params = self._params(pl_module)
+        shadows = [self.shadow[n] for n in params]
+        current = [local_tensor(p).detach().float() for p in params.values()]
+        torch._foreach_lerp_(shadows, current, 1.0 - decay)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        """Update after each optimizer step (once per step, also under gradient accumulation)."""
+        step = trainer.global_step
+        if step == self._last_step or step % self.every_n_steps:
+            return
+        self._last_step = step
+        self.update(pl_module, self.decay if step >= self.start_step else 0.0)
+
+    @contextmanager
+    def swapped(self, pl_module: LightningModule) -> Iterator[None]:
+        """Run the block with the EMA weights in the model, then put the trained weights back."""
+        params = self._params(pl_module)
+        backup = {n: local_tensor(p).detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for name, param in params.items():
+                local_tensor(param).copy_(self.shadow[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, param in params.items():
+                    local_tensor(param).copy_(backup[name])
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Swap in the EMA weights for validation when asked."""
+        if self.validate_with_ema and self.shadow and not trainer.sanity_checking:
+            self._validation_swap = self.swapped(pl_module)
+            self._validation_swap.__enter__()
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Restore the trained weights after validation."""
+        if self._validation_swap is not None:
+            self._validation_swap.__exit__(None, None, None)
+            self._validation_swap = None
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Export the EMA model when ``export_dirpath`` is set (collective)."""
+        if self.export_dirpath is None or not self.shadow:
+            return
+        with self.swapped(pl_module):
+            export_hf(export_target(pl_module, self.model_attr), find_tokenizer(trainer, pl_module),
+                      Path(self.export_dirpath), merge_lora=self.merge_lora)
+        rank_zero_info(f"EMACallback: wrote the EMA model to {self.export_dirpath}")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The averages (this rank's shard) on CPU."""
+        return {"shadow": {n: t.cpu() for n, t in self.shadow.items()}, "last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.shadow = dict(state_dict.get("shadow", {}))
+        self._last_step = state_dict.get("last_step", -1)
