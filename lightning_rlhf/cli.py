@@ -1,0 +1,220 @@
+"""The ``lightning-rlhf`` command: one LightningCLI per RLHF step, and the three-step pipeline.
+
+::
+
+    lightning-rlhf sft fit --config sft.yaml          # step 1: SFTModule + PreferenceDataModule
+    lightning-rlhf reward fit --config reward.yaml    # step 2: RewardModule
+    lightning-rlhf ppo fit --config ppo.yaml          # step 3: PPOModule
+    lightning-rlhf pipeline [--config pipeline.yaml] [--steps sft,reward,ppo]
+
+Each step command is a plain :class:`~lightning.pytorch.cli.LightningCLI` (subcommands ``fit``,
+``validate``, ``test``, ``predict``; ``--print_config``; every argument of the module, the data module,
+the trainer, the strategy and callbacks settable from YAML or flags). On top of LightningCLI it:
+
+- fixes the data module's ``stage`` to the step and feeds it the module's tokenizer (``link_arguments``);
+- always adds an :class:`~lightning_rlhf.callbacks.HFExportCallback` (section ``export``), so a run
+  ends with a Hugging Face folder at ``<trainer.default_root_dir>/hf/final`` that the next step loads;
+- sets trainer defaults that suit a first run on a CPU (one epoch, no sanity validation, frequent logs).
+
+``python -m lightning_rlhf.cli`` is the same program (what ``torchrun -m`` and ``deepspeed --module``
+launch). Under DeepSpeed's launcher the ``--local_rank=N`` argument it appends is dropped and the node
+rank derived (see :func:`adapt_deepspeed_launcher`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, ClassVar, MutableMapping, Sequence
+
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import lightning_rlhf  # noqa: F401  (registers the "hybrid_deepspeed" strategies)
+from lightning_rlhf.callbacks.export import HFExportCallback
+from lightning_rlhf.data import PreferenceDataModule
+
+USAGE = """usage: lightning-rlhf {sft,reward,ppo,pipeline} ...
+
+  sft {fit,validate,test,predict} [--config FILE] [...]     step 1: supervised fine-tuning
+  reward {fit,validate,test,predict} [--config FILE] [...]  step 2: reward model
+  ppo {fit,validate,test,predict} [--config FILE] [...]     step 3: PPO
+  pipeline [--config FILE] [--steps sft,reward,ppo] [...]   steps 1 -> 2 -> 3, each feeding the next
+
+Add --help after a command for all its options, e.g. `lightning-rlhf ppo fit --help`.
+With no --config, `lightning-rlhf pipeline` runs the built-in tiny task on CPU in a few minutes."""
+
+
+def stage_trainer_defaults(stage: str) -> dict[str, Any]:
+    """Trainer defaults of one step: logs and exports under ``runs/<stage>``, one epoch, CPU friendly.
+
+    Args:
+        stage: ``sft``, ``reward`` or ``ppo``.
+    """
+    return {
+        "default_root_dir": f"runs/{stage}",
+        "max_epochs": 1,
+        "log_every_n_steps": 5,
+        "num_sanity_val_steps": 0,
+        "enable_checkpointing": False,
+        # validate-then-fit on one Trainer (what the pipeline does) must not leave metric states as
+        # inference tensors, which the validation inside fit (run under no_grad) cannot update
+        "inference_mode": False,
+    }
+
+
+def _tokenizer_source(model: Any, tokenizer: Any) -> Any:
+    """The data module's tokenizer: the module's explicit tokenizer, else its model folder."""
+    return tokenizer if tokenizer is not None else model
+
+
+class StageCLI(LightningCLI):
+    """LightningCLI over one step's module and :class:`~lightning_rlhf.data.PreferenceDataModule`.
+
+    Subclasses set :attr:`stage`, :attr:`model_path_arg` and :meth:`module_class`.
+
+    Args:
+        args: command-line arguments (list), or a config ``dict`` / ``Namespace`` (None: ``sys.argv``).
+        run: run the subcommand (``fit``, ...) right away; with False, only build the objects.
+        **kwargs: any other :class:`~lightning.pytorch.cli.LightningCLI` argument.
+    """
+
+    stage: ClassVar[str] = ""
+    model_path_arg: ClassVar[str] = "model"
+    export_model_attr: ClassVar[str | None] = None
+
+    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("trainer_defaults", stage_trainer_defaults(self.stage))
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("auto_configure_optimizers", False)  # the modules build their own optimizers
+        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        super().__init__(self.module_class(), PreferenceDataModule, args=args, run=run, **kwargs)
+
+    @classmethod
+    def module_class(cls) -> type[LightningModule]:
+        """The LightningModule of this step."""
+        raise NotImplementedError
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Add the ``export`` callback section, fix ``data.stage`` and link the tokenizer to the data module."""
+        parser.add_lightning_class_args(HFExportCallback, "export")
+        defaults: dict[str, Any] = {"data.stage": self.stage}
+        if self.export_model_attr is not None:
+            defaults["export.model_attr"] = self.export_model_attr
+        parser.set_defaults(defaults)
+        parser.link_arguments(
+            (f"model.{self.model_path_arg}", "model.tokenizer"), "data.tokenizer", compute_fn=_tokenizer_source
+        )
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse a data ``stage`` that is not this step's (it would feed the wrong batch format)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        stage = config.data.stage
+        if stage != self.stage:
+            raise ValueError(
+                f"`lightning-rlhf {self.stage}` feeds {self.stage!r} batches, but data.stage is {stage!r}; "
+                f"remove data.stage from the config or set it to {self.stage!r}"
+            )
+
+
+class SFTCLI(StageCLI):
+    """``lightning-rlhf sft``: :class:`~lightning_rlhf.modules.sft.SFTModule` (step 1)."""
+
+    stage = "sft"
+    model_path_arg = "model"
+
+    @classmethod
+    def module_class(cls) -> type[LightningModule]:
+        from lightning_rlhf.modules.sft import SFTModule
+
+        return SFTModule
+
+
+class RewardCLI(StageCLI):
+    """``lightning-rlhf reward``: :class:`~lightning_rlhf.modules.reward.RewardModule` (step 2)."""
+
+    stage = "reward"
+    model_path_arg = "model"
+
+    @classmethod
+    def module_class(cls) -> type[LightningModule]:
+        from lightning_rlhf.modules.reward import RewardModule
+
+        return RewardModule
+
+
+class PPOCLI(StageCLI):
+    """``lightning-rlhf ppo``: :class:`~lightning_rlhf.modules.ppo.PPOModule` (step 3); exports the actor."""
+
+    stage = "ppo"
+    model_path_arg = "actor"
+    export_model_attr = "actor"
+
+    @classmethod
+    def module_class(cls) -> type[LightningModule]:
+        from lightning_rlhf.modules.ppo import PPOModule
+
+        return PPOModule
+
+
+STAGE_CLIS: dict[str, type[StageCLI]] = {"sft": SFTCLI, "reward": RewardCLI, "ppo": PPOCLI}
+
+
+def adapt_deepspeed_launcher(argv: Sequence[str], environ: MutableMapping[str, str]) -> list[str]:
+    """Make a process started by DeepSpeed's launcher look like one Lightning understands.
+
+    DeepSpeed's launcher appends ``--local_rank=N`` to every process's arguments (LightningCLI would
+    reject it; ``LOCAL_RANK`` holds the same value) and sets ``RANK``, ``LOCAL_SIZE`` but no node rank,
+    which Lightning reads from ``NODE_RANK``. Drops the argument and sets ``NODE_RANK = RANK // LOCAL_SIZE``
+    when neither ``NODE_RANK`` nor ``GROUP_RANK`` is set.
+
+    Args:
+        argv: the command-line arguments after the program name.
+        environ: the environment to complete (``os.environ``).
+
+    Returns:
+        ``argv`` without ``--local_rank`` arguments.
+    """
+    kept: list[str] = []
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg.startswith("--local_rank=") or arg.startswith("--local-rank="):
+            continue
+        elif arg in ("--local_rank", "--local-rank"):
+            skip_next = True
+        else:
+            kept.append(arg)
+    if "RANK" in environ and "LOCAL_SIZE" in environ and not ({"NODE_RANK", "GROUP_RANK"} & set(environ)):
+        environ["NODE_RANK"] = str(int(environ["RANK"]) // max(1, int(environ["LOCAL_SIZE"])))
+    return kept
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    """Entry point of the ``lightning-rlhf`` console script.
+
+    Args:
+        argv: arguments after the program name (None: ``sys.argv[1:]``).
+
+    Returns:
+        The stage CLI object, or the pipeline's summary for ``pipeline``.
+    """
+    args = adapt_deepspeed_launcher(list(sys.argv[1:] if argv is None else argv), os.environ)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return None
+    command, rest = args[0], args[1:]
+    if command == "pipeline":
+        from lightning_rlhf.pipeline import pipeline_main
+
+        return pipeline_main(rest)
+    if command not in STAGE_CLIS:
+        print(USAGE, file=sys.stderr)
+        raise SystemExit(f"lightning-rlhf: unknown command {command!r}; choose one of sft, reward, ppo, pipeline")
+    return STAGE_CLIS[command](args=rest)
+
+
+if __name__ == "__main__":
+    main()

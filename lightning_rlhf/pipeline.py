@@ -1,0 +1,316 @@
+"""``lightning-rlhf pipeline``: steps 1 -> 2 -> 3 in one command, each step's exported model feeding the next.
+
+What DeepSpeed-Chat's ``e2e_rlhf.py`` does with three shell scripts, done here in one process per rank
+with the same LightningCLI classes as ``lightning-rlhf sft|reward|ppo fit``: the ``sft``, ``reward`` and
+``ppo`` sections of the pipeline config are exactly those commands' configs, and the pipeline only fills
+in what connects them (model folders, output folders, the shared ``data`` section, the seed).
+
+For every step it validates before training (so the summary shows a baseline), fits, validates again,
+and records the time and the exported folder (``<output_dir>/<step>/hf/final``). At the end it prints a
+summary table and writes it to ``<output_dir>/summary.json``.
+
+With no ``--config`` it runs the built-in tiny config (``lightning_rlhf/configs/tiny_pipeline.yaml``): the
+built-in addition task, a tokenizer trained locally on the task's texts and a tiny Llama-style model
+built from scratch, on CPU in a few minutes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_rlhf.cli import STAGE_CLIS
+
+STEPS = ("sft", "reward", "ppo")
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_pipeline.yaml"
+EXPORT_SUBDIR = Path("hf") / "final"
+
+# the metrics each step's summary row reports: (logged name, label)
+SUMMARY_METRICS: dict[str, list[tuple[str, str]]] = {
+    "sft": [("val/loss", "eval loss"), ("val/perplexity", "eval perplexity")],
+    "reward": [("val/accuracy", "pair accuracy"), ("val/margin", "chosen - rejected")],
+    "ppo": [("val/reward_mean", "reward"), ("val/task_success", "task success")],
+}
+
+
+@dataclass
+class TinyModelArgs:
+    """A model built from scratch when ``base_model`` is None (no download, trains on a CPU).
+
+    Attributes:
+        family: model family: ``llama``, ``opt``, ``gpt2`` or ``gpt_neox``.
+        hidden_size: width of the residual stream.
+        num_layers: transformer blocks.
+        num_heads: attention heads (must divide ``hidden_size``).
+        max_positions: longest sequence in tokens.
+        vocab_size: size of the byte-level BPE tokenizer trained on the data's texts.
+        corpus_size: records read from ``data.sources`` to train the tokenizer (the built-in task
+            supplies its full corpus instead).
+        seed: initialisation seed.
+    """
+
+    family: Literal["llama", "opt", "gpt2", "gpt_neox"] = "llama"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    max_positions: int = 128
+    vocab_size: int = 320
+    corpus_size: int = 5000
+    seed: int = 0
+
+
+@dataclass
+class PipelineConfig:
+    """Settings of ``lightning-rlhf pipeline``.
+
+    Attributes:
+        output_dir: everything goes here: ``base/`` (a tiny model), ``<step>/hf/final`` (exported
+            models), ``<step>/lightning_logs`` (TensorBoard), ``summary.json``.
+        steps: the steps to run (comma-separated or a list), always in the order sft, reward, ppo;
+            a later step alone reuses earlier exports found in ``output_dir`` (or the paths its
+            section sets).
+        seed: ``seed_everything`` of every step (unless its section sets one).
+        base_model: Hugging Face folder of the pretrained policy (SFT starts here; DeepSpeed-Chat's
+            ``--actor-model``). None builds a tiny model from scratch (see ``tiny``).
+        reward_base_model: folder the reward model starts from (``--reward-model``); None: ``base_model``.
+        tiny: the model built when ``base_model`` is None.
+        evaluate_before: validate each step's starting model before training, for the summary.
+        data: ``PreferenceDataModule`` arguments shared by every step (``sources``, ``split``, ...);
+            a step's own ``data`` section overrides them.
+        sft: config of step 1, as for ``lightning-rlhf sft fit`` (``model``, ``data``, ``trainer``, ``export``).
+        reward: config of step 2, as for ``lightning-rlhf reward fit``.
+        ppo: config of step 3, as for ``lightning-rlhf ppo fit``.
+    """
+
+    output_dir: str = "runs/pipeline"
+    steps: str | list[str] = "sft,reward,ppo"
+    seed: int = 0
+    base_model: str | None = None
+    reward_base_model: str | None = None
+    tiny: TinyModelArgs = field(default_factory=TinyModelArgs)
+    evaluate_before: bool = True
+    data: dict[str, Any] = field(default_factory=dict)
+    sft: dict[str, Any] = field(default_factory=dict)
+    reward: dict[str, Any] = field(default_factory=dict)
+    ppo: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepResult:
+    """What one step did, for the summary."""
+
+    step: str
+    before: dict[str, float]
+    after: dict[str, float]
+    fit_seconds: float
+    total_seconds: float
+    model_dir: str
+    log_dir: str | None
+
+
+def parse_steps(steps: str | Sequence[str]) -> list[str]:
+    """``"sft,reward"`` or ``["sft", "reward"]`` -> ordered, validated step names.
+
+    Args:
+        steps: step names, comma-separated or as a list.
+    """
+    names = [s.strip() for s in (steps.split(",") if isinstance(steps, str) else steps) if s.strip()]
+    unknown = [s for s in names if s not in STEPS]
+    if unknown or not names:
+        raise ValueError(f"pipeline steps must be a non-empty subset of {list(STEPS)}, got {names}")
+    return [s for s in STEPS if s in names]
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
+def _tokenizer_corpus(config: PipelineConfig) -> list[str]:
+    """Texts to train the tiny tokenizer on: the built-in task's corpus, or records of ``data.sources``."""
+    sources = config.data.get("sources")
+    if not sources:
+        from lightning_rlhf.data import SyntheticTask
+
+        return SyntheticTask(seed=config.data.get("seed", config.seed)).corpus()
+    from lightning_rlhf.data import load_records
+
+    texts: list[str] = []
+    for source in sources:
+        records, _ = load_records(source, config.data.get("format", "auto"), on_bad_record="skip")
+        for record in records[: config.tiny.corpus_size]:
+            texts.extend(str(record.get(k, "")) for k in ("prompt", "response", "chosen", "rejected"))
+    return texts
+
+
+def prepare_base_model(config: PipelineConfig) -> Path:
+    """The starting model folder: ``base_model``, or a tiny model built once into ``<output_dir>/base``."""
+    if config.base_model is not None:
+        return Path(config.base_model)
+    path = Path(config.output_dir) / "base"
+    marker = path / "config.json"
+    if not marker.exists() and _is_rank_zero():
+        from lightning_rlhf.models.tiny import save_tiny_model, train_tokenizer
+
+        tiny = config.tiny
+        tokenizer = train_tokenizer(_tokenizer_corpus(config), vocab_size=tiny.vocab_size)
+        save_tiny_model(
+            path, tiny.family, tokenizer, seed=tiny.seed, hidden_size=tiny.hidden_size,
+            num_layers=tiny.num_layers, num_heads=tiny.num_heads, max_positions=tiny.max_positions,
+        )
+        rank_zero_info(f"pipeline: built a tiny {tiny.family} model and a {len(tokenizer)}-token tokenizer in {path}")
+    while not marker.exists():  # other ranks wait for rank 0's build
+        time.sleep(1.0)
+    return path
+
+
+def _export_dir(config: PipelineConfig, step: str) -> Path:
+    return Path(config.output_dir) / step / EXPORT_SUBDIR
+
+
+def _require(path: Path, step: str, what: str, key: str) -> str:
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"pipeline step {step!r} needs {what} at {path}, which does not exist; run that step first "
+            f"(--steps) or set `{step}.model.{key}` in the pipeline config"
+        )
+    return str(path)
+
+
+def step_config(config: PipelineConfig, step: str, base: Path) -> dict[str, Any]:
+    """The LightningCLI config of ``step``: its section plus the pipeline's wiring (explicit values win).
+
+    Args:
+        config: the pipeline settings.
+        step: ``sft``, ``reward`` or ``ppo``.
+        base: the starting model folder (see :func:`prepare_base_model`).
+    """
+    section = copy.deepcopy(getattr(config, step))
+    section.setdefault("seed_everything", config.seed)
+    section["data"] = {**copy.deepcopy(config.data), **section.get("data", {})}
+    section["data"].setdefault("seed", config.seed)
+    trainer = section.setdefault("trainer", {})
+    trainer.setdefault("default_root_dir", str(Path(config.output_dir) / step))
+    section.setdefault("export", {})["dirpath"] = str(Path(config.output_dir) / step / "hf")
+    model = section.setdefault("model", {})
+    if step == "sft":
+        model.setdefault("model", str(base))
+    elif step == "reward":
+        model.setdefault("model", config.reward_base_model or str(base))
+    else:
+        if "actor" not in model:
+            model["actor"] = _require(_export_dir(config, "sft"), step, "the SFT model", "actor")
+        if "reward_model" not in model:
+            model["reward_model"] = _require(_export_dir(config, "reward"), step, "the reward model", "reward_model")
+    return section
+
+
+def _metrics(results: list[dict[str, Any]], step: str) -> dict[str, float]:
+    merged = {k: float(v) for r in results for k, v in r.items()}
+    wanted = {name for name, _ in SUMMARY_METRICS[step]}
+    return {k: v for k, v in merged.items() if k in wanted}
+
+
+def run_step(config: PipelineConfig, step: str, base: Path) -> StepResult:
+    """Build one step's objects with its LightningCLI, validate, fit, validate; the export callback writes the model.
+
+    Args:
+        config: the pipeline settings.
+        step: ``sft``, ``reward`` or ``ppo``.
+        base: the starting model folder.
+    """
+    start = time.perf_counter()
+    rank_zero_info(f"pipeline: step {step} ...")
+    cli = STAGE_CLIS[step](args=step_config(config, step, base), run=False)
+    trainer, module, data = cli.trainer, cli.model, cli.datamodule
+    before = _metrics(trainer.validate(module, datamodule=data, verbose=False), step) if config.evaluate_before else {}
+    fit_start = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    fit_seconds = time.perf_counter() - fit_start
+    after = _metrics(trainer.validate(module, datamodule=data, verbose=False), step)
+    log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
+    return StepResult(
+        step, before, after, fit_seconds, time.perf_counter() - start, str(_export_dir(config, step)), log_dir
+    )
+
+
+def format_summary(results: Sequence[StepResult], output_dir: str) -> str:
+    """The end-of-run table: each step's metrics before and after, its time, and where its files are.
+
+    Args:
+        results: one entry per step that ran.
+        output_dir: the pipeline's output folder.
+    """
+    rows = [("step", "metric", "before", "after", "time")]
+    for r in results:
+        for name, label in SUMMARY_METRICS[r.step]:
+            if name not in r.after and name not in r.before:
+                continue
+            fmt = (lambda v: "-" if v is None else f"{v:.4g}")
+            rows.append((r.step, f"{label} ({name})", fmt(r.before.get(name)), fmt(r.after.get(name)),
+                         f"{r.total_seconds:.0f}s (fit {r.fit_seconds:.0f}s)"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    for r in results:
+        lines.append(f"{r.step:7s} model: {r.model_dir}")
+        lines.append(f"{'':7s} logs:  {r.log_dir}")
+    lines.append(f"TensorBoard: tensorboard --logdir {output_dir}")
+    return "\n".join(lines)
+
+
+def run_pipeline(config: PipelineConfig) -> list[StepResult]:
+    """Run ``config.steps`` in order, print the summary and write ``<output_dir>/summary.json``.
+
+    Args:
+        config: the pipeline settings.
+    """
+    steps = parse_steps(config.steps)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = prepare_base_model(config)
+    results = [run_step(config, step, base) for step in steps]
+    summary = format_summary(results, config.output_dir)
+    if _is_rank_zero():
+        print("\n" + summary, flush=True)
+        (out / "summary.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return results
+
+
+def build_parser() -> Any:
+    """The jsonargparse parser of ``lightning-rlhf pipeline`` (``--config``, ``--print_config``, every field)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(
+        prog="lightning-rlhf pipeline",
+        description="Run SFT -> reward model -> PPO, each step's exported model feeding the next. "
+        f"Without --config: the built-in tiny CPU run ({DEFAULT_CONFIG.name}).",
+        default_env=False,
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="pipeline YAML (default: the built-in tiny run)")
+    parser.add_class_arguments(PipelineConfig, as_group=False)
+    return parser
+
+
+def pipeline_main(argv: Sequence[str]) -> list[StepResult] | None:
+    """Parse ``argv`` and run the pipeline (``lightning-rlhf pipeline ...``).
+
+    Args:
+        argv: the arguments after ``pipeline``.
+    """
+    argv = list(argv)
+    if not any(a == "--config" or a.startswith("--config=") for a in argv):
+        argv = ["--config", str(DEFAULT_CONFIG), *argv]
+    parser = build_parser()
+    namespace = parser.parse_args(argv)
+    init = parser.instantiate_classes(namespace)
+    fields = {k: init[k] for k in PipelineConfig.__dataclass_fields__}
+    config = PipelineConfig(**fields)
+    return run_pipeline(config)
