@@ -12,7 +12,6 @@ from lightning_rlhf.algorithms.advantages import (
     last_token_index,
     process_scores,
 )
-from lightning_rlhf.algorithms.ema import ema_update
 from lightning_rlhf.algorithms.kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -47,7 +46,6 @@ __all__ = [
     "causal_lm_loss",
     "clipped_policy_loss",
     "clipped_value_loss",
-    "ema_update",
     "entropy_from_logits",
     "explained_variance",
     "generalized_advantage_estimation",

@@ -1,4 +1,4 @@
-"""Log-probs, entropy and EMA against plain-loop references."""
+"""Log-probs and entropy against plain-loop references."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
-from lightning_rlhf.algorithms import ema_update, entropy_from_logits, logprobs_from_logits
+from lightning_rlhf.algorithms import entropy_from_logits, logprobs_from_logits
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (3, 4, 11)])
@@ -33,15 +32,3 @@ def test_logprobs_gradient_and_shape_error():
     assert torch.isfinite(logits.grad).all()
     with pytest.raises(ValueError, match="do not align"):
         logprobs_from_logits(logits, torch.zeros(2, 4, dtype=torch.long))
-
-
-def test_ema_update_matches_loop():
-    torch.manual_seed(0)
-    model, ema = nn.Linear(3, 2), nn.Linear(3, 2)
-    before_model = [p.detach().clone() for p in model.parameters()]
-    before_ema = [p.detach().clone() for p in ema.parameters()]
-    ema_update(ema, model, decay=0.9)
-    for e0, m0, e1, m1 in zip(before_ema, before_model, ema.parameters(), model.parameters()):
-        want = [0.9 * a + 0.1 * b for a, b in zip(e0.flatten().tolist(), m0.flatten().tolist())]
-        assert e1.flatten().tolist() == pytest.approx(want, abs=1e-6)
-        assert torch.equal(m1, m0)

@@ -1,0 +1,399 @@
+"""PPOModule: step 3 of the InstructGPT / DeepSpeed-Chat pipeline (actor, critic, reference, reward).
+
+One ``training_step`` is one PPO iteration on one batch of prompts:
+rollout (generate) -> score -> KL-penalised rewards -> GAE and whitening -> ``ppo_epochs`` over
+mini-batches (actor step, then critic step) -> optional pretraining (ptx) step -> log.
+An EMA of the actor is :class:`~lightning_rlhf.callbacks.ema.EMACallback` with ``model_attr="actor"``.
+The maths lives in :mod:`lightning_rlhf.algorithms`; buffers and forward plumbing in
+:mod:`lightning_rlhf.modules.rollout`; placement (ZeRO-3, generation switch) in the strategy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Mapping
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from lightning_rlhf.algorithms import (
+    AdaptiveKLController,
+    FixedKLController,
+    KLController,
+    causal_lm_loss,
+    clipped_policy_loss,
+    clipped_value_loss,
+    explained_variance,
+    generalized_advantage_estimation,
+    get_kl_estimator,
+    kl_penalized_rewards,
+    masked_mean,
+    masked_whiten,
+    process_scores,
+)
+from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
+from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
+from lightning_rlhf.modules.ppo_config import GenerationArgs
+from lightning_rlhf.modules.ppo_logging import PPO_TAGS, log_samples, reduce_metrics
+from lightning_rlhf.modules.rollout import (
+    Rollout,
+    critic_values,
+    eval_generation_mode,
+    forward_kwargs,
+    pad_right,
+    policy_logprobs,
+    response_mask_from_tokens,
+)
+
+try:  # the strategy's generation switch and backward routing (issue 2)
+    from lightning_rlhf.strategies import MultiEngineBackwardMixin, generation_mode
+except ImportError:  # pragma: no cover - only while the strategy is missing
+    generation_mode = eval_generation_mode
+
+    class MultiEngineBackwardMixin:  # type: ignore[no-redef]
+        def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+            loss.backward()
+
+TaskChecker = Callable[[str, str], bool]
+
+# the typed arguments kept in ``hparams`` must unpickle under ``torch.load(weights_only=True)`` on resume
+torch.serialization.add_safe_globals([GenerationArgs, LoraArgs, OptimizerArgs])
+
+
+class PPOModule(MultiEngineBackwardMixin, LightningModule):
+    """PPO with a KL penalty against a frozen reference, scored by a frozen reward model.
+
+    Defaults follow DeepSpeed-Chat (actor lr 9.65e-6, critic lr 5e-6, KL coefficient 0.1, reward clip 5,
+    clip ranges 0.2, gamma 1, lambda 0.95, one PPO epoch), which are tuned for 1B+ models; tiny models
+    need larger learning rates (set them through ``actor_optimizer`` / ``critic_optimizer``).
+
+    Batches are PPO prompt batches (``prompt_input_ids``, ``prompt_attention_mask`` left-padded,
+    ``prompts``). With ``ptx_coef > 0`` the SFT batches of the language-modelling loss come from the data
+    module's ``ptx_dataloader`` (cycled), or from the batch itself when it is a mapping
+    ``{"ppo": <prompt batch>, "ptx": <SFT batch>}`` (as Lightning's ``CombinedLoader`` yields).
+
+    Manual optimization: every optimizer step of either model advances ``trainer.global_step``, so bound
+    a run by PPO iterations with ``max_epochs`` / ``limit_train_batches``; set ``log_every_n_steps=1`` to
+    record every curve point. Learning-rate schedules step once per PPO iteration.
+
+    Args:
+        actor: Hugging Face folder of the policy (the SFT output of step 1).
+        reward_model: folder of the reward model (step 2), frozen.
+        critic: folder the critic starts from; ``None`` uses ``reward_model`` (DeepSpeed-Chat's choice).
+        reference: folder of the frozen reference policy; ``None`` uses ``actor``.
+        tokenizer: tokenizer folder; ``None`` uses ``actor``. Actor, reference and reward model share it.
+        actor_lora: LoRA settings of the actor (None: full fine-tuning).
+        critic_lora: LoRA settings of the critic.
+        actor_gradient_checkpointing: recompute the actor's activations in backward.
+        critic_gradient_checkpointing: recompute the critic's activations in backward.
+        actor_optimizer: AdamW + schedule of the actor (default: lr 9.65e-6, cosine over the run).
+        critic_optimizer: AdamW + schedule of the critic (default: lr 5e-6, cosine over the run).
+        max_grad_norm: gradient-norm clip under plain strategies (DeepSpeed clips from its own config).
+        generation: sampling settings of the rollouts.
+        generation_batch_size: prompts per ``generate`` call (None: the whole batch at once). The
+            dataloader's batch size is the rollout buffer size.
+        train_batch_size: rows per PPO mini-batch (the training batch size).
+        ppo_epochs: passes over the rollout buffer per PPO iteration.
+        clip_range: PPO ratio clip ``eps``.
+        clip_range_value: value clip ``eps``.
+        gamma: discount factor.
+        lam: GAE lambda.
+        whiten_advantages: normalise advantages over the buffer (masked).
+        kl_coef: initial coefficient of the per-token KL penalty.
+        kl_estimator: ``k1`` (log-ratio, DeepSpeed-Chat), ``k2`` or ``k3``.
+        kl_target: if set, adapt the coefficient towards this KL per sequence (Ziegler et al.).
+        kl_horizon: horizon of the adaptive controller, in samples.
+        clip_reward_value: clip the (normalised) score to ``[-v, v]``.
+        normalize_reward: normalise scores with ``reward_stats.json`` (``mean``, ``std``) saved beside
+            the reward model.
+        missing_eos_penalty: subtracted from the score of responses that never emit EOS.
+        ptx_coef: weight of the language-modelling loss on SFT batches (0 disables; DeepSpeed-Chat's
+            ``--unsup_coef`` is 27.8).
+        ptx_batch_size: SFT rows per ptx step (None: the data module's batch size).
+        dropout: dropout probability of every model during PPO (0: rollout and update log-probs agree).
+        num_samples_to_log: sample generations written to TensorBoard text.
+        log_samples_every_n_steps: how often (in PPO iterations) samples are logged.
+        seed: seed of the mini-batch shuffle.
+    """
+
+    def __init__(
+        self,
+        actor: str,
+        reward_model: str,
+        critic: str | None = None,
+        reference: str | None = None,
+        tokenizer: str | None = None,
+        actor_lora: LoraArgs | None = None,
+        critic_lora: LoraArgs | None = None,
+        actor_gradient_checkpointing: bool = False,
+        critic_gradient_checkpointing: bool = False,
+        actor_optimizer: OptimizerArgs | None = None,
+        critic_optimizer: OptimizerArgs | None = None,
+        max_grad_norm: float | None = 1.0,
+        generation: GenerationArgs | None = None,
+        generation_batch_size: int | None = None,
+        train_batch_size: int = 4,
+        ppo_epochs: int = 1,
+        clip_range: float = 0.2,
+        clip_range_value: float = 0.2,
+        gamma: float = 1.0,
+        lam: float = 0.95,
+        whiten_advantages: bool = True,
+        kl_coef: float = 0.1,
+        kl_estimator: Literal["k1", "k2", "k3"] = "k1",
+        kl_target: float | None = None,
+        kl_horizon: int = 10000,
+        clip_reward_value: float = 5.0,
+        normalize_reward: bool = False,
+        missing_eos_penalty: float = 0.0,
+        ptx_coef: float = 0.0,
+        ptx_batch_size: int | None = None,
+        dropout: float = 0.0,
+        num_samples_to_log: int = 4,
+        log_samples_every_n_steps: int = 10,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._validate()
+        self.automatic_optimization = False
+        self.actor_optimizer = actor_optimizer or OptimizerArgs(learning_rate=9.65e-6)
+        self.critic_optimizer = critic_optimizer or OptimizerArgs(learning_rate=5e-6)
+        self.generation = generation or GenerationArgs()
+        self.tokenizer = load_tokenizer(tokenizer or actor)
+        self.kl_controller: KLController = (
+            FixedKLController(kl_coef) if kl_target is None else AdaptiveKLController(kl_coef, kl_target, kl_horizon)
+        )
+        self.score_mean, self.score_std = self._reward_stats() if normalize_reward else (0.0, 1.0)
+        self.task_checker: TaskChecker | None = None
+        self.actor = self.critic = self.reference = self.reward_model = None
+        self._shuffle = torch.Generator().manual_seed(seed)
+        self._ptx_iterator: Iterator[Any] | None = None
+
+    def _validate(self) -> None:
+        hp = self.hparams
+        get_kl_estimator(hp.kl_estimator)
+        for name in ("train_batch_size", "ppo_epochs", "kl_horizon", "log_samples_every_n_steps"):
+            if hp[name] < 1:
+                raise ValueError(f"PPOModule.{name} must be >= 1, got {hp[name]}")
+        for name in ("generation_batch_size", "ptx_batch_size"):
+            if hp[name] is not None and hp[name] < 1:
+                raise ValueError(f"PPOModule.{name} must be >= 1 or None, got {hp[name]}")
+        for name in ("clip_range", "clip_range_value", "clip_reward_value", "kl_coef", "ptx_coef"):
+            if hp[name] < 0:
+                raise ValueError(f"PPOModule.{name} must be >= 0, got {hp[name]}")
+        if not (0.0 <= hp.gamma <= 1.0 and 0.0 <= hp.lam <= 1.0):
+            raise ValueError(f"PPOModule.gamma and lam must be in [0, 1], got gamma={hp.gamma}, lam={hp.lam}")
+
+    def _reward_stats(self) -> tuple[float, float]:
+        path = Path(self.hparams.reward_model) / "reward_stats.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"PPOModule(normalize_reward=True) needs {path} (written by the reward step)")
+        stats = json.loads(path.read_text())
+        if not stats.get("std", 0) > 0:
+            raise ValueError(f"{path}: 'std' must be > 0, got {stats.get('std')}")
+        return float(stats["mean"]), float(stats["std"])
+
+    # -- models and optimizers ------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Build the four models (inside the strategy's sharded context, so ZeRO-3 ``zero.Init`` applies)."""
+        if self.actor is not None:
+            return
+        hp, tok, p = self.hparams, self.tokenizer, self.hparams.dropout
+        self.actor = load_causal_lm(hp.actor, lora=hp.actor_lora, dropout=p, tokenizer=tok,
+                                    gradient_checkpointing=hp.actor_gradient_checkpointing)
+        self.critic = load_value_model(hp.critic or hp.reward_model, lora=hp.critic_lora, dropout=p, tokenizer=tok,
+                                       gradient_checkpointing=hp.critic_gradient_checkpointing)
+        self.reference = load_causal_lm(hp.reference or hp.actor, dropout=p, tokenizer=tok).requires_grad_(False)
+        self.reward_model = load_value_model(hp.reward_model, dropout=p, tokenizer=tok).requires_grad_(False)
+
+    def configure_optimizers(self) -> list[dict[str, Any]]:
+        """AdamW + schedule for the actor, then for the critic (one DeepSpeed engine each)."""
+        total = self.trainer.estimated_stepping_batches
+        return [lightning_optimizer_config(self.actor, self.actor_optimizer, total),
+                lightning_optimizer_config(self.critic, self.critic_optimizer, total)]
+
+    def setup(self, stage: str) -> None:
+        """Pick up the task checker of the data module's built-in task, if it has one."""
+        task = getattr(getattr(self.trainer, "datamodule", None), "task", None)
+        if self.task_checker is None and callable(getattr(task, "check", None)):
+            self.task_checker = task.check
+
+    # -- the algorithm --------------------------------------------------------------------------------
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """One PPO iteration: rollout -> score -> rewards -> advantages -> update -> ptx -> log."""
+        prompts, ptx_batch = (batch["ppo"], batch.get("ptx")) if "ppo" in batch else (batch, None)
+        rollout, metrics, samples = self.make_experience(prompts)
+        start = time.perf_counter()
+        metrics.update(self.ppo_update(rollout))
+        if self.hparams.ptx_coef > 0:
+            metrics["ppo/ptx_loss"] = self.ptx_step(ptx_batch if ptx_batch is not None else self.next_ptx_batch())
+        for scheduler in self.lr_schedulers() or []:
+            scheduler.step()
+        metrics["time/training_s"] = time.perf_counter() - start
+        metrics = reduce_metrics(self.trainer.strategy, metrics)
+        self.kl_controller.update(metrics["ppo/kl"], n_steps=len(rollout) * self.trainer.world_size)
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(rollout))
+        if batch_idx % self.hparams.log_samples_every_n_steps == 0:
+            log_samples(self, "ppo/samples", *samples, limit=self.hparams.num_samples_to_log)
+
+    @torch.no_grad()
+    def make_experience(self, batch: Mapping[str, Any]) -> tuple[Rollout, dict[str, Any], tuple]:
+        """Generate responses, score them, and turn the scores into advantages (the rollout buffer)."""
+        hp, temperature = self.hparams, self.generation.logprob_temperature
+        start = time.perf_counter()
+        sequences, attention_mask, response_mask, eos_found = self.generate(batch, greedy=False)
+        generation_s = time.perf_counter() - start
+        length = response_mask.shape[1]
+        logprobs, entropy = policy_logprobs(self.actor, sequences, attention_mask, length, temperature, True)
+        ref_logprobs, _ = policy_logprobs(self.reference, sequences, attention_mask, length, temperature)
+        values = critic_values(self.critic, sequences, attention_mask, length)
+        raw_scores = sequence_scores(self.reward_model, sequences, attention_mask)
+        scores = process_scores(raw_scores, eos_found, hp.missing_eos_penalty, self.score_mean, self.score_std,
+                                hp.clip_reward_value)
+        kl_coef = self.kl_controller.value
+        rewards, stats = kl_penalized_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef, hp.kl_estimator)
+        advantages, returns = generalized_advantage_estimation(rewards, values, response_mask, hp.gamma, hp.lam)
+        metrics = {
+            "ppo/reward_mean": stats["reward_mean"], "ppo/reward_std": stats["reward_std"],
+            "ppo/score_mean": raw_scores.mean(), "ppo/kl": stats["kl"], "ppo/kl_coef": kl_coef,
+            "ppo/entropy": masked_mean(entropy, response_mask),
+            "ppo/response_length": response_mask.sum(1).float().mean(),
+            "ppo/eos_fraction": eos_found.float().mean(),
+            "ppo/value_explained_variance": explained_variance(values, returns, response_mask),
+            "ppo/advantage_mean": masked_mean(advantages, response_mask),
+            "ppo/return_mean": masked_mean(returns, response_mask),
+            "time/generation_s": generation_s,
+            "throughput/generated_tokens_per_s": response_mask.sum().item() / max(generation_s, 1e-9),
+        }
+        if hp.whiten_advantages:
+            advantages = masked_whiten(advantages, response_mask)
+        responses = self.decode(sequences[:, -length:], response_mask)
+        success = self.task_success(batch["prompts"], responses)
+        if success is not None:
+            metrics["ppo/task_success"] = success.float().mean()
+        rollout = Rollout(sequences, attention_mask, response_mask, logprobs, values, advantages, returns)
+        return rollout, metrics, (batch["prompts"], responses, raw_scores.tolist())
+
+    def ppo_update(self, rollout: Rollout) -> dict[str, Tensor]:
+        """``ppo_epochs`` passes over shuffled mini-batches of the buffer: actor step, then critic step."""
+        actor_opt, critic_opt = self.optimizers()
+        hp, sums, count = self.hparams, {}, 0
+        for _ in range(hp.ppo_epochs):
+            for mb in rollout.minibatches(hp.train_batch_size, self._shuffle):
+                length = mb.response_mask.shape[1]
+                logprobs, _ = policy_logprobs(self.actor, mb.sequences, mb.attention_mask, length,
+                                              self.generation.logprob_temperature)
+                policy_loss, policy_stats = clipped_policy_loss(logprobs, mb.logprobs, mb.advantages,
+                                                                mb.response_mask, hp.clip_range)
+                self.optimizer_step(actor_opt, policy_loss)
+                values = critic_values(self.critic, mb.sequences, mb.attention_mask, length)
+                value_loss, value_stats = clipped_value_loss(values, mb.values, mb.returns, mb.response_mask,
+                                                             hp.clip_range_value)
+                self.optimizer_step(critic_opt, value_loss)
+                step = {"ppo/policy_loss": policy_loss.detach(), "ppo/value_loss": value_loss.detach(),
+                        "ppo/clipfrac": policy_stats["clipfrac"], "ppo/approx_kl": policy_stats["approx_kl"],
+                        "ppo/value_clipfrac": value_stats["value_clipfrac"]}
+                sums = {k: sums.get(k, 0.0) + v for k, v in step.items()}
+                count += 1
+        return {k: v / count for k, v in sums.items()}
+
+    def ptx_step(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """One actor step on ``ptx_coef`` x the language-modelling loss of an SFT batch (InstructGPT's PPO-ptx)."""
+        actor_opt, _ = self.optimizers()
+        logits = self.actor(input_ids=batch["input_ids"], **forward_kwargs(self.actor, batch["attention_mask"])).logits
+        loss = causal_lm_loss(logits, batch["labels"])
+        self.optimizer_step(actor_opt, self.hparams.ptx_coef * loss)
+        return loss.detach()
+
+    def next_ptx_batch(self) -> Mapping[str, Tensor]:
+        """The next SFT batch from the data module's ``ptx_dataloader`` (cycled), on this device."""
+        if self._ptx_iterator is None:
+            loader = getattr(self.trainer.datamodule, "ptx_dataloader", None) if self.trainer.datamodule else None
+            if loader is None:
+                raise RuntimeError("PPOModule(ptx_coef > 0) needs a data module with ptx_dataloader() "
+                                   "or batches of the form {'ppo': ..., 'ptx': ...}")
+            self._ptx_iterator = itertools.cycle(loader(self.hparams.ptx_batch_size))
+        return self.transfer_batch_to_device(next(self._ptx_iterator), self.device, 0)
+
+    def optimizer_step(self, optimizer: Any, loss: Tensor) -> None:
+        """Backward, clip (plain strategies), step and zero the gradients of one model."""
+        self.manual_backward(loss, optimizer)
+        if self.hparams.max_grad_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad()
+
+    # -- generation, decoding, validation ---------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, batch: Mapping[str, Any], greedy: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Responses to the prompts, in chunks of ``generation_batch_size``.
+
+        Returns:
+            ``(sequences (B, P+R), attention_mask (B, P+R), response_mask (B, R), eos_found (B,))``.
+        """
+        input_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+        tok, prompt_length = self.tokenizer, input_ids.shape[1]
+        kwargs = self.generation.generate_kwargs(tok.pad_token_id, tok.eos_token_id, greedy=greedy)
+        chunk = self.hparams.generation_batch_size or len(input_ids)
+        responses = []
+        with generation_mode(self.trainer.strategy, self.actor) as policy:
+            for start in range(0, len(input_ids), chunk):
+                prompt = input_ids[start : start + chunk]
+                out = policy.generate(input_ids=prompt, attention_mask=prompt_mask[start : start + chunk], **kwargs)
+                if out.shape[1] <= prompt_length or not torch.equal(out[:, :prompt_length], prompt):
+                    raise RuntimeError(f"generate returned shape {tuple(out.shape)} that does not start with the "
+                                       f"{tuple(prompt.shape)} prompts; expected prompt + response rows")
+                responses.append(out[:, prompt_length:])
+        responses = pad_right(responses, tok.pad_token_id)
+        response_mask, eos_found = response_mask_from_tokens(responses, tok.eos_token_id)
+        sequences = torch.cat([input_ids, responses], dim=1)
+        attention_mask = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
+        return sequences, attention_mask, response_mask, eos_found
+
+    def decode(self, responses: Tensor, response_mask: Tensor) -> list[str]:
+        """Response texts without special tokens (masked positions dropped)."""
+        return [self.tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(responses, response_mask)]
+
+    def task_success(self, prompts: list[str], responses: list[str]) -> Tensor | None:
+        """Per-sample success ``(B,)`` under the task checker, or None without one."""
+        if self.task_checker is None:
+            return None
+        return torch.tensor([self.task_checker(p, r) for p, r in zip(prompts, responses)], device=self.device)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """Greedy responses to held-out prompts: mean reward-model score and task success."""
+        batch = batch["ppo"] if "ppo" in batch else batch
+        sequences, attention_mask, response_mask, _ = self.generate(batch, greedy=True)
+        scores = sequence_scores(self.reward_model, sequences, attention_mask)
+        n = len(scores)
+        self.log("val/reward_mean", scores.mean(), on_epoch=True, sync_dist=True, batch_size=n)
+        responses = self.decode(sequences[:, -response_mask.shape[1]:], response_mask)
+        success = self.task_success(batch["prompts"], responses)
+        if success is not None:
+            self.log("val/task_success", success.float().mean(), on_epoch=True, sync_dist=True, batch_size=n)
+        if batch_idx == 0:
+            log_samples(self, "val/samples", batch["prompts"], responses, scores.tolist(),
+                        limit=self.hparams.num_samples_to_log)
+
+    # -- checkpoint state beyond the weights ------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the KL coefficient and the mini-batch shuffle state."""
+        checkpoint["ppo_state"] = {"kl_controller": self.kl_controller.state_dict(),
+                                   "shuffle_rng": self._shuffle.get_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore what :meth:`on_save_checkpoint` saved."""
+        state = checkpoint.get("ppo_state")
+        if state is not None:
+            self.kl_controller.load_state_dict(state["kl_controller"])
+            self._shuffle.set_state(state["shuffle_rng"])
+            rank_zero_info(f"PPOModule: restored KL coefficient {self.kl_controller.value:.6g}")
+
+
+__all__ = ["GenerationArgs", "PPOModule", "PPO_TAGS"]

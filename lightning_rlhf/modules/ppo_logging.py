@@ -1,0 +1,54 @@
+"""What PPO reports: the curve names, one cross-rank reduction per step, and sample generations as text."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_only
+
+#: the curves every PPO iteration logs (``ppo/task_success`` is added when a task checker is known)
+PPO_TAGS: tuple[str, ...] = (
+    "ppo/reward_mean", "ppo/reward_std", "ppo/score_mean", "ppo/kl", "ppo/kl_coef", "ppo/policy_loss",
+    "ppo/value_loss", "ppo/clipfrac", "ppo/approx_kl", "ppo/entropy", "ppo/response_length",
+    "ppo/eos_fraction", "ppo/value_explained_variance", "ppo/advantage_mean", "ppo/return_mean",
+    "time/generation_s", "time/training_s", "throughput/generated_tokens_per_s",
+)
+
+
+def reduce_metrics(strategy: Any, metrics: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
+    """Mean of each metric over ranks, in one collective (every rank must pass the same keys).
+
+    Args:
+        strategy: the trainer's strategy (its ``reduce`` averages across processes).
+        metrics: scalar tensors or floats by name.
+    """
+    names = sorted(metrics)
+    device = getattr(strategy, "root_device", torch.device("cpu"))
+    stacked = torch.stack([torch.as_tensor(metrics[n], dtype=torch.float32).detach().to(device).reshape(()) for n in names])
+    reduced = strategy.reduce(stacked, reduce_op="mean")
+    return dict(zip(names, reduced.tolist()))
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
+
+
+@rank_zero_only
+def log_samples(
+    module: LightningModule, tag: str, prompts: Sequence[str], responses: Sequence[str], scores: Sequence[float],
+    limit: int = 4,
+) -> None:
+    """Write the first ``limit`` (prompt, response, score) triples as a Markdown table to TensorBoard text.
+
+    Loggers without ``add_text`` (CSV, ...) are skipped.
+    """
+    if limit <= 0:
+        return
+    rows = ["| prompt | response | score |", "|---|---|---|"]
+    rows += [f"| {_cell(p)} | {_cell(r)} | {s:.3f} |" for p, r, s in list(zip(prompts, responses, scores))[:limit]]
+    for logger in module.loggers:
+        add_text = getattr(getattr(logger, "experiment", None), "add_text", None)
+        if callable(add_text):
+            add_text(tag, "\n".join(rows), global_step=module.global_step)

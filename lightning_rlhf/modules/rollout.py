@@ -1,0 +1,151 @@
+"""PPO experience: the rollout buffer and the tensor plumbing around generation.
+
+Layout: every sequence is ``prompt (left-padded, length P) + response (right-padded, length R)``.
+Per-token quantities (log-probs, values, rewards, advantages) live on the response part only,
+shape ``(batch, R)``, with ``response_mask`` true on the real response tokens up to and including
+the first EOS. Position ``P - 1 + t`` of a forward pass predicts response token ``t``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass, fields, replace
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from lightning_rlhf.algorithms import entropy_from_logits, logprobs_from_logits
+from lightning_rlhf.models import position_ids_from_mask, token_values, unwrap_peft
+
+
+@dataclass
+class Rollout:
+    """One buffer of experience; every tensor has the batch as its first dimension.
+
+    Attributes:
+        sequences: ``(B, P + R)`` prompt + response token ids.
+        attention_mask: ``(B, P + R)`` 1 on real prompt and response tokens.
+        response_mask: ``(B, R)`` bool, true on real response tokens (through the first EOS).
+        logprobs: ``(B, R)`` actor log-probabilities at sampling time.
+        values: ``(B, R)`` critic values at sampling time.
+        advantages: ``(B, R)`` (whitened) advantages.
+        returns: ``(B, R)`` value targets.
+    """
+
+    sequences: Tensor
+    attention_mask: Tensor
+    response_mask: Tensor
+    logprobs: Tensor
+    values: Tensor
+    advantages: Tensor
+    returns: Tensor
+
+    @property
+    def prompt_length(self) -> int:
+        """``P``: the (padded) prompt length shared by the buffer."""
+        return self.sequences.shape[1] - self.response_mask.shape[1]
+
+    def __len__(self) -> int:
+        return self.sequences.shape[0]
+
+    def select(self, index: Tensor) -> "Rollout":
+        """The rows ``index`` of every tensor."""
+        return replace(self, **{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def minibatches(self, size: int, generator: torch.Generator | None = None) -> Iterator["Rollout"]:
+        """Shuffled mini-batches of ``size`` rows (the last may be smaller).
+
+        Args:
+            size: rows per mini-batch (the training batch size).
+            generator: random source of the shuffle, for reproducibility.
+        """
+        order = torch.randperm(len(self), generator=generator).to(self.sequences.device)
+        for start in range(0, len(self), size):
+            yield self.select(order[start : start + size])
+
+
+def response_mask_from_tokens(responses: Tensor, eos_token_id: int) -> tuple[Tensor, Tensor]:
+    """Mask of the real response tokens and whether each row emitted EOS.
+
+    A token is real up to and including the first EOS; a row without EOS is real throughout (it was cut
+    at the length limit). Padding after EOS is therefore never counted, even when pad equals EOS.
+
+    Args:
+        responses: ``(B, R)`` generated token ids (prompt removed).
+        eos_token_id: the end-of-sequence id.
+
+    Returns:
+        ``(mask, eos_found)``: ``(B, R)`` bool and ``(B,)`` bool.
+    """
+    is_eos = responses == eos_token_id
+    eos_found = is_eos.any(dim=1)
+    # number of EOS strictly before each position: 0 means "not yet ended"
+    ended_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
+    return ended_before == 0, eos_found
+
+
+def pad_right(tensors: list[Tensor], value: int) -> Tensor:
+    """Concatenate ``(b_i, T_i)`` tensors along the batch, right-padding each to the longest ``T_i``."""
+    width = max(t.shape[1] for t in tensors)
+    padded = [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors]
+    return torch.cat(padded, dim=0)
+
+
+def forward_kwargs(model: nn.Module, attention_mask: Tensor) -> dict[str, Any]:
+    """Keyword arguments for a forward pass over left-padded input: positions counted over real tokens.
+
+    Generation computes positions from the attention mask; passing the same here makes the
+    log-probabilities of the rollout and of the update agree.
+    """
+    kwargs: dict[str, Any] = {"attention_mask": attention_mask, "use_cache": False}
+    if "position_ids" in inspect.signature(unwrap_peft(model).forward).parameters:
+        kwargs["position_ids"] = position_ids_from_mask(attention_mask)
+    return kwargs
+
+
+def response_logits(model: nn.Module, sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
+    """Logits ``(B, R, V)`` that score each response token (``temperature`` not applied)."""
+    logits = model(input_ids=sequences, **forward_kwargs(model, attention_mask)).logits
+    start = sequences.shape[1] - response_length
+    return logits[:, start - 1 : -1]
+
+
+def policy_logprobs(
+    model: nn.Module, sequences: Tensor, attention_mask: Tensor, response_length: int, temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probabilities ``(B, R)`` of the response tokens (and optionally their entropies ``(B, R)``).
+
+    Logits are divided by the sampling ``temperature`` so the log-probs are those of the distribution
+    the tokens were actually drawn from.
+    """
+    logits = response_logits(model, sequences, attention_mask, response_length)
+    if temperature != 1.0:
+        logits = logits / temperature
+    responses = sequences[:, -response_length:]
+    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
+    return logprobs_from_logits(logits, responses), entropy
+
+
+def critic_values(critic: nn.Module, sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
+    """Values ``(B, R)``: the critic's value of the state just before each response token."""
+    values = token_values(critic, sequences, attention_mask)
+    start = sequences.shape[1] - response_length
+    return values[:, start - 1 : -1]
+
+
+@contextlib.contextmanager
+def eval_generation_mode(strategy: Any, model: nn.Module) -> Iterator[nn.Module]:
+    """Fallback generation switch for plain strategies: eval mode, no grad, yields ``model``, restores mode.
+
+    Same signature as ``lightning_rlhf.strategies.generation_mode``; used only until that exists.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)

@@ -1,0 +1,120 @@
+"""PPOModule on tiny models, Lightning's single-device CPU strategy: curves in TensorBoard, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_rlhf.data import PreferenceDataModule
+from lightning_rlhf.modules._common import OptimizerArgs
+from lightning_rlhf.modules.ppo import PPO_TAGS, GenerationArgs, PPOModule
+
+SIZES = dict(hidden_size=32, num_layers=2, num_heads=4)
+
+
+@pytest.fixture()
+def ppo_paths(tiny_model_factory) -> dict[str, Path]:
+    return {
+        "actor": tiny_model_factory("llama", "causal_lm", seed=0, **SIZES),
+        "reward_model": tiny_model_factory("llama", "value", seed=1, **SIZES),
+    }
+
+
+def make_module(paths: dict[str, Path], **overrides) -> PPOModule:
+    kwargs = dict(
+        actor=str(paths["actor"]), reward_model=str(paths["reward_model"]),
+        actor_optimizer=OptimizerArgs(learning_rate=1e-3, scheduler="constant"),
+        critic_optimizer=OptimizerArgs(learning_rate=1e-3, scheduler="constant"),
+        generation=GenerationArgs(max_new_tokens=6), generation_batch_size=2, train_batch_size=2,
+        ppo_epochs=2, log_samples_every_n_steps=1, missing_eos_penalty=1.0,
+    )
+    kwargs.update(overrides)
+    return PPOModule(**kwargs)
+
+
+def make_data(paths: dict[str, Path], **overrides) -> PreferenceDataModule:
+    kwargs = dict(tokenizer=str(paths["actor"]), stage="ppo", task_size=200, batch_size=4, eval_fraction=0.1,
+                  max_prompt_length=32, max_length=64)
+    kwargs.update(overrides)
+    return PreferenceDataModule(**kwargs)
+
+
+def make_trainer(root: Path, max_epochs: int = 1, **overrides) -> Trainer:
+    kwargs = dict(
+        accelerator="cpu", devices=1, max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=1,
+        log_every_n_steps=1, num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+        logger=TensorBoardLogger(str(root), name="ppo", version=0), enable_checkpointing=False,
+        default_root_dir=str(root),
+    )
+    kwargs.update(overrides)
+    return Trainer(**kwargs)
+
+
+def read_events(log_dir: str) -> EventAccumulator:
+    events = EventAccumulator(log_dir, size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def test_ppo_logs_every_curve_and_samples(tmp_path, ppo_paths):
+    torch.manual_seed(0)
+    module = make_module(ppo_paths, ptx_coef=0.5, kl_target=1.0, kl_horizon=100)
+    trainer = make_trainer(tmp_path)
+    trainer.fit(module, datamodule=make_data(ppo_paths))
+    events = read_events(trainer.logger.log_dir)
+    scalars = set(events.Tags()["scalars"])
+    expected = set(PPO_TAGS) | {"ppo/task_success", "ppo/ptx_loss", "val/reward_mean", "val/task_success"}
+    assert expected <= scalars, f"missing tags: {sorted(expected - scalars)}"
+    for tag in PPO_TAGS:  # one point per PPO iteration
+        assert len(events.Scalars(tag)) == 2, tag
+    assert {"ppo/samples/text_summary", "val/samples/text_summary"} <= set(events.Tags()["tensors"])
+    # the adaptive controller moved the KL coefficient between the two iterations
+    kl_coefs = [e.value for e in events.Scalars("ppo/kl_coef")]
+    assert kl_coefs[0] == pytest.approx(0.1) and kl_coefs[1] != pytest.approx(0.1)
+    assert module.kl_controller.value != pytest.approx(kl_coefs[1])  # updated after the second rollout
+    # actor and critic trained, reference and reward model frozen and untouched
+    assert all(not p.requires_grad for p in module.reference.parameters())
+    reference = type(module.reference).from_pretrained(str(ppo_paths["actor"]))
+    actor_moved = any(not torch.equal(a, r) for a, r in zip(module.actor.parameters(), reference.parameters()))
+    ref_same = all(torch.equal(a, r) for a, r in zip(module.reference.parameters(), reference.parameters()))
+    assert actor_moved and ref_same
+    lengths = [e.value for e in events.Scalars("ppo/response_length")]
+    assert all(1 <= v <= 6 for v in lengths)
+
+
+def test_ppo_resumes_from_checkpoint(tmp_path, ppo_paths):
+    torch.manual_seed(0)
+    data = make_data(ppo_paths)
+    first = make_module(ppo_paths, kl_target=1.0, kl_horizon=100)
+    trainer = make_trainer(tmp_path / "a", max_epochs=1)
+    trainer.fit(first, datamodule=data)
+    ckpt = tmp_path / "mid.ckpt"
+    trainer.save_checkpoint(ckpt)
+    kl_after_first = first.kl_controller.value
+    steps_after_first = trainer.global_step
+
+    resumed = make_module(ppo_paths, kl_target=1.0, kl_horizon=100)
+    state = torch.load(ckpt, weights_only=False)
+    trainer2 = make_trainer(tmp_path / "b", max_epochs=2)
+    trainer2.fit(resumed, datamodule=make_data(ppo_paths), ckpt_path=str(ckpt))
+    assert trainer2.current_epoch == 2 and trainer2.global_step == 2 * steps_after_first
+    events = read_events(trainer2.logger.log_dir)
+    assert len(events.Scalars("ppo/kl_coef")) == 2  # only the second epoch ran
+    assert events.Scalars("ppo/kl_coef")[0].value == pytest.approx(kl_after_first)
+    # resumed from the saved weights, then trained further
+    saved_actor = {k[len("actor."):]: v for k, v in state["state_dict"].items() if k.startswith("actor.")}
+    assert any(not torch.equal(saved_actor[n], p) for n, p in resumed.actor.named_parameters())
+
+
+def test_invalid_arguments_are_named(ppo_paths):
+    with pytest.raises(ValueError, match="train_batch_size"):
+        make_module(ppo_paths, train_batch_size=0)
+    with pytest.raises(ValueError, match="unknown KL estimator"):
+        make_module(ppo_paths, kl_estimator="k7")
+    with pytest.raises(FileNotFoundError, match="reward_stats.json"):
+        make_module(ppo_paths, normalize_reward=True)
