@@ -1,0 +1,269 @@
+"""Hook-free inference replicas of a (ZeRO-3 partitioned, LoRA-wrapped) causal LM, optionally tensor-parallel.
+
+Why a replica: ZeRO-3 runs a gather/release hook around every module on every forward, so a
+32-token generation re-gathers each layer 32 times, and ``deepspeed.zero.GatheredParameters`` does
+not help (the hooks still run). A plain module of the same class, built once on the ``meta`` device
+and filled from the gathered shards, generates at the speed of an ordinary model. The trained
+weights are only read: LoRA deltas are added to the replica's copy, never merged into the model.
+
+With a tensor-parallel mesh the replica's layers are split by :mod:`torch.distributed.tensor.parallel`
+before any memory is allocated, and each rank copies only its shard of every gathered weight.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lightning_rlhf.strategies.tp_plans import FamilyTPPlan, check_divisible, pattern_regex, resolve_tp_plan
+
+_LORA_SEGMENT = re.compile(r"(^|\.)lora_[^.]*(\.|$)")
+
+
+def is_zero3_param(param: nn.Parameter) -> bool:
+    """Whether ``param`` is partitioned by DeepSpeed ZeRO-3."""
+    return hasattr(param, "ds_id")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The transformers model under a DeepSpeed engine and/or a peft wrapper (LoRA layers stay injected)."""
+    model = getattr(model, "module", model) if type(model).__name__ == "DeepSpeedEngine" else model
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def replica_name(source_name: str) -> str | None:
+    """Name of a source parameter/module in the plain replica, or None if it has no counterpart there.
+
+    peft inserts ``base_layer`` under LoRA layers, ``lora_*`` submodules beside them, and
+    ``modules_to_save.<adapter>`` / ``original_module`` under fully trained modules.
+    """
+    if _LORA_SEGMENT.search(source_name) or ".original_module." in f".{source_name}.":
+        return None
+    name = re.sub(r"(^|\.)base_layer(\.|$)", r"\1", source_name)
+    name = re.sub(r"(^|\.)modules_to_save\.[^.]+(\.|$)", r"\1", name)
+    return name.rstrip(".")
+
+
+def lora_delta(module: nn.Module) -> torch.Tensor | None:
+    """Sum of the active, unmerged LoRA adapters' weight deltas of a peft layer (None if not a LoRA layer)."""
+    if not hasattr(module, "get_delta_weight") or getattr(module, "disable_adapters", False):
+        return None
+    delta = None
+    merged = set(getattr(module, "merged_adapters", ()))
+    for adapter in module.active_adapters:
+        if adapter in merged or adapter not in {*module.lora_A, *getattr(module, "lora_embedding_A", {})}:
+            continue
+        if getattr(module, "use_dora", {}).get(adapter) or getattr(module, "lora_bias", {}).get(adapter):
+            raise NotImplementedError(
+                f"generation_mode cannot merge DoRA or LoRA-bias adapter {adapter!r} of {type(module).__name__}; "
+                f"use plain LoRA adapters"
+            )
+        step = module.get_delta_weight(adapter)
+        delta = step if delta is None else delta + step
+    return delta
+
+
+@dataclass
+class _Slot:
+    """Where one gathered source parameter goes in the replica, and how it is reshaped on the way."""
+
+    source: nn.Parameter
+    target: nn.Parameter
+    lora_owner: nn.Module | None  # the peft layer whose delta is added (weights only)
+    transpose: bool  # GPT-2 Conv1D -> Linear
+    blocks: int  # fused [q|k|v] blocks to interleave per rank
+
+
+class InferenceReplica:
+    """A plain (hook-free) copy of a causal LM, refreshed from the trained model on demand.
+
+    Args:
+        model: the trained model (DeepSpeed engine, peft model or transformers model; may be ZeRO-3).
+        device: where the replica lives.
+        tp_mesh: a 1-D ``DeviceMesh`` over this rank's tensor-parallel group, or None for no split.
+        tp_plan: explicit ``module pattern -> style`` plan (see :mod:`.tp_plans`); None picks the family's.
+        gather_partition_size: layers gathered at once when refreshing from ZeRO-3 shards.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        tp_mesh=None,
+        tp_plan: dict[str, str] | None = None,
+        gather_partition_size: int = 8,
+    ) -> None:
+        self.base = unwrap_model(model)  # only during construction: the cache must not keep the model alive
+        self.device = torch.device(device)
+        self.tp_mesh = tp_mesh
+        self.tp_size = tp_mesh.size() if tp_mesh is not None else 1
+        self.tp_rank = tp_mesh.get_local_rank() if tp_mesh is not None else 0
+        self.gather_partition_size = gather_partition_size
+        plan = None
+        if self.tp_size > 1:
+            check_divisible(self.base.config, self.tp_size)
+            plan = resolve_tp_plan(self.base.config, tp_plan)
+        self.module = self._build(plan)
+        self.slots = self._map_parameters(plan)
+        self.groups = self._gather_groups()
+        del self.base
+
+    # -- construction -------------------------------------------------------------------------------
+    def _build(self, plan: FamilyTPPlan | None) -> nn.Module:
+        base = self.base
+        with torch.device("meta"):
+            replica = type(base)(copy.deepcopy(base.config))
+        replica.eval().requires_grad_(False)
+        sources = {replica_name(n): p for n, p in base.named_parameters()}
+        for name, param in replica.named_parameters():
+            source = sources.get(name)
+            if source is not None and source.dtype != param.dtype:
+                param.data = param.data.to(source.dtype)
+        if plan is not None:
+            self._shard(replica, plan)
+        replica.to_empty(device=self.device)
+        replica.tie_weights()
+        self._copy_tensors(replica)
+        if plan is not None and plan.prepare is not None:
+            plan.prepare(replica, self.tp_rank, self.tp_size)
+        replica.generation_config = copy.deepcopy(base.generation_config)
+        return replica
+
+    def _shard(self, replica: nn.Module, plan: FamilyTPPlan) -> None:
+        from torch.distributed.tensor import Replicate
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        styles = {
+            "colwise": ColwiseParallel, "rowwise": RowwiseParallel, "rowwise_rep": RowwiseParallel,
+            "colwise_rep": lambda: ColwiseParallel(output_layouts=Replicate()),
+            "colwise_gather_output": lambda: ColwiseParallel(output_layouts=Replicate()),
+        }
+        layout: dict[str, object] = {}
+        for name, module in list(replica.named_modules()):
+            for pattern, attrs in plan.divide.items():
+                if pattern_regex(pattern).search(name):
+                    for attr in attrs:
+                        setattr(module, attr, getattr(module, attr) // self.tp_size)
+            style = next((s for p, s in plan.styles.items() if pattern_regex(p).search(name)), None)
+            if style is None:
+                continue
+            if type(module).__name__ == "Conv1D":
+                module = _conv1d_to_linear(replica, name, module)
+            if not isinstance(module, (nn.Linear, nn.Embedding)):
+                raise ValueError(f"tensor-parallel plan maps {name!r} ({type(module).__name__}) to {style!r}; "
+                                 f"only nn.Linear, nn.Embedding and transformers Conv1D layers can be split")
+            layout[name] = styles[style]()
+        if not layout:
+            raise ValueError(f"the tensor-parallel plan {sorted(plan.styles)} matched no module of "
+                             f"{type(replica).__name__}; check the module patterns")
+        parallelize_module(replica, self.tp_mesh, layout)
+        self._converted = {n for n, m in replica.named_modules() if getattr(m, "_from_conv1d", False)}
+        self._blocks = {n: b for n, _ in replica.named_modules() for p, b in plan.fused_blocks.items()
+                        if pattern_regex(p).search(n)}
+
+    def _copy_tensors(self, replica: nn.Module) -> None:
+        """Buffers (rotary frequencies, masks) and plain tensor attributes come from the model as they are."""
+        sources = {replica_name(n): m for n, m in self.base.named_modules()}
+        with torch.no_grad():
+            for name, module in replica.named_modules():
+                source = sources.get(name)
+                if source is None:
+                    continue
+                for key, buf in module.named_buffers(recurse=False):
+                    buf.copy_(getattr(source, key))
+                for key, value in list(vars(module).items()):
+                    if isinstance(value, torch.Tensor) and value.is_meta:
+                        setattr(module, key, getattr(source, key).detach().clone().to(self.device))
+
+    def _map_parameters(self, plan: FamilyTPPlan | None) -> list[_Slot]:
+        targets = dict(self.module.named_parameters())
+        converted = getattr(self, "_converted", set())
+        blocks = getattr(self, "_blocks", {})
+        modules = dict(self.base.named_modules())
+        slots, seen = [], set()
+        for name, param in self.base.named_parameters():
+            target_name = replica_name(name)
+            if target_name is None:
+                continue
+            if target_name not in targets:
+                raise ValueError(f"parameter {name!r} of {type(self.base).__name__} has no counterpart "
+                                 f"{target_name!r} in the inference replica")
+            module_name, _, leaf = name.rpartition(".")
+            owner = modules[module_name.removesuffix(".base_layer")] if module_name.endswith("base_layer") else None
+            target_module = target_name.rpartition(".")[0]
+            slots.append(_Slot(param, targets[target_name], owner if leaf == "weight" else None,
+                               target_module in converted and leaf == "weight", blocks.get(target_module, 1)))
+            seen.add(target_name)
+        missing = set(targets) - seen
+        if missing:
+            raise ValueError(f"inference replica parameters {sorted(missing)[:5]} have no source in the model")
+        return slots
+
+    def _gather_groups(self) -> list[list[_Slot]]:
+        """Slots grouped by ``gather_partition_size`` decoder layers (embeddings and head in their own group)."""
+        layers = max((m for m in self.base.modules() if isinstance(m, nn.ModuleList)), key=len, default=None)
+        layer_of = {}
+        if layers is not None:
+            for index, layer in enumerate(layers):
+                for p in layer.parameters():
+                    layer_of[id(p)] = 1 + index // self.gather_partition_size
+        grouped: dict[int, list[_Slot]] = {}
+        for slot in self.slots:
+            grouped.setdefault(layer_of.get(id(slot.source), 0), []).append(slot)
+        return [grouped[k] for k in sorted(grouped)]
+
+    # -- refresh ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Copy the model's current weights (LoRA merged) into the replica, gathering ZeRO-3 shards by groups."""
+        for group in self.groups:
+            params = [s.source for s in group]
+            params += [p for s in group if s.lora_owner is not None for p in s.lora_owner.parameters()
+                       if p is not s.source]
+            with _gathered([p for p in params if is_zero3_param(p)]):
+                for slot in group:
+                    self._copy(slot)
+
+    def _copy(self, slot: _Slot) -> None:
+        full = slot.source.data
+        delta = lora_delta(slot.lora_owner) if slot.lora_owner is not None else None
+        if delta is not None:
+            full = full + delta.to(full.dtype)
+        if slot.transpose:
+            full = full.t()
+        if slot.blocks > 1:
+            # [q | k | v] -> [q_0 k_0 v_0 | q_1 k_1 v_1 | ...] so that rank r's contiguous shard holds its heads
+            rest = full.shape[1:]
+            full = full.reshape(slot.blocks, self.tp_size, -1, *rest).transpose(0, 1).reshape(-1, *rest)
+        target = slot.target
+        placements = getattr(target, "placements", None)
+        if placements is not None:
+            target = target.to_local()
+            if placements[0].is_shard():
+                full = full.chunk(self.tp_size, dim=placements[0].dim)[self.tp_rank]
+        target.copy_(full)
+
+
+def _conv1d_to_linear(root: nn.Module, name: str, conv: nn.Module) -> nn.Linear:
+    """Swap a (meta) transformers ``Conv1D`` (weight ``(in, out)``) for an equivalent ``nn.Linear``."""
+    n_in, n_out = conv.weight.shape
+    linear = nn.Linear(n_in, n_out, bias=conv.bias is not None, device="meta", dtype=conv.weight.dtype)
+    linear.requires_grad_(False)
+    linear._from_conv1d = True
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, linear)
+    return linear
+
+
+def _gathered(params: list[nn.Parameter]):
+    if not params:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)

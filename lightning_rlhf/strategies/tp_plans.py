@@ -1,0 +1,171 @@
+"""Tensor-parallel plans: which layers of a causal LM are split column- or row-wise.
+
+Why our own plans: transformers ships a ``base_model_tp_plan`` for Llama, Qwen2, Mistral, GPT-NeoX
+and others, and none for OPT, GPT-2, BLOOM or GPT-J, which DeepSpeed-Chat users train most. A plan is
+the usual mapping ``module pattern -> style`` (``*`` stands for a layer index), plus what a family's
+attention code needs besides the split weights:
+
+- ``divide``: integer attributes that count heads or widths per rank (OPT reshapes with
+  ``self.num_heads``, so each rank must see ``num_heads / tp``);
+- ``fused_blocks``: modules whose output stacks ``[q | k | v]`` as whole blocks (GPT-2's ``c_attn``);
+  their rows are reordered so that each rank's contiguous shard holds its heads of every block;
+- ``prepare``: a family-specific step on the sharded replica (BLOOM's ALiBi bias is built for all heads
+  and must be sliced to this rank's heads).
+
+GPT-2's ``Conv1D`` layers (transposed weights) become ``nn.Linear`` in the replica, so PyTorch's
+``ColwiseParallel``/``RowwiseParallel`` apply unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+SUPPORTED_STYLES = ("colwise", "rowwise", "colwise_rep", "rowwise_rep", "colwise_gather_output")
+
+
+@dataclass(frozen=True)
+class FamilyTPPlan:
+    """How to split one model family across a tensor-parallel group.
+
+    Attributes:
+        styles: module pattern (relative to any prefix, ``*`` = layer index) -> style, one of
+            :data:`SUPPORTED_STYLES`.
+        divide: module pattern -> names of integer attributes divided by the TP size on that module.
+        fused_blocks: module pattern -> number of equal blocks stacked along the output dimension.
+        prepare: ``prepare(replica, tp_rank, tp_size)`` run once after sharding, for family quirks.
+    """
+
+    styles: dict[str, str]
+    divide: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    fused_blocks: dict[str, int] = field(default_factory=dict)
+    prepare: Callable[[nn.Module, int, int], None] | None = None
+
+
+def _bloom_slice_alibi(replica: nn.Module, tp_rank: int, tp_size: int) -> None:
+    """Give each BLOOM attention module only this rank's heads of the ALiBi bias.
+
+    BLOOM builds ``alibi`` of shape ``(batch * n_head, 1, seq)`` once for all heads and passes it to
+    every block; a rank holding heads ``[r * n/tp, (r + 1) * n/tp)`` needs exactly those rows.
+    """
+    for module in replica.modules():
+        if type(module).__name__ != "BloomAttention":
+            continue
+
+        def slice_alibi(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            alibi = kwargs.get("alibi")
+            if alibi is not None:
+                local_heads = mod.num_heads
+                alibi = alibi.view(-1, local_heads * tp_size, *alibi.shape[1:])
+                alibi = alibi[:, tp_rank * local_heads : (tp_rank + 1) * local_heads]
+                kwargs["alibi"] = alibi.reshape(-1, *alibi.shape[2:])
+            return args, kwargs
+
+        module.register_forward_pre_hook(slice_alibi, with_kwargs=True)
+
+
+OUR_PLANS: dict[str, FamilyTPPlan] = {
+    "opt": FamilyTPPlan(
+        styles={
+            "layers.*.self_attn.q_proj": "colwise",
+            "layers.*.self_attn.k_proj": "colwise",
+            "layers.*.self_attn.v_proj": "colwise",
+            "layers.*.self_attn.out_proj": "rowwise",
+            "layers.*.fc1": "colwise",
+            "layers.*.fc2": "rowwise",
+        },
+        divide={"layers.*.self_attn": ("num_heads",)},
+    ),
+    "gpt2": FamilyTPPlan(
+        styles={
+            "h.*.attn.c_attn": "colwise",
+            "h.*.attn.c_proj": "rowwise",
+            "h.*.mlp.c_fc": "colwise",
+            "h.*.mlp.c_proj": "rowwise",
+        },
+        divide={"h.*.attn": ("num_heads", "split_size")},
+        fused_blocks={"h.*.attn.c_attn": 3},
+    ),
+    "bloom": FamilyTPPlan(
+        # query_key_value is interleaved per head (n_head, 3, head_dim): a colwise split keeps heads whole.
+        styles={
+            "h.*.self_attention.query_key_value": "colwise",
+            "h.*.self_attention.dense": "rowwise",
+            "h.*.mlp.dense_h_to_4h": "colwise",
+            "h.*.mlp.dense_4h_to_h": "rowwise",
+        },
+        divide={"h.*.self_attention": ("num_heads", "hidden_size", "split_size")},
+        prepare=_bloom_slice_alibi,
+    ),
+    "gptj": FamilyTPPlan(
+        styles={
+            "h.*.attn.q_proj": "colwise",
+            "h.*.attn.k_proj": "colwise",
+            "h.*.attn.v_proj": "colwise",
+            "h.*.attn.out_proj": "rowwise",
+            "h.*.mlp.fc_in": "colwise",
+            "h.*.mlp.fc_out": "rowwise",
+        },
+        divide={"h.*.attn": ("num_attention_heads", "embed_dim")},
+    ),
+}
+
+
+def pattern_regex(pattern: str) -> re.Pattern:
+    """Compile a plan pattern into a regex matching module names that end with it (``*`` = an index)."""
+    body = r"\.".join(r"\d+" if part == "*" else re.escape(part) for part in pattern.split("."))
+    return re.compile(rf"(^|\.){body}$")
+
+
+def resolve_tp_plan(config, tp_plan: dict[str, str] | None = None) -> FamilyTPPlan:
+    """The plan for a model with ``config``: the user's, ours for the family, or the one transformers ships.
+
+    Args:
+        config: the model's ``PretrainedConfig``.
+        tp_plan: explicit ``module pattern -> style`` mapping; takes precedence over everything.
+
+    Raises:
+        ValueError: the family has no plan and none was passed, or a style is not supported.
+    """
+    family = getattr(config, "model_type", "?")
+    if tp_plan is not None:
+        plan = FamilyTPPlan(styles=dict(tp_plan))
+        if family in OUR_PLANS:  # keep the family's attention fixes with a user's own split
+            ours = OUR_PLANS[family]
+            plan = FamilyTPPlan(dict(tp_plan), ours.divide, ours.fused_blocks, ours.prepare)
+    elif family in OUR_PLANS:
+        plan = OUR_PLANS[family]
+    elif getattr(config, "base_model_tp_plan", None):
+        plan = FamilyTPPlan(styles=dict(config.base_model_tp_plan))
+    else:
+        raise ValueError(
+            f"no tensor-parallel plan for model family {family!r}: transformers ships none and lightning-rlhf "
+            f"has plans for {sorted(OUR_PLANS)}. Use inference_tp_size=1, or pass tp_plan={{module pattern: "
+            f"'colwise'|'rowwise'}}, e.g. {{'layers.*.self_attn.q_proj': 'colwise', "
+            f"'layers.*.self_attn.o_proj': 'rowwise', ...}} (query/key/value and the first MLP projection "
+            f"colwise, the attention output and the second MLP projection rowwise)."
+        )
+    bad = {k: v for k, v in plan.styles.items() if v not in SUPPORTED_STYLES}
+    if bad:
+        raise ValueError(
+            f"unsupported tensor-parallel styles {bad} in the plan for {family!r}; supported: {SUPPORTED_STYLES}"
+        )
+    return plan
+
+
+def check_divisible(config, tp_size: int) -> None:
+    """Fail early, naming the field, when heads or widths cannot be split evenly over ``tp_size`` ranks."""
+    fields = (
+        "num_attention_heads", "n_head", "num_key_value_heads", "hidden_size", "n_embd",
+        "intermediate_size", "ffn_dim", "n_inner",
+    )
+    for name in fields:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value % tp_size:
+            raise ValueError(
+                f"{config.model_type} config.{name}={value} is not divisible by inference_tp_size={tp_size}; "
+                f"choose an inference_tp_size that divides it"
+            )

@@ -1,0 +1,147 @@
+"""2-rank worker: generation_mode on ZeRO-3 engines matches plain unsharded copies token for token.
+
+Usage: ``generation_worker.py CHECKS MODEL_DIR...`` where CHECKS is a comma-separated list of
+``family:tp:lora[:step]`` cases (e.g. ``llama:2:lora:step``) and each MODEL_DIR is a saved tiny model
+whose folder name starts with its family. Each case builds a real DeepSpeed ZeRO-3 engine (gloo, CPU)
+and a plain reference copy of the same weights (LoRA merged), then checks, on ragged per-rank prompts:
+greedy generation inside ``generation_mode`` equals the reference's, forward logits agree, trained
+weights are untouched after exit, and (``step``) after one optimizer step on both, they still agree.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from transformers import AutoModelForCausalLM
+
+from lightning_rlhf.strategies.generation import _CACHE, GenerationStats, generation_mode
+
+LORA_TARGETS = {"llama": ["q_proj", "v_proj", "down_proj"], "opt": ["q_proj", "v_proj", "fc2"],
+                "gpt2": ["c_attn", "c_fc"], "gpt_neox": ["query_key_value"]}
+GEN = dict(max_new_tokens=6, do_sample=False)
+
+
+def zero3_engine(model: torch.nn.Module):
+    params = [p for p in model.parameters() if p.requires_grad]
+    config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+              "zero_optimization": {"stage": 3}, "zero_allow_untested_optimizer": True}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(params, lr=5e-3), config=config)
+    return engine
+
+
+def build(path: Path, family: str, lora: bool):
+    """(model to put under ZeRO-3, plain reference with LoRA merged, reference optimizer)."""
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[family], init_lora_weights=False,
+                            fan_in_fan_out=family == "gpt2", lora_dropout=0.0)
+        model = get_peft_model(model, config)
+    reference = copy.deepcopy(model)
+    ref_opt = torch.optim.AdamW([p for p in reference.parameters() if p.requires_grad], lr=5e-3)
+    return model, reference, ref_opt
+
+
+def merged(reference: torch.nn.Module) -> torch.nn.Module:
+    if hasattr(reference, "merge_and_unload"):
+        return copy.deepcopy(reference).merge_and_unload()
+    return reference
+
+
+def prompts(vocab: int, pad: int):
+    """Different, ragged, left-padded prompts per rank: rank 0 has 3 rows of 7, rank 1 2 rows of 5."""
+    rank = dist.get_rank()
+    gen = torch.Generator().manual_seed(100 + rank)
+    rows, length = (3, 7) if rank == 0 else (2, 5)
+    ids = torch.randint(4, vocab, (rows, length), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # one row with extra left padding
+    return ids.masked_fill(mask == 0, pad), mask
+
+
+def gathered_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
+        return {n: p.detach().clone() for n, p in params.items()}
+
+
+def same_tokens(a: torch.Tensor, b: torch.Tensor, pad: int) -> bool:
+    width = max(a.shape[1], b.shape[1])
+    pad_to = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad)  # noqa: E731
+    return torch.equal(pad_to(a), pad_to(b))
+
+
+def check(model, reference, ids, mask, tp: int, tag: str, stats: GenerationStats) -> torch.Tensor:
+    pad = reference.config.pad_token_id
+    plain = merged(reference).eval()
+    with torch.no_grad():
+        expected = plain.generate(input_ids=ids, attention_mask=mask, **GEN)
+        expected_logits = plain(input_ids=ids, attention_mask=mask).logits
+    with generation_mode(model, inference_tp_size=tp, stats=stats, tp_gather_partition_size=1) as policy:
+        got = policy.generate(ids, mask, **GEN)
+        logits = policy(ids, mask).logits
+    assert same_tokens(got, expected, pad), f"{tag}: generation differs\n{got}\n{expected}"
+    assert got.shape[0] == ids.shape[0] and torch.equal(got[:, : ids.shape[1]], ids), f"{tag}: prompt rows changed"
+    error = (logits - expected_logits).abs().max().item()
+    assert error < 1e-4, f"{tag}: forward logits differ by {error}"
+    return logits
+
+
+def optimizer_step(engine, reference, ref_opt) -> None:
+    """One identical step on both: every rank uses the same batch, so ZeRO's averaged gradient is the local one."""
+    batch = torch.randint(4, reference.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(7))
+    batch_mask = torch.ones_like(batch)
+    for model in (engine, reference):
+        loss = model(input_ids=batch, attention_mask=batch_mask, labels=batch).loss
+        if model is engine:
+            engine.backward(loss)
+            engine.step()
+        else:
+            loss.backward()
+            ref_opt.step()
+            ref_opt.zero_grad()
+
+
+def run_case(case: str, paths: dict[str, Path]) -> None:
+    family, tp, lora, *step = case.split(":")
+    tp, lora, tag = int(tp), lora == "lora", case
+    model, reference, ref_opt = build(paths[family], family, lora)
+    engine = zero3_engine(model)
+    ids, mask = prompts(reference.config.vocab_size, reference.config.pad_token_id)
+    stats = GenerationStats()
+    before = gathered_weights(engine.module)
+    logits = check(engine.module, reference, ids, mask, tp, tag, stats)
+    after = gathered_weights(engine.module)
+    assert all(torch.equal(before[n], after[n]) for n in before), f"{tag}: trained weights changed"
+    assert stats.calls == 1 and stats.new_tokens > 0 and stats.gather_s > 0 and stats.tokens_per_s > 0, stats
+    replica = _CACHE[engine.module].replica
+    if step:
+        optimizer_step(engine, reference, ref_opt)
+        new_logits = check(engine.module, reference, ids, mask, tp, f"{tag} after step", stats)
+        assert (new_logits - logits).abs().max() > 1e-3, f"{tag}: the optimizer step did not reach the replica"
+        assert _CACHE[engine.module].replica is replica, f"{tag}: replica rebuilt instead of refreshed"
+    with generation_mode(engine.module, inference_tp_size=tp, release_inference_cache=True):
+        pass
+    assert engine.module not in _CACHE, f"{tag}: release_inference_cache kept the replica"
+    if dist.get_rank() == 0:
+        print(f"ok {tag}: {stats}", flush=True)
+
+
+def main() -> None:
+    cases = sys.argv[1].split(",")
+    paths = {Path(p).name.split("-")[0]: Path(p) for p in sys.argv[2:]}
+    deepspeed.init_distributed(dist_backend="gloo")
+    for case in cases:
+        run_case(case, paths)
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    main()
