@@ -1,0 +1,142 @@
+"""PreferenceDataModule end to end on one process: stages, sources, caching, skips, CLI construction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_rlhf.data import PreferenceDataModule, SyntheticTask
+from tests.data.conftest import write_jsonl
+
+
+def _module(tokenizer, tmp_path, **kwargs):
+    return PreferenceDataModule(tokenizer, cache_dir=str(tmp_path / "cache"), **kwargs)
+
+
+def test_builtin_task_feeds_every_stage_with_contract_batches(task_tokenizer_dir, tmp_path):
+    expected = {
+        "sft": {"input_ids", "attention_mask", "labels"},
+        "reward": {"chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask"},
+        "ppo": {"prompt_input_ids", "prompt_attention_mask", "prompts"},
+    }
+    for stage, keys in expected.items():
+        dm = _module(str(task_tokenizer_dir), tmp_path, stage=stage, task_size=500, batch_size=4, eval_batch_size=5)
+        dm.prepare_data()
+        dm.setup("fit")
+        train, val = next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
+        assert set(train) == set(val) == keys
+        assert len(train[sorted(keys)[0]]) == 4 and len(val[sorted(keys)[0]]) == 5
+        assert dm.report["split"] == {"sft": {"train": 95, "eval": 5}, "reward": {"train": 190, "eval": 10},
+                                      "ppo": {"train": 190, "eval": 10}}
+        assert isinstance(dm.task, SyntheticTask)
+    # PPO: prompts the task can check, and an SFT loader for the pretraining mix
+    assert all(dm.task.answer(p) is not None for p in train["prompts"])
+    ptx = next(iter(dm.ptx_dataloader(batch_size=2)))
+    assert set(ptx) == expected["sft"] and ptx["input_ids"].shape[0] == 2
+
+
+def test_ppo_eval_prompts_are_held_out(task_tokenizer, tmp_path):
+    rows = [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(200)]
+    dm = _module(task_tokenizer, tmp_path, stage="ppo", sources=[str(write_jsonl(tmp_path / "d.jsonl", rows))],
+                 eval_fraction=0.1)
+    dm.setup()
+    train, held_out = set(dm.datasets["train"]["record"]), set(dm.datasets["eval"]["record"])
+    ptx = set(dm.datasets["ptx"]["record"])
+    assert len(held_out) == 8 and not train & held_out and not ptx & (train | held_out)
+    assert len(train | held_out | ptx) == 80 + 40 - 4  # ppo part 80, sft part 40 less its own held-out 4
+
+
+def test_several_sources_are_split_each_and_concatenated(task_tokenizer, tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"prompt": f"a{i}", "chosen": "x", "rejected": "y"} for i in range(50)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"prompt": f"b{i}", "response": "x"} for i in range(30)])
+    dm = _module(task_tokenizer, tmp_path, stage="sft", sources=[str(a), str(b)], split="1,1,0", eval_fraction=0.0)
+    dm.setup()
+    sources = dm.datasets["train"]["source"]
+    assert sources.count(str(a)) == 25 and sources.count(str(b)) == 15
+    reward = _module(task_tokenizer, tmp_path, stage="reward", sources=[str(a), str(b)], split="1,1,0",
+                     eval_fraction=0.0)
+    reward.setup()
+    # SFT-only records cannot make pairs: dropped from the reward step and counted
+    assert reward.report["tokenized"]["train"] == {"kept": 25, "dropped": {"no preference pair (SFT-only record)": 15}}
+
+
+def test_skip_counts_bad_records_and_error_names_them(task_tokenizer, tmp_path):
+    rows = [{"prompt": f"q{i}", "chosen": "a", "rejected": "" if i % 10 == 0 else "b"} for i in range(100)]
+    path = str(write_jsonl(tmp_path / "d.jsonl", rows))
+    with pytest.raises(ValueError, match=r"d.jsonl, record 1, field 'rejected': empty string"):
+        _module(task_tokenizer, tmp_path, sources=[path]).setup()
+    dm = _module(task_tokenizer, tmp_path, sources=[path], on_bad_record="skip")
+    dm.setup()
+    source = dm.report["sources"][0]
+    assert (source.rows, source.kept, source.dropped) == (100, 90, {"rejected: empty string": 10})
+    assert sum(n for parts in dm.report["split"].values() for n in parts.values()) == 90
+
+
+def test_long_prompts_are_counted_under_both_policies(task_tokenizer, tmp_path):
+    rows = [{"prompt": "1+1=" * (1 + 30 * (i % 2)), "chosen": " 2", "rejected": " 3"} for i in range(40)]
+    path = str(write_jsonl(tmp_path / "d.jsonl", rows))
+    counts = {}
+    for policy in ("drop", "truncate"):
+        dm = _module(task_tokenizer, tmp_path, stage="reward", sources=[path], split="0,1,0", eval_fraction=0.0,
+                     max_prompt_length=32, max_length=48, long_prompt_policy=policy)
+        dm.setup()
+        counts[policy] = dm.report["tokenized"]["train"]
+    assert counts["drop"] == {"kept": 20, "dropped": {"prompt longer than max_prompt_length": 20}}
+    assert counts["truncate"] == {"kept": 40, "dropped": {}}
+
+
+def test_tokenized_data_is_cached_on_disk(task_tokenizer_dir, tmp_path):
+    first = _module(str(task_tokenizer_dir), tmp_path, stage="reward", task_size=300)
+    first.setup()
+    cache_files = {f["filename"] for f in first.datasets["train"].cache_files}
+    assert cache_files and all(name.startswith(str(tmp_path / "cache")) for name in cache_files)
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.arrow")}
+    second = _module(str(task_tokenizer_dir), tmp_path, stage="reward", task_size=300)
+    second.setup()
+    assert {f["filename"] for f in second.datasets["train"].cache_files} == cache_files
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.arrow")} == stamps  # reused, not rewritten
+    assert second.datasets["train"]["chosen_input_ids"] == first.datasets["train"]["chosen_input_ids"]
+    other = _module(str(task_tokenizer_dir), tmp_path, stage="reward", task_size=300, max_length=500)
+    other.setup()
+    assert {f["filename"] for f in other.datasets["train"].cache_files}.isdisjoint(cache_files)
+
+
+def test_shuffling_is_seeded(task_tokenizer, tmp_path):
+    def first_batch(seed):
+        dm = _module(task_tokenizer, tmp_path, stage="ppo", task_size=300, seed=seed, batch_size=16)
+        dm.setup()
+        return next(iter(dm.train_dataloader()))["prompt_input_ids"]
+
+    assert torch.equal(first_batch(0), first_batch(0))
+
+
+def test_arguments_are_validated(task_tokenizer):
+    with pytest.raises(ValueError, match="stage"):
+        PreferenceDataModule(task_tokenizer, stage="dpo")
+    with pytest.raises(ValueError, match="split"):
+        PreferenceDataModule(task_tokenizer, split="1,2")
+    with pytest.raises(ValueError, match="max_prompt_length < max_length"):
+        PreferenceDataModule(task_tokenizer, max_prompt_length=512, max_length=256)
+    with pytest.raises(ValueError, match="on_bad_record"):
+        PreferenceDataModule(task_tokenizer, on_bad_record="ignore")
+    with pytest.raises(RuntimeError, match="ptx_dataloader is for stage 'ppo'"):
+        PreferenceDataModule(task_tokenizer, stage="sft").ptx_dataloader()
+
+
+def test_lightning_cli_parser_builds_it_from_config(task_tokenizer_dir, tmp_path):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(PreferenceDataModule, "data")
+    config = parser.parse_args([
+        f"--data.tokenizer={task_tokenizer_dir}", "--data.stage=reward", "--data.split=1,1,1",
+        "--data.long_prompt_policy=truncate", "--data.task_size=90", f"--data.cache_dir={tmp_path}",
+    ])
+    dm = parser.instantiate_classes(config).data
+    assert isinstance(dm, PreferenceDataModule) and dm.hparams.split == "1,1,1"
+    dm.setup()
+    assert dm.report["split"]["reward"] == {"train": 28, "eval": 2}
+    help_text = " ".join(parser.format_help().split())
+    # every argument carries its docstring into --help
+    assert "longest prompt in tokens. (type: int, default: 256)" in help_text
+    assert "the count is logged either way. (type: Literal['drop', 'truncate'], default: drop)" in help_text
