@@ -140,8 +140,10 @@ def set_dropout(model: nn.Module, dropout: float) -> None:
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = dropout
-        elif hasattr(module, "attention_dropout") and isinstance(module.attention_dropout, float):
-            module.attention_dropout = dropout  # attention modules that apply dropout functionally
+            continue
+        for name, value in vars(module).items():  # layers applying functional dropout keep a float
+            if isinstance(value, float) and (name.endswith("dropout") or name.endswith("pdrop")):
+                setattr(module, name, dropout)
 
 
 def _load_config(path: str, dropout: float | None, trust_remote_code: bool, **overrides: Any) -> PretrainedConfig:
