@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -92,7 +93,7 @@ class HFModelModule(LightningModule):
             self.model = self.build_model().train()
             self._model_in = None
             trainable, total = count_parameters(self.model)
-            self.print(f"{type(self).__name__}: {trainable:,} trainable of {total:,} parameters")
+            rank_zero_info(f"{type(self).__name__}: {trainable:,} trainable of {total:,} parameters")
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (decay groups, optional LoRA learning rate) with warmup + cosine decay per step."""

@@ -64,10 +64,14 @@ class SFTModule(HFModelModule):
         if missing:
             raise KeyError(f"SFTModule: batch lacks {sorted(missing)} (got {sorted(batch)}); use an SFT-stage batch")
 
+    def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Mean next-token cross-entropy over the response tokens of an SFT batch."""
+        self._check_batch(batch)
+        return causal_lm_loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"], IGNORE_INDEX)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Response-token cross-entropy."""
-        self._check_batch(batch)
-        loss = causal_lm_loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"], IGNORE_INDEX)
+        loss = self.compute_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
