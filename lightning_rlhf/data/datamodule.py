@@ -110,7 +110,8 @@ class PreferenceDataModule(LightningDataModule):
         """The tokenizer (loaded from its folder on first use)."""
         if self._tokenizer is None:
             arg = self._tokenizer_arg
-            self._tokenizer = AutoTokenizer.from_pretrained(arg, local_files_only=True) if isinstance(arg, (str, Path)) else arg
+            local = isinstance(arg, (str, Path))
+            self._tokenizer = AutoTokenizer.from_pretrained(arg, local_files_only=True) if local else arg
         return self._tokenizer
 
     @property

@@ -24,7 +24,7 @@ def parse_ratios(split: str) -> tuple[float, float, float]:
     except ValueError:
         raise ValueError(f"split must be three comma-separated numbers like '2,4,4', got {split!r}") from None
     if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0:
-        raise ValueError(f"split must be three non-negative numbers (sft,reward,ppo) with a positive sum, got {split!r}")
+        raise ValueError(f"split must be three non-negative numbers (sft,reward,ppo), not all 0, got {split!r}")
     total = sum(values)
     return values[0] / total, values[1] / total, values[2] / total
 

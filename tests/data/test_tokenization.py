@@ -105,7 +105,9 @@ def test_chat_template_is_used_when_present(task_tokenizer):
     )
     hh = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: 3+4=\n\nAssistant:"
     assert dialogue_messages(hh) == [
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "3+4="}]
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "3+4="},
+    ]
     encoder = Encoder(chat, TokenizeSettings())
     assert encoder.prompt_text(hh) == "<s>user: hi\n<s>assistant: hello\n<s>user: 3+4=\n<s>assistant:"
     assert encoder.prompt_text("3+4=") == "<s>user: 3+4=\n<s>assistant:"
