@@ -211,6 +211,8 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
                                        gradient_checkpointing=hp.critic_gradient_checkpointing)
         self.reference = load_causal_lm(hp.reference or hp.actor, dropout=p, tokenizer=tok).requires_grad_(False)
         self.reward_model = load_value_model(hp.reward_model, dropout=p, tokenizer=tok).requires_grad_(False)
+        # from_pretrained returns eval mode; trained models need train mode (gradient checkpointing checks it)
+        self.actor.train(), self.critic.train(), self.reference.eval(), self.reward_model.eval()
 
     def configure_optimizers(self) -> list[dict[str, Any]]:
         """AdamW + schedule for the actor, then for the critic (one DeepSpeed engine each)."""
