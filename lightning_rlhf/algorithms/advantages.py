@@ -140,7 +140,9 @@ def generalized_advantage_estimation(
         ``returns = advantages + values``.
     """
     if rewards.shape != values.shape or rewards.shape != mask.shape:
-        raise ValueError(f"shape mismatch: rewards {tuple(rewards.shape)}, values {tuple(values.shape)}, mask {tuple(mask.shape)}")
+        raise ValueError(
+            f"shape mismatch: rewards {tuple(rewards.shape)}, values {tuple(values.shape)}, mask {tuple(mask.shape)}"
+        )
     mask = mask.bool()
     rewards, values = rewards.float().detach(), values.float().detach()
     next_value = torch.zeros_like(values[:, 0])
@@ -171,5 +173,6 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor | None = No
     """
     var_returns = masked_var(returns.float(), mask)
     residual = masked_var(returns.float() - values.float(), mask)
-    return torch.where(var_returns > 0, 1.0 - residual / var_returns, torch.full_like(var_returns, float("nan"))).detach()
+    undefined = torch.full_like(var_returns, float("nan"))
+    return torch.where(var_returns > 0, 1.0 - residual / var_returns, undefined).detach()
 

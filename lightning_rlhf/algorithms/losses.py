@@ -124,7 +124,8 @@ def pairwise_reward_loss(
     """
     if chosen_scores.shape != rejected_scores.shape:
         raise ValueError(
-            f"chosen_scores {tuple(chosen_scores.shape)} and rejected_scores {tuple(rejected_scores.shape)} differ in shape"
+            f"chosen_scores {tuple(chosen_scores.shape)} and rejected_scores "
+            f"{tuple(rejected_scores.shape)} differ in shape"
         )
     chosen, rejected = chosen_scores.float(), rejected_scores.float()
     loss = masked_mean(-F.logsigmoid(chosen - rejected), mask)

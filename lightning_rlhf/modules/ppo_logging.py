@@ -26,7 +26,8 @@ def reduce_metrics(strategy: Any, metrics: Mapping[str, torch.Tensor | float]) -
     """
     names = sorted(metrics)
     device = getattr(strategy, "root_device", torch.device("cpu"))
-    stacked = torch.stack([torch.as_tensor(metrics[n], dtype=torch.float32).detach().to(device).reshape(()) for n in names])
+    stacked = torch.stack([torch.as_tensor(metrics[n], dtype=torch.float32).detach().to(device).reshape(())
+                           for n in names])
     reduced = strategy.reduce(stacked, reduce_op="mean")
     return dict(zip(names, reduced.tolist()))
 

@@ -29,7 +29,8 @@ def test_estimators_match_loop(case, name):
     out = KL_ESTIMATORS[name](lp, ref)
     for i in range(shape[0]):
         for j in range(shape[1]):
-            assert out[i, j].item() == pytest.approx(loop_k(name, float(lp[i, j]), float(ref[i, j])), rel=1e-5, abs=1e-6)
+            want = loop_k(name, float(lp[i, j]), float(ref[i, j]))
+            assert out[i, j].item() == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
 def test_k3_nonnegative_and_unbiased():
