@@ -5,3 +5,7 @@ from lightning_rlhf.modules.reward import RewardModule
 from lightning_rlhf.modules.sft import SFTModule
 
 __all__ = ["OptimizerArgs", "RewardModule", "SFTModule"]
+
+from lightning_rlhf.modules.ppo import GenerationArgs, PPOModule  # noqa: E402  (PPO exports)
+
+__all__ += ["GenerationArgs", "PPOModule"]
