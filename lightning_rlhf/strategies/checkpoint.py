@@ -1,0 +1,154 @@
+"""Checkpoint directories that are either complete or visibly not, and their consolidation.
+
+Why: a ZeRO checkpoint is a directory of per-rank shards written by every rank. A crash half-way through
+must never leave something that looks like a checkpoint. So every rank writes into a staging directory
+``<name>.partial``; once all ranks are done, rank 0 writes a marker file and renames the staging directory
+into place. Loading refuses a directory without the marker, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+MARKER_FILE = "lightning_rlhf_checkpoint.json"
+LIGHTNING_STATE_FILE = "lightning_state.pt"
+FORMAT_VERSION = 1
+
+
+def staging_path(final: Path) -> Path:
+    """Where the shards of ``final`` are written before the directory is complete."""
+    return final.with_name(final.name + ".partial")
+
+
+def publish(staging: Path, final: Path, metadata: dict[str, Any]) -> None:
+    """Mark ``staging`` complete and move it to ``final`` (rank 0 only, after every rank has written).
+
+    An existing ``final`` (e.g. ``last.ckpt`` being overwritten) is moved aside first and deleted only once
+    the new directory is in place, so at every instant one complete checkpoint exists under ``final`` or
+    beside it.
+    """
+    marker = {"format_version": FORMAT_VERSION, "saved_at": time.time(), **metadata}
+    (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2))
+    previous = final.with_name(final.name + ".old")
+    if final.exists():
+        if previous.exists():
+            shutil.rmtree(previous)
+        final.rename(previous)
+    staging.rename(final)
+    if previous.exists():
+        shutil.rmtree(previous)
+
+
+def read_marker(path: Path) -> dict[str, Any]:
+    """Validate a checkpoint directory and return its marker.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is not a directory written by this strategy, or was never completed.
+    """
+    path = Path(path)
+    if not path.exists():
+        partial = staging_path(path)
+        hint = f" A staging directory {partial} exists: the save was interrupted." if partial.exists() else ""
+        raise FileNotFoundError(f"Checkpoint {path} does not exist.{hint}")
+    if not path.is_dir():
+        raise ValueError(
+            f"Checkpoint {path} is a file, but HybridDeepSpeedStrategy checkpoints are directories of ZeRO shards. "
+            "A single-file checkpoint can be loaded with HybridDeepSpeedStrategy(load_full_weights=True)."
+        )
+    marker_path = path / MARKER_FILE
+    if not marker_path.is_file():
+        raise ValueError(
+            f"Checkpoint {path} is incomplete or corrupt: it has no {MARKER_FILE}, which is written last, once "
+            "every rank has saved its shards. Resume from an earlier checkpoint."
+        )
+    try:
+        return json.loads(marker_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"Checkpoint {path} is corrupt: {marker_path} is not valid JSON ({err}).") from err
+
+
+def save_lightning_state(directory: Path, state: dict[str, Any]) -> None:
+    """Lightning's loop, callback and scheduler state, written once by rank 0 beside the engines' shards."""
+    torch.save(state, directory / LIGHTNING_STATE_FILE)
+
+
+def load_lightning_state(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / LIGHTNING_STATE_FILE
+    if not path.is_file():
+        raise ValueError(f"Checkpoint {directory} is corrupt: {LIGHTNING_STATE_FILE} is missing.")
+    # The file holds Lightning's loop state (plain containers and tensors) written by this strategy; DeepSpeed's
+    # own shards beside it are pickles loaded the same way, so the trust boundary is the checkpoint directory.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def consolidated_state_dict(checkpoint_dir: str | Path, engine: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """Merge one engine's ZeRO shards from a saved checkpoint into a plain fp32 state dict, offline.
+
+    Args:
+        checkpoint_dir: a directory saved by :class:`HybridDeepSpeedStrategy`.
+        engine: the child module's name (``"actor"``) for a several-engine checkpoint; ``None`` for a single-model
+            checkpoint, whose keys are then the LightningModule's parameter names.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    marker = read_marker(checkpoint_dir)
+    engines = marker.get("engines", [])
+    tag = engine or "checkpoint"
+    if engine is not None and engine not in engines:
+        raise ValueError(f"Checkpoint {checkpoint_dir} has no engine {engine!r}; it holds {engines}.")
+    stage = int(marker.get("zero_stage", 0))
+    if stage == 0:
+        files = sorted((checkpoint_dir / tag).glob("mp_rank_*_model_states.pt"))
+        if not files:
+            raise ValueError(f"Checkpoint {checkpoint_dir / tag} holds no model states file.")
+        return {k: v.float() for k, v in torch.load(files[0], map_location="cpu", weights_only=False)["module"].items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return dict(get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag))
+
+
+def export_engine_to_hf(
+    checkpoint_dir: str | Path, engine: Optional[str], base_model: str | Path, output_dir: str | Path, prefix: str = ""
+) -> Path:
+    """Write one engine of a checkpoint as a Hugging Face folder (safetensors, config, tokenizer).
+
+    Args:
+        checkpoint_dir: a directory saved by :class:`HybridDeepSpeedStrategy`.
+        engine: the child module's name, or ``None`` for a single-model checkpoint.
+        base_model: a Hugging Face folder with the same architecture (config and tokenizer are taken from it).
+        output_dir: where the folder is written.
+        prefix: prefix to strip from the state-dict keys (e.g. ``"model."`` for a single-model checkpoint whose
+            LightningModule holds the Hugging Face model as ``self.model``).
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    state = consolidated_state_dict(checkpoint_dir, engine)
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    config = AutoConfig.from_pretrained(base_model)
+    archs = config.architectures or []
+    auto = AutoModelForSequenceClassification if any("SequenceClassification" in a for a in archs) else (
+        AutoModelForCausalLM if any("CausalLM" in a for a in archs) else AutoModel
+    )
+    model = auto.from_config(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    missing = [k for k in missing if k not in tied]
+    if unexpected or missing:
+        raise ValueError(
+            f"Engine {engine or 'model'} of {checkpoint_dir} does not match {base_model}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]} (set `prefix` to strip a wrapper's key prefix)."
+        )
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    try:
+        AutoTokenizer.from_pretrained(base_model).save_pretrained(output_dir)
+    except (OSError, ValueError):
+        pass  # a base folder without a tokenizer: the exported weights are still complete
+    return output_dir

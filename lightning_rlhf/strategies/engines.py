@@ -1,0 +1,172 @@
+"""Planning which child module of a LightningModule becomes which DeepSpeed engine.
+
+Why a separate module: the rules (one optimizer per child, frozen children are inference-only, per-engine
+config overrides) are pure bookkeeping over parameters and optimizers. Keeping them apart from the
+strategy makes them testable without a process group and keeps the error messages in one place.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+from torch import nn
+from torch.optim import Optimizer
+
+# DeepSpeed config keys that only make sense for the whole run, not for one engine.
+_RUN_LEVEL_KEYS = ("optimizer", "scheduler")
+
+
+@dataclass
+class EnginePlan:
+    """What the strategy builds for one direct child of the LightningModule.
+
+    Attributes:
+        name: attribute name of the child on the LightningModule (``"actor"``).
+        module: the child module itself.
+        optimizer: the optimizer over exactly this child's parameters, or ``None`` for a frozen child.
+        optimizer_index: position of ``optimizer`` in what ``configure_optimizers`` returned.
+        config: the DeepSpeed config this engine is initialised with.
+    """
+
+    name: str
+    module: nn.Module
+    optimizer: Optional[Optimizer]
+    optimizer_index: Optional[int]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trainable(self) -> bool:
+        return self.optimizer is not None
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``base`` with ``override`` merged in, recursing into nested dicts."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _owner_of_parameters(module: nn.Module) -> dict[int, str]:
+    owners: dict[int, str] = {}
+    for name, child in module.named_children():
+        for param in child.parameters():
+            owners.setdefault(id(param), name)
+    return owners
+
+
+def _child_of_optimizer(index: int, optimizer: Optimizer, owners: Mapping[int, str]) -> str:
+    names = set()
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if id(param) not in owners:
+                raise ValueError(
+                    f"Optimizer {index} ({type(optimizer).__name__}) holds a parameter of shape "
+                    f"{tuple(param.shape)} that belongs to no direct child module of the LightningModule. "
+                    "With several optimizers, HybridDeepSpeedStrategy gives each direct child (e.g. self.actor, "
+                    "self.critic) its own DeepSpeed engine: build every optimizer from one child's parameters."
+                )
+            names.add(owners[id(param)])
+    if len(names) != 1:
+        raise ValueError(
+            f"Optimizer {index} ({type(optimizer).__name__}) spans the child modules {sorted(names)}; "
+            "each optimizer must cover the parameters of exactly one child, which becomes one DeepSpeed engine."
+        )
+    return names.pop()
+
+
+def plan_engines(
+    module: nn.Module,
+    optimizers: list[Optimizer],
+    base_config: Mapping[str, Any],
+    frozen_config: Mapping[str, Any],
+    engine_configs: Optional[Mapping[str, Mapping[str, Any]]] = None,
+) -> list[EnginePlan]:
+    """Map each optimizer to the child it covers and each remaining parameterised child to a frozen engine.
+
+    Args:
+        module: the LightningModule (any ``nn.Module`` whose direct children hold all parameters).
+        optimizers: the optimizers from ``configure_optimizers``, in order.
+        base_config: the DeepSpeed config of trainable engines.
+        frozen_config: the DeepSpeed config of inference-only engines.
+        engine_configs: per-child overrides merged into the engine's config, keyed by child name
+            (e.g. ``{"critic": {"gradient_clipping": 1.0}}``).
+
+    Raises:
+        ValueError: an optimizer spans two children or none, a child is in two optimizers, a frozen child
+            still has trainable parameters, an override names no child, or the config holds run-level keys.
+    """
+    for key in _RUN_LEVEL_KEYS:
+        if key in base_config:
+            raise ValueError(
+                f"The DeepSpeed config sets {key!r}, but with several engines each optimizer and scheduler must "
+                "come from LightningModule.configure_optimizers (one per child module)."
+            )
+    owners = _owner_of_parameters(module)
+    children = dict(module.named_children())
+    by_child: dict[str, int] = {}
+    for index, optimizer in enumerate(optimizers):
+        name = _child_of_optimizer(index, optimizer, owners)
+        if name in by_child:
+            raise ValueError(
+                f"The child module {name!r} has parameters in optimizers {by_child[name]} and {index}; "
+                "give each child exactly one optimizer (use parameter groups for different learning rates)."
+            )
+        by_child[name] = index
+    overrides = dict(engine_configs or {})
+    unknown = sorted(set(overrides) - set(children))
+    if unknown:
+        raise ValueError(
+            f"engine_configs names {unknown}, which are not child modules of {type(module).__name__}; "
+            f"its children are {sorted(children)}."
+        )
+    plans = []
+    for name, child in children.items():
+        params = list(child.parameters())
+        if not params:
+            continue
+        if name in by_child:
+            index = by_child[name]
+            plans.append(EnginePlan(name, child, optimizers[index], index, deep_merge(base_config, overrides.get(name, {}))))
+            continue
+        trainable = [n for n, p in child.named_parameters() if p.requires_grad]
+        if trainable:
+            raise ValueError(
+                f"The child module {name!r} has {len(trainable)} trainable parameters (e.g. {trainable[0]!r}) but "
+                "no optimizer. Freeze it (requires_grad_(False)) to make it an inference-only engine, or give "
+                "it an optimizer in configure_optimizers."
+            )
+        plans.append(EnginePlan(name, child, None, None, deep_merge(frozen_config, overrides.get(name, {}))))
+    return plans
+
+
+def inference_config(train_config: Mapping[str, Any], zero_stage: int, offload: bool) -> dict[str, Any]:
+    """DeepSpeed config for a frozen, inference-only child (reference or reward model).
+
+    Under ZeRO-3 (or when offloading, which needs ZeRO-3) the child is partitioned like the trained models and
+    may live on the CPU between forwards; under stages 0-2 it is replicated, which is the fast choice when
+    it fits.
+    """
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": train_config.get("train_micro_batch_size_per_gpu", 1),
+        "gradient_accumulation_steps": 1,
+    }
+    for key in ("bf16", "fp16"):
+        if key in train_config:
+            config[key] = copy.deepcopy(train_config[key])
+    if zero_stage == 3 or offload:
+        zero: dict[str, Any] = {"stage": 3}
+        for key in ("stage3_param_persistence_threshold", "stage3_prefetch_bucket_size", "stage3_max_live_parameters"):
+            if key in train_config.get("zero_optimization", {}):
+                zero[key] = train_config["zero_optimization"][key]
+        if offload:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+        config["zero_optimization"] = zero
+    else:
+        config["zero_optimization"] = {"stage": 0}
+    return config

@@ -1,0 +1,398 @@
+"""``HybridDeepSpeedStrategy``: Lightning's DeepSpeed strategy on CPU and CUDA, with several engines per module.
+
+Why a subclass of :class:`lightning.pytorch.strategies.DeepSpeedStrategy`: users keep its whole surface
+(``stage``, offload options, ``config=`` a DeepSpeed dict or JSON path), so switching the string in an
+existing project just works. What it adds:
+
+* any accelerator: CUDA (nccl) and CPU (gloo), which is how every test runs;
+* several DeepSpeed engines in one LightningModule (PPO's actor and critic), frozen children placed for
+  inference only (reference, reward), and one-engine-at-a-time manual optimization;
+* the generation switch (:meth:`generation_mode`) and its options;
+* checkpoints that are complete or visibly not, holding every engine plus Lightning's loop state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping, Optional, Union
+
+import torch
+from lightning.fabric.strategies.deepspeed import _validate_device_index_selection
+from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+from lightning.pytorch.core.optimizer import LightningOptimizer, _init_optimizers_and_lr_schedulers
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import nn
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from lightning_rlhf.strategies.checkpoint import (
+    load_lightning_state,
+    publish,
+    read_marker,
+    save_lightning_state,
+    staging_path,
+)
+from lightning_rlhf.strategies.engines import EnginePlan, inference_config, plan_engines
+
+GenerationBackend = Literal["native", "deepspeed"]
+
+
+class HybridDeepSpeedStrategy(DeepSpeedStrategy):
+    """DeepSpeed ZeRO training with several engines per module and a fast generation switch.
+
+    Args:
+        accelerator: as in ``DeepSpeedStrategy`` (CPU and CUDA are supported).
+        zero_optimization: enable ZeRO (as in ``DeepSpeedStrategy``).
+        stage: ZeRO stage 0-3. Defaults to 3, the stage the generation switch exists for.
+        inference_tp_size: ranks per tensor-parallel group in :meth:`generation_mode`; must divide the world size.
+        tp_gather_partition_size: how many transformer layers are gathered at once from ZeRO-3 partitions
+            when building the generation replica (DeepSpeed-Chat's ``--tp_gather_partition_size``).
+        release_inference_cache: free the generation replica after every :meth:`generation_mode` exit instead
+            of keeping it for the next rollout (saves memory, costs a rebuild).
+        offload_frozen_models: keep frozen children (reference, reward model) ZeRO-3 partitioned on the CPU.
+        generation_backend: ``"native"`` (PyTorch tensor parallel + ``transformers.generate``, CPU and CUDA) or
+            ``"deepspeed"`` (DeepSpeed's fused inference kernels, CUDA only).
+        engine_configs: per-child DeepSpeed config overrides, keyed by the child's attribute name, e.g.
+            ``{"critic": {"gradient_clipping": 1.0, "gradient_accumulation_steps": 2}}``.
+        tp_plan: a tensor-parallel plan (module-name pattern to ``"colwise"``/``"rowwise"``) for model families
+            that have none built in.
+        process_group_timeout_s: seconds a rank waits in a collective before failing (so a dead peer stops
+            the others with an error instead of a hang). Defaults to DeepSpeedStrategy's 30 minutes.
+        **kwargs: every other ``DeepSpeedStrategy`` argument (``offload_optimizer``, ``config``, ...).
+    """
+
+    strategy_name = "hybrid_deepspeed"
+
+    def __init__(
+        self,
+        accelerator: Optional[Any] = None,
+        zero_optimization: bool = True,
+        stage: int = 3,
+        inference_tp_size: int = 1,
+        tp_gather_partition_size: int = 8,
+        release_inference_cache: bool = False,
+        offload_frozen_models: bool = False,
+        generation_backend: GenerationBackend = "native",
+        engine_configs: Optional[dict[str, dict[str, Any]]] = None,
+        tp_plan: Optional[dict[str, str]] = None,
+        process_group_timeout_s: Optional[float] = None,
+        **kwargs: Any,
+    ) -> None:
+        _check_positive("inference_tp_size", inference_tp_size)
+        _check_positive("tp_gather_partition_size", tp_gather_partition_size)
+        if generation_backend not in ("native", "deepspeed"):
+            raise ValueError(f"generation_backend must be 'native' or 'deepspeed', got {generation_backend!r}.")
+        if process_group_timeout_s is not None:
+            _check_positive("process_group_timeout_s", process_group_timeout_s)
+            kwargs["timeout"] = timedelta(seconds=process_group_timeout_s)
+        try:
+            super().__init__(accelerator=accelerator, zero_optimization=zero_optimization, stage=stage, **kwargs)
+        except TypeError as err:
+            raise TypeError(
+                f"HybridDeepSpeedStrategy: {err}. It accepts every DeepSpeedStrategy argument plus inference_tp_size, "
+                "tp_gather_partition_size, release_inference_cache, offload_frozen_models, generation_backend, "
+                "engine_configs, tp_plan and process_group_timeout_s."
+            ) from err
+        self.inference_tp_size = inference_tp_size
+        self.tp_gather_partition_size = tp_gather_partition_size
+        self.release_inference_cache = release_inference_cache
+        self.offload_frozen_models = offload_frozen_models
+        self.generation_backend = generation_backend
+        self.engine_configs = dict(engine_configs or {})
+        self.tp_plan = tp_plan
+        self._engines: dict[str, Any] = {}
+        self._engine_by_optimizer: dict[int, Any] = {}
+        self._configured_optimizers: Optional[tuple[list, list]] = None
+        self.generation_stats = _new_generation_stats()
+
+    # ------------------------------------------------------------------ environment
+    @override
+    def setup_environment(self) -> None:
+        if not isinstance(self.accelerator, (CUDAAccelerator, CPUAccelerator)):
+            raise RuntimeError(
+                f"HybridDeepSpeedStrategy runs on CUDA or CPU accelerators, not {type(self.accelerator).__name__}."
+            )
+        precision = getattr(self.precision_plugin, "precision", "32-true")
+        if isinstance(self.accelerator, CPUAccelerator) and str(precision).startswith("16"):
+            raise ValueError(
+                f"precision={precision!r} is not supported on CPU: DeepSpeed's fp16 loss scaling needs CUDA. "
+                "Use precision='bf16-mixed' or '32-true' on CPU."
+            )
+        # Skip DeepSpeedStrategy's CUDA-only check; DDPStrategy sets up the device and the process group.
+        DDPStrategy.setup_environment(self)
+
+    @override
+    def setup_distributed(self) -> None:
+        # DeepSpeedStrategy checks CUDA device indices against local ranks; CPU devices have no index.
+        if isinstance(self.accelerator, CUDAAccelerator):
+            _validate_device_index_selection(self.parallel_devices)
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+        if self.world_size % self.inference_tp_size != 0:
+            raise ValueError(
+                f"inference_tp_size={self.inference_tp_size} must divide the world size {self.world_size} "
+                f"(num_nodes x devices); choose one of {_divisors(self.world_size)}."
+            )
+
+    def _deepspeed_args(self) -> argparse.Namespace:
+        # DeepSpeed sets the device from ``device_rank``; the CPU device has no index, so give it the local rank.
+        index = self.root_device.index
+        return argparse.Namespace(device_rank=self.local_rank if index is None else index)
+
+    @override
+    def _setup_model_and_optimizer(self, model: nn.Module, optimizer: Optional[Optimizer], lr_scheduler: Any = None):
+        import deepspeed
+
+        engine, ds_optimizer, _, _ = deepspeed.initialize(
+            args=self._deepspeed_args(),
+            config=self.config,
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            dist_init_required=False,
+        )
+        return engine, ds_optimizer
+
+    # ------------------------------------------------------------------ engines
+    @property
+    def zero_stage(self) -> int:
+        """The ZeRO stage of the trained engines (0 when ZeRO is off)."""
+        zero = (self.config or {}).get("zero_optimization") or {}
+        return int(zero.get("stage", 0))
+
+    @property
+    def engines(self) -> Mapping[str, Any]:
+        """The DeepSpeed engines by child name when the module has several (empty for a single-model module)."""
+        return dict(self._engines)
+
+    @override
+    def _init_optimizers(self):
+        if self._configured_optimizers is None:
+            return super()._init_optimizers()
+        optimizers, schedulers = self._configured_optimizers
+        return optimizers[0], schedulers[0] if schedulers else None
+
+    @override
+    def init_deepspeed(self) -> None:
+        module = self.lightning_module
+        fitting = module.trainer is not None and module.trainer.state.fn == TrainerFn.FITTING
+        if fitting and "optimizer" not in self.config:
+            self._configured_optimizers = _init_optimizers_and_lr_schedulers(module)
+            several = len(self._configured_optimizers[0]) > 1
+        else:
+            several = not module.automatic_optimization and len(_parameterised_children(module)) > 1
+        if not several:
+            return super().init_deepspeed()
+        optimizers, schedulers = self._configured_optimizers if fitting else ([], [])
+        self._initialize_several_engines(module, optimizers, schedulers)
+
+    def _initialize_several_engines(self, module: nn.Module, optimizers: list, scheduler_configs: list) -> None:
+        frozen = inference_config(self.config, self.zero_stage, self.offload_frozen_models)
+        plans = plan_engines(module, optimizers, self.config, frozen, self.engine_configs)
+        ds_optimizers: dict[int, Any] = {}
+        for plan in plans:
+            engine, ds_optimizer = self._initialize_engine(plan)
+            self._engines[plan.name] = engine
+            if plan.trainable:
+                ds_optimizers[plan.optimizer_index] = ds_optimizer
+                self._engine_by_optimizer[id(ds_optimizer)] = engine
+                self._engine_by_optimizer[id(plan.optimizer)] = engine
+        self._set_deepspeed_activation_checkpointing()
+        self.optimizers = [ds_optimizers[i] for i in sorted(ds_optimizers)]
+        self.lr_scheduler_configs = list(scheduler_configs)
+        self.model = module
+        summary = ", ".join(f"{p.name} ({'trainable' if p.trainable else 'frozen'}, ZeRO-"
+                            f"{p.config['zero_optimization']['stage']})" for p in plans)
+        rank_zero_info(f"HybridDeepSpeedStrategy: one DeepSpeed engine per child: {summary}")
+
+    def _initialize_engine(self, plan: EnginePlan) -> tuple[Any, Any]:
+        import deepspeed
+
+        params = [p for p in plan.module.parameters() if p.requires_grad] if plan.trainable else None
+        engine, ds_optimizer, _, _ = deepspeed.initialize(
+            args=self._deepspeed_args(),
+            config=plan.config,
+            model=plan.module,
+            model_parameters=params,
+            optimizer=plan.optimizer,
+            dist_init_required=False,
+        )
+        if not plan.trainable:
+            engine.eval()
+        return engine, ds_optimizer
+
+    def _engine_for(self, optimizer: Any) -> Any:
+        optimizer = getattr(optimizer, "_optimizer", optimizer)
+        if optimizer is not None and id(optimizer) in self._engine_by_optimizer:
+            return self._engine_by_optimizer[id(optimizer)]
+        trainable = {id(e): e for e in self._engine_by_optimizer.values()}
+        if optimizer is None and len(trainable) == 1:
+            return next(iter(trainable.values()))
+        raise ValueError(
+            "With several DeepSpeed engines, say which one a loss belongs to: "
+            "`actor_opt, critic_opt = self.optimizers(); self.manual_backward(loss, actor_opt); actor_opt.step()`."
+        )
+
+    @override
+    def backward(self, closure_loss: torch.Tensor, optimizer: Optional[Any], *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not self._engines:
+            return super().backward(closure_loss, optimizer, *args, **kwargs)
+        if optimizer is None and args and isinstance(args[0], (Optimizer, LightningOptimizer)):
+            optimizer, args = args[0], args[1:]
+        engine = self._engine_for(optimizer)
+        module = self.lightning_module
+        closure_loss = self.precision_plugin.pre_backward(closure_loss, module)
+        engine.backward(closure_loss, *args, **kwargs)
+        return self.precision_plugin.post_backward(closure_loss, module)
+
+    @override
+    def optimizer_step(self, optimizer: Any, closure: Any, model: Any = None, **kwargs: Any) -> Any:
+        if not self._engines:
+            return super().optimizer_step(optimizer, closure, model, **kwargs)
+        engine = self._engine_for(optimizer)
+        closure()
+        self.precision_plugin._after_closure(self.lightning_module, getattr(optimizer, "_optimizer", optimizer))
+        return engine.step(**kwargs)
+
+    # ------------------------------------------------------------------ generation
+    @contextmanager
+    def generation_mode(self, model: nn.Module) -> Iterator[Any]:
+        """Switch ``model`` (a child such as ``self.actor``) to a hook-free, tensor-parallel generation replica.
+
+        Yields an object with ``.generate(input_ids, attention_mask, **generate_kwargs)`` and a plain forward.
+        On exit training mode is restored and, with ``release_inference_cache``, the replica is freed.
+        """
+        from lightning_rlhf.strategies.generation import generation_mode
+
+        with generation_mode(
+            model,
+            inference_tp_size=self.inference_tp_size,
+            tp_gather_partition_size=self.tp_gather_partition_size,
+            release_inference_cache=self.release_inference_cache,
+            backend=self.generation_backend,
+            tp_plan=self.tp_plan,
+            stats=self.generation_stats,
+        ) as replica:
+            yield replica
+
+    # ------------------------------------------------------------------ checkpoints
+    @override
+    def save_checkpoint(self, checkpoint: dict, filepath: Union[str, Path], storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None:
+            raise TypeError("HybridDeepSpeedStrategy does not use CheckpointIO, so `storage_options` is not supported.")
+        final = Path(self.broadcast(str(filepath)))
+        staging = staging_path(final)
+        if self.is_global_zero:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self.barrier("hybrid_deepspeed.save_checkpoint.start")
+        if self._engines:
+            state = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
+            state[_PARAM_GROUPS_KEY] = {name: _hyperparameters(e.optimizer) for name, e in self._trainable_engines()}
+            for name, engine in self._trainable_engines():
+                engine.save_checkpoint(
+                    str(staging), tag=name, client_state={}, save_latest=False,
+                    exclude_frozen_parameters=self.exclude_frozen_parameters,
+                )
+            if self.is_global_zero:
+                save_lightning_state(staging, state)
+        else:
+            super().save_checkpoint(checkpoint, staging)
+        self.barrier("hybrid_deepspeed.save_checkpoint.written")
+        if self.is_global_zero:
+            engines = [name for name, _ in self._trainable_engines()]
+            publish(staging, final, {"layout": "several" if self._engines else "single", "engines": engines,
+                                     "zero_stage": self.zero_stage, "world_size": self.world_size})
+        self.barrier("hybrid_deepspeed.save_checkpoint.published")
+
+    def _trainable_engines(self) -> list[tuple[str, Any]]:
+        trainable = {id(e) for e in self._engine_by_optimizer.values()}
+        return [(name, e) for name, e in self._engines.items() if id(e) in trainable]
+
+    @override
+    def load_checkpoint(self, checkpoint_path: Union[str, Path], weights_only: Optional[bool] = None) -> dict[str, Any]:
+        if self.load_full_weights and self.zero_stage == 3:
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        path = Path(self.broadcast(str(checkpoint_path)))
+        marker = read_marker(path)
+        expected = "several" if self._engines else "single"
+        if marker.get("layout") != expected:
+            raise ValueError(
+                f"Checkpoint {path} holds a {marker.get('layout')!r}-engine layout but this module uses a "
+                f"{expected!r}-engine layout; it was saved from a different LightningModule."
+            )
+        if not self._engines:
+            return super().load_checkpoint(path, weights_only)
+        names = [name for name, _ in self._trainable_engines()]
+        if sorted(marker.get("engines", [])) != sorted(names):
+            raise ValueError(f"Checkpoint {path} holds engines {marker.get('engines')}, this module has {names}.")
+        fitting = self.lightning_module.trainer.state.fn == TrainerFn.FITTING
+        for name, engine in self._trainable_engines():
+            loaded, _ = engine.load_checkpoint(
+                str(path), tag=name, load_optimizer_states=fitting, load_lr_scheduler_states=False,
+                load_module_strict=self.lightning_module.strict_loading,
+            )
+            if loaded is None:
+                raise ValueError(f"Checkpoint {path}: DeepSpeed could not load engine {name!r} from {path / name}.")
+        state = load_lightning_state(path)
+        # ZeRO optimizers do not bring back the param groups' learning rates; restore them so a scheduler-driven
+        # lr continues where it stopped.
+        for name, engine in self._trainable_engines():
+            for group, saved in zip(engine.optimizer.param_groups, state.pop(_PARAM_GROUPS_KEY, {}).get(name, [])):
+                group.update(saved)
+        return state
+
+    @classmethod
+    @override
+    def register_strategies(cls, strategy_registry: Any) -> None:
+        presets = {
+            "hybrid_deepspeed": ("Hybrid DeepSpeed: ZeRO-3 training, tensor-parallel generation", {"stage": 3}),
+            "hybrid_deepspeed_stage_2": ("Hybrid DeepSpeed with ZeRO stage 2", {"stage": 2}),
+            "hybrid_deepspeed_stage_3_offload": (
+                "Hybrid DeepSpeed with ZeRO stage 3 and CPU offload of parameters and optimizer",
+                {"stage": 3, "offload_optimizer": True, "offload_parameters": True},
+            ),
+        }
+        for name, (description, params) in presets.items():
+            strategy_registry.register(name, cls, description=description, override=True, **params)
+
+
+_PARAM_GROUPS_KEY = "hybrid_deepspeed_param_groups"
+
+
+def _hyperparameters(optimizer: Any) -> list[dict[str, Any]]:
+    """The scalar hyperparameters (lr, betas, weight decay, ...) of each param group, without the parameters."""
+    return [
+        {k: v for k, v in group.items() if isinstance(v, (int, float, bool, tuple)) and k != "params"}
+        for group in optimizer.param_groups
+    ]
+
+
+def _parameterised_children(module: nn.Module) -> list[str]:
+    return [name for name, child in module.named_children() if any(True for _ in child.parameters())]
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}.")
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _new_generation_stats() -> Any:
+    try:
+        from lightning_rlhf.strategies.generation import GenerationStats
+    except ImportError:  # the generation switch not yet installed: keep a plain record
+        return {}
+    return GenerationStats()

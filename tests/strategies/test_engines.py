@@ -1,0 +1,64 @@
+"""Engine planning rules: one optimizer per child, frozen children inference-only, clear errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_rlhf.strategies.engines import deep_merge, inference_config, plan_engines
+
+
+class Holder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.actor, self.critic, self.reference = nn.Linear(2, 2), nn.Linear(2, 1), nn.Linear(2, 2)
+        self.reference.requires_grad_(False)
+        self.metric_like = nn.Identity()  # no parameters: ignored
+
+
+BASE = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 2}
+
+
+def test_each_optimizer_maps_to_its_child_and_frozen_children_are_inference_only():
+    holder = Holder()
+    opts = [torch.optim.SGD(holder.actor.parameters(), lr=0.1), torch.optim.SGD(holder.critic.parameters(), lr=0.1)]
+    plans = {p.name: p for p in plan_engines(holder, opts, BASE, inference_config(BASE, 3, False),
+                                             {"critic": {"gradient_clipping": 1.0}})}
+    assert sorted(plans) == ["actor", "critic", "reference"]
+    assert plans["actor"].optimizer is opts[0] and plans["critic"].optimizer_index == 1
+    assert not plans["reference"].trainable and plans["reference"].config["zero_optimization"]["stage"] == 3
+    assert plans["critic"].config["gradient_clipping"] == 1.0 and "gradient_clipping" not in plans["actor"].config
+
+
+def test_optimizer_spanning_two_children_is_an_error():
+    holder = Holder()
+    opt = torch.optim.SGD([*holder.actor.parameters(), *holder.critic.parameters()], lr=0.1)
+    with pytest.raises(ValueError, match=r"Optimizer 0 \(SGD\) spans the child modules \['actor', 'critic'\]"):
+        plan_engines(holder, [opt, torch.optim.SGD(holder.reference.parameters(), lr=1)], BASE, BASE)
+
+
+def test_child_in_two_optimizers_is_an_error():
+    holder = Holder()
+    opts = [torch.optim.SGD([holder.actor.weight], lr=0.1), torch.optim.SGD([holder.actor.bias], lr=0.1)]
+    with pytest.raises(ValueError, match=r"'actor' has parameters in optimizers 0 and 1"):
+        plan_engines(holder, opts, BASE, BASE)
+
+
+def test_trainable_child_without_optimizer_and_unknown_override_are_errors():
+    holder = Holder()
+    holder.reference.requires_grad_(True)
+    opts = [torch.optim.SGD(holder.actor.parameters(), lr=0.1), torch.optim.SGD(holder.critic.parameters(), lr=0.1)]
+    with pytest.raises(ValueError, match=r"'reference' has 2 trainable parameters .* but no optimizer"):
+        plan_engines(holder, opts, BASE, BASE)
+    holder.reference.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"engine_configs names \['critc'\]"):
+        plan_engines(holder, opts, BASE, BASE, {"critc": {}})
+    with pytest.raises(ValueError, match="sets 'optimizer'"):
+        plan_engines(holder, opts, {**BASE, "optimizer": {"type": "Adam"}}, BASE)
+
+
+def test_inference_config_offload_forces_zero3_and_keeps_precision():
+    cfg = inference_config({"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}, 2, offload=True)
+    assert cfg["zero_optimization"] == {"stage": 3, "offload_param": {"device": "cpu", "pin_memory": False}}
+    assert cfg["bf16"] == {"enabled": True}
+    assert inference_config({}, 2, offload=False)["zero_optimization"] == {"stage": 0}
+    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}

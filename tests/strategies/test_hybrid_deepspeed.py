@@ -1,0 +1,159 @@
+"""HybridDeepSpeedStrategy on CPU/gloo: drop-in training, several engines, exact resume, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import LightningModule, Trainer
+
+import lightning_rlhf  # noqa: F401
+from lightning_rlhf.strategies import HybridDeepSpeedStrategy
+from lightning_rlhf.strategies.checkpoint import MARKER_FILE, read_marker, staging_path
+from tests.helpers.distributed import run_distributed
+
+WORKER = Path(__file__).parent / "scripts" / "strategy_worker.py"
+
+
+def results(outdir: Path, name: str, world: int) -> list[dict]:
+    return [json.loads((outdir / f"{name}-rank{r}.json").read_text()) for r in range(world)]
+
+
+def test_registered_presets_and_repeated_import_are_harmless():
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    subprocess.run([sys.executable, "-c", "import lightning_rlhf, importlib; importlib.reload(lightning_rlhf)"], check=True)
+    for name, stage in [("hybrid_deepspeed", 3), ("hybrid_deepspeed_stage_2", 2), ("hybrid_deepspeed_stage_3_offload", 3)]:
+        strategy = StrategyRegistry.get(name)
+        assert isinstance(strategy, HybridDeepSpeedStrategy) and strategy.zero_stage == stage
+    offload = StrategyRegistry.get("hybrid_deepspeed_stage_3_offload").config["zero_optimization"]
+    assert offload["offload_param"]["device"] == "cpu" and offload["offload_optimizer"]["device"] == "cpu"
+    trainer = Trainer(strategy="hybrid_deepspeed", accelerator="cpu", devices=1, logger=False)
+    assert isinstance(trainer.strategy, HybridDeepSpeedStrategy)
+
+
+def test_lightningcli_builds_it_from_class_path():
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_argument("--strategy", type=HybridDeepSpeedStrategy)
+    cfg = parser.parse_object({"strategy": {"class_path": "lightning_rlhf.strategies.HybridDeepSpeedStrategy",
+                                            "init_args": {"stage": 2, "inference_tp_size": 2}}})
+    strategy = parser.instantiate_classes(cfg).strategy
+    assert strategy.zero_stage == 2 and strategy.inference_tp_size == 2
+
+
+def test_constructor_errors_name_the_option():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'inference_tp'"):
+        HybridDeepSpeedStrategy(inference_tp=2)
+    with pytest.raises(ValueError, match="inference_tp_size must be positive"):
+        HybridDeepSpeedStrategy(inference_tp_size=0)
+    with pytest.raises(ValueError, match="generation_backend"):
+        HybridDeepSpeedStrategy(generation_backend="vllm")
+
+
+class _Tiny(LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_fp16_on_cpu_is_a_clear_error():
+    trainer = Trainer(strategy="hybrid_deepspeed", accelerator="cpu", devices=1, precision="16-mixed", logger=False)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=2)
+    with pytest.raises(ValueError, match="precision='16-mixed' is not supported on CPU"):
+        trainer.fit(_Tiny(), loader)
+
+
+def test_inference_tp_size_must_divide_world_size(tmp_path):
+    script = tmp_path / "tp.py"
+    script.write_text(
+        "import torch, lightning_rlhf\nfrom lightning import Trainer\n"
+        "from lightning_rlhf.strategies import HybridDeepSpeedStrategy\n"
+        "from tests.strategies.test_hybrid_deepspeed import _Tiny\n"
+        "t = Trainer(strategy=HybridDeepSpeedStrategy(inference_tp_size=2), accelerator='cpu', devices=1, logger=False)\n"
+        "t.fit(_Tiny(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=2))\n"
+    )
+    with pytest.raises(AssertionError, match=r"inference_tp_size=2 must divide the world size 1"):
+        run_distributed(script, nprocs=1, timeout=300)
+
+
+def test_checkpoint_loading_rejects_missing_and_incomplete_directories(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_marker(tmp_path / "nope.ckpt")
+    partial = tmp_path / "half.ckpt"
+    staging_path(partial).mkdir()
+    with pytest.raises(FileNotFoundError, match="the save was interrupted"):
+        read_marker(partial)
+    partial.mkdir()
+    with pytest.raises(ValueError, match=f"incomplete or corrupt: it has no {MARKER_FILE}"):
+        read_marker(partial)
+    (partial / MARKER_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        read_marker(partial)
+    (tmp_path / "file.ckpt").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        read_marker(tmp_path / "file.ckpt")
+
+
+@pytest.mark.distributed
+def test_dropin_single_process_matches_a_raw_deepspeed_loop_at_stages_0_2_3(tmp_path):
+    run_distributed(WORKER, "dropin", tmp_path, "--stages", "0", "2", "3", nprocs=1)
+    (out,) = results(tmp_path, "dropin", 1)
+    for stage in ("stage0", "stage2", "stage3"):
+        assert out[stage]["losses"] == pytest.approx(out[stage]["raw_losses"], abs=1e-6)
+        assert sum(out[stage]["losses"][-2:]) < sum(out[stage]["losses"][:2])
+    assert out["stage3"]["sharded_at_init"] is True  # configure_model ran under deepspeed.zero.Init
+    assert out["stage0"]["sharded_at_init"] is False
+
+
+@pytest.mark.distributed
+def test_dropin_two_processes_by_registered_name(tmp_path):
+    run_distributed(WORKER, "dropin", tmp_path, "--stages", "0", "2", "3", nprocs=2)
+    ranks = results(tmp_path, "dropin", 2)
+    for stage in ("stage0", "stage2", "stage3"):
+        losses = [r[stage]["losses"] for r in ranks]
+        assert all(len(l) == 6 for l in losses)
+        # every stage sees the same data and parameters, so the trajectories agree across stages
+        assert losses[0] == pytest.approx(ranks[0]["stage0"]["losses"], abs=1e-5)
+        assert sum(losses[0][-2:]) < sum(losses[0][:2])
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_two_engines_learn_and_frozen_child_is_untouched(tmp_path, nprocs):
+    run_distributed(WORKER, "two_engines", tmp_path, "--stages", "3", nprocs=nprocs)
+    for out in results(tmp_path, "two_engines", nprocs):
+        assert out["engines"] == ["actor", "critic", "frozen"]
+        assert out["frozen_identical"] is True
+        actor = [l[0] for l in out["losses"]]
+        critic = [l[1] for l in out["losses"]]
+        assert sum(actor[-2:]) < sum(actor[:2]) and sum(critic[-2:]) < sum(critic[:2])
+        assert out["actor_lr"] == pytest.approx(1e-2 * 0.5 ** 2)  # StepLR(2, 0.5) stepped 5 times
+
+
+@pytest.mark.distributed
+def test_resume_in_a_fresh_process_continues_exactly(tmp_path):
+    for phase in ("full", "first", "second"):
+        run_distributed(WORKER, "resume", tmp_path, "--phase", phase, "--stages", "3", nprocs=2)
+    for rank in range(2):
+        full = json.loads((tmp_path / f"resume-full-rank{rank}.json").read_text())["losses"]
+        first = json.loads((tmp_path / f"resume-first-rank{rank}.json").read_text())["losses"]
+        second = json.loads((tmp_path / f"resume-second-rank{rank}.json").read_text())
+        assert first == full[:2]
+        resumed, uninterrupted = sum(second["losses"], []), sum(full[2:], [])
+        assert len(resumed) == 4 and resumed == pytest.approx(uninterrupted, abs=1e-6)
+        assert second["actor_lr"] == pytest.approx(1e-2 * 0.5 ** 2)
+    marker = read_marker(Path(second["ckpt"]))
+    assert marker["engines"] == ["actor", "critic"] and marker["zero_stage"] == 3 and marker["world_size"] == 2
+    assert not staging_path(Path(second["ckpt"])).exists()
