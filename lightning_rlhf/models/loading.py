@@ -10,7 +10,7 @@ Safe by default: weights are read with ``use_safetensors`` where the folder has 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -216,11 +216,28 @@ def apply_lora(model: PreTrainedModel, lora: LoraArgs, trainable_head: str | Non
         target_modules=lora.resolve_targets(model.config.model_type), task_type=task_type,
     )
     peft_model = get_peft_model(model, config)
+    _zero_partitioned_lora_b(peft_model)
     keep = list(lora.modules_to_keep_trainable) + ([trainable_head] if trainable_head else [])
     for name, param in peft_model.named_parameters():
         if not lora.only_lora or "lora_" in name or any(f".{k}." in f".{name}" for k in keep):
             param.requires_grad_(True)
     return peft_model
+
+
+def _zero_partitioned_lora_b(model: nn.Module) -> None:
+    """Zero LoRA's ``B`` matrices when ZeRO-3 partitioned them at creation.
+
+    Under ``deepspeed.zero.Init`` peft's own ``zeros_`` runs on an empty local tensor and leaves
+    ``nn.Linear``'s random init in the shards, so the adapted model would not start equal to the base.
+    """
+    params = [p for n, p in model.named_parameters() if "lora_B" in n and hasattr(p, "ds_id")]
+    if not params:
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0), torch.no_grad():
+        for param in params:
+            param.zero_()
 
 
 def load_causal_lm(
@@ -305,10 +322,40 @@ def _quiet_transformers(enabled: bool) -> Iterator[None]:
 
 
 def _zero_head(model: PreTrainedModel) -> None:
-    head = getattr(model, value_head_name(model))
-    with torch.no_grad():
-        for param in head.parameters():
+    params = list(getattr(model, value_head_name(model)).parameters())
+    context = nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3 partitioned: modify the gathered weight on rank 0
+        import deepspeed
+
+        context = deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    with context, torch.no_grad():
+        for param in params:
             param.zero_()
+
+
+@contextmanager
+def zero3_loading(deepspeed_config: dict[str, Any] | None) -> Iterator[None]:
+    """Let ``from_pretrained`` build and load models partitioned, for a ZeRO-3 ``deepspeed_config``.
+
+    Inside Lightning's ``configure_model`` under ZeRO-3 every new parameter is partitioned as it is created
+    (``deepspeed.zero.Init``); ``from_pretrained`` then has to initialise and load weights through
+    DeepSpeed's gather API, which transformers does only while a ``HfDeepSpeedConfig`` is registered.
+    This registers one for the block (no-op when the config is not ZeRO-3).
+    """
+    stage = ((deepspeed_config or {}).get("zero_optimization") or {}).get("stage", 0)
+    if stage != 3:
+        yield
+        return
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    config = dict(deepspeed_config)
+    config.setdefault("train_micro_batch_size_per_gpu", 1)
+    keep_alive = HfDeepSpeedConfig(config)  # transformers holds only a weak reference
+    try:
+        yield
+    finally:
+        del keep_alive
+        unset_hf_deepspeed_config()
 
 
 def unwrap_peft(model: nn.Module) -> nn.Module:

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_rlhf.models import LoraArgs, count_parameters, load_tokenizer
+from lightning_rlhf.models.loading import zero3_loading
 from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
 
 
@@ -89,8 +90,11 @@ class HFModelModule(LightningModule):
     def configure_model(self) -> None:
         """Build ``self.model`` once, inside the strategy's (possibly ZeRO-3 sharded) context."""
         if self.model is None:
+            strategy = self._trainer.strategy if self._trainer is not None else None
+            with zero3_loading(getattr(strategy, "config", None) if getattr(strategy, "zero_stage_3", False) else None):
+                model = self.build_model()
             # from_pretrained returns eval mode and Lightning does not call train() at fit start
-            self.model = self.build_model().train()
+            self.model = model.train()
             self._model_in = None
             trainable, total = count_parameters(self.model)
             rank_zero_info(f"{type(self).__name__}: {trainable:,} trainable of {total:,} parameters")
