@@ -72,9 +72,9 @@ def test_fit_logs_metrics_and_exports_stats_and_matching_scores(tmp_path):
             module(batch["chosen_input_ids"], batch["chosen_attention_mask"]), atol=1e-5, rtol=0)
 
 
-def _fit_reward(tmp_path, data, steps: int, lr: float, **sizes) -> dict:
+def _fit_reward(tmp_path, data, steps: int, lr: float, model: Path | None = None, **sizes) -> dict:
     seed_everything(0)
-    module = RewardModule(str(tiny_folder(tmp_path, **sizes)), tokenizer=data.tokenizer,
+    module = RewardModule(str(model or tiny_folder(tmp_path, **sizes)), tokenizer=data.tokenizer,
                           optimizer=OptimizerArgs(learning_rate=lr, warmup_steps=10))
     trainer = _trainer(tmp_path, max_steps=steps, check_val_every_n_epoch=1000)
     trainer.fit(module, datamodule=data)
@@ -85,9 +85,15 @@ def _fit_reward(tmp_path, data, steps: int, lr: float, **sizes) -> dict:
 def test_reward_model_on_builtin_task_reaches_90_percent_heldout_accuracy(tmp_path):
     from lightning_rlhf.data import PreferenceDataModule
 
-    data = PreferenceDataModule(task_tokenizer(), stage="reward", task_size=2000, batch_size=16, eval_fraction=0.1,
+    from lightning_rlhf.data.task import default_task
+    from lightning_rlhf.models import save_tiny_model, train_tokenizer
+
+    records = default_task().records(2000)
+    tokenizer = train_tokenizer([r["prompt"] + r[k] for k in ("chosen", "rejected") for r in records], vocab_size=300)
+    model = save_tiny_model(tmp_path / "rm-init", "llama", tokenizer, hidden_size=64, num_layers=2, num_heads=4)
+    data = PreferenceDataModule(tokenizer, stage="reward", task_size=2000, batch_size=16, eval_fraction=0.1,
                                 max_length=64, max_prompt_length=32, cache_dir=str(tmp_path / "cache"))
-    metrics = _fit_reward(tmp_path, data, steps=900, lr=1e-3, hidden_size=64, num_heads=4)
+    metrics = _fit_reward(tmp_path, data, steps=900, lr=1e-3, model=model)
     print(f"built-in task reward model: held-out accuracy {metrics['val/accuracy']:.3f}, margin {metrics['val/margin']:.2f}")
     assert metrics["val/accuracy"] >= 0.9
 
