@@ -37,27 +37,19 @@ from lightning_rlhf.algorithms import (
     process_scores,
 )
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
+from lightning_rlhf.models.loading import zero3_loading
 from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
 from lightning_rlhf.modules.ppo_config import GenerationArgs
 from lightning_rlhf.modules.ppo_logging import PPO_TAGS, log_samples, reduce_metrics
 from lightning_rlhf.modules.rollout import (
     Rollout,
     critic_values,
-    eval_generation_mode,
     forward_kwargs,
     pad_right,
     policy_logprobs,
     response_mask_from_tokens,
 )
-
-try:  # the strategy's generation switch and backward routing (issue 2)
-    from lightning_rlhf.strategies import MultiEngineBackwardMixin, generation_mode
-except ImportError:  # pragma: no cover - only while the strategy is missing
-    generation_mode = eval_generation_mode
-
-    class MultiEngineBackwardMixin:  # type: ignore[no-redef]
-        def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
-            loss.backward()
+from lightning_rlhf.strategies import MultiEngineBackwardMixin, generation_mode
 
 TaskChecker = Callable[[str, str], bool]
 
@@ -205,12 +197,15 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         if self.actor is not None:
             return
         hp, tok, p = self.hparams, self.tokenizer, self.hparams.dropout
-        self.actor = load_causal_lm(hp.actor, lora=hp.actor_lora, dropout=p, tokenizer=tok,
-                                    gradient_checkpointing=hp.actor_gradient_checkpointing)
-        self.critic = load_value_model(hp.critic or hp.reward_model, lora=hp.critic_lora, dropout=p, tokenizer=tok,
-                                       gradient_checkpointing=hp.critic_gradient_checkpointing)
-        self.reference = load_causal_lm(hp.reference or hp.actor, dropout=p, tokenizer=tok).requires_grad_(False)
-        self.reward_model = load_value_model(hp.reward_model, dropout=p, tokenizer=tok).requires_grad_(False)
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        ds_config = getattr(strategy, "config", None) if getattr(strategy, "zero_stage_3", False) else None
+        with zero3_loading(ds_config):  # ZeRO-3: from_pretrained loads straight into partitions
+            self.actor = load_causal_lm(hp.actor, lora=hp.actor_lora, dropout=p, tokenizer=tok,
+                                        gradient_checkpointing=hp.actor_gradient_checkpointing)
+            self.critic = load_value_model(hp.critic or hp.reward_model, lora=hp.critic_lora, dropout=p,
+                                           tokenizer=tok, gradient_checkpointing=hp.critic_gradient_checkpointing)
+            self.reference = load_causal_lm(hp.reference or hp.actor, dropout=p, tokenizer=tok).requires_grad_(False)
+            self.reward_model = load_value_model(hp.reward_model, dropout=p, tokenizer=tok).requires_grad_(False)
         # from_pretrained returns eval mode; trained models need train mode (gradient checkpointing checks it)
         self.actor.train(), self.critic.train(), self.reference.eval(), self.reward_model.eval()
 

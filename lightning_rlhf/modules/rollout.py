@@ -8,7 +8,6 @@ the first EOS. Position ``P - 1 + t`` of a forward pass predicts response token 
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from dataclasses import dataclass, fields, replace
 from typing import Any, Iterator
@@ -134,18 +133,3 @@ def critic_values(critic: nn.Module, sequences: Tensor, attention_mask: Tensor, 
     values = token_values(critic, sequences, attention_mask)
     start = sequences.shape[1] - response_length
     return values[:, start - 1 : -1]
-
-
-@contextlib.contextmanager
-def eval_generation_mode(strategy: Any, model: nn.Module) -> Iterator[nn.Module]:
-    """Fallback generation switch for plain strategies: eval mode, no grad, yields ``model``, restores mode.
-
-    Same signature as ``lightning_rlhf.strategies.generation_mode``; used only until that exists.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
