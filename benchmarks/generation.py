@@ -11,7 +11,10 @@ each rank generates for its own batch and the time is the slowest rank's. Method
   DeepSpeed's hooks on every forward of every new token);
 - ``switch tp=N``: ``generation_mode(model, inference_tp_size=N)``, timing the whole context:
   gathering the shards into the replica (every call, as after each optimizer step) plus ``generate``;
-- ``unsharded``: ``generate`` of an ordinary hook-free copy of the same weights (the ceiling).
+- ``unsharded copy``: ``generate`` of an ordinary hook-free copy of the same weights, as it runs in a
+  ZeRO-3 process (DeepSpeed replaces ``torch.nn.functional.linear`` process-wide with a slower
+  memory-saving version; the switch runs with PyTorch's own);
+- ``copy, plain F.linear``: the same copy with PyTorch's own ``F.linear``: the true ceiling.
 
 Generation is greedy with ``min_new_tokens = max_new_tokens`` so every method does the same work,
 and the tokens of every method are checked to be identical to the unsharded copy's.
@@ -30,7 +33,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from lightning_rlhf.strategies.generation import GenerationStats, generation_mode
+from lightning_rlhf.strategies.generation import GenerationStats, generation_mode, unpatched_linear
 
 
 def parse_args() -> argparse.Namespace:
@@ -110,13 +113,17 @@ def main() -> None:
     def plain_copy():
         return unsharded.generate(input_ids=ids, attention_mask=mask, **kwargs)
 
+    def ceiling():
+        with unpatched_linear():
+            return plain_copy()
+
     def switch(tp: int, stats: GenerationStats):
         def run():
             with generation_mode(engine.module, inference_tp_size=tp, stats=stats) as policy:
                 return policy.generate(ids, mask, **kwargs)
         return run
 
-    methods = {"unsharded copy": plain_copy, "plain ZeRO-3": plain_zero3}
+    methods = {"unsharded copy": plain_copy, "copy, plain F.linear": ceiling, "plain ZeRO-3": plain_zero3}
     stats = {}
     for tp in map(int, args.tp_sizes.split(",")):
         stats[tp] = GenerationStats()
@@ -136,14 +143,15 @@ def report(args, results: dict, reference: torch.Tensor, stats: dict, device: to
         return
     tokens = args.batch * args.new_tokens
     base = results["plain ZeRO-3"][0]
-    ceiling = results["unsharded copy"][0]
+    copy_s, ceiling_s = results["unsharded copy"][0], results["copy, plain F.linear"][0]
     print(f"\nLlama {args.layers} layers, hidden {args.hidden}, {dist.get_world_size()} ranks on {device.type}, "
           f"batch {args.batch}/rank, prompt {args.prompt_len}, {args.new_tokens} new tokens, "
           f"median of {args.repeats}")
-    print(f"{'method':<16}{'seconds':>9}{'tokens/s':>10}{'vs ZeRO-3':>11}{'vs copy':>9}  same tokens")
+    print(f"{'method':<22}{'seconds':>9}{'tokens/s':>10}{'vs ZeRO-3':>11}{'vs copy':>9}{'vs ceiling':>12}"
+          "  same tokens")
     for name, (seconds, _) in results.items():
-        print(f"{name:<16}{seconds:>9.3f}{tokens / seconds:>10.1f}{base / seconds:>10.2f}x"
-              f"{ceiling / seconds:>8.0%}  {same[name]}")
+        print(f"{name:<22}{seconds:>9.3f}{tokens / seconds:>10.1f}{base / seconds:>10.2f}x"
+              f"{copy_s / seconds:>9.0%}{ceiling_s / seconds:>12.0%}  {same[name]}")
     for tp, s in stats.items():
         calls = max(s.calls, 1)
         print(f"switch tp={tp}: per call gather {s.gather_s / calls:.3f}s, generate {s.generate_s / calls:.3f}s "

@@ -17,6 +17,7 @@ of one tensor-parallel group must make the same calls with the same keyword argu
 from __future__ import annotations
 
 import gc
+import sys
 import time
 import weakref
 from contextlib import contextmanager
@@ -71,6 +72,27 @@ def _clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
+@contextmanager
+def unpatched_linear() -> Iterator[None]:
+    """Run with PyTorch's own ``F.linear`` while DeepSpeed ZeRO-3 has replaced it process-wide.
+
+    ZeRO-3 swaps ``torch.nn.functional.linear`` for a memory-saving autograd function (it helps the
+    training backward) and leaves it so; on the small per-token matmuls of generation it costs about
+    3x per call on CPU, and a replica that is never trained needs none of it.
+    """
+    zero = sys.modules.get("deepspeed.runtime.zero.partition_parameters")
+    original = getattr(getattr(zero, "InsertPostInitMethodToModuleSubClasses", None), "linear_bk", None)
+    patched = torch.nn.functional.linear
+    if original is None or patched is original:
+        yield
+        return
+    torch.nn.functional.linear = original
+    try:
+        yield
+    finally:
+        torch.nn.functional.linear = patched
+
+
 class GenerationReplica:
     """What ``generation_mode`` yields: ``generate`` and forward calls on the inference replica.
 
@@ -102,7 +124,9 @@ class GenerationReplica:
         return 0
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
         """KV-cache generation for this rank's left-padded prompts.
 
         Args:
@@ -121,15 +145,18 @@ class GenerationReplica:
         input_ids = input_ids.to(self.device)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
         start = _clock(self.device)
-        if self.tp_group is None:
-            sequences = self.module.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-        else:
-            sequences = self._generate_in_group(input_ids, mask, pad_id, kwargs)
+        with unpatched_linear():
+            if self.tp_group is None:
+                sequences = self.module.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+            else:
+                sequences = self._generate_in_group(input_ids, mask, pad_id, kwargs)
         response = sequences[:, input_ids.shape[1]:]
         self.stats.add(generate_s=_clock(self.device) - start, new_tokens=int((response != pad_id).sum()), calls=1)
         return sequences
 
-    def _generate_in_group(self, input_ids: torch.Tensor, mask: torch.Tensor, pad_id: int, kwargs: dict) -> torch.Tensor:
+    def _generate_in_group(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, pad_id: int, kwargs: dict
+    ) -> torch.Tensor:
         ids, masks, rows = _gather_rows(self.tp_group, [input_ids, mask], [pad_id, 0], pad_left=True)
         # every rank of the group must draw the same samples, or their KV caches and stopping diverge
         seed = torch.randint(0, 2**62, (1,), device=self.device)
@@ -149,13 +176,16 @@ class GenerationReplica:
         input_ids = input_ids.to(self.device)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
         if self.tp_group is None:
-            return self.module(input_ids=input_ids, attention_mask=mask, **kwargs)
-        if any(isinstance(v, torch.Tensor) for v in kwargs.values()):
+            with unpatched_linear():
+                return self.module(input_ids=input_ids, attention_mask=mask, **kwargs)
+        tensor_args = sorted(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
+        if tensor_args:
             raise TypeError("with inference_tp_size > 1 the replica's forward takes tensors only as input_ids "
-                            f"and attention_mask; got tensor arguments {sorted(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))}")
+                            f"and attention_mask; got tensor arguments {tensor_args}")
         kwargs.setdefault("use_cache", False)
         ids, masks, rows = _gather_rows(self.tp_group, [input_ids, mask], [self._pad_id({}), 0], pad_left=False)
-        out = self.module(input_ids=ids, attention_mask=masks, **kwargs)
+        with unpatched_linear():
+            out = self.module(input_ids=ids, attention_mask=masks, **kwargs)
         width = input_ids.shape[1]
         for key, value in out.items():
             if isinstance(value, torch.Tensor) and value.shape[:1] == ids.shape[:1]:
@@ -262,7 +292,7 @@ def generation_mode(
             ``inference_tp_size``); None forms groups of consecutive ranks.
 
     Yields:
-        A :class:`GenerationReplica` with ``.generate(input_ids, attention_mask, **generate_kwargs)`` and ``__call__``.
+        A :class:`GenerationReplica`: ``.generate(input_ids, attention_mask, **generate_kwargs)`` and ``__call__``.
     """
     _check_args(inference_tp_size, tp_gather_partition_size, backend)
     stats = stats if stats is not None else GenerationStats()

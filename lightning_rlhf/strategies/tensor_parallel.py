@@ -106,6 +106,8 @@ class InferenceReplica:
         self.tp_rank = tp_mesh.get_local_rank() if tp_mesh is not None else 0
         self.gather_partition_size = gather_partition_size
         plan = None
+        self._converted: set[str] = set()  # replica modules that were GPT-2 Conv1D layers
+        self._blocks: dict[str, int] = {}  # replica modules with fused [q|k|v] outputs
         if self.tp_size > 1:
             check_divisible(self.base.config, self.tp_size)
             plan = resolve_tp_plan(self.base.config, tp_plan)
@@ -183,8 +185,7 @@ class InferenceReplica:
 
     def _map_parameters(self, plan: FamilyTPPlan | None) -> list[_Slot]:
         targets = dict(self.module.named_parameters())
-        converted = getattr(self, "_converted", set())
-        blocks = getattr(self, "_blocks", {})
+        converted, blocks = self._converted, self._blocks
         modules = dict(self.base.named_modules())
         slots, seen = [], set()
         for name, param in self.base.named_parameters():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,11 @@ from tests.helpers.distributed import run_distributed
 
 SCRIPTS = Path(__file__).parent / "scripts"
 SIZES = dict(hidden_size=64, num_layers=2, num_heads=4)
+
+
+def passed_cases(stdout: str) -> list[str]:
+    """Cases the worker reported as passed, in order (its lines ``ok CASE: stats``)."""
+    return re.findall(r"^ok (\S+):", stdout, flags=re.M)
 
 
 def save_family(path: Path, family: str, tokenizer) -> Path:
@@ -38,7 +44,7 @@ def test_zero3_generation_matches_unsharded_copy(tiny_model_factory):
     cases = [f"{family}:{tp}:{lora}" + (":step" if lora == "lora" else "")
              for family in ("llama", "opt", "gpt2") for tp in (1, 2) for lora in ("plain", "lora")]
     proc = run_distributed(SCRIPTS / "generation_worker.py", ",".join(cases), *paths)
-    assert proc.stdout.count("ok ") == len(cases), proc.stdout
+    assert passed_cases(proc.stdout) == cases, proc.stdout
 
 
 @pytest.mark.slow
@@ -49,7 +55,7 @@ def test_tensor_parallel_plans_of_other_families(tiny_model_factory, tiny_tokeni
     paths.append(tiny_model_factory("gpt_neox", **SIZES))
     cases = ["bloom:2:lora", "gptj:2:lora", "gpt_neox:2:lora"]
     proc = run_distributed(SCRIPTS / "generation_worker.py", ",".join(cases), *paths)
-    assert proc.stdout.count("ok ") == len(cases), proc.stdout
+    assert passed_cases(proc.stdout) == cases, proc.stdout
 
 
 def left_padded_prompts(vocab: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,4 +154,4 @@ def test_cuda_zero3_tensor_parallel(tiny_model_factory):
     paths = [tiny_model_factory(family, **SIZES) for family in ("llama", "opt", "gpt2")]
     cases = ["llama:2:lora:step", "opt:2:plain", "gpt2:2:lora"]
     proc = run_distributed(SCRIPTS / "generation_worker.py", ",".join(cases), *paths, env={"GENERATION_DEVICE": "cuda"})
-    assert proc.stdout.count("ok ") == len(cases), proc.stdout
+    assert passed_cases(proc.stdout) == cases, proc.stdout

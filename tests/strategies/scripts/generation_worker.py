@@ -127,9 +127,11 @@ def run_case(case: str, paths: dict[str, Path]) -> None:
     ids, mask = prompts(reference.config.vocab_size, reference.config.pad_token_id)
     stats = GenerationStats()
     before = gathered_weights(engine.module)
+    linear = torch.nn.functional.linear  # ZeRO-3's process-wide replacement, bypassed inside the switch only
     logits = check(engine.module, reference, ids, mask, tp, tag, stats)
     after = gathered_weights(engine.module)
     assert all(torch.equal(before[n], after[n]) for n in before), f"{tag}: trained weights changed"
+    assert torch.nn.functional.linear is linear, f"{tag}: F.linear not restored"
     assert stats.calls == 1 and stats.new_tokens > 0 and stats.gather_s > 0 and stats.tokens_per_s > 0, stats
     replica = _CACHE[engine.module].replica
     if step:
