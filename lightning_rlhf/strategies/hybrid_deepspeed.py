@@ -142,6 +142,15 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
                 f"(num_nodes x devices); choose one of {_divisors(self.world_size)}."
             )
 
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        # A peer that hangs makes this rank fail at the collective timeout; the ranks Lightning's launcher started
+        # would stay blocked forever after this process exits, so stop them with it.
+        super().on_exception(exception)
+        for proc in getattr(self.launcher, "procs", None) or []:
+            if proc.poll() is None:
+                proc.kill()
+
     def _deepspeed_args(self) -> argparse.Namespace:
         # DeepSpeed sets the device from ``device_rank``; the CPU device has no index, so give it the local rank.
         index = self.root_device.index

@@ -13,7 +13,7 @@ from lightning import LightningModule, Trainer
 
 import lightning_rlhf  # noqa: F401
 from lightning_rlhf.strategies import HybridDeepSpeedStrategy
-from lightning_rlhf.strategies.checkpoint import MARKER_FILE, read_marker, staging_path
+from lightning_rlhf.strategies.checkpoint import MARKER_FILE, consolidated_state_dict, read_marker, staging_path
 from tests.helpers.distributed import run_distributed
 
 WORKER = Path(__file__).parent / "scripts" / "strategy_worker.py"
@@ -130,9 +130,9 @@ def test_dropin_two_processes_by_registered_name(tmp_path):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("nprocs", [1, 2])
-def test_two_engines_learn_and_frozen_child_is_untouched(tmp_path, nprocs):
-    run_distributed(WORKER, "two_engines", tmp_path, "--stages", "3", nprocs=nprocs)
+@pytest.mark.parametrize(("nprocs", "precision"), [(1, "bf16-mixed"), (2, "32-true")])
+def test_two_engines_learn_and_frozen_child_is_untouched(tmp_path, nprocs, precision):
+    run_distributed(WORKER, "two_engines", tmp_path, "--stages", "3", "--precision", precision, nprocs=nprocs)
     for out in results(tmp_path, "two_engines", nprocs):
         assert out["engines"] == ["actor", "critic", "frozen"]
         assert out["frozen_identical"] is True
@@ -154,6 +154,39 @@ def test_resume_in_a_fresh_process_continues_exactly(tmp_path):
         resumed, uninterrupted = sum(second["losses"], []), sum(full[2:], [])
         assert len(resumed) == 4 and resumed == pytest.approx(uninterrupted, abs=1e-6)
         assert second["actor_lr"] == pytest.approx(1e-2 * 0.5 ** 2)
+    # the offline consolidation of one engine equals the live parameters at the moment of saving
+    first = json.loads((tmp_path / "resume-first-rank0.json").read_text())
+    state = consolidated_state_dict(second["ckpt"], "actor")
+    assert sorted(state) == sorted(first["actor"])
+    for name, values in first["actor"].items():
+        assert state[name].flatten().tolist() == pytest.approx(values, abs=1e-7)
+    with pytest.raises(ValueError, match="has no engine 'reference'"):
+        consolidated_state_dict(second["ckpt"], "reference")
     marker = read_marker(Path(second["ckpt"]))
     assert marker["engines"] == ["actor", "critic"] and marker["zero_stage"] == 3 and marker["world_size"] == 2
     assert not staging_path(Path(second["ckpt"])).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_hung_rank_makes_the_other_fail_within_the_timeout_and_is_stopped():
+    """Lightning's own launcher (plain ``python script.py``), rank 1 hangs: rank 0 errors at the timeout, no hang."""
+    import os
+    import time
+
+    script = Path(__file__).parent / "scripts" / "dying_rank.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH")]))}
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(script), "45", "hang"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    assert proc.returncode != 0, output[-3000:]
+    assert "rank 1 hangs" in output and "Timed out waiting 45000ms" in output, output[-3000:]
+    assert time.monotonic() - start < 400
+    leftover = subprocess.run(["pgrep", "-f", f"{script.name} 45 hang"], capture_output=True, text=True).stdout
+    assert leftover.strip() == "", f"rank processes left running: {leftover}"

@@ -200,6 +200,8 @@ def run_resume(args, world: int) -> dict:
         every = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=4, save_top_k=-1, filename="ckpt-{step}")
         trainer(args.stages[0], 8, args.precision, args.outdir, callbacks=[every, StopAt(4)], max_epochs=-1).fit(
             model, loader(world))
+        names = [n for n, _ in model.actor.named_parameters()]
+        return {"losses": model.losses, "actor": dict(zip(names, gathered(model.actor)))}
     else:
         ckpt = next(ckpt_dir.glob("ckpt-*"))
         tr = trainer(args.stages[0], 8, args.precision, args.outdir, max_epochs=-1)
