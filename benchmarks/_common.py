@@ -1,0 +1,222 @@
+"""What the PPO benchmarks share: tiny models and prompts on disk, a loop timer, our PPO run, statistics.
+
+Why one place: ``ppo_vs_trl.py`` and ``ppo_deepspeed_chat_config.py`` build the same kind of assets
+(a locally trained tokenizer, randomly initialised policy / critic / reward folders, fixed prompt token
+ids) and time ``PPOModule`` the same way (training loop only, from the first training batch to the end of
+``fit``, model loading excluded).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+HH_RLHF = Path("/work/shared/data/hh-rlhf-harmless-base-test-a.jsonl.gz")
+
+
+# -- assets ---------------------------------------------------------------------------------------------
+@dataclass
+class Assets:
+    """Folders and prompts every system of one benchmark reads (written by :func:`build_assets`)."""
+
+    tokenizer: str
+    actor: str
+    critic: str
+    reward_model: str
+    prompts: list[list[int]]
+    params: dict[str, int] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Assets":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def corpus_texts(path: Path = HH_RLHF, limit: int = 2000) -> list[str]:
+    """Texts to train the tokenizer and draw prompts from: HH-RLHF dialogues when present, else the built-in task."""
+    if path.is_file():
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            return [json.loads(line)["chosen"].strip() for line, _ in zip(handle, range(limit))]
+    from lightning_rlhf.data.task import SyntheticTask
+
+    records = SyntheticTask(seed=0).records(limit)
+    # several records per line so prompts of 8+ tokens exist
+    return [" ".join(r["prompt"] + r["chosen"] for r in records[i : i + 4]) for i in range(0, len(records), 4)]
+
+
+def sample_prompts(tokenizer: Any, texts: Sequence[str], count: int, min_len: int, max_len: int,
+                   seed: int = 0) -> list[list[int]]:
+    """``count`` prompt token-id lists with lengths drawn uniformly from ``[min_len, max_len]`` (text prefixes)."""
+    rng = random.Random(seed)
+    prompts: list[list[int]] = []
+    pool = [ids for ids in (tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts) if len(ids) >= min_len]
+    if not pool:
+        raise ValueError(f"no corpus text has {min_len}+ tokens to cut prompts from")
+    while len(prompts) < count:
+        ids = pool[len(prompts) % len(pool)]
+        prompts.append(ids[: rng.randint(min_len, min(max_len, len(ids)))])
+    return prompts
+
+
+def build_assets(root: Path, family: str, vocab_size: int, num_prompts: int, prompt_len: tuple[int, int],
+                 seed: int = 0, **sizes: int) -> Assets:
+    """Tokenizer, policy (seed), critic (seed + 2) and reward model (seed + 1) folders, and the prompts."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from lightning_rlhf.models.tiny import save_tiny_model, train_tokenizer
+
+    hf_logging.set_verbosity_error(), hf_logging.disable_progress_bar()
+
+    root.mkdir(parents=True, exist_ok=True)
+    texts = corpus_texts()
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+    paths = {
+        "actor": save_tiny_model(root / "actor", family, tokenizer, head="causal_lm", seed=seed, **sizes),
+        "reward_model": save_tiny_model(root / "reward", family, tokenizer, head="value", seed=seed + 1, **sizes),
+        "critic": save_tiny_model(root / "critic", family, tokenizer, head="value", seed=seed + 2, **sizes),
+    }
+    params = {"actor": AutoModelForCausalLM.from_pretrained(paths["actor"]).num_parameters(),
+              "critic": AutoModelForSequenceClassification.from_pretrained(paths["critic"]).num_parameters(),
+              "backbone": AutoModel.from_pretrained(paths["actor"]).num_parameters(),
+              "vocab": len(tokenizer)}
+    prompts = sample_prompts(tokenizer, texts, num_prompts, *prompt_len, seed=seed)
+    assets = Assets(str(paths["actor"]), str(paths["actor"]), str(paths["critic"]), str(paths["reward_model"]),
+                    prompts, params)
+    assets.save(root / "assets.json")
+    return assets
+
+
+# -- our side -------------------------------------------------------------------------------------------
+def prompt_loader(prompts: list[list[int]], pad_id: int, batch_size: int, seed: int = 0) -> Any:
+    """A shuffled DataLoader of PPO prompt batches (left-padded ``prompt_input_ids``/``prompt_attention_mask``)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    def collate(rows: list[list[int]]) -> dict[str, Any]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(row)
+            mask[i, width - len(row):] = 1
+        return {"prompt_input_ids": ids, "prompt_attention_mask": mask, "prompts": [""] * len(rows)}
+
+    return DataLoader(prompts, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def loop_timer() -> Any:
+    """A Lightning callback timing the training loop (first training batch to the end of ``fit``).
+
+    It keeps, per PPO iteration, the step seconds and the logged ``ppo/score_mean``, ``ppo/reward_mean``,
+    ``time/generation_s``, ``time/training_s`` and ``ppo/response_length``.
+    """
+    from lightning.pytorch import Callback
+
+    keys = ("ppo/score_mean", "ppo/reward_mean", "time/generation_s", "time/training_s", "ppo/response_length")
+
+    class LoopTimer(Callback):
+        def __init__(self) -> None:
+            self.start = self.end = self.step_start = None
+            self.steps: list[float] = []
+            self.metrics: dict[str, list[float]] = {k: [] for k in keys}
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            self.step_start = time.perf_counter()
+            self.start = self.start or self.step_start
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            self.steps.append(time.perf_counter() - self.step_start)
+            for k in keys:
+                self.metrics[k].append(float(trainer.callback_metrics[k]))
+
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            self.end = time.perf_counter()
+
+    return LoopTimer()
+
+
+def run_ours(assets: Assets, module_kwargs: dict[str, Any], batch_size: int, steps: int,
+             strategy: Any = "auto", precision: str = "32-true", seed: int = 0) -> dict[str, Any]:
+    """Train ``PPOModule`` for ``steps`` PPO iterations of ``batch_size`` prompts; time the loop.
+
+    Returns episodes/s over the loop, the median per-step episodes/s, the generation / training /
+    rest (scoring, advantages, Lightning) split in seconds, and the per-step curves.
+    """
+    import torch
+    from lightning.pytorch import Trainer, seed_everything
+
+    from lightning_rlhf.modules.ppo import PPOModule
+
+    seed_everything(seed, verbose=False)
+    module = PPOModule(actor=assets.actor, critic=assets.critic, reward_model=assets.reward_model,
+                       tokenizer=assets.tokenizer, num_samples_to_log=0, **module_kwargs)
+    loader = prompt_loader(assets.prompts, module.tokenizer.pad_token_id, batch_size, seed)
+    timer = loop_timer()
+    trainer = Trainer(accelerator="cpu", devices=1, strategy=strategy, precision=precision, max_epochs=1,
+                      limit_train_batches=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, callbacks=[timer])
+    trainer.fit(module, train_dataloaders=loader)
+    loop_s = timer.end - timer.start
+    episodes = batch_size * len(timer.steps)
+    generation_s, training_s = sum(timer.metrics["time/generation_s"]), sum(timer.metrics["time/training_s"])
+    del trainer, module
+    torch.set_grad_enabled(True)
+    return {"episodes": episodes, "loop_s": loop_s, "episodes_per_s": episodes / loop_s,
+            "step_episodes_per_s": batch_size / statistics.median(timer.steps),
+            "generation_s": generation_s, "training_s": training_s, "other_s": loop_s - generation_s - training_s,
+            "scores": timer.metrics["ppo/score_mean"], "response_length": timer.metrics["ppo/response_length"]}
+
+
+# -- processes and statistics ---------------------------------------------------------------------------
+def set_threads(threads: int) -> None:
+    """Use ``threads`` intra-op threads (set before heavy imports via the environment, and in torch)."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def run_worker(script: Path, args: list[str], python: str | None = None, timeout: float = 1800) -> dict[str, Any]:
+    """Run ``script --worker ...`` in a fresh interpreter and return the JSON object it prints last."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([python or sys.executable, str(script), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"worker {script.name} {' '.join(args)} failed (exit {proc.returncode}):\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return json.loads(lines[-1])
+
+
+def median(values: Sequence[float]) -> float:
+    """Median of a non-empty sequence."""
+    return statistics.median(values)
+
+
+def machine() -> str:
+    """One line describing this machine: CPU model, cores, load, torch version."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{cpu}, {os.cpu_count()} cores, load {load:.1f}, torch {torch.__version__}"

@@ -1,0 +1,117 @@
+"""Our PPO step on the configuration DeepSpeed-Chat's step 3 was measured with on this CPU (issue 8).
+
+Run from the repository root::
+
+    python benchmarks/ppo_deepspeed_chat_config.py                  # 8 interleaved runs of each setting
+    python benchmarks/ppo_deepspeed_chat_config.py --runs 1 --steps 2   # smoke
+
+The configuration (DeepSpeed-Chat's step 3, hybrid engine off): tiny OPT actor and critic (2 layers, hidden
+128, vocabulary 512, 32 positions: 467K parameters), a reward model of the same shape, batch 8 (one
+generation batch = one training batch), prompts of exactly 16 tokens, 16 greedy answer tokens, one PPO
+epoch, DeepSpeed-Chat's PPO constants (KL 0.1 k1, reward clip 5, clip 0.2/0.2, gamma 1, lambda 0.95, no
+advantage whitening, actor lr 9.65e-6, critic lr 5e-6), one process, ``torch.set_num_threads`` threads.
+
+Settings, interleaved run by run so load changes hit them alike: ``HybridDeepSpeedStrategy(stage=0)``
+and Lightning's single-device strategy, each in fp32 (``32-true``) and ``bf16-mixed``. Each run trains
+``--steps`` PPO steps; the figure is episodes / training-loop seconds (first training batch to the end
+of ``fit``; model loading and engine set-up excluded), median over ``--runs`` runs; the median per-step
+figure is printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import build_assets, machine, median, run_ours, set_threads  # noqa: E402
+
+#: DeepSpeed-Chat step 3 on this CPU, as quoted in issue 8 (median of 8, training loop only; not re-measured here)
+DS_CHAT_QUOTED = {"32-true": 84.8, "bf16-mixed": 66.5}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=8, help="runs per setting (median reported)")
+    p.add_argument("--steps", type=int, default=16, help="PPO steps per run")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--prompt", type=int, default=16, help="prompt length in tokens")
+    p.add_argument("--answer", type=int, default=16, help="greedy answer tokens")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--strategies", default="deepspeed0,single", help="deepspeed0 and/or single")
+    p.add_argument("--precisions", default="32-true,bf16-mixed")
+    p.add_argument("--out", type=Path, default=RESULTS / "ppo_deepspeed_chat_config.json")
+    return p.parse_args(argv)
+
+
+def make_strategy(name: str) -> Any:
+    if name == "single":
+        return "auto"
+    if name == "deepspeed0":
+        from lightning_rlhf.strategies import HybridDeepSpeedStrategy
+
+        return HybridDeepSpeedStrategy(stage=0)
+    raise SystemExit(f"unknown strategy {name!r}: use deepspeed0 or single")
+
+
+def module_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """DeepSpeed-Chat's step-3 constants as PPOModule arguments."""
+    from lightning_rlhf.modules.ppo_config import GenerationArgs
+
+    return dict(generation=GenerationArgs(max_new_tokens=args.answer, do_sample=False), generation_batch_size=None,
+                train_batch_size=args.batch, ppo_epochs=1, kl_coef=0.1, kl_estimator="k1", clip_reward_value=5.0,
+                clip_range=0.2, clip_range_value=0.2, gamma=1.0, lam=0.95, whiten_advantages=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    started = time.strftime("%Y-%m-%d %H:%M")
+    settings = [(s, p) for s in args.strategies.split(",") for p in args.precisions.split(",")]
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {setting: [] for setting in settings}
+    with tempfile.TemporaryDirectory(prefix="ppo-dschat-") as tmp:
+        assets = build_assets(Path(tmp), "opt", 512, args.steps * args.batch, (args.prompt, args.prompt),
+                              hidden_size=128, num_layers=2, num_heads=4, max_positions=args.prompt + args.answer)
+        print(f"{started} | {machine()}\nOPT 2 layers, hidden 128: actor {assets.params['actor'] / 1e3:.0f}K, critic "
+              f"{assets.params['critic'] / 1e3:.0f}K parameters; batch {args.batch}, {args.prompt}-token prompts, "
+              f"{args.answer} greedy tokens, 1 PPO epoch, {args.steps} steps per run, {args.threads} threads")
+        for run in range(args.runs):
+            for setting in (settings if run % 2 == 0 else settings[::-1]):
+                result = run_ours(assets, module_kwargs(args), args.batch, args.steps,
+                                  strategy=make_strategy(setting[0]), precision=setting[1], seed=run)
+                runs[setting].append(result)
+                print(f"  run {run} {setting[0]:<10} {setting[1]:<10} {result['episodes_per_s']:7.2f} episodes/s "
+                      f"(response length {median(result['response_length']):.1f})", flush=True)
+    summary = report(runs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"date": started, "machine": machine(), "argv": sys.argv[1:],
+                                    "params": assets.params, "summary": summary,
+                                    "runs": {f"{s}/{p}": r for (s, p), r in runs.items()}}, indent=1))
+
+
+def report(runs: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
+    """Median episodes/s per setting beside DeepSpeed-Chat's quoted figure of the same precision."""
+    print(f"\n{'strategy':<11}{'precision':<12}{'episodes/s':>11}{'per step':>10}{'DS-Chat (quoted)':>18}"
+          f"{'ratio':>7}  split gen/train/rest")
+    summary = {}
+    for (strategy, precision), results in runs.items():
+        eps = median([r["episodes_per_s"] for r in results])
+        step = median([r["step_episodes_per_s"] for r in results])
+        quoted = DS_CHAT_QUOTED.get(precision)
+        split = [median([r[k] / r["loop_s"] for r in results]) for k in ("generation_s", "training_s", "other_s")]
+        summary[f"{strategy}/{precision}"] = {"episodes_per_s": eps, "step_episodes_per_s": step,
+                                              "ds_chat_quoted": quoted, "split": split}
+        ratio = f"{eps / quoted:6.2f}x" if quoted else "      -"
+        print(f"{strategy:<11}{precision:<12}{eps:>11.1f}{step:>10.1f}{quoted or float('nan'):>18.1f}{ratio}  "
+              + "/".join(f"{x:.0%}" for x in split))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
