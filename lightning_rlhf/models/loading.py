@@ -346,8 +346,15 @@ def zero3_loading(deepspeed_config: dict[str, Any] | None) -> Iterator[None]:
     if stage != 3:
         yield
         return
-    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+    from transformers.integrations.deepspeed import (
+        HfDeepSpeedConfig,
+        is_deepspeed_zero3_enabled,
+        unset_hf_deepspeed_config,
+    )
 
+    if is_deepspeed_zero3_enabled():  # already registered by an enclosing block (e.g. the strategy's)
+        yield
+        return
     config = dict(deepspeed_config)
     config.setdefault("train_micro_batch_size_per_gpu", 1)
     keep_alive = HfDeepSpeedConfig(config)  # transformers holds only a weak reference

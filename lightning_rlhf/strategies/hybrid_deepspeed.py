@@ -171,6 +171,19 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         )
         return engine, ds_optimizer
 
+    @contextmanager
+    @override
+    def model_sharded_context(self) -> Iterator[None]:
+        """``deepspeed.zero.Init`` for stage 3, with transformers told about it.
+
+        Without a registered ``HfDeepSpeedConfig``, ``from_pretrained``/``from_config`` inside ``configure_model``
+        initialise weights on the empty local shards and crash; with it they initialise and load partitioned.
+        """
+        from lightning_rlhf.models.loading import zero3_loading
+
+        with super().model_sharded_context(), zero3_loading(self.config if self.zero_stage == 3 else None):
+            yield
+
     # ------------------------------------------------------------------ engines
     @property
     def zero_stage(self) -> int:

@@ -118,6 +118,12 @@ def test_dropin_single_process_matches_a_raw_deepspeed_loop_at_stages_0_2_3(tmp_
 
 
 @pytest.mark.distributed
+def test_transformers_from_config_in_configure_model_is_partitioned_under_zero3():
+    proc = run_distributed(Path(__file__).parent / "scripts" / "hf_from_config.py", nprocs=1)
+    assert "partitioned True" in proc.stdout and "ok 2" in proc.stdout
+
+
+@pytest.mark.distributed
 def test_dropin_two_processes_by_registered_name(tmp_path):
     run_distributed(WORKER, "dropin", tmp_path, "--stages", "0", "2", "3", nprocs=2)
     ranks = results(tmp_path, "dropin", 2)
