@@ -39,10 +39,12 @@ def save_family(path: Path, family: str, tokenizer) -> Path:
 @pytest.mark.distributed
 def test_zero3_generation_matches_unsharded_copy(tiny_model_factory):
     """Llama, OPT, GPT-2 under ZeRO-3 x TP 1/2 x LoRA or not: same greedy tokens and logits as a plain copy;
-    trained weights untouched; after an optimizer step the replica follows (refreshed, not rebuilt)."""
+    trained weights untouched; after an optimizer step the replica follows (refreshed, not rebuilt); sampling
+    draws what the plain copy draws (one seed per TP group); and once under ZeRO-2 (no gather)."""
     paths = [tiny_model_factory(family, **SIZES) for family in ("llama", "opt", "gpt2")]
-    cases = [f"{family}:{tp}:{lora}" + (":step" if lora == "lora" else "")
+    cases = [f"{family}:{tp}:{lora}" + (":step" if lora == "lora" else ":sample")
              for family in ("llama", "opt", "gpt2") for tp in (1, 2) for lora in ("plain", "lora")]
+    cases.append("llama:2:lora:step:z2")
     proc = run_distributed(SCRIPTS / "generation_worker.py", ",".join(cases), *paths)
     assert passed_cases(proc.stdout) == cases, proc.stdout
 

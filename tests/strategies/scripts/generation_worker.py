@@ -1,11 +1,13 @@
 """2-rank worker: generation_mode on ZeRO-3 engines matches plain unsharded copies token for token.
 
 Usage: ``generation_worker.py CHECKS MODEL_DIR...`` where CHECKS is a comma-separated list of
-``family:tp:lora[:step]`` cases (e.g. ``llama:2:lora:step``) and each MODEL_DIR is a saved tiny model
-whose folder name starts with its family. Each case builds a real DeepSpeed ZeRO-3 engine (gloo, CPU)
-and a plain reference copy of the same weights (LoRA merged), then checks, on ragged per-rank prompts:
-greedy generation inside ``generation_mode`` equals the reference's, forward logits agree, trained
-weights are untouched after exit, and (``step``) after one optimizer step on both, they still agree.
+``family:tp:plain|lora[:step][:sample][:z2]`` cases (e.g. ``llama:2:lora:step``) and each MODEL_DIR is a
+saved tiny model whose folder name starts with its family. Each case builds a real DeepSpeed ZeRO-3
+(``z2``: ZeRO-2) engine (gloo, CPU) and a plain reference copy of the same weights (LoRA merged), then
+checks, on ragged per-rank prompts: greedy generation inside ``generation_mode`` equals the reference's,
+forward logits agree, trained weights are untouched after exit, (``step``) after one optimizer step on
+both they still agree, and (``sample``) top-p sampling draws what the reference draws with the same seed
+(with tensor parallelism: the group shares one seed over the gathered batch).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
-from lightning_rlhf.strategies.generation import _CACHE, GenerationStats, generation_mode
+from lightning_rlhf.strategies.generation import _CACHE, GenerationStats, _gather_rows, generation_mode
 
 LORA_TARGETS = {"llama": ["q_proj", "v_proj", "down_proj"], "opt": ["q_proj", "v_proj", "fc2"],
                 "gpt2": ["c_attn", "c_fc"], "gpt_neox": ["query_key_value"],
@@ -30,10 +32,10 @@ GEN = dict(max_new_tokens=6, do_sample=False)
 DEVICE = torch.device(os.environ.get("GENERATION_DEVICE", "cpu"))  # "cuda": the same checks on GPUs with NCCL
 
 
-def zero3_engine(model: torch.nn.Module):
+def zero_engine(model: torch.nn.Module, stage: int):
     params = [p for p in model.parameters() if p.requires_grad]
     config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
-              "zero_optimization": {"stage": 3}, "zero_allow_untested_optimizer": True}
+              "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True}
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(params, lr=5e-3), config=config)
     return engine
 
@@ -103,6 +105,25 @@ def check(model, reference, ids, mask, tp: int, tag: str, stats: GenerationStats
     return logits
 
 
+def check_sampling(model, reference, ids, mask, tp: int, tag: str) -> None:
+    pad = reference.config.pad_token_id
+    plain = merged(reference).eval()
+    sample = dict(do_sample=True, top_p=0.9, temperature=0.8, max_new_tokens=6)
+    torch.manual_seed(1234 + dist.get_rank())  # ranks' generators differ, as in a real run
+    with generation_mode(model, inference_tp_size=tp) as policy:
+        got = policy.generate(ids, mask, **sample)
+    torch.manual_seed(1234 + dist.get_rank() * (tp == 1))  # a group follows its first rank's generator
+    if tp == 1:
+        expected = plain.generate(input_ids=ids, attention_mask=mask, **sample)
+    else:  # the group (here: the world) generates the left-padded union of its prompts with rank 0's seed
+        assert tp == dist.get_world_size()
+        all_ids, all_mask, rows = _gather_rows(dist.group.WORLD, [ids, mask], [pad, 0], pad_left=True)
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), device=ids.device)))
+        expected = plain.generate(input_ids=all_ids, attention_mask=all_mask, **sample)
+        expected = expected[rows, all_ids.shape[1] - ids.shape[1]:]
+    assert same_tokens(got, expected, pad), f"{tag}: sampling differs\n{got}\n{expected}"
+
+
 def optimizer_step(engine, reference, ref_opt) -> None:
     """One identical step on both: every rank uses the same batch, so ZeRO's averaged gradient is the local one."""
     batch = torch.randint(4, reference.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(7))
@@ -120,10 +141,10 @@ def optimizer_step(engine, reference, ref_opt) -> None:
 
 
 def run_case(case: str, paths: dict[str, Path]) -> None:
-    family, tp, lora, *step = case.split(":")
+    family, tp, lora, *flags = case.split(":")
     tp, lora, tag = int(tp), lora == "lora", case
     model, reference, ref_opt = build(paths[family], family, lora)
-    engine = zero3_engine(model)
+    engine = zero_engine(model, stage=2 if "z2" in flags else 3)
     ids, mask = prompts(reference.config.vocab_size, reference.config.pad_token_id)
     stats = GenerationStats()
     before = gathered_weights(engine.module)
@@ -134,7 +155,9 @@ def run_case(case: str, paths: dict[str, Path]) -> None:
     assert torch.nn.functional.linear is linear, f"{tag}: F.linear not restored"
     assert stats.calls == 1 and stats.new_tokens > 0 and stats.gather_s > 0 and stats.tokens_per_s > 0, stats
     replica = _CACHE[engine.module].replica
-    if step:
+    if "sample" in flags:
+        check_sampling(engine.module, reference, ids, mask, tp, tag)
+    if "step" in flags:
         optimizer_step(engine, reference, ref_opt)
         new_logits = check(engine.module, reference, ids, mask, tp, f"{tag} after step", stats)
         assert (new_logits - logits).abs().max() > 1e-3, f"{tag}: the optimizer step did not reach the replica"
