@@ -16,6 +16,7 @@ of one tensor-parallel group must make the same calls with the same keyword argu
 
 from __future__ import annotations
 
+import copy
 import gc
 import sys
 import time
@@ -315,6 +316,7 @@ def generation_mode(
         entry = _CacheEntry(key, InferenceReplica(model, device, mesh, tp_plan, tp_gather_partition_size))
         _CACHE[model] = entry
     entry.replica.refresh()
+    entry.replica.module.generation_config = copy.deepcopy(unwrap_model(model).generation_config)
     stats.add(gather_s=_clock(device) - start)
     group = mesh.get_group() if mesh is not None else None
     try:
