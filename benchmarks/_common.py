@@ -121,7 +121,8 @@ def loop_timer() -> Any:
     """A Lightning callback timing the training loop (first training batch to the end of ``fit``).
 
     It keeps, per PPO iteration, the step seconds and the logged ``ppo/score_mean``, ``ppo/reward_mean``,
-    ``time/generation_s``, ``time/training_s`` and ``ppo/response_length``.
+    ``time/generation_s``, ``time/training_s`` and ``ppo/response_length``; and the process CPU seconds
+    of the loop (all threads), a measure of work that load from other processes barely changes.
     """
     from lightning.pytorch import Callback
 
@@ -129,13 +130,14 @@ def loop_timer() -> Any:
 
     class LoopTimer(Callback):
         def __init__(self) -> None:
-            self.start = self.end = self.step_start = None
+            self.start = self.end = self.step_start = self.cpu_start = self.cpu_end = None
             self.steps: list[float] = []
             self.metrics: dict[str, list[float]] = {k: [] for k in keys}
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             self.step_start = time.perf_counter()
-            self.start = self.start or self.step_start
+            if self.start is None:
+                self.start, self.cpu_start = self.step_start, time.process_time()
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             self.steps.append(time.perf_counter() - self.step_start)
@@ -143,7 +145,7 @@ def loop_timer() -> Any:
                 self.metrics[k].append(float(trainer.callback_metrics[k]))
 
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-            self.end = time.perf_counter()
+            self.end, self.cpu_end = time.perf_counter(), time.process_time()
 
     return LoopTimer()
 
@@ -175,7 +177,7 @@ def run_ours(assets: Assets, module_kwargs: dict[str, Any], batch_size: int, ste
     del trainer, module
     torch.set_grad_enabled(True)
     return {"episodes": episodes, "loop_s": loop_s, "episodes_per_s": episodes / loop_s,
-            "step_episodes_per_s": batch_size / statistics.median(timer.steps),
+            "loop_cpu_s": timer.cpu_end - timer.cpu_start, "step_episodes_per_s": batch_size / statistics.median(timer.steps),
             "generation_s": generation_s, "training_s": training_s, "other_s": loop_s - generation_s - training_s,
             "scores": timer.metrics["ppo/score_mean"], "response_length": timer.metrics["ppo/response_length"]}
 

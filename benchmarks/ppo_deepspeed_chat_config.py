@@ -15,7 +15,8 @@ Settings, interleaved run by run so load changes hit them alike: ``HybridDeepSpe
 and Lightning's single-device strategy, each in fp32 (``32-true``) and ``bf16-mixed``. Each run trains
 ``--steps`` PPO steps; the figure is episodes / training-loop seconds (first training batch to the end
 of ``fit``; model loading and engine set-up excluded), median over ``--runs`` runs; the median per-step
-figure is printed beside it.
+figure and episodes per process CPU-second (all threads; barely moved by other processes' load) are
+printed beside it.
 """
 
 from __future__ import annotations
@@ -97,18 +98,20 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(runs: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
     """Median episodes/s per setting beside DeepSpeed-Chat's quoted figure of the same precision."""
-    print(f"\n{'strategy':<11}{'precision':<12}{'episodes/s':>11}{'per step':>10}{'DS-Chat (quoted)':>18}"
-          f"{'ratio':>7}  split gen/train/rest")
+    print(f"\n{'strategy':<11}{'precision':<12}{'episodes/s':>11}{'per step':>10}{'per CPU-s':>10}"
+          f"{'DS-Chat (quoted)':>18}{'ratio':>7}  split gen/train/rest")
     summary = {}
     for (strategy, precision), results in runs.items():
         eps = median([r["episodes_per_s"] for r in results])
         step = median([r["step_episodes_per_s"] for r in results])
+        cpu = median([r["episodes"] / r["loop_cpu_s"] for r in results])
         quoted = DS_CHAT_QUOTED.get(precision)
         split = [median([r[k] / r["loop_s"] for r in results]) for k in ("generation_s", "training_s", "other_s")]
         summary[f"{strategy}/{precision}"] = {"episodes_per_s": eps, "step_episodes_per_s": step,
+                                              "episodes_per_cpu_s": cpu,
                                               "ds_chat_quoted": quoted, "split": split}
         ratio = f"{eps / quoted:6.2f}x" if quoted else "      -"
-        print(f"{strategy:<11}{precision:<12}{eps:>11.1f}{step:>10.1f}{quoted or float('nan'):>18.1f}{ratio}  "
+        print(f"{strategy:<11}{precision:<12}{eps:>11.1f}{step:>10.1f}{cpu:>10.1f}{quoted or float('nan'):>18.1f}{ratio}  "
               + "/".join(f"{x:.0%}" for x in split))
     return summary
 

@@ -103,18 +103,18 @@ def worker_trl(args: argparse.Namespace, assets: Assets, compute_only: bool) -> 
 
     class Recorder(TrainerCallback):
         def __init__(self) -> None:
-            self.start = self.end = None
+            self.start = self.end = self.cpu_start = self.cpu_end = None
             self.scores: list[float] = []
 
         def on_train_begin(self, *a: Any, **k: Any) -> None:
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
         def on_log(self, args_: Any, state: Any, control: Any, logs: dict | None = None, **k: Any) -> None:
             if logs and "objective/scores" in logs:
                 self.scores.append(float(logs["objective/scores"]))
 
         def on_train_end(self, *a: Any, **k: Any) -> None:
-            self.end = time.perf_counter()
+            self.end, self.cpu_end = time.perf_counter(), time.process_time()
 
     tokenizer = AutoTokenizer.from_pretrained(assets.tokenizer, padding_side="left")
     dataset = Dataset.from_dict({"input_ids": assets.prompts[: args.steps * args.batch]})
@@ -143,7 +143,7 @@ def worker_trl(args: argparse.Namespace, assets: Assets, compute_only: bool) -> 
     loop_s = recorder.end - recorder.start
     episodes = args.steps * args.batch
     return {"episodes": episodes, "loop_s": loop_s, "episodes_per_s": episodes / loop_s,
-            "generation_s": generation["s"], "scores": recorder.scores}
+            "loop_cpu_s": recorder.cpu_end - recorder.cpu_start, "generation_s": generation["s"], "scores": recorder.scores}
 
 
 def worker_main(args: argparse.Namespace) -> None:

@@ -1,0 +1,101 @@
+"""Smoke tests of the PPO benchmarks: they run with tiny settings and print the lines the README quotes.
+
+The script runs launch fresh interpreters per measurement, so they are marked slow; the timing helper
+they share is tested in-process. The TRL comparison needs ``trl==1.12.0`` (the ``bench`` extra) in this
+interpreter or in ``$BENCH_PYTHON``; without it that test is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+TINY = ["--hidden", "32", "--layers", "2", "--vocab", "320", "--prompts", "16", "--steps", "2", "--repeats", "1",
+        "--epochs", "1", "--threads", "1"]
+
+
+def load_common():
+    spec = importlib.util.spec_from_file_location("benchmarks_common", BENCHMARKS / "_common.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(name: str, *args: str, python: str = sys.executable) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([python, str(BENCHMARKS / name), *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout
+
+
+def trl_python() -> str | None:
+    """An interpreter that imports trl 1.12.0's PPO trainer, or None."""
+    for python in filter(None, [os.environ.get("BENCH_PYTHON"), sys.executable]):
+        code = "import trl, trl.experimental.ppo; assert trl.__version__ == '1.12.0'"
+        if subprocess.run([python, "-c", code], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+def test_run_ours_times_the_training_loop(tmp_path):
+    common = load_common()
+    assets = common.build_assets(tmp_path, "llama", 320, 16, (8, 15), hidden_size=32, num_layers=2, num_heads=4,
+                                 max_positions=40)
+    assert len(assets.prompts) == 16 and all(8 <= len(p) <= 15 for p in assets.prompts)
+    assert common.Assets.load(tmp_path / "assets.json") == assets
+    from lightning_rlhf.modules.ppo_config import GenerationArgs
+
+    result = common.run_ours(assets, {"generation": GenerationArgs(max_new_tokens=4), "train_batch_size": 8},
+                             batch_size=8, steps=2)
+    assert result["episodes"] == 16 and len(result["scores"]) == 2
+    assert result["episodes_per_s"] == pytest.approx(16 / result["loop_s"])
+    assert 0 < result["loop_cpu_s"] and result["generation_s"] > 0 and result["training_s"] > 0
+    # generation and training are parts of the timed loop, the rest is scoring and Lightning
+    assert result["generation_s"] + result["training_s"] < result["loop_s"] and result["other_s"] > 0
+
+
+@pytest.mark.slow
+def test_ppo_vs_trl_script_runs_ours(tmp_path):
+    out, plot = tmp_path / "runs.json", tmp_path / "curves.png"
+    stdout = run_script("ppo_vs_trl.py", *TINY, "--systems", "ours", "--out", str(out), "--plot", str(plot))
+    assert "ours         episodes/s median" in stdout and "ours time split: generation" in stdout
+    data = json.loads(out.read_text())
+    assert [r["system"] for r in data["runs"]] == ["ours"] and len(data["runs"][0]["scores"]) == 2
+    assert plot.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_ppo_vs_trl_script_compares_with_trl(tmp_path):
+    python = trl_python()
+    if python is None:
+        pytest.skip("trl==1.12.0 not importable (install the bench extra or set BENCH_PYTHON)")
+    out = tmp_path / "runs.json"
+    stdout = run_script("ppo_vs_trl.py", *TINY, "--out", str(out), "--plot", str(tmp_path / "c.png"),
+                        "--trl-python", python, python=python)
+    for line in ("ratio ours / trl ", "ratio ours / trl-compute", "trl generation share"):
+        assert line in stdout, stdout
+    runs = json.loads(out.read_text())["runs"]
+    assert {r["system"] for r in runs} == {"ours", "trl", "trl-compute"}
+    assert all(len(r["scores"]) == 2 and r["episodes"] == 16 for r in runs)
+
+
+@pytest.mark.slow
+def test_deepspeed_chat_config_script(tmp_path):
+    out = tmp_path / "dschat.json"
+    stdout = run_script("ppo_deepspeed_chat_config.py", "--runs", "1", "--steps", "1", "--threads", "1",
+                        "--precisions", "32-true", "--out", str(out))
+    assert "DS-Chat (quoted)" in stdout and "84.8" in stdout
+    summary = json.loads(out.read_text())["summary"]
+    assert set(summary) == {"deepspeed0/32-true", "single/32-true"}
+    assert all(s["episodes_per_s"] > 0 and s["ds_chat_quoted"] == 84.8 for s in summary.values())
+    assert 460_000 < json.loads(out.read_text())["params"]["actor"] < 475_000  # DS-Chat's 467K-parameter OPT
