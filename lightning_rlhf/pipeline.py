@@ -79,9 +79,13 @@ class PipelineConfig:
         seed: ``seed_everything`` of every step (unless its section sets one).
         base_model: Hugging Face folder of the pretrained policy (SFT starts here; DeepSpeed-Chat's
             ``--actor-model``). None builds a tiny model from scratch (see ``tiny``).
-        reward_base_model: folder the reward model starts from (``--reward-model``); None: ``base_model``.
+        reward_base_model: folder the reward model starts from (DeepSpeed-Chat's ``--reward-model``);
+            None: ``base_model``; ``sft``: the model exported by step 1 (InstructGPT's choice, and
+            what a model trained from scratch needs to learn a reward quickly).
         tiny: the model built when ``base_model`` is None.
         evaluate_before: validate each step's starting model before training, for the summary.
+        num_threads: PyTorch CPU threads (``torch.set_num_threads``); None keeps PyTorch's choice.
+            Tiny models run fastest on 1, and on a shared machine more threads mostly wait.
         data: ``PreferenceDataModule`` arguments shared by every step (``sources``, ``split``, ...);
             a step's own ``data`` section overrides them.
         sft: config of step 1, as for ``lightning-rlhf sft fit`` (``model``, ``data``, ``trainer``, ``export``).
@@ -96,6 +100,7 @@ class PipelineConfig:
     reward_base_model: str | None = None
     tiny: TinyModelArgs = field(default_factory=TinyModelArgs)
     evaluate_before: bool = True
+    num_threads: int | None = None
     data: dict[str, Any] = field(default_factory=dict)
     sft: dict[str, Any] = field(default_factory=dict)
     reward: dict[str, Any] = field(default_factory=dict)
@@ -202,7 +207,12 @@ def step_config(config: PipelineConfig, step: str, base: Path) -> dict[str, Any]
     if step == "sft":
         model.setdefault("model", str(base))
     elif step == "reward":
-        model.setdefault("model", config.reward_base_model or str(base))
+        if "model" in model:
+            pass
+        elif config.reward_base_model == "sft":
+            model["model"] = _require(_export_dir(config, "sft"), step, "the SFT model", "model")
+        else:
+            model["model"] = config.reward_base_model or str(base)
     else:
         if "actor" not in model:
             model["actor"] = _require(_export_dir(config, "sft"), step, "the SFT model", "actor")
@@ -273,6 +283,10 @@ def run_pipeline(config: PipelineConfig) -> list[StepResult]:
         config: the pipeline settings.
     """
     steps = parse_steps(config.steps)
+    if config.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(config.num_threads)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = prepare_base_model(config)
@@ -299,18 +313,75 @@ def build_parser() -> Any:
     return parser
 
 
+SECTIONS = ("data", "sft", "reward", "ppo")
+
+
+def split_section_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """Take ``--sft.trainer.max_epochs 2`` style flags out of ``argv`` as a nested dict to merge later.
+
+    The ``data`` and step sections are free-form dicts (each step's LightningCLI validates its own);
+    jsonargparse would replace a whole nested dict on such a flag, so these are deep-merged instead.
+    Values are read as YAML (``2`` -> int, ``[a, b]`` -> list, ``null`` -> None).
+
+    Args:
+        argv: the pipeline's arguments.
+
+    Returns:
+        The other arguments, and ``{section: {key: {...: value}}}``.
+    """
+    import yaml
+
+    rest: list[str] = []
+    overrides: dict[str, Any] = {}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        key, has_value, value = arg[2:].partition("=") if arg.startswith("--") else ("", False, "")
+        if key.split(".")[0] not in SECTIONS or "." not in key:
+            rest.append(arg)
+            continue
+        if not has_value:
+            if not args:
+                raise ValueError(f"lightning-rlhf pipeline: {arg} needs a value")
+            value = args.pop(0)
+        node = overrides
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = yaml.safe_load(value)
+    return rest, overrides
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override``, recursively for nested dicts (neither is modified).
+
+    Args:
+        base: the values from the config.
+        override: the values that win.
+    """
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
 def pipeline_main(argv: Sequence[str]) -> list[StepResult] | None:
     """Parse ``argv`` and run the pipeline (``lightning-rlhf pipeline ...``).
 
     Args:
         argv: the arguments after ``pipeline``.
     """
-    argv = list(argv)
+    argv, overrides = split_section_overrides(argv)
     if not any(a == "--config" or a.startswith("--config=") for a in argv):
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
     parser = build_parser()
     namespace = parser.parse_args(argv)
     init = parser.instantiate_classes(namespace)
     fields = {k: init[k] for k in PipelineConfig.__dataclass_fields__}
+    for section, values in overrides.items():
+        fields[section] = deep_merge(fields[section] or {}, values)
     config = PipelineConfig(**fields)
     return run_pipeline(config)
