@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# GPU-only checks of the generation switch, for a machine with CUDA (CI has none, so these skip there):
-# the @pytest.mark.gpu tests (native and DeepSpeed-kernel backends, NCCL tensor parallel when 2+ GPUs),
-# then the generation benchmark on the GPUs. Extra arguments go to pytest.
+# GPU smoke test, for a machine with CUDA (CI has none, so these skip there):
+#   1. the @pytest.mark.gpu tests (native and DeepSpeed-kernel backends, NCCL tensor parallel when 2+ GPUs);
+#   2. benchmarks/generation.py on the GPUs (switch vs plain ZeRO-3 generate vs an unsharded copy);
+#   3. benchmarks/gpu_training.py: OPT-125m- and Llama-shaped random models in bf16 under
+#      HybridDeepSpeedStrategy, training and generation tokens/s and model TFLOPs, both generation backends.
+# Every step runs even if an earlier one fails; the exit status says whether all passed.
 #   bash benchmarks/gpu_smoke.sh            # from the repository root, in the project's environment
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-"$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_smoke.sh needs a CUDA device')"
-"$PYTHON" -m pytest -rs -m gpu tests/strategies/test_generation.py "$@"
+# DeepSpeed's JIT op builder cannot parse arch names such as "9.0a"; give it plain compute capabilities.
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$("$PYTHON" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}"
+"$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_smoke.sh needs a CUDA device')" || exit 2
+status=0
+"$PYTHON" -m pytest -rs -m gpu tests/strategies/test_generation.py "$@" || status=1
 GPUS="$("$PYTHON" -c 'import torch; print(min(torch.cuda.device_count(), 2))')"
-if [ "$GPUS" -ge 2 ]; then
-  "$PYTHON" -m torch.distributed.run --nproc_per_node=2 benchmarks/generation.py
-else
-  "$PYTHON" -m torch.distributed.run --nproc_per_node=1 benchmarks/generation.py --tp-sizes 1
-fi
+TP=$([ "$GPUS" -ge 2 ] && echo "1,2" || echo "1")
+"$PYTHON" -m torch.distributed.run --nproc_per_node="$GPUS" benchmarks/generation.py --tp-sizes "$TP" || status=1
+for family in opt llama; do
+  "$PYTHON" -m torch.distributed.run --nproc_per_node=1 benchmarks/gpu_training.py --family "$family" || status=1
+done
+exit $status

@@ -21,6 +21,18 @@ from lightning_rlhf.strategies.tensor_parallel import InferenceReplica, unwrap_m
 KERNEL_FAMILIES = ("bloom", "gpt2", "gptj", "gpt_neo", "gpt_neox", "llama", "opt")
 
 
+def kernels_work_with_installed_transformers() -> bool:
+    """DeepSpeed's kernel-injection containers predate transformers 5's attention and cache interfaces.
+
+    Measured on an H100 (DeepSpeed 0.19.8, transformers 5.17, 2026-11-22, ``benchmarks/gpu_smoke.sh``): a
+    kernel-injected Llama aborted the process inside ``softmax_context``; OPT failed with ``'tuple' object has
+    no attribute 'size'``. So the backend refuses to start rather than crash mid-rollout.
+    """
+    import transformers
+
+    return int(transformers.__version__.split(".")[0]) < 5
+
+
 def check_kernel_support(model: nn.Module, device: torch.device) -> None:
     """Raise a clear error when DeepSpeed's fused kernels cannot serve ``model`` on ``device``."""
     if device.type != "cuda":
@@ -33,6 +45,15 @@ def check_kernel_support(model: nn.Module, device: torch.device) -> None:
         raise ValueError(
             f"DeepSpeed's fused inference kernels do not support model family {family!r} (supported: "
             f"{KERNEL_FAMILIES}); use generation_backend='native'"
+        )
+    if not kernels_work_with_installed_transformers():
+        import transformers
+
+        raise RuntimeError(
+            f"generation backend 'deepspeed' (DeepSpeed's fused inference kernels) does not work with transformers "
+            f"{transformers.__version__}: its kernel-injection containers predate transformers 5 (on an H100, Llama "
+            "aborted inside softmax_context and OPT failed on the new cache objects). Use "
+            "generation_backend='native', or transformers<5 for the kernels."
         )
 
 

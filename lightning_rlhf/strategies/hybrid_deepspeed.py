@@ -40,6 +40,7 @@ from lightning_rlhf.strategies.checkpoint import (
     staging_path,
 )
 from lightning_rlhf.strategies.engines import EnginePlan, inference_config, plan_engines
+from lightning_rlhf.strategies.generation import GenerationStats
 
 GenerationBackend = Literal["native", "deepspeed"]
 
@@ -110,7 +111,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         self._engines: dict[str, Any] = {}
         self._engine_by_optimizer: dict[int, Any] = {}
         self._configured_optimizers: Optional[tuple[list, list]] = None
-        self.generation_stats = _new_generation_stats()
+        self.generation_stats = GenerationStats()
 
     # ------------------------------------------------------------------ environment
     @override
@@ -411,10 +412,3 @@ def _check_positive(name: str, value: float) -> None:
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
-
-def _new_generation_stats() -> Any:
-    try:
-        from lightning_rlhf.strategies.generation import GenerationStats
-    except ImportError:  # the generation switch not yet installed: keep a plain record
-        return {}
-    return GenerationStats()
