@@ -27,6 +27,7 @@ import os
 import sys
 from typing import Any, ClassVar, MutableMapping, Sequence
 
+from jsonargparse import Namespace
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -106,6 +107,14 @@ class StageCLI(LightningCLI):
         parser.link_arguments(
             (f"model.{self.model_path_arg}", "model.tokenizer"), "data.tokenizer", compute_fn=_tokenizer_source
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse ``args`` into ``self.config``, without LightningCLI's warning about ``args`` beside ``sys.argv``.
+
+        ``lightning-rlhf <step> ...`` and the pipeline pass the arguments on purpose, so the warning
+        would only confuse users.
+        """
+        self.config = parser.parse_object(args) if isinstance(args, (dict, Namespace)) else parser.parse_args(args)
 
     def before_instantiate_classes(self) -> None:
         """Refuse a data ``stage`` that is not this step's (it would feed the wrong batch format)."""

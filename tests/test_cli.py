@@ -1,0 +1,110 @@
+"""The ``lightning-rlhf`` command: ``--print_config`` and a tiny real ``fit`` for each step, launcher handling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_rlhf.cli import STAGE_CLIS, adapt_deepspeed_launcher, main
+
+
+def _print_config(capsys, *args: str) -> dict:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("stage", ["sft", "reward", "ppo"])
+def test_print_config_shows_every_section_with_the_stage_fixed(capsys, stage):
+    config = _print_config(capsys, stage, "fit", "--data.batch_size", "3", "--trainer.max_steps", "7")
+    assert {"model", "data", "trainer", "export", "seed_everything"} <= set(config)
+    assert config["data"]["stage"] == stage
+    assert config["data"]["batch_size"] == 3 and config["trainer"]["max_steps"] == 7
+    assert config["trainer"]["default_root_dir"] == f"runs/{stage}"
+    assert config["export"]["model_attr"] == ("actor" if stage == "ppo" else None)
+    assert "tokenizer" not in config["data"], "data.tokenizer is linked from the model, not set by the user"
+
+
+def test_print_config_round_trips_through_a_config_file(capsys, tmp_path):
+    first = _print_config(capsys, "ppo", "fit", "--model.actor", "/models/sft", "--model.reward_model", "/models/rm",
+                          "--model.kl_coef", "0.25", "--trainer.strategy", "hybrid_deepspeed")
+    path = tmp_path / "ppo.yaml"
+    path.write_text(yaml.safe_dump(first))
+    second = _print_config(capsys, "ppo", "fit", "--config", str(path))
+    assert second == first
+    assert second["model"]["kl_coef"] == 0.25 and second["trainer"]["strategy"] == "hybrid_deepspeed"
+
+
+def test_a_foreign_data_stage_is_refused(tiny_model_factory, tmp_path):
+    model = tiny_model_factory("llama", hidden_size=32, num_layers=1, num_heads=2)
+    with pytest.raises(ValueError, match=r"`lightning-rlhf sft` feeds 'sft' batches, but data.stage is 'reward'"):
+        main(["sft", "fit", "--model.model", str(model), "--data.stage", "reward",
+              "--trainer.default_root_dir", str(tmp_path)])
+
+
+def test_unknown_command_names_the_choices(capsys):
+    with pytest.raises(SystemExit, match="unknown command 'train'; choose one of sft, reward, ppo, pipeline"):
+        main(["train"])
+    assert main([]) is None
+    assert "lightning-rlhf {sft,reward,ppo,pipeline}" in capsys.readouterr().out
+
+
+def _fit_args(root: Path, *extra: str) -> list[str]:
+    return [
+        "fit", "--trainer.default_root_dir", str(root), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--data.task_size", "200", "--data.batch_size", "4",
+        "--data.max_prompt_length", "16", "--data.max_length", "24", "--data.cache_dir", str(root / "cache"), *extra,
+    ]
+
+
+def _assert_exported(root: Path) -> Path:
+    final = root / "hf" / "final"
+    assert (final / "config.json").exists() and (final / "model.safetensors").exists()
+    assert (final / "tokenizer.json").exists()
+    assert json.loads((final / "export_info.json").read_text())["global_step"] >= 2
+    events = list((root / "lightning_logs").rglob("events.out.tfevents.*"))
+    assert events, f"no TensorBoard event file under {root}"
+    return final
+
+
+@pytest.mark.parametrize("stage", ["sft", "reward"])
+def test_tiny_fit_trains_and_exports(stage, tiny_model_factory, tmp_path):
+    model = tiny_model_factory("llama", hidden_size=32, num_layers=1, num_heads=2)
+    cli = main([stage, *_fit_args(tmp_path, "--model.model", str(model))])
+    assert isinstance(cli, STAGE_CLIS[stage])
+    assert cli.trainer.global_step == 2
+    assert cli.datamodule.stage == stage
+    assert Path(cli.datamodule._tokenizer_arg) == model, "the data module's tokenizer is linked to model.model"
+    final = _assert_exported(tmp_path)
+    assert (final / "reward_stats.json").exists() == (stage == "reward")
+
+
+def test_tiny_ppo_fit_trains_the_actor_and_exports_it(tiny_model_factory, tmp_path):
+    actor = tiny_model_factory("llama", hidden_size=32, num_layers=1, num_heads=2)
+    reward = tiny_model_factory("llama", head="value", hidden_size=32, num_layers=1, num_heads=2)
+    cli = main(["ppo", *_fit_args(tmp_path, "--model.actor", str(actor), "--model.reward_model", str(reward),
+                                  "--model.generation.max_new_tokens", "3", "--trainer.max_epochs", "1",
+                                  "--trainer.limit_train_batches", "1")])
+    assert cli.trainer.global_step >= 2  # one PPO iteration = an actor and a critic optimizer step
+    assert {"ppo/reward_mean", "ppo/kl", "ppo/policy_loss"} <= set(cli.trainer.logged_metrics)
+    final = _assert_exported(tmp_path)
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(final).architectures == ["LlamaForCausalLM"], "PPO exports the actor"
+
+
+def test_deepspeed_launcher_arguments_and_node_rank():
+    env = {"RANK": "11", "LOCAL_RANK": "3", "LOCAL_SIZE": "8", "WORLD_SIZE": "16"}
+    args = adapt_deepspeed_launcher(["ppo", "fit", "--local_rank=3", "--config", "x.yaml"], env)
+    assert args == ["ppo", "fit", "--config", "x.yaml"]
+    assert env["NODE_RANK"] == "1"
+    env = {"RANK": "11", "LOCAL_SIZE": "8", "NODE_RANK": "5"}
+    assert adapt_deepspeed_launcher(["--local_rank", "3", "sft"], env) == ["sft"]
+    assert env["NODE_RANK"] == "5", "an explicit node rank is kept"
+    env = {}
+    assert adapt_deepspeed_launcher(["sft", "fit"], env) == ["sft", "fit"] and env == {}

@@ -1,0 +1,125 @@
+"""``lightning-rlhf pipeline``: step wiring, overrides, a quick real three-step run, and the embedded default (slow)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_rlhf.cli import main
+from lightning_rlhf.pipeline import (
+    DEFAULT_CONFIG,
+    PipelineConfig,
+    deep_merge,
+    parse_steps,
+    split_section_overrides,
+    step_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_steps_are_validated_and_ordered():
+    assert parse_steps("ppo, sft") == ["sft", "ppo"]
+    assert parse_steps(["reward"]) == ["reward"]
+    with pytest.raises(ValueError, match=r"subset of \['sft', 'reward', 'ppo'\], got \['sft', 'rm'\]"):
+        parse_steps("sft,rm")
+
+
+def test_section_flags_are_deep_merged_into_the_config():
+    rest, overrides = split_section_overrides(
+        ["--output_dir", "x", "--sft.trainer.max_epochs", "2", "--ppo.model.generation.max_new_tokens=8",
+         "--data.sources", "[a.jsonl, b.jsonl]", "--steps", "sft"]
+    )
+    assert rest == ["--output_dir", "x", "--steps", "sft"]
+    assert overrides == {"sft": {"trainer": {"max_epochs": 2}}, "ppo": {"model": {"generation": {"max_new_tokens": 8}}},
+                         "data": {"sources": ["a.jsonl", "b.jsonl"]}}
+    base = {"trainer": {"max_epochs": 13, "accelerator": "cpu"}, "model": {"x": 1}}
+    merged = deep_merge(base, overrides["sft"])
+    assert merged == {"trainer": {"max_epochs": 2, "accelerator": "cpu"}, "model": {"x": 1}}
+    assert base["trainer"]["max_epochs"] == 13, "the config itself is not modified"
+
+
+def _fake_export(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    return path
+
+
+def test_each_step_starts_from_the_previous_export(tmp_path):
+    config = PipelineConfig(output_dir=str(tmp_path), reward_base_model="sft", data={"task_size": 100, "seed": 3},
+                            ppo={"model": {"kl_coef": 0.3}, "data": {"task_size": 50}})
+    base = tmp_path / "base"
+    sft = step_config(config, "sft", base)
+    assert sft["model"]["model"] == str(base) and sft["data"] == {"task_size": 100, "seed": 3}
+    assert sft["trainer"]["default_root_dir"] == str(tmp_path / "sft")
+    assert sft["export"]["dirpath"] == str(tmp_path / "sft" / "hf")
+    with pytest.raises(FileNotFoundError, match=r"step 'reward' needs the SFT model at .*sft/hf/final.*--steps"):
+        step_config(config, "reward", base)
+    sft_dir = _fake_export(tmp_path / "sft" / "hf" / "final")
+    assert step_config(config, "reward", base)["model"]["model"] == str(sft_dir)
+    with pytest.raises(FileNotFoundError, match=r"needs the reward model .* or set `ppo.model.reward_model`"):
+        step_config(config, "ppo", base)
+    rm_dir = _fake_export(tmp_path / "reward" / "hf" / "final")
+    ppo = step_config(config, "ppo", base)
+    assert ppo["model"] == {"kl_coef": 0.3, "actor": str(sft_dir), "reward_model": str(rm_dir)}
+    assert ppo["data"] == {"task_size": 50, "seed": 3}, "a step's own data values override the shared ones"
+    explicit = PipelineConfig(output_dir=str(tmp_path), ppo={"model": {"actor": "/my/actor"}})
+    assert step_config(explicit, "ppo", base)["model"]["actor"] == "/my/actor"
+
+
+def test_print_config_of_the_embedded_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    embedded = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    assert printed["base_model"] is None and printed["tiny"]["family"] == embedded["tiny"]["family"]
+    assert printed["ppo"] == embedded["ppo"] and printed["steps"] == embedded["steps"]
+
+
+def test_the_example_config_is_the_embedded_default():
+    example = REPO / "examples" / "tiny_cpu" / "pipeline.yaml"
+    assert yaml.safe_load(example.read_text()) == yaml.safe_load(DEFAULT_CONFIG.read_text())
+
+
+QUICK = [
+    "--sft.trainer.max_epochs", "1", "--sft.trainer.limit_train_batches", "2",
+    "--reward.trainer.max_epochs", "1", "--reward.trainer.limit_train_batches", "2",
+    "--ppo.trainer.max_epochs", "1", "--ppo.trainer.limit_train_batches", "1",
+    "--data.task_size", "400", "--ppo.data.batch_size", "8", "--ppo.model.train_batch_size", "8",
+]
+
+
+def test_quick_three_step_run_prints_and_writes_the_summary(tmp_path, capsys):
+    results = main(["pipeline", "--output_dir", str(tmp_path), "--tiny.hidden_size", "32", *QUICK,
+                    *[f"--{s}.trainer.enable_progress_bar=false" for s in ("sft", "reward", "ppo")]])
+    assert [r.step for r in results] == ["sft", "reward", "ppo"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["step"] for s in summary] == ["sft", "reward", "ppo"]
+    assert set(summary[0]["before"]) == set(summary[0]["after"]) == {"val/loss", "val/perplexity"}
+    assert summary[0]["after"]["val/loss"] < summary[0]["before"]["val/loss"]
+    assert {"val/accuracy", "val/margin"} <= set(summary[1]["after"])
+    assert {"val/reward_mean", "val/task_success"} <= set(summary[2]["after"])
+    for step in ("sft", "reward", "ppo"):
+        assert (tmp_path / step / "hf" / "final" / "model.safetensors").exists()
+        assert list((tmp_path / step / "lightning_logs").rglob("events.out.tfevents.*"))
+    assert (tmp_path / "reward" / "hf" / "final" / "reward_stats.json").exists()
+    out = capsys.readouterr().out
+    assert "task success (val/task_success)" in out and f"tensorboard --logdir {tmp_path}" in out
+
+
+@pytest.mark.slow
+def test_embedded_default_pipeline_improves_the_policy(tmp_path):
+    """The README's main job: the built-in tiny run, with no config, finishes well within 10 minutes."""
+    start = time.perf_counter()
+    results = {r.step: r for r in main(["pipeline", "--output_dir", str(tmp_path)])}
+    seconds = time.perf_counter() - start
+    assert seconds < 600, f"the embedded pipeline took {seconds:.0f}s"
+    assert results["sft"].after["val/loss"] < 0.5 * results["sft"].before["val/loss"]
+    assert results["reward"].after["val/accuracy"] >= 0.85
+    before, after = results["ppo"].before["val/task_success"], results["ppo"].after["val/task_success"]
+    assert after >= before + 0.2, f"PPO task success {before:.2f} -> {after:.2f}"
+    assert results["ppo"].after["val/reward_mean"] > results["ppo"].before["val/reward_mean"]
