@@ -47,3 +47,28 @@ class GenerationArgs:
     def logprob_temperature(self) -> float:
         """Temperature the PPO log-probabilities divide the logits by (1 when decoding greedily)."""
         return self.temperature if self.do_sample else 1.0
+
+
+#: prompts per rollout (the PPO data module's ``batch_size``) that :func:`tiny_ppo_settings` was tuned with
+TINY_PPO_ROLLOUT_SIZE = 64
+
+
+def tiny_ppo_settings() -> dict[str, Any]:
+    """``PPOModule`` arguments tuned for tiny models trained from scratch on the built-in task (CPU).
+
+    Measured with a llama of hidden size 64, 2 layers, SFT'd and reward-trained on the addition task
+    (``tests/modules/scripts/ppo_pipeline.py``), rollouts of :data:`TINY_PPO_ROLLOUT_SIZE` prompts, 3 epochs
+    over 1,710 prompts: held-out greedy task success 0.48 -> 0.89, reward 0.9 -> 5.0, KL per response ~0.7.
+    What matters for tiny models: learning rates ~30x DeepSpeed-Chat's (3e-4 actor, 1e-3 critic), a strong
+    KL coefficient (0.3: a reward model trained on few pairs rates unseen answers unreliably, and the
+    penalty keeps the policy where it was trained), normalised rewards, and short responses
+    (answers are 1-2 tokens + EOS).
+    """
+    from lightning_rlhf.modules._common import OptimizerArgs
+
+    return dict(
+        actor_optimizer=OptimizerArgs(learning_rate=3e-4, scheduler="constant"),
+        critic_optimizer=OptimizerArgs(learning_rate=1e-3, scheduler="constant"),
+        generation=GenerationArgs(max_new_tokens=4, temperature=1.0),
+        train_batch_size=32, ppo_epochs=1, kl_coef=0.3, normalize_reward=True, missing_eos_penalty=1.0,
+    )
