@@ -62,16 +62,19 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
 
     Defaults follow DeepSpeed-Chat (actor lr 9.65e-6, critic lr 5e-6, KL coefficient 0.1, reward clip 5,
     clip ranges 0.2, gamma 1, lambda 0.95, one PPO epoch), which are tuned for 1B+ models; tiny models
-    need larger learning rates (set them through ``actor_optimizer`` / ``critic_optimizer``).
+    need larger learning rates and a stronger KL penalty: see
+    :func:`~lightning_rlhf.modules.ppo_config.tiny_ppo_settings` (measured on the built-in task).
 
     Batches are PPO prompt batches (``prompt_input_ids``, ``prompt_attention_mask`` left-padded,
     ``prompts``). With ``ptx_coef > 0`` the SFT batches of the language-modelling loss come from the data
     module's ``ptx_dataloader`` (cycled), or from the batch itself when it is a mapping
     ``{"ppo": <prompt batch>, "ptx": <SFT batch>}`` (as Lightning's ``CombinedLoader`` yields).
 
-    Manual optimization: every optimizer step of either model advances ``trainer.global_step``, so bound
-    a run by PPO iterations with ``max_epochs`` / ``limit_train_batches``; set ``log_every_n_steps=1`` to
-    record every curve point. Learning-rate schedules step once per PPO iteration.
+    Manual optimization: every optimizer step of either model advances ``trainer.global_step`` (one PPO
+    iteration is ``2 * ppo_epochs * ceil(buffer / train_batch_size)`` steps, plus one with ptx), so bound a
+    run by PPO iterations with ``max_epochs`` / ``limit_train_batches``; curves are logged against the
+    iteration (batch) count; set ``log_every_n_steps=1`` to record every point. Learning-rate schedules
+    step once per PPO iteration.
 
     Args:
         actor: Hugging Face folder of the policy (the SFT output of step 1).

@@ -72,6 +72,8 @@ def test_ppo_logs_every_curve_and_samples(tmp_path, ppo_paths):
     assert expected <= scalars, f"missing tags: {sorted(expected - scalars)}"
     for tag in PPO_TAGS:  # one point per PPO iteration
         assert len(events.Scalars(tag)) == 2, tag
+    # global_step counts optimizer steps: (actor + critic) x ppo_epochs x 2 mini-batches + 1 ptx, per iteration
+    assert trainer.global_step == 2 * (2 * 2 * 2 + 1)
     assert {"ppo/samples/text_summary", "val/samples/text_summary"} <= set(events.Tags()["tensors"])
     # the adaptive controller moved the KL coefficient between the two iterations
     kl_coefs = [e.value for e in events.Scalars("ppo/kl_coef")]
