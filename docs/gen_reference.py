@@ -1,0 +1,142 @@
+"""Generate the configuration reference (docs page ``reference.md``) from the classes' signatures and docstrings.
+
+Run by the mkdocs hook (``docs/hooks.py``) on every ``mkdocs build``, so the page cannot drift from
+the code. ``python docs/gen_reference.py`` prints the page.
+
+Each entry documents one class: where it is configured (the YAML section of ``lightning-rlhf``),
+its summary, and a table of its arguments (type, default, the ``Args:`` / ``Attributes:`` text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from typing import Any, NamedTuple
+
+from docstring_parser import parse
+
+
+class Entry(NamedTuple):
+    """One documented class: import path and where users configure it."""
+
+    path: str
+    where: str
+
+
+SECTIONS: list[tuple[str, list[Entry]]] = [
+    ("Modules (the `model:` section)", [
+        Entry("lightning_rlhf.modules.sft.SFTModule", "`model:` of `lightning-rlhf sft`, pipeline section `sft.model`"),
+        Entry("lightning_rlhf.modules.reward.RewardModule",
+              "`model:` of `lightning-rlhf reward`, pipeline section `reward.model`"),
+        Entry("lightning_rlhf.modules.ppo.PPOModule", "`model:` of `lightning-rlhf ppo`, pipeline section `ppo.model`"),
+    ]),
+    ("Nested settings", [
+        Entry("lightning_rlhf.modules._common.OptimizerArgs",
+              "`model.optimizer` (SFT, reward), `model.actor_optimizer` / `model.critic_optimizer` (PPO)"),
+        Entry("lightning_rlhf.models.loading.LoraArgs", "`model.lora` (SFT, reward), `model.actor_lora` / "
+              "`model.critic_lora` (PPO)"),
+        Entry("lightning_rlhf.modules.ppo_config.GenerationArgs", "`model.generation` (PPO)"),
+    ]),
+    ("Data (the `data:` section)", [
+        Entry("lightning_rlhf.data.PreferenceDataModule",
+              "`data:` of every step (`stage` and `tokenizer` are set by the command); pipeline section `data`"),
+        Entry("lightning_rlhf.data.task.SyntheticTask", "`data.task` (the built-in task when `data.sources` is null)"),
+    ]),
+    ("Strategy (`trainer.strategy`)", [
+        Entry("lightning_rlhf.strategies.HybridDeepSpeedStrategy",
+              "`trainer.strategy: hybrid_deepspeed` (a preset name), or `class_path: "
+              "lightning_rlhf.strategies.HybridDeepSpeedStrategy` with `init_args`"),
+    ]),
+    ("Callbacks", [
+        Entry("lightning_rlhf.callbacks.export.HFExportCallback", "`export:` of every step (always on)"),
+        Entry("lightning_rlhf.callbacks.ema.EMACallback", "`trainer.callbacks` (`class_path` + `init_args`)"),
+        Entry("lightning_rlhf.callbacks.samples.SampleLoggingCallback", "`trainer.callbacks`"),
+    ]),
+    ("Pipeline (`lightning-rlhf pipeline`)", [
+        Entry("lightning_rlhf.pipeline.PipelineConfig", "top level of the pipeline YAML"),
+        Entry("lightning_rlhf.pipeline.TinyModelArgs", "`tiny:` of the pipeline YAML"),
+    ]),
+]
+
+
+def load(path: str) -> type:
+    """Import ``package.module.Class``."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _type_text(annotation: Any) -> str:
+    if annotation is inspect.Parameter.empty:
+        return ""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", repr(annotation))
+    return text.replace("typing.", "").replace("|", "\\|")
+
+
+def _default_text(default: Any) -> str:
+    if default is inspect.Parameter.empty or default is dataclasses.MISSING:
+        return "required"
+    return f"`{default!r}`".replace("|", "\\|")
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def arguments(cls: type) -> list[tuple[str, str, str, str]]:
+    """``(name, type, default, description)`` for each constructor argument (or dataclass field) of ``cls``."""
+    docs = {p.arg_name: p.description or "" for p in parse(inspect.getdoc(cls) or "").params}
+    rows = []
+    if dataclasses.is_dataclass(cls):
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            rows.append((f.name, _type_text(f.type), _default_text(default), docs.get(f.name, "")))
+        return rows
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL,):
+            continue
+        if param.kind == param.VAR_KEYWORD:
+            rows.append((f"**{name}", "", "", docs.get(name, "")))
+            continue
+        rows.append((name, _type_text(param.annotation), _default_text(param.default), docs.get(name, "")))
+    return rows
+
+
+def render_class(entry: Entry) -> str:
+    """The Markdown of one class: heading, where it is configured, summary, argument table."""
+    cls = load(entry.path)
+    doc = parse(inspect.getdoc(cls) or "")
+    missing = [name for name, _, _, text in arguments(cls) if not text and not name.startswith("**")]
+    if missing:
+        raise ValueError(f"{entry.path}: arguments without a docstring entry: {missing}")
+    lines = [f"### {cls.__name__}", "", f"`{entry.path}`. Configured at: {entry.where}.", ""]
+    for part in (doc.short_description, doc.long_description):
+        if part:
+            lines += [part, ""]
+    lines += ["| argument | type | default | description |", "|---|---|---|---|"]
+    for name, type_text, default, text in arguments(cls):
+        lines.append(f"| `{name}` | {type_text} | {default} | {_cell(text)} |")
+    return "\n".join(lines) + "\n"
+
+
+def render() -> str:
+    """The whole reference page."""
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from the classes' signatures and docstrings on every docs build "
+        "(`docs/gen_reference.py`), so it matches the code. Every argument is a YAML key of the section "
+        "named under each class, and a command-line flag: `lightning-rlhf ppo fit --model.kl_coef 0.05`. "
+        "Nested settings are YAML mappings (`--model.actor_optimizer.learning_rate 1e-5`). "
+        "`lightning-rlhf <step> fit --help` lists the same options, and `--print_config` prints a full config "
+        "to start from. The `trainer:` section is Lightning's `Trainer` (see its documentation).",
+        "",
+    ]
+    for title, entries in SECTIONS:
+        out += [f"## {title}", ""]
+        out += [render_class(entry) for entry in entries]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(render())
