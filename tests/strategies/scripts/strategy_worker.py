@@ -109,8 +109,11 @@ def gathered(module: nn.Module) -> list[list[float]]:
         return [p.detach().clone().flatten().tolist() for p in params]
 
 
-def trainer(stage: int, max_steps: int, precision: str, root: Path, callbacks=(), **kw) -> Trainer:
-    strategy = HybridDeepSpeedStrategy(stage=stage, process_group_timeout_s=120)
+def trainer(
+    stage: int, max_steps: int, precision: str, root: Path, callbacks=(), by_name: bool = False, **kw
+) -> Trainer:
+    # by_name: the drop-in spelling a user types after `import lightning_rlhf` (the registered ZeRO-3 preset)
+    strategy = "hybrid_deepspeed" if by_name else HybridDeepSpeedStrategy(stage=stage, process_group_timeout_s=120)
     return Trainer(
         strategy=strategy, accelerator="cpu", devices=int(os.environ["WORLD_SIZE"]), max_steps=max_steps,
         precision=precision, logger=False, enable_checkpointing=bool(callbacks), callbacks=list(callbacks),
@@ -148,8 +151,8 @@ def run_dropin(args, world: int) -> dict:
         seed_everything(0)
         model = Regressor()
         # with one rank, keep the loader's order so the raw DeepSpeed loop below sees the same batches
-        trainer(stage, 6, args.precision, args.outdir, max_epochs=-1, use_distributed_sampler=world > 1).fit(
-            model, loader(world))
+        trainer(stage, 6, args.precision, args.outdir, max_epochs=-1, use_distributed_sampler=world > 1,
+                by_name=stage == 3).fit(model, loader(world))
         out[f"stage{stage}"] = {"losses": model.losses, "sharded_at_init": model.sharded_at_init}
         if world == 1 and args.precision == "32-true":
             out[f"stage{stage}"]["raw_losses"] = raw_deepspeed_losses(stage, 6)
