@@ -89,7 +89,8 @@ def arguments(cls: type) -> list[tuple[str, str, str, str]]:
     rows = []
     if dataclasses.is_dataclass(cls):
         for f in dataclasses.fields(cls):
-            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            factory = f.default_factory
+            default = f.default if factory is dataclasses.MISSING else factory()  # type: ignore[misc]
             rows.append((f.name, _type_text(f.type), _default_text(default), docs.get(f.name, "")))
         return rows
     for name, param in inspect.signature(cls.__init__).parameters.items():

@@ -65,7 +65,8 @@ def draw(log_dir: Path, output: Path) -> Path:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    figure.suptitle("PPO curves of `lightning-rlhf pipeline` (the embedded tiny run), as TensorBoard shows them", fontsize=10)
+    title = "PPO curves of `lightning-rlhf pipeline` (the embedded tiny run), as TensorBoard shows them"
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=110)

@@ -245,9 +245,12 @@ def run_step(config: PipelineConfig, step: str, base: Path) -> StepResult:
     fit_seconds = time.perf_counter() - fit_start
     after = _metrics(trainer.validate(module, datamodule=data, verbose=False), step)
     log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
-    return StepResult(
+    result = StepResult(
         step, before, after, fit_seconds, time.perf_counter() - start, str(_export_dir(config, step)), log_dir
     )
+    changes = ", ".join(f"{k} {before.get(k, float('nan')):.4g} -> {v:.4g}" for k, v in after.items())
+    rank_zero_info(f"pipeline: step {step} done in {result.total_seconds:.0f}s ({changes}); model: {result.model_dir}")
+    return result
 
 
 def format_summary(results: Sequence[StepResult], output_dir: str) -> str:

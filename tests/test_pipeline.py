@@ -123,3 +123,17 @@ def test_embedded_default_pipeline_improves_the_policy(tmp_path):
     before, after = results["ppo"].before["val/task_success"], results["ppo"].after["val/task_success"]
     assert after >= before + 0.2, f"PPO task success {before:.2f} -> {after:.2f}"
     assert results["ppo"].after["val/reward_mean"] > results["ppo"].before["val/reward_mean"]
+
+
+@pytest.mark.slow
+def test_quick_pipeline_under_the_hybrid_strategy(tmp_path):
+    """Every step under ``hybrid_deepspeed`` (ZeRO-3, one CPU process): validate, fit, validate, export, hand over."""
+    strategy = [f"--{s}.trainer.strategy=hybrid_deepspeed" for s in ("sft", "reward", "ppo")]
+    results = main(["pipeline", "--output_dir", str(tmp_path), "--tiny.hidden_size", "32", *QUICK, *strategy,
+                    *[f"--{s}.trainer.enable_progress_bar=false" for s in ("sft", "reward", "ppo")]])
+    assert [r.step for r in results] == ["sft", "reward", "ppo"]
+    assert results[0].after["val/loss"] < results[0].before["val/loss"]
+    from transformers import AutoModelForCausalLM
+
+    actor = AutoModelForCausalLM.from_pretrained(tmp_path / "ppo" / "hf" / "final")
+    assert actor.config.hidden_size == 32 and all(p.numel() > 0 for p in actor.parameters()), "a consolidated export"
