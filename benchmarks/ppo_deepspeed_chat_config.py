@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--strategies", default="deepspeed0,single", help="deepspeed0 and/or single")
     p.add_argument("--precisions", default="32-true,bf16-mixed")
-    p.add_argument("--out", type=Path, default=RESULTS / "ppo_deepspeed_chat_config.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "ppo_deepspeed_chat_config.json", help="JSON of every run")
+    p.add_argument("--report-only", action="store_true", help="print the table from --out without measuring")
     return p.parse_args(argv)
 
 
@@ -72,14 +73,20 @@ def module_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.report_only:
+        saved = json.loads(args.out.read_text())
+        print(f"{saved['date']} | {saved['machine']}\nargs: {' '.join(saved['argv'])}")
+        report({tuple(k.split("/")): v for k, v in saved["runs"].items() if v})
+        return
     set_threads(args.threads)
-    started = time.strftime("%Y-%m-%d %H:%M")
+    started, host = time.strftime("%Y-%m-%d %H:%M"), machine()
     settings = [(s, p) for s in args.strategies.split(",") for p in args.precisions.split(",")]
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {setting: [] for setting in settings}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ppo-dschat-") as tmp:
         assets = build_assets(Path(tmp), "opt", 512, args.steps * args.batch, (args.prompt, args.prompt),
                               hidden_size=128, num_layers=2, num_heads=4, max_positions=args.prompt + args.answer)
-        print(f"{started} | {machine()}\nOPT 2 layers, hidden 128: actor {assets.params['actor'] / 1e3:.0f}K, critic "
+        print(f"{started} | {host}\nOPT 2 layers, hidden 128: actor {assets.params['actor'] / 1e3:.0f}K, critic "
               f"{assets.params['critic'] / 1e3:.0f}K parameters; batch {args.batch}, {args.prompt}-token prompts, "
               f"{args.answer} greedy tokens, 1 PPO epoch, {args.steps} steps per run, {args.threads} threads")
         for run in range(args.runs):
@@ -87,13 +94,13 @@ def main(argv: list[str] | None = None) -> None:
                 result = run_ours(assets, module_kwargs(args), args.batch, args.steps,
                                   strategy=make_strategy(setting[0]), precision=setting[1], seed=run)
                 runs[setting].append(result)
-                print(f"  run {run} {setting[0]:<10} {setting[1]:<10} {result['episodes_per_s']:7.2f} episodes/s "
+                args.out.write_text(json.dumps({"date": started, "machine": host, "argv": sys.argv[1:],
+                                                "params": assets.params,
+                                                "runs": {f"{s}/{p}": r for (s, p), r in runs.items()}}, indent=1))
+                print(f"  run {run} {setting[0]:<10} {setting[1]:<10} {result['episodes_per_s']:7.2f} episodes/s, "
+                      f"{result['episodes'] / result['loop_cpu_s']:7.2f} per CPU-s "
                       f"(response length {median(result['response_length']):.1f})", flush=True)
-    summary = report(runs)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"date": started, "machine": machine(), "argv": sys.argv[1:],
-                                    "params": assets.params, "summary": summary,
-                                    "runs": {f"{s}/{p}": r for (s, p), r in runs.items()}}, indent=1))
+    report(runs)
 
 
 def report(runs: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:

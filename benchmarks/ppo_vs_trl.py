@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trl-python", default=sys.executable, help="interpreter with trl==1.12.0 for the TRL workers")
     p.add_argument("--out", type=Path, default=RESULTS / "ppo_vs_trl.json", help="JSON of every run")
     p.add_argument("--plot", type=Path, default=RESULTS / "ppo_vs_trl.png")
+    p.add_argument("--report-only", action="store_true", help="print the report and redraw the PNG from --out")
     p.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     p.add_argument("--assets", help=argparse.SUPPRESS)
     p.add_argument("--ppo-epochs", type=int, default=1, help=argparse.SUPPRESS)
@@ -167,20 +168,25 @@ def trl_available(python: str) -> str | None:
     return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
 
 
-def measure(args: argparse.Namespace, assets_path: Path, systems: list[str]) -> list[dict[str, Any]]:
-    """Every (PPO epochs, repeat, system) run, systems interleaved with the order alternating per repeat."""
+def measure(args: argparse.Namespace, assets_path: Path, systems: list[str], save: Any) -> list[dict[str, Any]]:
+    """Every (repeat, PPO epochs, system) run, systems interleaved with the order alternating per repeat.
+
+    Repeats are the outer loop and ``save(runs)`` is called after every run, so a run cut short still
+    leaves complete pairs of every setting on disk.
+    """
     script, runs = Path(__file__).resolve(), []
     common = ["--assets", str(assets_path), "--threads", str(args.threads), "--steps", str(args.steps),
               "--batch", str(args.batch), "--response", str(args.response), "--lr", str(args.lr)]
-    for epochs in map(int, args.epochs.split(",")):
-        for repeat in range(args.repeats):
+    for repeat in range(args.repeats):
+        for epochs in map(int, args.epochs.split(",")):
             for system in (systems if repeat % 2 == 0 else systems[::-1]):
                 python = args.trl_python if system.startswith("trl") else sys.executable
                 run = run_worker(script, ["--worker", system, "--ppo-epochs", str(epochs), *common], python)
                 run["repeat"] = repeat
                 runs.append(run)
-                print(f"  epochs={epochs} repeat={repeat} {system:<12} {run['episodes_per_s']:7.2f} episodes/s",
-                      flush=True)
+                save(runs)
+                print(f"  repeat={repeat} epochs={epochs} {system:<12} {run['episodes_per_s']:7.2f} episodes/s "
+                      f"({run['episodes'] / run['loop_cpu_s']:.2f} per CPU-s)", flush=True)
     return runs
 
 
@@ -193,21 +199,28 @@ def report(runs: list[dict[str, Any]], systems: list[str]) -> dict[str, Any]:
         row: dict[str, Any] = {}
         for system in systems:
             eps = [r["episodes_per_s"] for r in by[system].values()]
+            if not eps:
+                continue
             row[system] = median(eps)
-            print(f"{system:<12} episodes/s median {median(eps):7.2f}  runs " + " ".join(f"{e:.2f}" for e in eps))
-        if "ours" in systems:
+            print(f"{system:<12} episodes/s median {median(eps):7.2f}  runs " + " ".join(f"{e:.2f}" for e in eps)
+                  + f"  | per CPU-s {median([r['episodes'] / r['loop_cpu_s'] for r in by[system].values()]):.2f}")
+        if by.get("ours"):
             ours = list(by["ours"].values())
             gen, train, other = (median([r[k] / r["loop_s"] for r in ours]) for k in ("generation_s", "training_s",
                                                                                       "other_s"))
             print(f"ours time split: generation {gen:.0%}, training {train:.0%}, scoring + rest {other:.0%}")
             row["ours_split"] = {"generation": gen, "training": train, "other": other}
             for other_system in (s for s in systems if s != "ours"):
-                ratios = [by["ours"][i]["episodes_per_s"] / by[other_system][i]["episodes_per_s"]
-                          for i in sorted(by["ours"]) if i in by[other_system]]
+                pairs = [(by["ours"][i], by[other_system][i]) for i in sorted(by["ours"]) if i in by[other_system]]
+                if not pairs:
+                    continue
+                ratios = [a["episodes_per_s"] / b["episodes_per_s"] for a, b in pairs]
+                cpu_ratios = [b["loop_cpu_s"] / a["loop_cpu_s"] for a, b in pairs]
                 row[f"ratio_vs_{other_system}"] = median(ratios)
+                row[f"cpu_ratio_vs_{other_system}"] = median(cpu_ratios)
                 print(f"ratio ours / {other_system:<11} per pair " + " ".join(f"{x:.2f}" for x in ratios)
-                      + f"  median {median(ratios):.2f}x")
-        for system in (s for s in systems if s.startswith("trl")):
+                      + f"  median {median(ratios):.2f}x  (CPU time: {median(cpu_ratios):.2f}x)")
+        for system in (s for s in systems if s.startswith("trl") and by[s]):
             share = median([r["generation_s"] / r["loop_s"] for r in by[system].values()])
             print(f"{system} generation share {share:.0%}")
         summary[str(epochs)] = row
@@ -227,6 +240,8 @@ def plot(runs: list[dict[str, Any]], systems: list[str], path: Path) -> None:
     for ax, epochs in zip(axes[0], settings):
         for system in (s for s in systems if names.get(s)):
             curves = [r["scores"] for r in runs if r["system"] == system and r["ppo_epochs"] == epochs]
+            if not curves:
+                continue
             mean = [sum(c[i] for c in curves) / len(curves) for i in range(min(map(len, curves)))]
             ax.plot(range(1, len(mean) + 1), mean, label=names[system])
         ax.set(title=f"{epochs} PPO epoch{'s' if epochs > 1 else ''}", xlabel="PPO step",
@@ -248,26 +263,34 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         raise SystemExit(f"--systems: unknown {sorted(unknown)}; choose from {SYSTEMS}")
+    if args.report_only:
+        saved = json.loads(args.out.read_text())
+        print(f"{saved['date']} | {saved['machine']}\nargs: {' '.join(saved['argv'])}")
+        report(saved["runs"], systems)
+        return plot(saved["runs"], systems, args.plot)
     missing = trl_available(args.trl_python) if any(s.startswith("trl") for s in systems) else None
     if missing:
         print(f"TRL skipped: {args.trl_python} cannot import trl 1.12.0's PPO trainer ({missing}); "
               "install the bench extra (pip install -e '.[bench]')")
         systems = [s for s in systems if not s.startswith("trl")]
-    started = time.strftime("%Y-%m-%d %H:%M")
+    started, host = time.strftime("%Y-%m-%d %H:%M"), machine()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ppo-vs-trl-") as tmp:
         assets = build_assets(Path(tmp), "llama", args.vocab, args.steps * args.batch,
                               (args.min_prompt, args.max_prompt), hidden_size=args.hidden, num_layers=args.layers,
                               num_heads=args.heads, max_positions=args.max_prompt + args.response + 8)
-        print(f"{started} | {machine()}\nLlama {args.layers} layers, hidden {args.hidden}: policy "
+        print(f"{started} | {host}\nLlama {args.layers} layers, hidden {args.hidden}: policy "
               f"{assets.params['actor'] / 1e6:.2f}M parameters (vocab {assets.params['vocab']}); "
               f"{args.steps * args.batch} prompts of {args.min_prompt}-{args.max_prompt} tokens, "
               f"{args.response}-token responses, batch {args.batch}, {args.steps} PPO steps, "
               f"{args.threads} threads, {args.repeats} interleaved repeats")
-        runs = measure(args, Path(tmp) / "assets.json", systems)
-    summary = report(runs, systems)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"date": started, "machine": machine(), "argv": sys.argv[1:],
-                                    "params": assets.params, "summary": summary, "runs": runs}, indent=1))
+
+        def save(runs: list[dict[str, Any]]) -> None:
+            args.out.write_text(json.dumps({"date": started, "machine": host, "argv": sys.argv[1:],
+                                            "params": assets.params, "runs": runs}, indent=1))
+
+        runs = measure(args, Path(tmp) / "assets.json", systems, save)
+    report(runs, systems)
     plot(runs, systems, args.plot)
 
 

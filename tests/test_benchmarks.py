@@ -95,7 +95,9 @@ def test_deepspeed_chat_config_script(tmp_path):
     stdout = run_script("ppo_deepspeed_chat_config.py", "--runs", "1", "--steps", "1", "--threads", "1",
                         "--precisions", "32-true", "--out", str(out))
     assert "DS-Chat (quoted)" in stdout and "84.8" in stdout
-    summary = json.loads(out.read_text())["summary"]
-    assert set(summary) == {"deepspeed0/32-true", "single/32-true"}
-    assert all(s["episodes_per_s"] > 0 and s["ds_chat_quoted"] == 84.8 for s in summary.values())
-    assert 460_000 < json.loads(out.read_text())["params"]["actor"] < 475_000  # DS-Chat's 467K-parameter OPT
+    saved = json.loads(out.read_text())
+    assert set(saved["runs"]) == {"deepspeed0/32-true", "single/32-true"}
+    assert all(len(r) == 1 and r[0]["episodes"] == 8 and r[0]["episodes_per_s"] > 0 for r in saved["runs"].values())
+    assert 460_000 < saved["params"]["actor"] < 475_000  # DS-Chat's 467K-parameter OPT
+    again = run_script("ppo_deepspeed_chat_config.py", "--report-only", "--out", str(out))
+    assert "deepspeed0 32-true" in again
