@@ -236,7 +236,9 @@ def plot(runs: list[dict[str, Any]], systems: list[str], path: Path) -> None:
 
     settings = sorted({r["ppo_epochs"] for r in runs})
     fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 3.6), squeeze=False)
-    names = {"ours": "lightning-rlhf PPOModule", "trl": "TRL 1.12.0 PPO", "trl-compute": None}
+    names = {"ours": "lightning-rlhf PPOModule", "trl": "TRL 1.12.0 PPO"}
+    if "trl" not in systems:  # compute-only TRL follows the same trajectory; draw it only when it is alone
+        names["trl-compute"] = "TRL 1.12.0 PPO (gc no-op)"
     for ax, epochs in zip(axes[0], settings):
         for system in (s for s in systems if names.get(s)):
             curves = [r["scores"] for r in runs if r["system"] == system and r["ppo_epochs"] == epochs]
