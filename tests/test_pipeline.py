@@ -126,11 +126,6 @@ def test_embedded_default_pipeline_improves_the_policy(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    raises=TypeError, strict=False,
-    reason="HybridDeepSpeedStrategy: trainer.validate() on CPU goes through Lightning's "
-    "_initialize_deepspeed_inference, whose deepspeed.initialize args give DeepSpeedEngine a None device rank",
-)
 def test_quick_pipeline_under_the_hybrid_strategy(tmp_path):
     """Every step under ``hybrid_deepspeed`` (ZeRO-3, one CPU process): validate, fit, validate, export, hand over."""
     strategy = [f"--{s}.trainer.strategy=hybrid_deepspeed" for s in ("sft", "reward", "ppo")]

@@ -160,6 +160,8 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         self.actor_optimizer = actor_optimizer or OptimizerArgs(learning_rate=9.65e-6)
         self.critic_optimizer = critic_optimizer or OptimizerArgs(learning_rate=5e-6)
         self.generation = generation or GenerationArgs()
+        # kept as objects: under LightningCLI `self.hparams` holds the parsed config (plain dicts), not these
+        self.actor_lora, self.critic_lora = actor_lora, critic_lora
         self.tokenizer = load_tokenizer(tokenizer or actor)
         self.kl_controller: KLController = (
             FixedKLController(kl_coef) if kl_target is None else AdaptiveKLController(kl_coef, kl_target, kl_horizon)
@@ -203,9 +205,9 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         strategy = self._trainer.strategy if self._trainer is not None else None
         ds_config = getattr(strategy, "config", None) if getattr(strategy, "zero_stage_3", False) else None
         with zero3_loading(ds_config):  # ZeRO-3: from_pretrained loads straight into partitions
-            self.actor = load_causal_lm(hp.actor, lora=hp.actor_lora, dropout=p, tokenizer=tok,
+            self.actor = load_causal_lm(hp.actor, lora=self.actor_lora, dropout=p, tokenizer=tok,
                                         gradient_checkpointing=hp.actor_gradient_checkpointing)
-            self.critic = load_value_model(hp.critic or hp.reward_model, lora=hp.critic_lora, dropout=p,
+            self.critic = load_value_model(hp.critic or hp.reward_model, lora=self.critic_lora, dropout=p,
                                            tokenizer=tok, gradient_checkpointing=hp.critic_gradient_checkpointing)
             self.reference = load_causal_lm(hp.reference or hp.actor, dropout=p, tokenizer=tok).requires_grad_(False)
             self.reward_model = load_value_model(hp.reward_model, dropout=p, tokenizer=tok).requires_grad_(False)

@@ -86,6 +86,7 @@ def plan_engines(
     base_config: Mapping[str, Any],
     frozen_config: Mapping[str, Any],
     engine_configs: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    inference_only: bool = False,
 ) -> list[EnginePlan]:
     """Map each optimizer to the child it covers and each remaining parameterised child to a frozen engine.
 
@@ -96,6 +97,8 @@ def plan_engines(
         frozen_config: the DeepSpeed config of inference-only engines.
         engine_configs: per-child overrides merged into the engine's config, keyed by child name
             (e.g. ``{"critic": {"gradient_clipping": 1.0}}``).
+        inference_only: validate/test/predict: every parameterised child becomes an inference engine, whether
+            or not its parameters require gradients.
 
     Raises:
         ValueError: an optimizer spans two children or none, a child is in two optimizers, a frozen child
@@ -135,7 +138,7 @@ def plan_engines(
             plans.append(EnginePlan(name, child, optimizers[index], index, deep_merge(base_config, overrides.get(name, {}))))
             continue
         trainable = [n for n, p in child.named_parameters() if p.requires_grad]
-        if trainable:
+        if trainable and not inference_only:
             raise ValueError(
                 f"The child module {name!r} has {len(trainable)} trainable parameters (e.g. {trainable[0]!r}) but "
                 "no optimizer. Freeze it (requires_grad_(False)) to make it an inference-only engine, or give "

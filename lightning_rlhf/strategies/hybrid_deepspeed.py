@@ -110,6 +110,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         self.tp_plan = tp_plan
         self._engines: dict[str, Any] = {}
         self._engine_by_optimizer: dict[int, Any] = {}
+        self._live_engines: list[Any] = []
         self._configured_optimizers: Optional[tuple[list, list]] = None
         self.generation_stats = GenerationStats()
 
@@ -206,6 +207,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
 
     @override
     def init_deepspeed(self) -> None:
+        self._destroy_engines()
         module = self.lightning_module
         fitting = module.trainer is not None and module.trainer.state.fn == TrainerFn.FITTING
         if fitting and "optimizer" not in self.config:
@@ -214,17 +216,34 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         else:
             several = not module.automatic_optimization and len(_parameterised_children(module)) > 1
         if not several:
-            return super().init_deepspeed()
+            super().init_deepspeed()
+            self._live_engines.append(self.model)
+            return
         optimizers, schedulers = self._configured_optimizers if fitting else ([], [])
-        self._initialize_several_engines(module, optimizers, schedulers)
+        self._initialize_several_engines(module, optimizers, schedulers, inference_only=not fitting)
 
-    def _initialize_several_engines(self, module: nn.Module, optimizers: list, scheduler_configs: list) -> None:
+    @override
+    def _initialize_deepspeed_inference(self, model: nn.Module) -> None:
+        # Lightning's version passes device_rank=None on CPU, which DeepSpeed cannot take.
+        import deepspeed
+        from lightning.pytorch.strategies.deepspeed import remove_module_hooks
+
+        remove_module_hooks(model)
+        self.model, *_ = deepspeed.initialize(
+            args=self._deepspeed_args(), config=inference_config(self.config, self.zero_stage, offload=False),
+            model=model, optimizer=None, lr_scheduler=None, model_parameters=[], dist_init_required=False,
+        )
+
+    def _initialize_several_engines(
+        self, module: nn.Module, optimizers: list, scheduler_configs: list, inference_only: bool = False
+    ) -> None:
         frozen = inference_config(self.config, self.zero_stage, self.offload_frozen_models)
-        plans = plan_engines(module, optimizers, self.config, frozen, self.engine_configs)
+        plans = plan_engines(module, optimizers, self.config, frozen, self.engine_configs, inference_only)
         ds_optimizers: dict[int, Any] = {}
         for plan in plans:
             engine, ds_optimizer = self._initialize_engine(plan)
             self._engines[plan.name] = engine
+            self._live_engines.append(engine)
             if plan.trainable:
                 ds_optimizers[plan.optimizer_index] = ds_optimizer
                 self._engine_by_optimizer[id(ds_optimizer)] = engine
@@ -236,6 +255,18 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         summary = ", ".join(f"{p.name} ({'trainable' if p.trainable else 'frozen'}, ZeRO-"
                             f"{p.config['zero_optimization']['stage']})" for p in plans)
         rank_zero_info(f"HybridDeepSpeedStrategy: one DeepSpeed engine per child: {summary}")
+
+    def _destroy_engines(self) -> None:
+        """Remove the ZeRO hooks of the engines of an earlier stage (validate before fit, fit then test).
+
+        Each stage builds its engines anew on the same modules; without this the old engines' hooks stay on the
+        modules beside the new ones and ZeRO-3's prefetch trace breaks ("pop from an empty deque").
+        """
+        for engine in self._live_engines:
+            engine.destroy()
+        self._live_engines.clear()
+        self._engines.clear()
+        self._engine_by_optimizer.clear()
 
     def _initialize_engine(self, plan: EnginePlan) -> tuple[Any, Any]:
         import deepspeed

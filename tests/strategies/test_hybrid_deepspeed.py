@@ -196,3 +196,11 @@ def test_a_hung_rank_makes_the_other_fail_within_the_timeout_and_is_stopped():
     assert time.monotonic() - start < 400
     leftover = subprocess.run(["pgrep", "-f", f"{script.name} 45 hang"], capture_output=True, text=True).stdout
     assert leftover.strip() == "", f"rank processes left running: {leftover}"
+
+
+@pytest.mark.distributed
+def test_validate_before_fit_on_cpu_for_one_and_several_engines():
+    proc = run_distributed(Path(__file__).parent / "scripts" / "validate_worker.py", nprocs=1)
+    for name in ("R", "T"):
+        assert f"fit-after-validate ok {name}" in proc.stdout
+        assert f"{name} [{{'v': " in proc.stdout
