@@ -84,13 +84,17 @@ def test_tiny_fit_trains_and_exports(stage, tiny_model_factory, tmp_path):
     assert (final / "reward_stats.json").exists() == (stage == "reward")
 
 
-def test_tiny_ppo_fit_trains_the_actor_and_exports_it(tiny_model_factory, tmp_path):
+@pytest.mark.parametrize("lora", [False, True])
+def test_tiny_ppo_fit_trains_the_actor_and_exports_it(tiny_model_factory, tmp_path, lora):
     actor = tiny_model_factory("llama", hidden_size=32, num_layers=1, num_heads=2)
     reward = tiny_model_factory("llama", head="value", hidden_size=32, num_layers=1, num_heads=2)
+    lora_args = ["--model.actor_lora.rank", "4", "--model.critic_lora.rank", "4"] if lora else []
     cli = main(["ppo", *_fit_args(tmp_path, "--model.actor", str(actor), "--model.reward_model", str(reward),
                                   "--model.generation.max_new_tokens", "3", "--trainer.max_epochs", "1",
-                                  "--trainer.limit_train_batches", "1")])
+                                  "--trainer.limit_train_batches", "1", *lora_args)])
     assert cli.trainer.global_step >= 2  # one PPO iteration = an actor and a critic optimizer step
+    if lora:  # LoRA from the command line reaches the models (LightningCLI keeps hparams as plain dicts)
+        assert any("lora_A" in name for name, _ in cli.model.actor.named_parameters())
     assert {"ppo/reward_mean", "ppo/kl", "ppo/policy_loss"} <= set(cli.trainer.logged_metrics)
     final = _assert_exported(tmp_path)
     from transformers import AutoConfig
