@@ -7,4 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 VENV="${VENV:-.venv}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# DeepSpeed JIT-builds a small CPU communication op on first use; keep its build cache with this environment so
+# another environment's build (different include paths) never forces a rebuild in the middle of the suite.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/$VENV/torch_extensions}"
 exec "$VENV/bin/python" -m pytest -rs "$@"
