@@ -202,7 +202,7 @@ def adapt_deepspeed_launcher(argv: Sequence[str], environ: MutableMapping[str, s
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
-    """Entry point of the ``lightning-rlhf`` console script.
+    """Run a ``lightning-rlhf`` command (what the console script calls; tests call it to get the result).
 
     Args:
         argv: arguments after the program name (None: ``sys.argv[1:]``).
@@ -225,5 +225,11 @@ def main(argv: Sequence[str] | None = None) -> Any:
     return STAGE_CLIS[command](args=rest)
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+    """The ``lightning-rlhf`` console script: :func:`main` without its return value, which a console-script
+    wrapper would hand to ``sys.exit`` (printing it and exiting with status 1)."""
     main()
+
+
+if __name__ == "__main__":
+    console_main()

@@ -112,3 +112,13 @@ def test_deepspeed_launcher_arguments_and_node_rank():
     assert env["NODE_RANK"] == "5", "an explicit node rank is kept"
     env = {}
     assert adapt_deepspeed_launcher(["sft", "fit"], env) == ["sft", "fit"] and env == {}
+
+
+def test_console_script_exits_zero_and_prints_no_python_objects():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "from lightning_rlhf.cli import console_main; console_main()",
+                           "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pipeline" in proc.stdout and "StepResult" not in proc.stdout + proc.stderr
