@@ -181,8 +181,13 @@ def test_a_hung_rank_makes_the_other_fail_within_the_timeout_and_is_stopped():
     import time
 
     script = Path(__file__).parent / "scripts" / "dying_rank.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH")]))}
+    # Trainers run earlier in this pytest process leave RANK/LOCAL_RANK/WORLD_SIZE/MASTER_* in os.environ; with
+    # them the script would believe it was already launched and never start rank 1.
+    launched = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in launched}
+    env.update(OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH")])))
     start = time.monotonic()
     # the timeout also bounds the rendezvous, and the launcher starts rank 1 from scratch (imports ~30 s on 2 cores)
     proc = subprocess.Popen([sys.executable, str(script), "90", "hang"], env=env, stdout=subprocess.PIPE,
