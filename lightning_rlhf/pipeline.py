@@ -27,6 +27,7 @@ from typing import Any, Literal, Sequence
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_rlhf.cli import STAGE_CLIS
+from lightning_rlhf.strategies.engines import deep_merge
 
 STEPS = ("sft", "reward", "ppo")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_pipeline.yaml"
@@ -353,22 +354,6 @@ def split_section_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, A
             node = node.setdefault(name, {})
         node[leaf] = yaml.safe_load(value)
     return rest, overrides
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``override``, recursively for nested dicts (neither is modified).
-
-    Args:
-        base: the values from the config.
-        override: the values that win.
-    """
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def pipeline_main(argv: Sequence[str]) -> list[StepResult] | None:
