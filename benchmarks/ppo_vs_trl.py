@@ -17,6 +17,11 @@ Systems: ``ours`` (PPOModule, single-device strategy), ``trl`` (as shipped) and 
 the ``gc.collect()`` calls of its PPO loop made no-ops, patched in ``trl.experimental.ppo.ppo_trainer``'s
 namespace only). Time is the training loop only: first training batch to the end of training, models
 already loaded. The rewards (mean reward-model score per PPO step) of both are drawn to a PNG.
+
+Quality mode, ``--task addition`` (implemented in ``benchmarks/quality.py``, which takes the remaining
+arguments): an SFT policy and a *trained* reward model from our pipeline's steps 1-2 on the built-in addition
+task, then PPO in both systems over several seeds, with per-step reward curves and the held-out task
+success of the final policies (``python benchmarks/ppo_vs_trl.py --task addition --help``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", choices=["none", "addition"], default="none",
+                   help="addition: the quality comparison on the built-in task (see benchmarks/quality.py)")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
@@ -256,7 +263,19 @@ def plot(runs: list[dict[str, Any]], systems: list[str], path: Path) -> None:
     print(f"reward curves: {path}")
 
 
+def task_mode(argv: list[str]) -> str:
+    """The ``--task`` value of ``argv`` (``none`` when absent), read before the full parse."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task", default="none")
+    return pre.parse_known_args(argv)[0].task
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if task_mode(argv) == "addition":  # the quality comparison has its own arguments
+        import quality
+
+        return quality.main(argv)
     args = parse_args(argv)
     args.steps = args.steps or args.prompts // args.batch
     if args.worker:
