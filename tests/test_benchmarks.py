@@ -136,3 +136,54 @@ def test_deepspeed_chat_step3_runs_on_our_assets(tmp_path):
         ours = common.run_ours(assets, {"generation": GenerationArgs(max_new_tokens=answer, do_sample=False),
                                         "train_batch_size": 8}, batch_size=8, steps=1)
         assert result["scores"][0] == pytest.approx(ours["scores"][0], rel=1e-4, abs=1e-6)
+
+
+def ds_chat_dir() -> str:
+    """``$DS_CHAT_DIR`` if it names a DeepSpeed-Chat checkout, else skip (CI has none)."""
+    ds_chat = os.environ.get("DS_CHAT_DIR")
+    if not ds_chat or not (Path(ds_chat) / "dschat" / "rlhf" / "ppo_trainer.py").is_file():
+        pytest.skip("DS_CHAT_DIR does not name an applications/DeepSpeed-Chat checkout (not available in CI)")
+    return ds_chat
+
+
+def test_deepspeed_chat_step3_runs_on_our_assets(tmp_path):
+    """One tiny DeepSpeed-Chat step 3 through the harness: it trains on our assets, greedy and full length.
+
+    Why each check: the episode and row counts show the loop ran every prompt (minus what DS-Chat drops);
+    the answer width shows both systems generate the same number of positions; finite losses show the
+    CPU patches (fp32 config, AdamW) give a working PPO update; and, when no answer ended early, the first
+    step's mean reward equals ours on the same batch, which is only true if DS-Chat loaded the same reward
+    model and got the same prompts and greedy answers.
+    """
+    ds_chat = ds_chat_dir()
+    common = load_common()
+    prompt, answer = 8, 4
+    assets = common.build_assets(tmp_path, "opt", 320, 8, (prompt, prompt), hidden_size=32, num_layers=2,
+                                 num_heads=4, max_positions=prompt + answer)
+    stdout = run_script("deepspeed_chat_step3.py", "--ds-chat-dir", ds_chat, "--assets", str(tmp_path / "assets.json"),
+                        "--dtype", "fp32", "--steps", "1", "--batch", "8", "--prompt", str(prompt), "--answer",
+                        str(answer), "--threads", "1")
+    result = json.loads(stdout.splitlines()[-1])
+    assert result["episodes"] == 8 and result["trained_rows"] + result["dropped"] == 8
+    assert result["answer_width"] == [answer] and 1 <= result["response_length"][0] <= answer
+    assert all(math.isfinite(x) for x in result["actor_loss"] + result["critic_loss"])
+    assert result["loop_s"] > 0 and result["generation_s"] > 0 and result["training_s"] > 0
+    if result["response_length"][0] == answer:  # no EOS: the same rows and score positions as ours
+        from lightning_rlhf.modules.ppo_config import GenerationArgs
+
+        ours = common.run_ours(assets, {"generation": GenerationArgs(max_new_tokens=answer, do_sample=False),
+                                        "train_batch_size": 8}, batch_size=8, steps=1)
+        assert result["scores"][0] == pytest.approx(ours["scores"][0], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_deepspeed_chat_config_script_measures_ds_chat(tmp_path):
+    """``--ds-chat-dir``: DS-Chat joins the interleaved runs and the ratio comes from the same run."""
+    ds_chat, out = ds_chat_dir(), tmp_path / "dschat.json"
+    stdout = run_script("ppo_deepspeed_chat_config.py", "--ds-chat-dir", ds_chat, "--runs", "1", "--steps", "1",
+                        "--threads", "1", "--strategies", "single", "--precisions", "32-true", "--out", str(out))
+    assert "DS-Chat (run)" in stdout and "positions generated" in stdout
+    saved = json.loads(out.read_text())
+    assert set(saved["runs"]) == {"single/32-true", "ds-chat/32-true"} and saved["fresh_interpreters"]
+    ds = saved["runs"]["ds-chat/32-true"][0]
+    assert ds["episodes"] == 8 and ds["answer_width"] == [16] and "load_before" in ds
