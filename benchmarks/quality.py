@@ -196,13 +196,6 @@ def evaluate_all(policy: Any, assets: QualityAssets, settings: Settings) -> dict
             for name, s in assets.eval_sets.items()}
 
 
-def evaluate_start(assets: QualityAssets, settings: Settings) -> dict[str, dict[str, float]]:
-    """The SFT policy's evaluation (what PPO starts from; the same for both systems)."""
-    from transformers import AutoModelForCausalLM
-
-    return evaluate_all(AutoModelForCausalLM.from_pretrained(assets.actor), assets, settings)
-
-
 # -- workers -------------------------------------------------------------------------------------------------
 def rollout_batches(ids: list[list[int]], rollout: int, steps: int, seed: int) -> list[list[list[int]]]:
     """``steps`` rollouts of ``rollout`` prompts: epochs of fresh shuffles, the incomplete last batch dropped."""
@@ -315,12 +308,11 @@ def worker_trl(assets: QualityAssets, s: Settings, seed: int) -> dict[str, Any]:
         gamma=s.gamma, lam=s.lam, whiten_rewards=False, num_sample_generations=0, use_cpu=True,
         dataloader_num_workers=0,
     )
-    policy = AutoModelForCausalLM.from_pretrained(assets.actor)
-    trainer = PPOTrainer(
-        args=config, processing_class=tokenizer, model=policy, ref_model=AutoModelForCausalLM.from_pretrained(assets.actor),
-        reward_model=reward_model, value_model=AutoModelForSequenceClassification.from_pretrained(assets.reward_model),
-        train_dataset=dataset, eval_dataset=dataset, callbacks=[Recorder()],
-    )
+    causal_lm, value_model = AutoModelForCausalLM.from_pretrained, AutoModelForSequenceClassification.from_pretrained
+    trainer = PPOTrainer(args=config, processing_class=tokenizer, model=causal_lm(assets.actor),
+                         ref_model=causal_lm(assets.actor), reward_model=reward_model,
+                         value_model=value_model(assets.reward_model), train_dataset=dataset, eval_dataset=dataset,
+                         callbacks=[Recorder()])
     trainer.remove_callback(PrinterCallback), trainer.remove_callback(ProgressCallback)
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -337,7 +329,9 @@ def worker_main(args: argparse.Namespace) -> None:
         return
     assets = QualityAssets.load(Path(args.assets_dir) / ASSETS_FILE)
     settings = Settings(**{**json.loads(args.settings), "betas": tuple(json.loads(args.settings)["betas"])})
-    before = evaluate_start(assets, settings)
+    from transformers import AutoModelForCausalLM
+
+    before = evaluate_all(AutoModelForCausalLM.from_pretrained(assets.actor), assets, settings)  # the SFT start
     result = (worker_ours if args.worker == "ours" else worker_trl)(assets, settings, args.seed)
     print(json.dumps({"system": args.worker, "seed": args.seed, "before": before, **result}))
 
@@ -375,6 +369,16 @@ def trl_missing(python: str) -> str | None:
     proc = subprocess.run([python, "-c", code], capture_output=True, text=True,
                           env={"TRL_EXPERIMENTAL_SILENCE": "1", "PATH": "/usr/bin:/bin"})
     return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+
+
+def code_state() -> dict[str, Any]:
+    """Where ``lightning_rlhf`` is imported from, its git commit and its uncommitted files (what "ours" ran)."""
+    import importlib.util
+
+    root = Path(importlib.util.find_spec("lightning_rlhf").origin).resolve().parents[1]
+    git = (lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True).stdout.strip())
+    return {"path": str(root), "commit": git("rev-parse", "HEAD"),
+            "uncommitted": git("status", "--porcelain", "--", "lightning_rlhf").splitlines()}
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -473,9 +477,10 @@ def main(argv: list[str] | None = None) -> None:
     build = {"task_size": args.task_size, "sft_epochs": args.build_epochs, "reward_epochs": args.build_epochs}
     assets = build_assets(args.assets_dir.resolve(), build, args.threads)
     settings = settings_from_tiny(args.steps, args.lr, assets.reward_stats["std"], not args.no_rescale)
-    started, host = time.strftime("%Y-%m-%d %H:%M"), machine()
-    print(f"{started} | {host}\nsettings: {asdict(settings)}\n{len(assets.train_ids)} training prompts, eval sets "
-          + ", ".join(f"{k} ({len(v['ids'])})" for k, v in assets.eval_sets.items()) + f"; {args.seeds} seeds", flush=True)
+    started, host, code = time.strftime("%Y-%m-%d %H:%M"), machine(), code_state()
+    sets = ", ".join(f"{k} ({len(v['ids'])})" for k, v in assets.eval_sets.items())
+    print(f"{started} | {host}\nlightning_rlhf: {code}\nsettings: {asdict(settings)}\n"
+          f"{len(assets.train_ids)} training prompts, eval sets {sets}; {args.seeds} seeds", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
     common = ["--assets-dir", str(args.assets_dir.resolve()), "--threads", str(args.threads),
@@ -485,13 +490,12 @@ def main(argv: list[str] | None = None) -> None:
             python = args.trl_python if system == "trl" else sys.executable
             run = run_worker(Path(__file__).resolve(), ["--worker", system, "--seed", str(seed), *common], python)
             runs.append(run)
-            args.out.write_text(json.dumps({"date": started, "machine": host, "argv": sys.argv[1:],
-                                            "settings": asdict(settings), "build": assets.build, "runs": runs},
-                                           indent=1))
-            held = run["after"]["held_out"]
+            saved = {"date": started, "machine": host, "argv": sys.argv[1:], "code": code,
+                     "settings": asdict(settings), "build": assets.build, "runs": runs}
+            args.out.write_text(json.dumps(saved, indent=1))
+            before, after = (run[k]["held_out"]["task_success"] for k in ("before", "after"))
             print(f"  seed {seed} {system:<5} {run['train_s']:5.0f}s  final-quarter score "
-                  f"{final_quarter(run['scores']):.3f}  held-out success {run['before']['held_out']['task_success']:.2f}"
-                  f" -> {held['task_success']:.2f}", flush=True)
+                  f"{final_quarter(run['scores']):.3f}  held-out success {before:.2f} -> {after:.2f}", flush=True)
     report(runs, systems)
     plot(runs, systems, args.plot)
 
