@@ -265,6 +265,7 @@ def worker_trl(assets: QualityAssets, s: Settings, seed: int) -> dict[str, Any]:
     import os
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import numpy as np
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
@@ -315,6 +316,7 @@ def worker_trl(assets: QualityAssets, s: Settings, seed: int) -> dict[str, Any]:
                          callbacks=[Recorder()])
     trainer.remove_callback(PrinterCallback), trainer.remove_callback(ProgressCallback)
     torch.manual_seed(seed)
+    np.random.seed(seed)  # TRL shuffles mini-batches with numpy's global RNG and never seeds it
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
