@@ -24,16 +24,18 @@ prompt batch already drawn) to the end of the last; a step is ``generate_experie
 reward); ``generation_s`` is DeepSpeed-Chat's own ``trainer.generate_time`` (``generate`` plus its
 short-answer filter), ``training_s`` the ``train_rlhf`` calls, ``other_s`` the rest (the experience
 forward passes of actor, reference, reward and critic, and the loop). Model loading and engine set-up
-are outside the loop. Not run (logging only): ``print_throughput_step3`` and ``get_overflow``.
+are outside the loop. Not run: ``print_throughput_step3`` (FLOPs printout) and ``get_overflow`` (reads the
+optimizer's fp16 ``overflow`` flag, which torch's AdamW under fp32 lacks; it only feeds ``--enable_test_mode``).
 
 Patches, all applied here by monkeypatching (DeepSpeed-Chat's files are not edited):
 
 1. ``transformers.modeling_utils.no_init_weights``: ``dschat/utils/model/model_utils.py`` imports it from
    there; transformers 5 moved it to ``transformers.initialization``. Aliased (same function).
 2. ``FusedAdam`` -> ``torch.optim.AdamW(foreach=True)`` for actor and critic (same parameter groups, lr and
-   betas (0.9, 0.95), eps 1e-8, weight decay 0). FusedAdam is DeepSpeed's CUDA multi-tensor kernel; on a
-   CPU it is not the optimizer anyone would run, and foreach AdamW is exactly what our side uses, so the
-   optimizer update costs the same on both sides by construction.
+   betas (0.9, 0.95), eps 1e-8, weight decay 0). FusedAdam is DeepSpeed's CUDA multi-tensor kernel; on the
+   CPU accelerator it JIT-compiles DeepSpeed's C++ ``fused_adam`` op instead (that build had not finished
+   after 2 minutes on this 2-core machine, so it was not pursued). Foreach AdamW is exactly what our side
+   uses, so the optimizer update costs the same on both sides by construction.
 3. ``get_train_ds_config``/``get_eval_ds_config`` for ``dtype="fp32"``: DeepSpeed-Chat only knows fp16 and
    bf16 (any other dtype raises ``UnboundLocalError``); fp32 builds its bf16 config and drops the
    ``bfloat16`` section, so DeepSpeed runs in its default fp32. bf16 is untouched. (fp16 is not offered:
@@ -48,13 +50,17 @@ Patches, all applied here by monkeypatching (DeepSpeed-Chat's files are not edit
 6. Not a code patch: ``torch.distributed`` is initialised (gloo, world size 1, 127.0.0.1 on a free port)
    with ``deepspeed.init_distributed``, as the ``deepspeed`` launcher + ``main.py`` would, and
    ``local_rank`` is 0. The device is DeepSpeed's CPU accelerator (auto-detected); batches stay on CPU.
-7. Instrumentation only: ``DeepSpeedPPOTrainer._generate_sequence`` is wrapped to count the answers
-   DeepSpeed-Chat drops (answers of <= 1 non-pad token) and the generated answer width.
+7. Instrumentation only: ``DeepSpeedPPOTrainer._generate_sequence`` is wrapped (and, during the call, the
+   actor's ``generate``, to read its raw output) to count the answers DeepSpeed-Chat drops (<= 1 non-pad
+   token) and to measure answer width and lengths; neither changes what runs.
 
 ``episodes`` counts prompts answered (batch x steps, as ours); ``trained_rows`` the rows ``train_rlhf``
 saw (DeepSpeed-Chat drops answers of <= 1 token before training; ``dropped`` counts them). ``scores`` is
 the per-step mean raw reward-model score of the trained rows (main.py's ``average_reward``); with no
-answer dropped or ended by EOS it equals our ``ppo/score_mean`` on the same batch.
+answer dropped or ended by EOS it equals our ``ppo/score_mean`` on the same batch. Workload differences
+that remain are DeepSpeed-Chat's own design, measured as such: dropped short answers, the score read at
+the token before EOS (ours: at EOS), and full-vocabulary logits over the whole sequence in its
+experience and update passes.
 
 Generation is greedy: for OPT DeepSpeed-Chat passes no sampling arguments, so ``generate`` follows the
 actor's ``generation_config`` (``do_sample`` false, checked), with ``max_length`` = prompt + answer
