@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Assets, build_assets, machine, median, run_ours, run_worker, set_threads  # noqa: E402
 from deepspeed_chat_step3 import DTYPES  # noqa: E402
 
-#: DeepSpeed-Chat step 3 on this CPU, as quoted in issue 8 (median of 8, training loop only); --ds-chat-dir re-measures it
+#: DeepSpeed-Chat step 3 on this CPU as quoted in issue 8 (median of 8, training loop only); --ds-chat-dir measures it
 DS_CHAT_QUOTED = {"32-true": 84.8, "bf16-mixed": 66.5}
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -94,7 +94,7 @@ def module_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure(args: argparse.Namespace, assets: Path, setting: tuple[str, str], seed: int) -> dict[str, Any]:
-    """One run of ``setting`` in a fresh interpreter: ours through ``--worker``, DS-Chat's step 3 through its harness."""
+    """One run of ``setting`` in a fresh interpreter: ours via ``--worker``, DS-Chat's step 3 via its harness."""
     common = ["--steps", str(args.steps), "--batch", str(args.batch), "--answer", str(args.answer),
               "--threads", str(args.threads), "--assets", str(assets), "--seed", str(seed)]
     if setting[0] == "ds-chat":
