@@ -16,6 +16,7 @@ from lightning_rlhf.models.loading import (
 )
 from lightning_rlhf.models.tiny import save_tiny_model, tiny_config, train_tokenizer
 from lightning_rlhf.models.values import (
+    forward_accepts,
     gather_last,
     last_token_index,
     position_ids_from_mask,
@@ -37,6 +38,7 @@ __all__ = [
     "load_exported",
     "load_tokenizer",
     "load_value_model",
+    "forward_accepts",
     "position_ids_from_mask",
     "save_tiny_model",
     "sequence_scores",

@@ -10,6 +10,7 @@ ZeRO-3 (whose own hooks gather the head's weights as usual).
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -24,8 +25,18 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return position_ids.clamp_(min=0)
 
 
+@functools.lru_cache(maxsize=None)
+def _forward_parameters(model_class: type) -> frozenset[str]:
+    return frozenset(inspect.signature(model_class.forward).parameters)
+
+
+def forward_accepts(model: nn.Module, argument: str) -> bool:
+    """Whether the forward of ``model`` (inside a peft wrapper) takes ``argument``; cached per model class."""
+    return argument in _forward_parameters(type(unwrap_peft(model)))
+
+
 def _accepts_position_ids(model: nn.Module) -> bool:
-    return "position_ids" in inspect.signature(unwrap_peft(model).forward).parameters
+    return forward_accepts(model, "position_ids")
 
 
 def token_values(value_model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

@@ -40,14 +40,16 @@ from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load
 from lightning_rlhf.models.loading import zero3_loading
 from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
 from lightning_rlhf.modules.ppo_config import GenerationArgs
-from lightning_rlhf.modules.ppo_logging import PPO_TAGS, log_samples, reduce_metrics
+from lightning_rlhf.modules.ppo_logging import PPO_TAGS, log_iteration, log_samples, reduce_metrics
 from lightning_rlhf.modules.rollout import (
+    Generated,
     Rollout,
     critic_values,
     forward_kwargs,
     pad_right,
     policy_logprobs,
     response_mask_from_tokens,
+    token_logprobs,
 )
 from lightning_rlhf.strategies import MultiEngineBackwardMixin, generation_mode
 
@@ -92,6 +94,11 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         generation: sampling settings of the rollouts.
         generation_batch_size: prompts per ``generate`` call (None: the whole batch at once). The
             dataloader's batch size is the rollout buffer size.
+        logprobs_from_generation: take the rollout's log-probabilities (and entropies) from the logits
+            ``generate`` already computed, as TRL does, instead of a second actor forward over the
+            sequences, as DeepSpeed-Chat does. They are the exact distribution the tokens were drawn from;
+            a full forward agrees to float rounding (KV cache vs full attention), more loosely in bf16.
+            Tensor-parallel generation (``inference_tp_size > 1``) always uses the forward.
         train_batch_size: rows per PPO mini-batch (the training batch size).
         ppo_epochs: passes over the rollout buffer per PPO iteration.
         clip_range: PPO ratio clip ``eps``.
@@ -132,6 +139,7 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         max_grad_norm: float | None = 1.0,
         generation: GenerationArgs | None = None,
         generation_batch_size: int | None = None,
+        logprobs_from_generation: bool = True,
         train_batch_size: int = 4,
         ppo_epochs: int = 1,
         clip_range: float = 0.2,
@@ -240,7 +248,7 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         metrics["time/training_s"] = time.perf_counter() - start
         metrics = reduce_metrics(self.trainer.strategy, metrics)
         self.kl_controller.update(metrics["ppo/kl"], n_steps=len(rollout) * self.trainer.world_size)
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(rollout))
+        log_iteration(self, metrics)
         if batch_idx % self.hparams.log_samples_every_n_steps == 0:
             log_samples(self, "ppo/samples", *samples, limit=self.hparams.num_samples_to_log)
 
@@ -249,10 +257,14 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         """Generate responses, score them, and turn the scores into advantages (the rollout buffer)."""
         hp, temperature = self.hparams, self.generation.logprob_temperature
         start = time.perf_counter()
-        sequences, attention_mask, response_mask, eos_found = self.generate(batch, greedy=False)
+        generated = self.generate(batch, greedy=False, with_logprobs=hp.logprobs_from_generation)
         generation_s = time.perf_counter() - start
+        sequences, attention_mask, response_mask, eos_found = (generated.sequences, generated.attention_mask,
+                                                                generated.response_mask, generated.eos_found)
         length = response_mask.shape[1]
-        logprobs, entropy = policy_logprobs(self.actor, sequences, attention_mask, length, temperature, True)
+        logprobs, entropy = generated.logprobs, generated.entropy
+        if logprobs is None:
+            logprobs, entropy = policy_logprobs(self.actor, sequences, attention_mask, length, temperature, True)
         ref_logprobs, _ = policy_logprobs(self.reference, sequences, attention_mask, length, temperature)
         values = critic_values(self.critic, sequences, attention_mask, length)
         raw_scores = sequence_scores(self.reward_model, sequences, attention_mask)
@@ -333,30 +345,46 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
 
     # -- generation, decoding, validation ---------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, batch: Mapping[str, Any], greedy: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def generate(self, batch: Mapping[str, Any], greedy: bool, with_logprobs: bool = False) -> Generated:
         """Responses to the prompts, in chunks of ``generation_batch_size``.
 
-        Returns:
-            ``(sequences (B, P+R), attention_mask (B, P+R), response_mask (B, R), eos_found (B,))``.
+        Args:
+            batch: a prompt batch (``prompt_input_ids``, ``prompt_attention_mask``).
+            greedy: decode greedily (validation) instead of with the rollout's sampling settings.
+            with_logprobs: also return the sampled tokens' log-probabilities and entropies from the
+                logits ``generate`` computed (skipped when the generator is tensor-parallel).
         """
         input_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
         tok, prompt_length = self.tokenizer, input_ids.shape[1]
         kwargs = self.generation.generate_kwargs(tok.pad_token_id, tok.eos_token_id, greedy=greedy)
         chunk = self.hparams.generation_batch_size or len(input_ids)
-        responses = []
+        responses, logprobs, entropies = [], [], []
         with generation_mode(self.trainer.strategy, self.actor) as policy:
+            # a tensor-parallel replica returns token ids only
+            with_logits = with_logprobs and getattr(policy, "tp_group", None) is None
+            if with_logits:
+                kwargs.update(output_logits=True, return_dict_in_generate=True)
             for start in range(0, len(input_ids), chunk):
                 prompt = input_ids[start : start + chunk]
                 out = policy.generate(input_ids=prompt, attention_mask=prompt_mask[start : start + chunk], **kwargs)
-                if out.shape[1] <= prompt_length or not torch.equal(out[:, :prompt_length], prompt):
-                    raise RuntimeError(f"generate returned shape {tuple(out.shape)} that does not start with the "
-                                       f"{tuple(prompt.shape)} prompts; expected prompt + response rows")
-                responses.append(out[:, prompt_length:])
+                sequences = out.sequences if with_logits else out
+                if sequences.shape[1] <= prompt_length or not torch.equal(sequences[:, :prompt_length], prompt):
+                    raise RuntimeError(f"generate returned shape {tuple(sequences.shape)} that does not start with "
+                                       f"the {tuple(prompt.shape)} prompts; expected prompt + response rows")
+                responses.append(sequences[:, prompt_length:])
+                if with_logits:
+                    step_logprobs, step_entropy = token_logprobs(torch.stack(out.logits, dim=1), responses[-1],
+                                                                 self.generation.logprob_temperature, True)
+                    logprobs.append(step_logprobs)
+                    entropies.append(step_entropy)
         responses = pad_right(responses, tok.pad_token_id)
         response_mask, eos_found = response_mask_from_tokens(responses, tok.eos_token_id)
         sequences = torch.cat([input_ids, responses], dim=1)
         attention_mask = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
-        return sequences, attention_mask, response_mask, eos_found
+        if not logprobs:
+            return Generated(sequences, attention_mask, response_mask, eos_found)
+        return Generated(sequences, attention_mask, response_mask, eos_found,
+                         pad_right(logprobs, 0.0), pad_right(entropies, 0.0))
 
     def decode(self, responses: Tensor, response_mask: Tensor) -> list[str]:
         """Response texts without special tokens (masked positions dropped)."""
@@ -371,8 +399,9 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         """Greedy responses to held-out prompts: mean reward-model score and task success."""
         batch = batch["ppo"] if "ppo" in batch else batch
-        sequences, attention_mask, response_mask, _ = self.generate(batch, greedy=True)
-        scores = sequence_scores(self.reward_model, sequences, attention_mask)
+        generated = self.generate(batch, greedy=True)
+        sequences, response_mask = generated.sequences, generated.response_mask
+        scores = sequence_scores(self.reward_model, sequences, generated.attention_mask)
         n = len(scores)
         self.log("val/reward_mean", scores.mean(), on_epoch=True, sync_dist=True, batch_size=n)
         responses = self.decode(sequences[:, -response_mask.shape[1]:], response_mask)

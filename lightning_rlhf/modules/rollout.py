@@ -8,7 +8,6 @@ the first EOS. Position ``P - 1 + t`` of a forward pass predicts response token 
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, fields, replace
 from typing import Any, Iterator
 
@@ -16,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_rlhf.algorithms import entropy_from_logits, logprobs_from_logits
-from lightning_rlhf.models import position_ids_from_mask, token_values, unwrap_peft
+from lightning_rlhf.models import forward_accepts, position_ids_from_mask, token_values
 
 
 @dataclass
@@ -65,6 +64,28 @@ class Rollout:
             yield self.select(order[start : start + size])
 
 
+@dataclass
+class Generated:
+    """What one rollout's ``generate`` returns.
+
+    Attributes:
+        sequences: ``(B, P + R)`` left-padded prompts + right-padded responses.
+        attention_mask: ``(B, P + R)`` 1 on real prompt and response tokens.
+        response_mask: ``(B, R)`` bool, true on real response tokens (through the first EOS).
+        eos_found: ``(B,)`` bool, whether each response emitted EOS.
+        logprobs: ``(B, R)`` log-probabilities of the sampled tokens from the logits ``generate`` computed
+            (None when they were not requested or the generator cannot return them).
+        entropy: ``(B, R)`` entropies of those distributions (None with ``logprobs``).
+    """
+
+    sequences: Tensor
+    attention_mask: Tensor
+    response_mask: Tensor
+    eos_found: Tensor
+    logprobs: Tensor | None = None
+    entropy: Tensor | None = None
+
+
 def response_mask_from_tokens(responses: Tensor, eos_token_id: int) -> tuple[Tensor, Tensor]:
     """Mask of the real response tokens and whether each row emitted EOS.
 
@@ -85,7 +106,7 @@ def response_mask_from_tokens(responses: Tensor, eos_token_id: int) -> tuple[Ten
     return ended_before == 0, eos_found
 
 
-def pad_right(tensors: list[Tensor], value: int) -> Tensor:
+def pad_right(tensors: list[Tensor], value: float) -> Tensor:
     """Concatenate ``(b_i, T_i)`` tensors along the batch, right-padding each to the longest ``T_i``."""
     width = max(t.shape[1] for t in tensors)
     padded = [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors]
@@ -99,33 +120,46 @@ def forward_kwargs(model: nn.Module, attention_mask: Tensor) -> dict[str, Any]:
     log-probabilities of the rollout and of the update agree.
     """
     kwargs: dict[str, Any] = {"attention_mask": attention_mask, "use_cache": False}
-    if "position_ids" in inspect.signature(unwrap_peft(model).forward).parameters:
+    if forward_accepts(model, "position_ids"):
         kwargs["position_ids"] = position_ids_from_mask(attention_mask)
     return kwargs
 
 
 def response_logits(model: nn.Module, sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
-    """Logits ``(B, R, V)`` that score each response token (``temperature`` not applied)."""
-    logits = model(input_ids=sequences, **forward_kwargs(model, attention_mask)).logits
-    start = sequences.shape[1] - response_length
-    return logits[:, start - 1 : -1]
+    """Logits ``(B, R, V)`` that score each response token (``temperature`` not applied).
+
+    Only the last ``R + 1`` positions go through the language-model head (transformers' ``logits_to_keep``,
+    where the model takes it): the prompt positions' logits are never used, and with a large vocabulary
+    they are most of the forward's activation memory.
+    """
+    kwargs = forward_kwargs(model, attention_mask)
+    if forward_accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = response_length + 1
+    logits = model(input_ids=sequences, **kwargs).logits
+    return logits[:, -(response_length + 1) : -1]
+
+
+def token_logprobs(
+    logits: Tensor, responses: Tensor, temperature: float = 1.0, with_entropy: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probabilities ``(B, R)`` of ``responses`` under ``logits`` ``(B, R, V)`` (and their entropies).
+
+    Logits are divided by the sampling ``temperature`` so the log-probs are those of the distribution
+    the tokens were actually drawn from.
+    """
+    if temperature != 1.0:
+        logits = logits / temperature
+    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
+    return logprobs_from_logits(logits, responses), entropy
 
 
 def policy_logprobs(
     model: nn.Module, sequences: Tensor, attention_mask: Tensor, response_length: int, temperature: float = 1.0,
     with_entropy: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """Log-probabilities ``(B, R)`` of the response tokens (and optionally their entropies ``(B, R)``).
-
-    Logits are divided by the sampling ``temperature`` so the log-probs are those of the distribution
-    the tokens were actually drawn from.
-    """
+    """Log-probabilities ``(B, R)`` of the response tokens (and optionally their entropies ``(B, R)``)."""
     logits = response_logits(model, sequences, attention_mask, response_length)
-    if temperature != 1.0:
-        logits = logits / temperature
-    responses = sequences[:, -response_length:]
-    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
-    return logprobs_from_logits(logits, responses), entropy
+    return token_logprobs(logits, sequences[:, -response_length:], temperature, with_entropy)
 
 
 def critic_values(critic: nn.Module, sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:

@@ -173,3 +173,23 @@ def inference_config(train_config: Mapping[str, Any], zero_stage: int, offload: 
     else:
         config["zero_optimization"] = {"stage": 0}
     return config
+
+
+def skip_lone_allreduce(engine: Any) -> bool:
+    """Turn off a ZeRO-0 engine's gradient all-reduce when it is the only data-parallel rank; True if turned off.
+
+    Why: with one data-parallel rank DeepSpeed still flattens every gradient into a bucket, all-reduces it
+    over a group of one and copies it back after each backward (3% of a tiny PPO step in the profile behind
+    ``benchmarks/README.md``). Averaging over one rank changes nothing, so the engine's own switch
+    (``enable_backward_allreduce``) is turned off. Only for ZeRO stage 0 with the client optimizer itself:
+    ZeRO stages 1-3 and DeepSpeed's wrapped optimizers (bf16, fp16) move gradients into their partitions or
+    fp32 buffers inside the same call, which must still happen.
+    """
+    optimizer = getattr(engine, "optimizer", None)
+    lone = (getattr(engine, "dp_world_size", 0) == 1 and engine.zero_optimization_stage() == 0
+            and not getattr(engine, "has_moe_layers", False) and optimizer is not None
+            and isinstance(optimizer, Optimizer) and type(optimizer).__module__.startswith("torch.optim"))
+    if lone:
+        engine.enable_backward_allreduce = False
+    return lone
+

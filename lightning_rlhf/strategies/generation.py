@@ -137,7 +137,8 @@ class GenerationReplica:
                 ``top_p``, ``eos_token_id``, ...); identical on every rank of a tensor-parallel group.
 
         Returns:
-            ``(batch, prompt_len + new)`` prompt and response ids, padded with the pad token after EOS.
+            ``(batch, prompt_len + new)`` prompt and response ids, padded with the pad token after EOS (or
+            transformers' output object with ``return_dict_in_generate=True``, without tensor parallelism).
         """
         if self.tp_group is not None and kwargs.get("return_dict_in_generate"):
             raise ValueError("generation_mode with inference_tp_size > 1 returns sequences only; "
@@ -148,12 +149,12 @@ class GenerationReplica:
         start = _clock(self.device)
         with unpatched_linear():
             if self.tp_group is None:
-                sequences = self.module.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+                out = self.module.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
             else:
-                sequences = self._generate_in_group(input_ids, mask, pad_id, kwargs)
-        response = sequences[:, input_ids.shape[1]:]
+                out = self._generate_in_group(input_ids, mask, pad_id, kwargs)
+        response = getattr(out, "sequences", out)[:, input_ids.shape[1]:]  # out: ids, or a ModelOutput
         self.stats.add(generate_s=_clock(self.device) - start, new_tokens=int((response != pad_id).sum()), calls=1)
-        return sequences
+        return out
 
     def _generate_in_group(
         self, input_ids: torch.Tensor, mask: torch.Tensor, pad_id: int, kwargs: dict

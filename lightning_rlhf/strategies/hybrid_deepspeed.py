@@ -39,7 +39,7 @@ from lightning_rlhf.strategies.checkpoint import (
     save_lightning_state,
     staging_path,
 )
-from lightning_rlhf.strategies.engines import EnginePlan, inference_config, plan_engines
+from lightning_rlhf.strategies.engines import EnginePlan, inference_config, plan_engines, skip_lone_allreduce
 from lightning_rlhf.strategies.generation import GenerationStats
 
 GenerationBackend = Literal["native", "deepspeed"]
@@ -171,6 +171,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             lr_scheduler=lr_scheduler,
             dist_init_required=False,
         )
+        skip_lone_allreduce(engine)
         return engine, ds_optimizer
 
     @contextmanager
@@ -282,6 +283,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         )
         if not plan.trainable:
             engine.eval()
+        skip_lone_allreduce(engine)
         return engine, ds_optimizer
 
     def _engine_for(self, optimizer: Any) -> Any:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -120,3 +120,46 @@ def test_invalid_arguments_are_named(ppo_paths):
         make_module(ppo_paths, kl_estimator="k7")
     with pytest.raises(FileNotFoundError, match="reward_stats.json"):
         make_module(ppo_paths, normalize_reward=True)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_rollout_logprobs_from_generate_equal_a_forward_pass(tmp_path, ppo_paths, temperature):
+    """The log-probs and entropies taken from generate's logits are those a full forward pass gives."""
+    from lightning_rlhf.modules.rollout import policy_logprobs
+
+    module = make_module(ppo_paths, generation=GenerationArgs(max_new_tokens=6, temperature=temperature))
+    module.trainer = make_trainer(tmp_path)
+    module.configure_model()
+    data = make_data(ppo_paths)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    torch.manual_seed(0)
+    generated = module.generate(batch, greedy=False, with_logprobs=True)
+    mask, length = generated.response_mask, generated.response_mask.shape[1]
+    assert generated.logprobs.shape == mask.shape == generated.entropy.shape
+    with torch.no_grad():
+        logprobs, entropy = policy_logprobs(module.actor.eval(), generated.sequences, generated.attention_mask, length,
+                                            temperature, with_entropy=True)
+    assert mask.sum() >= len(mask)  # every row has at least one real response token
+    torch.testing.assert_close(generated.logprobs[mask], logprobs[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(generated.entropy[mask], entropy[mask], atol=1e-5, rtol=1e-5)
+    assert module.generate(batch, greedy=True).logprobs is None  # validation decodes without them
+
+
+def test_curves_follow_log_every_n_steps_and_callback_metrics_every_iteration(tmp_path, ppo_paths):
+    torch.manual_seed(0)
+    module = make_module(ppo_paths, ppo_epochs=1, logprobs_from_generation=False)
+    seen: list[float] = []
+
+    class Record(Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            seen.append(float(trainer.callback_metrics["ppo/kl"]))
+
+    trainer = make_trainer(tmp_path, limit_train_batches=4, log_every_n_steps=2, callbacks=[Record()])
+    trainer.fit(module, datamodule=make_data(ppo_paths))
+    events = read_events(trainer.logger.log_dir)
+    points = events.Scalars("ppo/kl")
+    assert [p.step for p in points] == [1, 3]  # iterations 2 and 4, at Lightning's step for step metrics
+    assert [p.value for p in points] == pytest.approx([seen[1], seen[3]])
+    assert len(seen) == 4 and len(set(seen)) == 4  # callbacks saw a fresh value every iteration
+    assert set(PPO_TAGS) <= set(trainer.logged_metrics)

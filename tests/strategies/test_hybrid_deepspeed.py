@@ -115,6 +115,8 @@ def test_dropin_single_process_matches_a_raw_deepspeed_loop_at_stages_0_2_3(tmp_
         assert sum(out[stage]["losses"][-2:]) < sum(out[stage]["losses"][:2])
     assert out["stage3"]["sharded_at_init"] is True  # configure_model ran under deepspeed.zero.Init
     assert out["stage0"]["sharded_at_init"] is False
+    # one rank at ZeRO-0: the no-op gradient all-reduce is skipped, and the losses above still equal DeepSpeed's
+    assert [out[s]["allreduce_skipped"] for s in ("stage0", "stage2", "stage3")] == [True, False, False]
 
 
 @pytest.mark.distributed
@@ -133,6 +135,7 @@ def test_dropin_two_processes_by_registered_name(tmp_path):
         # every stage sees the same data and parameters, so the trajectories agree across stages
         assert losses[0] == pytest.approx(ranks[0]["stage0"]["losses"], abs=1e-5)
         assert sum(losses[0][-2:]) < sum(losses[0][:2])
+        assert not any(r[stage]["allreduce_skipped"] for r in ranks)  # two data-parallel ranks must reduce
 
 
 @pytest.mark.distributed

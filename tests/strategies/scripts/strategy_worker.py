@@ -151,9 +151,11 @@ def run_dropin(args, world: int) -> dict:
         seed_everything(0)
         model = Regressor()
         # with one rank, keep the loader's order so the raw DeepSpeed loop below sees the same batches
-        trainer(stage, 6, args.precision, args.outdir, max_epochs=-1, use_distributed_sampler=world > 1,
-                by_name=stage == 3).fit(model, loader(world))
-        out[f"stage{stage}"] = {"losses": model.losses, "sharded_at_init": model.sharded_at_init}
+        tr = trainer(stage, 6, args.precision, args.outdir, max_epochs=-1, use_distributed_sampler=world > 1,
+                     by_name=stage == 3)
+        tr.fit(model, loader(world))
+        out[f"stage{stage}"] = {"losses": model.losses, "sharded_at_init": model.sharded_at_init,
+                                "allreduce_skipped": not tr.strategy.model.enable_backward_allreduce}
         if world == 1 and args.precision == "32-true":
             out[f"stage{stage}"]["raw_losses"] = raw_deepspeed_losses(stage, 6)
     return out
