@@ -27,7 +27,7 @@ from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from lightning.pytorch.core.optimizer import LightningOptimizer, _init_optimizers_and_lr_schedulers
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
@@ -44,6 +44,17 @@ from lightning_rlhf.strategies.generation import GenerationStats
 
 GenerationBackend = Literal["native", "deepspeed"]
 
+
+
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has bf16 arithmetic (x86 ``avx512_bf16``/``amx_bf16``, Arm ``bf16``); True if unknown."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return True
+    flags = {flag for line in text.splitlines() if line.startswith(("flags", "Features"))
+             for flag in line.split(":", 1)[1].split()}
+    return not flags or bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 class HybridDeepSpeedStrategy(DeepSpeedStrategy):
     """DeepSpeed ZeRO training with several engines per module and a fast generation switch.
@@ -126,6 +137,12 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             raise ValueError(
                 f"precision={precision!r} is not supported on CPU: DeepSpeed's fp16 loss scaling needs CUDA. "
                 "Use precision='bf16-mixed' or '32-true' on CPU."
+            )
+        if isinstance(self.accelerator, CPUAccelerator) and str(precision).startswith("bf16") and not cpu_has_bf16():
+            rank_zero_warn(
+                f"precision={precision!r} on a CPU without bf16 instructions (no avx512_bf16 / amx_bf16 / bf16 in "
+                "/proc/cpuinfo): its bf16 matrix multiplies are emulated, 10x or more slower than fp32 "
+                "(benchmarks/README.md). Use precision='32-true' on this machine."
             )
         # Skip DeepSpeedStrategy's CUDA-only check; DDPStrategy sets up the device and the process group.
         DDPStrategy.setup_environment(self)

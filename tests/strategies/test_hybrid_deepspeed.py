@@ -213,3 +213,16 @@ def test_validate_before_fit_on_cpu_for_one_and_several_engines():
     for name in ("R", "T"):
         assert f"fit-after-validate ok {name}" in proc.stdout
         assert f"{name} [{{'v': " in proc.stdout
+
+
+def test_cpu_bf16_detection_reads_the_cpu_flags(tmp_path):
+    from lightning_rlhf.strategies.hybrid_deepspeed import cpu_has_bf16
+
+    cases = {"flags\t\t: fpu sse2 avx2 fma\n": False, "flags\t\t: fpu avx2 avx512f avx512_bf16\n": True,
+             "flags\t\t: fpu amx_tile amx_bf16\n": True, "Features\t: fp asimd bf16 i8mm\n": True,
+             "Features\t: fp asimd\n": False, "processor\t: 0\n": True}  # no flag line: unknown, no warning
+    for i, (text, expected) in enumerate(cases.items()):
+        path = tmp_path / f"cpuinfo{i}"
+        path.write_text(text)
+        assert cpu_has_bf16(str(path)) is expected, text
+    assert cpu_has_bf16(str(tmp_path / "missing")) is True
