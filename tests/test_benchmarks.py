@@ -106,6 +106,95 @@ def test_deepspeed_chat_config_script(tmp_path):
     assert "deepspeed0 32-true" in again
 
 
+# -- quality mode (--task addition): benchmarks/quality.py ------------------------------------------------------
+QUALITY_TINY = ["--task", "addition", "--seeds", "1", "--steps", "2", "--task-size", "600", "--build-epochs", "1",
+                "--threads", "1"]
+
+
+def load_quality():
+    load_common()  # quality.py imports _common by its file name
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("benchmarks_quality", BENCHMARKS / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_evaluation_checks_greedy_answers(tiny_tokenizer):
+    """The shared evaluation: the answer up to the first EOS is checked; what follows EOS is ignored."""
+    import torch
+
+    quality = load_quality()
+    tok, prompts = tiny_tokenizer, ["3+4=", "5+7=", "0+0="]
+    ids = [tok(f"Human: {p} Assistant:", add_special_tokens=False)["input_ids"] for p in prompts]
+
+    class Policy(torch.nn.Module):  # answers with ``answers[i]`` + EOS + (ignored) garbage
+        def __init__(self, answers):
+            super().__init__()
+            self.answers = answers
+
+        def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
+            rows = [tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] + [5] * max_new_tokens
+                    for a in self.answers]
+            return torch.cat([input_ids, torch.tensor([r[:max_new_tokens] for r in rows])], 1)
+
+    class Reward(torch.nn.Module):  # score = number of real tokens, so padding after EOS is checked too
+        def forward(self, input_ids, attention_mask, position_ids):
+            assert position_ids[attention_mask.bool()].min() == 0
+            return type("Out", (), {"logits": attention_mask.sum(1, keepdim=True).float()})()
+
+    right = quality.evaluate_policy(Policy([" 7", " 12", " 0"]), Reward(), tok, ids, prompts, max_new_tokens=6)
+    assert right["task_success"] == 1.0
+    wrong = quality.evaluate_policy(Policy([" 7", " 2", " 0 0"]), Reward(), tok, ids, prompts, max_new_tokens=6)
+    assert wrong["task_success"] == pytest.approx(1 / 3)
+    # EOS and everything after it are padding for the reward model: prompt + answer + EOS tokens only
+    answers = [tok(a, add_special_tokens=False)["input_ids"] for a in (" 7", " 12", " 0")]
+    lengths = [len(i) + len(a) + 1 for i, a in zip(ids, answers)]
+    assert right["reward_mean"] == pytest.approx(sum(lengths) / 3)
+
+
+@pytest.fixture(scope="module")
+def quality_assets(tmp_path_factory):
+    """One assets folder for the quality-mode tests (the second run must reuse it)."""
+    return tmp_path_factory.mktemp("quality_assets")
+
+
+@pytest.mark.slow
+def test_quality_mode_runs_ours(tmp_path, quality_assets):
+    out = tmp_path / "q.json"
+    stdout = run_script("ppo_vs_trl.py", *QUALITY_TINY, "--systems", "ours", "--assets-dir", str(quality_assets),
+                        "--out", str(out), "--plot", str(tmp_path / "q.png"))
+    assert "final-quarter score" in stdout and (tmp_path / "q.png").stat().st_size > 0
+    saved = json.loads(out.read_text())
+    (run,) = saved["runs"]
+    assert run["system"] == "ours" and len(run["scores"]) == len(run["kl"]) == 2
+    penalty = saved["settings"]["missing_eos_penalty"]
+    assert penalty > 0 and run["penalised_scores"] == pytest.approx(
+        [s - penalty * (1 - e) for s, e in zip(run["scores"], run["eos_fraction"])])
+    for when in ("before", "after"):
+        assert set(run[when]) == {"held_out", "all_sums"}
+        assert all(0.0 <= r["task_success"] <= 1.0 for r in run[when].values())
+    assert (quality_assets / "quality_assets.json").is_file()
+
+
+@pytest.mark.slow
+def test_quality_mode_compares_with_trl(tmp_path, quality_assets):
+    python = trl_python()
+    if python is None:
+        pytest.skip("trl==1.12.0 not importable (install the bench extra or set BENCH_PYTHON)")
+    out = tmp_path / "q.json"
+    stdout = run_script("ppo_vs_trl.py", *QUALITY_TINY, "--assets-dir", str(quality_assets), "--out", str(out),
+                        "--plot", str(tmp_path / "q.png"), "--trl-python", python, python=python)
+    assert "final-quarter score, ours - TRL" in stdout, stdout
+    runs = {r["system"]: r for r in json.loads(out.read_text())["runs"]}
+    assert set(runs) == {"ours", "trl"} and all(len(r["scores"]) == 2 for r in runs.values())
+    # both start from the same folders and go through the same evaluation: identical "before" numbers
+    assert runs["ours"]["before"] == runs["trl"]["before"]
+    # TRL logs the score after the missing-EOS penalty; the raw score recorded beside it is never lower
+    assert all(p <= s + 1e-6 for p, s in zip(runs["trl"]["penalised_scores"], runs["trl"]["scores"]))
+
+
 def ds_chat_dir() -> str:
     """``$DS_CHAT_DIR`` if it names a DeepSpeed-Chat checkout, else skip (CI has none)."""
     ds_chat = os.environ.get("DS_CHAT_DIR")
