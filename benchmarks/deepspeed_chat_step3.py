@@ -31,11 +31,13 @@ Patches, all applied here by monkeypatching (DeepSpeed-Chat's files are not edit
 
 1. ``transformers.modeling_utils.no_init_weights``: ``dschat/utils/model/model_utils.py`` imports it from
    there; transformers 5 moved it to ``transformers.initialization``. Aliased (same function).
-2. ``FusedAdam`` -> ``torch.optim.AdamW(foreach=True)`` for actor and critic (same parameter groups, lr and
-   betas (0.9, 0.95), eps 1e-8, weight decay 0). FusedAdam is DeepSpeed's CUDA multi-tensor kernel; on the
-   CPU accelerator it JIT-compiles DeepSpeed's C++ ``fused_adam`` op instead (that build had not finished
-   after 2 minutes on this 2-core machine, so it was not pursued). Foreach AdamW is exactly what our side
-   uses, so the optimizer update costs the same on both sides by construction.
+2. ``FusedAdam`` -> ``torch.optim.AdamW`` for actor and critic (same parameter groups, lr and betas
+   (0.9, 0.95), eps 1e-8, weight decay 0), built with the kernel our side picks
+   (``lightning_rlhf.modules._common.fastest_adamw_kind``: ``fused`` for CPU float parameters, else
+   ``foreach``; plain ``foreach`` if that helper is absent; the result's ``optimizer`` says which).
+   FusedAdam is DeepSpeed's CUDA multi-tensor kernel; on the CPU accelerator it JIT-compiles DeepSpeed's
+   C++ ``fused_adam`` op instead (that build had not finished after 2 minutes on this 2-core machine, so
+   it was not pursued). With the same AdamW kernel the update costs the same on both sides by construction.
 3. ``get_train_ds_config``/``get_eval_ds_config`` for ``dtype="fp32"``: DeepSpeed-Chat only knows fp16 and
    bf16 (any other dtype raises ``UnboundLocalError``); fp32 builds its bf16 config and drops the
    ``bfloat16`` section, so DeepSpeed runs in its default fp32. bf16 is untouched. (fp16 is not offered:
@@ -154,14 +156,26 @@ def ds_chat_value_folder(source: str, target: Path) -> Path:
     return target
 
 
-def patch(dschat_modules: dict[str, Any], reward_path: str, generations: list[dict[str, int]]) -> None:
+def adamw_kind(groups: list[dict[str, Any]]) -> dict[str, bool]:
+    """The AdamW kernel our PPOModule would use for these parameter groups (``fused`` or ``foreach``)."""
+    try:
+        from lightning_rlhf.modules._common import fastest_adamw_kind
+    except ImportError:
+        return {"foreach": True}
+    return fastest_adamw_kind(groups)
+
+
+def patch(dschat_modules: dict[str, Any], reward_path: str, generations: list[dict[str, int]],
+          optimizers: list[str]) -> None:
     """Apply patches 2, 3, 4 and 7 of the module docstring (patch 1 must precede the ``dschat`` imports)."""
     import torch
 
     engine_mod, trainer_mod = dschat_modules["engine"], dschat_modules["trainer"]
 
     def adamw(params: Any, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:  # 2
-        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=1e-8, weight_decay=0.0, foreach=True)
+        kind = adamw_kind(params)
+        optimizers.append("AdamW(" + ",".join(kind) + ")")
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=1e-8, weight_decay=0.0, **kind)
 
     engine_mod.FusedAdam = adamw
 
@@ -252,7 +266,8 @@ def run_ds_chat(ds_chat_dir: Path, assets: Assets, dtype: str, batch: int, steps
     critic = ds_chat_value_folder(assets.critic, root / "critic")
     reward = ds_chat_value_folder(assets.reward_model, root / "reward")
     generations: list[dict[str, int]] = []
-    patch({"engine": engine_mod, "trainer": trainer_mod}, str(reward), generations)
+    optimizers: list[str] = []
+    patch({"engine": engine_mod, "trainer": trainer_mod}, str(reward), generations, optimizers)
     init_distributed()
     args = step3_args(assets, dtype, batch, prompt, answer, seed)
     args.critic_model_name_or_path = str(critic)
@@ -313,7 +328,7 @@ def run_ds_chat(ds_chat_dir: Path, assets: Assets, dtype: str, batch: int, steps
             **{k: [g[k] for g in generations] for k in ("answer_width", "response_length", "valid_answer_length")},
             "trained_rows": trained, "dropped": sum(g["batch"] - g["kept"] for g in generations),
             "dropped_per_step": [g["batch"] - g["kept"] for g in generations], "step_s": step_s,
-            "ds_chat_commit": ds_chat_commit(ds_chat_dir)}
+            "optimizer": sorted(set(optimizers)), "ds_chat_commit": ds_chat_commit(ds_chat_dir)}
 
 
 def check_value_models(engine: Any, critic: Path, reward: Path) -> None:
