@@ -101,7 +101,8 @@ class HFModelModule(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (decay groups, optional LoRA learning rate) with warmup + cosine decay per step."""
-        return lightning_optimizer_config(self.model, self.optimizer_args, self.trainer.estimated_stepping_batches)
+        return lightning_optimizer_config(self.model, self.optimizer_args, self.trainer.estimated_stepping_batches,
+                                          self.trainer)
 
     def export_model(self) -> nn.Module:
         """The model :class:`~lightning_rlhf.callbacks.HFExportCallback` writes."""

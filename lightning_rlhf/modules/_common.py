@@ -98,21 +98,34 @@ def lr_lambda(step: int, total_steps: int, warmup_steps: int, scheduler: str, mi
     return min_lr_ratio + (1.0 - min_lr_ratio) * shape
 
 
-def fastest_adamw_kind(groups: list[dict[str, Any]]) -> dict[str, bool]:
+def fastest_adamw_kind(groups: list[dict[str, Any]], allow_fused: bool = True) -> dict[str, bool]:
     """``{"fused": True}`` when PyTorch has a fused AdamW kernel for every parameter, else ``{"foreach": True}``.
 
     Why: PyTorch's default on CPU is the single-tensor implementation, a Python loop over tensors (16% of
     a 4-epoch PPO step in the profile behind ``benchmarks/README.md``). The fused kernel (CPU and CUDA,
     floating-point parameters) took 0.85 ms per step for a 467K-parameter OPT on one CPU thread, against
     2.5 ms for ``foreach`` and 5.6 ms for the loop.
+
+    Args:
+        groups: the optimizer's parameter groups.
+        allow_fused: False where the fused kernel must not be used (see :func:`fused_adamw_allowed`).
     """
     params = [p for group in groups for p in group["params"]]
-    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    fused = allow_fused and bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                                                 for p in params)
     return {"fused": True} if fused else {"foreach": True}
 
 
+def fused_adamw_allowed(trainer: Any) -> bool:
+    """False under Lightning's ``*-mixed`` precision plugins, which refuse to clip the gradients of an optimizer
+    that unscales them itself (a fused AdamW); DeepSpeed's and the ``*-true`` plugins take it."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    return not isinstance(getattr(trainer, "precision_plugin", None), MixedPrecision)
+
+
 def build_optimizer(
-    model: nn.Module, args: OptimizerArgs, total_steps: int
+    model: nn.Module, args: OptimizerArgs, total_steps: int, allow_fused: bool = True
 ) -> tuple[torch.optim.Optimizer, LambdaLR]:
     """AdamW over ``model``'s trainable parameters and its warmup + decay scheduler (stepped per optimizer step).
 
@@ -120,12 +133,13 @@ def build_optimizer(
         model: the module whose trainable parameters are optimized.
         args: optimizer and schedule settings.
         total_steps: optimizer steps in the whole run (``trainer.estimated_stepping_batches``).
+        allow_fused: whether PyTorch's fused AdamW kernel may be used (:func:`fused_adamw_allowed`).
     """
     if total_steps <= 0 or total_steps == float("inf"):
         rank_zero_warn(f"total optimizer steps is {total_steps}; the schedule decays over 1 step after warmup")
         total_steps = 1
     groups = parameter_groups(model, args)
-    optimizer = torch.optim.AdamW(groups, betas=args.betas, eps=args.eps, **fastest_adamw_kind(groups))
+    optimizer = torch.optim.AdamW(groups, betas=args.betas, eps=args.eps, **fastest_adamw_kind(groups, allow_fused))
     warmup = args.warmup_for(int(total_steps))
     scheduler = LambdaLR(
         optimizer,
@@ -134,7 +148,17 @@ def build_optimizer(
     return optimizer, scheduler
 
 
-def lightning_optimizer_config(model: nn.Module, args: OptimizerArgs, total_steps: int) -> dict[str, Any]:
-    """``configure_optimizers`` return value for one optimizer with a per-step scheduler."""
-    optimizer, scheduler = build_optimizer(model, args, total_steps)
+def lightning_optimizer_config(
+    model: nn.Module, args: OptimizerArgs, total_steps: int, trainer: Any = None
+) -> dict[str, Any]:
+    """``configure_optimizers`` return value for one optimizer with a per-step scheduler.
+
+    Args:
+        model: the module whose trainable parameters are optimized.
+        args: optimizer and schedule settings.
+        total_steps: optimizer steps in the whole run.
+        trainer: the trainer, whose precision plugin decides whether the fused AdamW kernel may be used.
+    """
+    allow_fused = fused_adamw_allowed(trainer) if trainer is not None else True
+    optimizer, scheduler = build_optimizer(model, args, total_steps, allow_fused)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

@@ -225,8 +225,8 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
     def configure_optimizers(self) -> list[dict[str, Any]]:
         """AdamW + schedule for the actor, then for the critic (one DeepSpeed engine each)."""
         total = self.trainer.estimated_stepping_batches
-        return [lightning_optimizer_config(self.actor, self.actor_optimizer, total),
-                lightning_optimizer_config(self.critic, self.critic_optimizer, total)]
+        return [lightning_optimizer_config(self.actor, self.actor_optimizer, total, self.trainer),
+                lightning_optimizer_config(self.critic, self.critic_optimizer, total, self.trainer)]
 
     def setup(self, stage: str) -> None:
         """Pick up the task checker of the data module's built-in task, if it has one."""

@@ -75,6 +75,7 @@ def test_ppo_logs_every_curve_and_samples(tmp_path, ppo_paths):
     # global_step counts optimizer steps: (actor + critic) x ppo_epochs x 2 mini-batches + 1 ptx, per iteration
     assert trainer.global_step == 2 * (2 * 2 * 2 + 1)
     assert {"ppo/samples/text_summary", "val/samples/text_summary"} <= set(events.Tags()["tensors"])
+    assert all(opt.defaults["fused"] for opt in trainer.optimizers)  # fp32: PyTorch's fused AdamW kernel
     # the adaptive controller moved the KL coefficient between the two iterations
     kl_coefs = [e.value for e in events.Scalars("ppo/kl_coef")]
     assert kl_coefs[0] == pytest.approx(0.1) and kl_coefs[1] != pytest.approx(0.1)
@@ -163,3 +164,14 @@ def test_curves_follow_log_every_n_steps_and_callback_metrics_every_iteration(tm
     assert [p.value for p in points] == pytest.approx([seen[1], seen[3]])
     assert len(seen) == 4 and len(set(seen)) == 4  # callbacks saw a fresh value every iteration
     assert set(PPO_TAGS) <= set(trainer.logged_metrics)
+
+
+def test_bf16_mixed_clips_gradients_with_a_non_fused_adamw(tmp_path, ppo_paths):
+    """Lightning's mixed-precision plugin refuses to clip the gradients of a fused optimizer."""
+    torch.manual_seed(0)
+    module = make_module(ppo_paths, ppo_epochs=1, max_grad_norm=1.0)
+    trainer = make_trainer(tmp_path, precision="bf16-mixed", limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=make_data(ppo_paths))
+    assert trainer.global_step == 2 * 2  # (actor + critic) x 2 mini-batches
+    assert not any(opt.defaults["fused"] for opt in trainer.optimizers)
+    assert all(opt.defaults["foreach"] for opt in trainer.optimizers)
