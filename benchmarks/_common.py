@@ -99,21 +99,28 @@ def build_assets(root: Path, family: str, vocab_size: int, num_prompts: int, pro
 
 
 # -- our side -------------------------------------------------------------------------------------------
+def collate_prompts(rows: list[list[int]], pad_id: int) -> dict[str, Any]:
+    """One PPO prompt batch: ``prompt_input_ids``/``prompt_attention_mask`` left-padded, empty ``prompts`` texts."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    return {"prompt_input_ids": ids, "prompt_attention_mask": mask, "prompts": [""] * len(rows)}
+
+
 def prompt_loader(prompts: list[list[int]], pad_id: int, batch_size: int, seed: int = 0) -> Any:
-    """A shuffled DataLoader of PPO prompt batches (left-padded ``prompt_input_ids``/``prompt_attention_mask``)."""
+    """A shuffled DataLoader of PPO prompt batches (see :func:`collate_prompts`)."""
+    import functools
+
     import torch
     from torch.utils.data import DataLoader
 
-    def collate(rows: list[list[int]]) -> dict[str, Any]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row):] = torch.tensor(row)
-            mask[i, width - len(row):] = 1
-        return {"prompt_input_ids": ids, "prompt_attention_mask": mask, "prompts": [""] * len(rows)}
-
-    return DataLoader(prompts, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
+    return DataLoader(prompts, batch_size=batch_size, shuffle=True, drop_last=True,
+                      collate_fn=functools.partial(collate_prompts, pad_id=pad_id),
                       generator=torch.Generator().manual_seed(seed))
 
 
@@ -180,6 +187,14 @@ def run_ours(assets: Assets, module_kwargs: dict[str, Any], batch_size: int, ste
             "loop_cpu_s": timer.cpu_end - timer.cpu_start, "step_episodes_per_s": batch_size / statistics.median(timer.steps),
             "generation_s": generation_s, "training_s": training_s, "other_s": loop_s - generation_s - training_s,
             "scores": timer.metrics["ppo/score_mean"], "response_length": timer.metrics["ppo/response_length"]}
+
+
+def trl_unavailable(python: str) -> str | None:
+    """None when ``python`` imports trl 1.12.0's PPO trainer, else the reason it does not."""
+    code = "import trl, trl.experimental.ppo; assert trl.__version__ == '1.12.0', trl.__version__"
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True,
+                          env={"TRL_EXPERIMENTAL_SILENCE": "1", "PATH": "/usr/bin:/bin"})
+    return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
 
 
 # -- processes and statistics ---------------------------------------------------------------------------

@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Assets, build_assets, machine, median, run_ours, run_worker, set_threads  # noqa: E402
+from _common import (  # noqa: E402
+    Assets, build_assets, machine, median, run_ours, run_worker, set_threads, trl_unavailable,
+)
 
 SYSTEMS = ("ours", "trl", "trl-compute")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -165,16 +167,6 @@ def worker_main(args: argparse.Namespace) -> None:
 
 
 # -- the comparison ------------------------------------------------------------------------------------------
-def trl_available(python: str) -> str | None:
-    """None when ``python`` imports trl 1.12.0's PPO trainer, else the reason it does not."""
-    import subprocess
-
-    code = "import trl, trl.experimental.ppo; assert trl.__version__ == '1.12.0', trl.__version__"
-    proc = subprocess.run([python, "-c", code], capture_output=True, text=True,
-                          env={"TRL_EXPERIMENTAL_SILENCE": "1", "PATH": "/usr/bin:/bin"})
-    return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-
-
 def measure(args: argparse.Namespace, assets_path: Path, systems: list[str], save: Any) -> list[dict[str, Any]]:
     """Every (repeat, PPO epochs, system) run, systems interleaved with the order alternating per repeat.
 
@@ -289,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{saved['date']} | {saved['machine']}\nargs: {' '.join(saved['argv'])}")
         report(saved["runs"], systems)
         return plot(saved["runs"], systems, args.plot)
-    missing = trl_available(args.trl_python) if any(s.startswith("trl") for s in systems) else None
+    missing = trl_unavailable(args.trl_python) if any(s.startswith("trl") for s in systems) else None
     if missing:
         print(f"TRL skipped: {args.trl_python} cannot import trl 1.12.0's PPO trainer ({missing}); "
               "install the bench extra (pip install -e '.[bench]')")

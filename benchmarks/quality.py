@@ -27,6 +27,7 @@ that changes its speed, not its trajectory.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, run_worker, set_threads  # noqa: E402
+from _common import collate_prompts, machine, run_worker, set_threads, trl_unavailable  # noqa: E402
 
 SYSTEMS = ("ours", "trl")
 NAMES = {"ours": "lightning-rlhf PPOModule", "trl": "TRL 1.12.0 PPO (compute-only)"}
@@ -211,7 +212,6 @@ def rollout_batches(ids: list[list[int]], rollout: int, steps: int, seed: int) -
 
 def worker_ours(assets: QualityAssets, s: Settings, seed: int) -> dict[str, Any]:
     """Our PPOModule on the task, seeded; per-step curves and the final actor's evaluation."""
-    import torch
     from lightning.pytorch import Callback, Trainer, seed_everything
     from torch.utils.data import DataLoader
 
@@ -238,15 +238,8 @@ def worker_ours(assets: QualityAssets, s: Settings, seed: int) -> dict[str, Any]
                        clip_range_value=s.clip_range_value, gamma=s.gamma, lam=s.lam, kl_coef=s.kl_coef,
                        kl_estimator="k1", normalize_reward=False, clip_reward_value=1e6,
                        missing_eos_penalty=s.missing_eos_penalty, num_samples_to_log=0, seed=seed)
-    pad = module.tokenizer.pad_token_id
-
-    def collate(rows: list[list[int]]) -> dict[str, Any]:
-        width = max(map(len, rows))
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        return {"prompt_input_ids": ids, "prompt_attention_mask": (ids != pad).long(), "prompts": [""] * len(rows)}
-
     loader = DataLoader(rollout_batches(assets.train_ids, s.rollout, s.steps, seed), batch_size=None,
-                        collate_fn=collate)
+                        collate_fn=functools.partial(collate_prompts, pad_id=module.tokenizer.pad_token_id))
     curves = Curves()
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -365,14 +358,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def trl_missing(python: str) -> str | None:
-    """None when ``python`` imports trl 1.12.0's PPO trainer, else why not."""
-    code = "import trl, trl.experimental.ppo; assert trl.__version__ == '1.12.0', trl.__version__"
-    proc = subprocess.run([python, "-c", code], capture_output=True, text=True,
-                          env={"TRL_EXPERIMENTAL_SILENCE": "1", "PATH": "/usr/bin:/bin"})
-    return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-
-
 def code_state() -> dict[str, Any]:
     """Where ``lightning_rlhf`` is imported from, its git commit and its uncommitted files (what "ours" ran)."""
     import importlib.util
@@ -472,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{saved['date']} | {saved['machine']}\nargs: {' '.join(saved['argv'])}\nsettings: {saved['settings']}")
         report(saved["runs"], systems)
         return plot(saved["runs"], systems, args.plot)
-    missing = trl_missing(args.trl_python) if "trl" in systems else None
+    missing = trl_unavailable(args.trl_python) if "trl" in systems else None
     if missing:
         print(f"TRL skipped: {args.trl_python} cannot import trl 1.12.0's PPO trainer ({missing})")
         systems = [s for s in systems if s != "trl"]

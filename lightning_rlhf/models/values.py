@@ -35,10 +35,6 @@ def forward_accepts(model: nn.Module, argument: str) -> bool:
     return argument in _forward_parameters(type(unwrap_peft(model)))
 
 
-def _accepts_position_ids(model: nn.Module) -> bool:
-    return forward_accepts(model, "position_ids")
-
-
 def token_values(value_model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """The head's scalar output at every token.
 
@@ -54,7 +50,7 @@ def token_values(value_model: nn.Module, input_ids: Tensor, attention_mask: Tens
     captured: list[Tensor] = []
     handle = head.register_forward_hook(lambda _m, _i, out: captured.append(out))
     kwargs = {}
-    if _accepts_position_ids(value_model):
+    if forward_accepts(value_model, "position_ids"):
         kwargs["position_ids"] = position_ids_from_mask(attention_mask)
     try:
         value_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)

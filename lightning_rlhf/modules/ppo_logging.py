@@ -48,7 +48,8 @@ def log_iteration(module: LightningModule, metrics: Mapping[str, float]) -> None
         metrics: metric name -> value, identical on every rank.
     """
     trainer = module.trainer
-    values = {name: torch.tensor(float(value)) for name, value in metrics.items()}
+    scalars = {name: float(value) for name, value in metrics.items()}
+    values = {name: torch.tensor(value) for name, value in scalars.items()}
     trainer.callback_metrics.update(values)
     trainer.logged_metrics.update(values)
     if not trainer.loggers or trainer.log_every_n_steps == 0:
@@ -57,7 +58,6 @@ def log_iteration(module: LightningModule, metrics: Mapping[str, float]) -> None
     step = getattr(loop, "_batches_that_stepped", loop.total_batch_idx)  # Lightning's x axis for step metrics
     if (step + 1) % trainer.log_every_n_steps != 0 and not trainer.should_stop:
         return
-    scalars = {name: float(value) for name, value in metrics.items()}
     for logger in trainer.loggers:
         logger.log_metrics(scalars, step=step)
 

@@ -50,22 +50,22 @@ def build_base(root: Path) -> Path:
     return save_tiny_model(root / "base", "llama", tokenizer, seed=0, **MODEL)
 
 
-def run_sft(base: Path, root: Path, epochs: int = 13) -> dict[str, Any]:
+def run_stage(module_class: type, model: Path, stage: str, lr: float, root: Path, epochs: int) -> dict[str, Any]:
+    """Train ``module_class`` from ``model`` on ``stage`` batches, export to ``root/stage``, return its validation."""
     seed_everything(0)
-    module = SFTModule(str(base), optimizer=OptimizerArgs(learning_rate=3e-3, warmup_steps=10, scheduler="constant"))
-    tr = trainer(root, "sft", max_epochs=epochs, callbacks=[HFExportCallback(dirpath=str(root / "sft"))])
-    dm = data(str(base), "sft", root, 32)
+    module = module_class(str(model), optimizer=OptimizerArgs(learning_rate=lr, warmup_steps=10, scheduler="constant"))
+    tr = trainer(root, stage, max_epochs=epochs, callbacks=[HFExportCallback(dirpath=str(root / stage))])
+    dm = data(str(model), stage, root, 32)
     tr.fit(module, datamodule=dm)
     return {k: float(v) for k, v in tr.validate(module, datamodule=dm, verbose=False)[0].items()}
+
+
+def run_sft(base: Path, root: Path, epochs: int = 13) -> dict[str, Any]:
+    return run_stage(SFTModule, base, "sft", 3e-3, root, epochs)
 
 
 def run_reward(sft: Path, root: Path, epochs: int = 13) -> dict[str, Any]:
-    seed_everything(0)
-    module = RewardModule(str(sft), optimizer=OptimizerArgs(learning_rate=1e-3, warmup_steps=10, scheduler="constant"))
-    tr = trainer(root, "reward", max_epochs=epochs, callbacks=[HFExportCallback(dirpath=str(root / "reward"))])
-    dm = data(str(sft), "reward", root, 32)
-    tr.fit(module, datamodule=dm)
-    return {k: float(v) for k, v in tr.validate(module, datamodule=dm, verbose=False)[0].items()}
+    return run_stage(RewardModule, sft, "reward", 1e-3, root, epochs)
 
 
 def run_ppo(sft: Path, reward: Path, root: Path, epochs: int = 3, **overrides: Any) -> dict[str, Any]:
