@@ -39,9 +39,9 @@ def log_iteration(module: LightningModule, metrics: Mapping[str, float]) -> None
     early stopping and callbacks) and ``trainer.logged_metrics``; every ``Trainer(log_every_n_steps=...)``
     iterations (and when the trainer stops) to every logger, at the step Lightning uses for its own curves
     (the count of PPO iterations). That is what ``self.log_dict(on_step=True)`` does, minus its cost: Lightning's
-    result collection spent 0.85 ms of CPU per key per call here (16 ms for a PPO iteration's ~19 curves,
-    10% of a tiny model's iteration on a CPU thread; measured with ``benchmarks/ppo_deepspeed_chat_config.py``),
-    and its cross-rank reduction is already done.
+    result collection took 8-13 ms per call for the 18 PPO curves (0.47-0.73 ms per key; ``python
+    benchmarks/ppo_step_parts.py``, one CPU thread), 6-10% of a ~130 ms tiny-model PPO iteration, and its
+    cross-rank reduction is already done.
 
     Args:
         module: the PPO module (its trainer and loggers are used).

@@ -179,8 +179,8 @@ def skip_lone_allreduce(engine: Any) -> bool:
     """Turn off a ZeRO-0 engine's gradient all-reduce when it is the only data-parallel rank; True if turned off.
 
     Why: with one data-parallel rank DeepSpeed still flattens every gradient into a bucket, all-reduces it
-    over a group of one and copies it back after each backward (3% of a tiny PPO step in the profile behind
-    ``benchmarks/README.md``). Averaging over one rank changes nothing, so the engine's own switch
+    over a group of one and copies it back after each backward (3% of a tiny PPO step in a py-spy profile of
+    ``_common.run_ours`` on the DeepSpeed-Chat benchmark configuration, ZeRO-0, one thread). Averaging over one rank changes nothing, so the engine's own switch
     (``enable_backward_allreduce``) is turned off. Only for ZeRO stage 0 with the client optimizer itself:
     ZeRO stages 1-3 and DeepSpeed's wrapped optimizers (bf16, fp16) move gradients into their partitions or
     fp32 buffers inside the same call, which must still happen.
