@@ -14,13 +14,21 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from lightning_rlhf.strategies.tp_plans import FamilyTPPlan, check_divisible, pattern_regex, resolve_tp_plan
+from lightning_rlhf.strategies.tp_plans import (
+    FamilyTPPlan,
+    Split,
+    check_divisible,
+    layout_modules,
+    pattern_regex,
+    resolve_tp_plan,
+)
 
 _LORA_SEGMENT = re.compile(r"(^|\.)lora_[^.]*(\.|$)")
 
@@ -78,6 +86,7 @@ class _Slot:
     lora_owner: nn.Module | None  # the peft layer whose delta is added (weights only)
     transpose: bool  # GPT-2 Conv1D -> Linear
     blocks: int  # fused [q|k|v] blocks to interleave per rank
+    local_dim: int | None = None  # a bare parameter (attention sinks) sliced along this dim per rank
 
 
 class InferenceReplica:
@@ -108,6 +117,7 @@ class InferenceReplica:
         plan = None
         self._converted: set[str] = set()  # replica modules that were GPT-2 Conv1D layers
         self._blocks: dict[str, int] = {}  # replica modules with fused [q|k|v] outputs
+        self._local_dims: dict[str, int] = {}  # bare parameters sliced per rank
         if self.tp_size > 1:
             check_divisible(self.base.config, self.tp_size)
             plan = resolve_tp_plan(self.base.config, tp_plan)
@@ -138,36 +148,39 @@ class InferenceReplica:
         return replica
 
     def _shard(self, replica: nn.Module, plan: FamilyTPPlan) -> None:
-        from torch.distributed.tensor import Replicate
-        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+        from torch.distributed.tensor.parallel import parallelize_module
 
-        styles = {
-            "colwise": ColwiseParallel, "rowwise": RowwiseParallel, "rowwise_rep": RowwiseParallel,
-            "colwise_rep": lambda: ColwiseParallel(output_layouts=Replicate()),
-            "colwise_gather_output": lambda: ColwiseParallel(output_layouts=Replicate()),
-        }
-        layout: dict[str, object] = {}
         for name, module in list(replica.named_modules()):
             for pattern, attrs in plan.divide.items():
                 if pattern_regex(pattern).search(name):
                     for attr in attrs:
                         setattr(module, attr, getattr(module, attr) // self.tp_size)
-            style = next((s for p, s in plan.styles.items() if pattern_regex(p).search(name)), None)
-            if style is None:
-                continue
-            if type(module).__name__ == "Conv1D":
-                module = _conv1d_to_linear(replica, name, module)
-            if not isinstance(module, (nn.Linear, nn.Embedding)):
-                raise ValueError(f"tensor-parallel plan maps {name!r} ({type(module).__name__}) to {style!r}; "
-                                 f"only nn.Linear, nn.Embedding and transformers Conv1D layers can be split")
-            layout[name] = styles[style]()
-        if not layout:
+        family = getattr(replica.config, "model_type", "?")
+        layout = layout_modules(replica, plan, family)
+        if not layout.splits and not layout.kept_whole:
             raise ValueError(f"the tensor-parallel plan {sorted(plan.styles)} matched no module of "
                              f"{type(replica).__name__}; check the module patterns")
-        parallelize_module(replica, self.tp_mesh, layout)
+        if not layout.splits:
+            warnings.warn(f"tensor parallelism: nothing of {family!r} is split (its plan only names layers kept "
+                          f"whole); every rank of the group holds the whole replica", stacklevel=2)
+        styles = {}
+        for name, split in layout.splits.items():
+            module = replica.get_submodule(name)
+            if type(module).__name__ == "Conv1D":
+                module = _conv1d_to_linear(replica, name, module)
+            styles[name] = parallel_style(split, isinstance(module, nn.Embedding))
+        if styles:
+            parallelize_module(replica, self.tp_mesh, styles)
+        for name, dim in layout.param_shards.items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = replica.get_submodule(owner_name)
+            local = getattr(owner, leaf).chunk(self.tp_size, dim=dim)[self.tp_rank]
+            setattr(owner, leaf, nn.Parameter(torch.empty_like(local), requires_grad=False))
+        self._local_dims = dict(layout.param_shards)
         self._converted = {n for n, m in replica.named_modules() if getattr(m, "_from_conv1d", False)}
         self._blocks = {n: b for n, _ in replica.named_modules() for p, b in plan.fused_blocks.items()
                         if pattern_regex(p).search(n)}
+        self._blocks.update({n: s.packed for n, s in layout.splits.items() if s.packed > 1})
 
     def _copy_tensors(self, replica: nn.Module) -> None:
         """Buffers (rotary frequencies, masks) and plain tensor attributes come from the model as they are."""
@@ -199,7 +212,8 @@ class InferenceReplica:
             owner = modules[module_name.removesuffix(".base_layer")] if module_name.endswith("base_layer") else None
             target_module = target_name.rpartition(".")[0]
             slots.append(_Slot(param, targets[target_name], owner if leaf == "weight" else None,
-                               target_module in converted and leaf == "weight", blocks.get(target_module, 1)))
+                               target_module in converted and leaf == "weight", blocks.get(target_module, 1),
+                               self._local_dims.get(target_name)))
             seen.add(target_name)
         missing = set(targets) - seen
         if missing:
@@ -243,12 +257,30 @@ class InferenceReplica:
             rest = full.shape[1:]
             full = full.reshape(slot.blocks, self.tp_size, -1, *rest).transpose(0, 1).reshape(-1, *rest)
         target = slot.target
+        if slot.local_dim is not None:
+            full = full.chunk(self.tp_size, dim=slot.local_dim)[self.tp_rank]
         placements = getattr(target, "placements", None)
         if placements is not None:
             target = target.to_local()
             if placements[0].is_shard():
                 full = full.chunk(self.tp_size, dim=placements[0].dim)[self.tp_rank]
         target.copy_(full)
+
+
+def parallel_style(split: Split, embedding: bool):
+    """PyTorch's ``ColwiseParallel`` / ``RowwiseParallel`` for one :class:`~.tp_plans.Split`.
+
+    Token ids reach an embedding whole on every rank, so a row-wise (vocabulary-parallel) embedding always
+    takes a replicated input; the default ``Shard(-1)`` would all-gather the ids.
+    """
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    if split.kind == "colwise":
+        return ColwiseParallel(output_layouts=Replicate()) if split.gather_output else ColwiseParallel()
+    if split.replicated_input or embedding:
+        return RowwiseParallel(input_layouts=Replicate())
+    return RowwiseParallel()
 
 
 def _conv1d_to_linear(root: nn.Module, name: str, conv: nn.Module) -> nn.Linear:

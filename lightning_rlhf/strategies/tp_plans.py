@@ -20,11 +20,61 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+import warnings
+from typing import Callable, Literal
 
 from torch import nn
 
-SUPPORTED_STYLES = ("colwise", "rowwise", "colwise_rep", "rowwise_rep", "colwise_gather_output")
+
+
+@dataclass(frozen=True)
+class Split:
+    """How the replica splits one ``nn.Linear`` / ``nn.Embedding`` over the tensor-parallel group.
+
+    Attributes:
+        kind: ``colwise`` shards the output features (PyTorch's ``ColwiseParallel``), ``rowwise`` the input
+            features (``RowwiseParallel``, outputs summed across ranks); embeddings: vocabulary rows for
+            ``rowwise``, hidden columns for ``colwise``.
+        replicated_input: the input arrives whole on every rank (rowwise only: each rank takes its slice).
+        gather_output: the output is gathered back to full width (colwise only).
+        packed: equal blocks stacked along the output features (``[gate | up]``), each split per rank.
+    """
+
+    kind: Literal["colwise", "rowwise"]
+    replicated_input: bool = False
+    gather_output: bool = False
+    packed: int = 1
+
+
+#: transformers' style names (``base_model_tp_plan`` values) that the replica splits, and how.
+SPLITS: dict[str, Split] = {
+    "colwise": Split("colwise"),
+    "colwise_rep": Split("colwise", gather_output=True),
+    "colwise_gather_output": Split("colwise", gather_output=True),
+    "rowwise": Split("rowwise"),
+    "rowwise_rep": Split("rowwise", replicated_input=True),
+    "rowwise_split_input": Split("rowwise", replicated_input=True),
+    "embedding_rowwise": Split("rowwise", replicated_input=True),
+    "embedding_colwise": Split("colwise", gather_output=True),
+    "packed_colwise": Split("colwise", packed=2),
+}
+
+#: Styles that keep a module's weights whole on every rank in a forward pass: they only add a gradient
+#: all-reduce (q/k norms over one head), mark a full copy, or run a module with its local shards.
+KEPT_WHOLE: frozenset[str] = frozenset({"replicated_with_grad_allreduce", "replicate", "local_params"})
+
+#: Styles of transformers 5.x that the replica deliberately does not split (kept whole, with one warning): mixture-
+#: of-experts layers (their experts are 3-D parameters, not linear layers), DeepSeek's MLA down-projection (its
+#: output is split between two consumers), packed row-wise expert weights, and the all-reduce that goes with them.
+NOT_SPLIT: frozenset[str] = frozenset({
+    "moe_tp_experts", "moe_identity_expert", "packed_rowwise", "mla_kv_a_proj", "all_reduce", "sequence_parallel",
+    "grouped_gemm", "ep_dispatch_experts",
+})
+
+#: Every style name this module understands; anything else in a transformers plan is kept whole too, with a warning.
+KNOWN_STYLES: frozenset[str] = frozenset(SPLITS) | KEPT_WHOLE | NOT_SPLIT
+
+_WARNED: set[tuple[str, str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -32,8 +82,9 @@ class FamilyTPPlan:
     """How to split one model family across a tensor-parallel group.
 
     Attributes:
-        styles: module pattern (relative to any prefix, ``*`` = layer index) -> style, one of
-            :data:`SUPPORTED_STYLES`.
+        styles: module (or bare parameter) pattern (relative to any prefix, ``*`` = layer index) -> style, a
+            key of :data:`SPLITS` or :data:`KEPT_WHOLE`; in a plan shipped by transformers, any other style
+            keeps that module whole (see :func:`layout_modules`).
         divide: module pattern -> names of integer attributes divided by the TP size on that module.
         fused_blocks: module pattern -> number of equal blocks stacked along the output dimension.
         prepare: ``prepare(replica, tp_rank, tp_size)`` run once after sharding, for family quirks.
@@ -148,12 +199,85 @@ def resolve_tp_plan(config, tp_plan: dict[str, str] | None = None) -> FamilyTPPl
             f"'layers.*.self_attn.o_proj': 'rowwise', ...}} (query/key/value and the first MLP projection "
             f"colwise, the attention output and the second MLP projection rowwise)."
         )
-    bad = {k: v for k, v in plan.styles.items() if v not in SUPPORTED_STYLES}
-    if bad:
+    bad = {k: v for k, v in plan.styles.items() if v not in KNOWN_STYLES}
+    if bad and tp_plan is not None:  # the user's own plan: a typo must not pass silently
         raise ValueError(
-            f"unsupported tensor-parallel styles {bad} in the plan for {family!r}; supported: {SUPPORTED_STYLES}"
+            f"unsupported tensor-parallel styles {bad} in the tp_plan for {family!r}; supported: "
+            f"{sorted(KNOWN_STYLES)}"
         )
     return plan
+
+
+@dataclass
+class ModuleLayout:
+    """Which modules and bare parameters of one model the replica splits (see :func:`layout_modules`).
+
+    Attributes:
+        splits: module name -> how it is split.
+        param_shards: bare parameter name (attention sinks, per-head biases) -> dimension sliced per rank.
+        kept_whole: module name -> the unknown style that left it (and everything under it) whole.
+    """
+
+    splits: dict[str, Split] = field(default_factory=dict)
+    param_shards: dict[str, int] = field(default_factory=dict)
+    kept_whole: dict[str, str] = field(default_factory=dict)
+
+
+def _style_of(name: str, compiled: list[tuple[re.Pattern, str, str]]) -> tuple[str, str] | None:
+    return next(((pattern, style) for regex, pattern, style in compiled if regex.search(name)), None)
+
+
+def layout_modules(model: nn.Module, plan: FamilyTPPlan, family: str = "?") -> ModuleLayout:
+    """Match ``plan`` against ``model``'s modules and parameters; no process group needed (runs on ``meta``).
+
+    Why not fail on a style we do not know: transformers adds styles in minor releases (``embedding_rowwise``
+    in 5.24, MoE and MLA styles). A module left whole on every rank computes the same output from the same
+    input, so generation stays exact; only its memory is not divided. Each such (family, module, style) is
+    warned about once.
+
+    Raises:
+        ValueError: a style maps a module that is not a linear, embedding or GPT-2 ``Conv1D`` layer.
+    """
+    compiled = [(pattern_regex(p), p, s) for p, s in plan.styles.items()]
+    layout = ModuleLayout()
+    whole: list[str] = []
+    under_whole = lambda name: any(name.startswith(f"{w}.") for w in whole)  # noqa: E731
+    for name, module in model.named_modules():
+        match = _style_of(name, compiled) if name and not under_whole(name) else None
+        if match is None or match[1] in KEPT_WHOLE:
+            continue
+        pattern, style = match
+        if style not in SPLITS:
+            layout.kept_whole[name] = style
+            whole.append(name)
+            _warn_kept_whole(family, pattern, style)
+            continue
+        if not isinstance(module, (nn.Linear, nn.Embedding)) and type(module).__name__ != "Conv1D":
+            raise ValueError(f"tensor-parallel plan maps {name!r} ({type(module).__name__}) to {style!r}; "
+                             f"only nn.Linear, nn.Embedding and transformers Conv1D layers can be split")
+        layout.splits[name] = SPLITS[style]
+    for name, _ in model.named_parameters():
+        owner = name.rpartition(".")[0]
+        match = _style_of(name, compiled) if not under_whole(name) and owner not in layout.splits else None
+        if match is None or match[1] in KEPT_WHOLE:
+            continue
+        if match[1] not in SPLITS:
+            _warn_kept_whole(family, match[0], match[1])
+            continue
+        layout.param_shards[name] = 0 if SPLITS[match[1]].kind == "colwise" else -1
+    return layout
+
+
+def _warn_kept_whole(family: str, pattern: str, style: str) -> None:
+    if (family, pattern, style) in _WARNED:
+        return
+    _WARNED.add((family, pattern, style))
+    warnings.warn(
+        f"tensor parallelism: {family!r} module {pattern!r} has style {style!r}, which lightning-rlhf does not "
+        f"split; it stays whole on every rank (generation is exact, its memory is not divided). Pass "
+        f"tp_plan=... to split it yourself.",
+        stacklevel=3,
+    )
 
 
 def check_divisible(config, tp_size: int) -> None:

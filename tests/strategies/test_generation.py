@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,16 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from lightning_rlhf.strategies.generation import GenerationStats, generation_mode, release_replica
 from lightning_rlhf.strategies.tensor_parallel import replica_name
-from lightning_rlhf.strategies.tp_plans import OUR_PLANS, check_divisible, resolve_tp_plan
+from lightning_rlhf.strategies.tp_plans import (
+    KNOWN_STYLES,
+    OUR_PLANS,
+    FamilyTPPlan,
+    check_divisible,
+    layout_modules,
+    resolve_tp_plan,
+)
 from tests.helpers.distributed import run_distributed
+from tests.helpers.families import save_tiny_family, tiny_family_config
 
 SCRIPTS = Path(__file__).parent / "scripts"
 SIZES = dict(hidden_size=64, num_layers=2, num_heads=4)
@@ -49,15 +58,74 @@ def test_zero3_generation_matches_unsharded_copy(tiny_model_factory):
     assert passed_cases(proc.stdout) == cases, proc.stdout
 
 
+#: One family per transformers plan style (beyond llama's colwise/rowwise), generated with TP 2 under ZeRO-3.
+STYLE_FAMILIES = {
+    "qwen3": "replicated_with_grad_allreduce (q/k norms kept whole)",
+    "olmo2": "colwise_gather_output + rowwise_split_input",
+    "phi3": "colwise_gather_output on a fused qkv / gate_up projection",
+    "granite_swa": "local_params + a bare 'sinks' parameter sliced per rank",
+    "qwen3_moe": "moe_tp_experts + packed_colwise expert parameters (kept whole)",
+    "llama4_text": "packed_rowwise experts (kept whole)",
+    "deepseek_v2": "mla_kv_a_proj (kept whole)",
+}
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_tensor_parallel_plans_of_other_families(tiny_model_factory, tiny_tokenizer, tmp_path):
-    """Our BLOOM (ALiBi sliced per rank) and GPT-J plans and transformers' GPT-NeoX plan, with LoRA, TP 2."""
+    """Our BLOOM (ALiBi sliced per rank) and GPT-J plans, transformers' GPT-NeoX plan (embedding_rowwise) with
+    LoRA, and one family per other style transformers plans use: TP 2 generates what a plain copy generates."""
     paths = [save_family(tmp_path / f"{family}-causal_lm", family, tiny_tokenizer) for family in ("bloom", "gptj")]
     paths.append(tiny_model_factory("gpt_neox", **SIZES))
-    cases = ["bloom:2:lora", "gptj:2:lora", "gpt_neox:2:lora"]
+    paths += [save_tiny_family(tmp_path / f"{family}-causal_lm", family, tiny_tokenizer) for family in STYLE_FAMILIES]
+    cases = ["bloom:2:lora", "gptj:2:lora", "gpt_neox:2:lora"] + [f"{family}:2:plain" for family in STYLE_FAMILIES]
     proc = run_distributed(SCRIPTS / "generation_worker.py", ",".join(cases), *paths)
     assert passed_cases(proc.stdout) == cases, proc.stdout
+
+
+def test_every_shipped_tp_plan_translates():
+    """Every family of the installed transformers that ships a ``base_model_tp_plan`` maps onto our styles.
+
+    Styles are checked for all of them; where the family has a causal LM, its plan is also laid onto the model
+    (built on ``meta``, so no memory): every split lands on a linear or embedding layer. A style added by a
+    newer transformers fails here first (``scripts/test_latest.sh``) while users only get a warning.
+    """
+    from transformers import CONFIG_MAPPING
+
+    laid, unknown = 0, {}
+    for family, config_class in CONFIG_MAPPING.items():
+        plan = getattr(config_class, "base_model_tp_plan", None)
+        if not plan:
+            continue
+        unknown.update({f"{family}:{k}": v for k, v in plan.items() if v not in KNOWN_STYLES})
+        config = config_class()
+        try:
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config)
+        except Exception:  # noqa: BLE001 - a multimodal sub-config without a causal-LM class, or defaults that
+            continue       # do not build alone; its styles were checked above
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            layout = layout_modules(model, resolve_tp_plan(config), family)
+        assert layout.splits or layout.kept_whole, family
+        laid += 1
+    assert not unknown, f"styles this lightning-rlhf does not know: {unknown}"
+    assert laid >= 100, laid
+
+
+def test_unknown_style_keeps_the_module_whole_with_one_warning(tiny_tokenizer):
+    config = tiny_family_config("llama", tiny_tokenizer)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    plan = FamilyTPPlan({**config.base_model_tp_plan, "layers.*.mlp": "future_style"})
+    with pytest.warns(UserWarning, match=r"'llama' module 'layers.\*.mlp' has style 'future_style'") as caught:
+        layout = layout_modules(model, plan, "llama")
+    assert len(caught) == 1, "one warning per family, module pattern and style, not one per layer"
+    assert set(layout.kept_whole) == {"model.layers.0.mlp", "model.layers.1.mlp"}
+    assert "model.layers.0.mlp.down_proj" not in layout.splits, "nothing is split inside a module kept whole"
+    assert layout.splits["model.layers.0.self_attn.o_proj"].kind == "rowwise"
+    with pytest.raises(ValueError, match="unsupported tensor-parallel styles .*future_style"):
+        resolve_tp_plan(config, {"layers.*.mlp": "future_style"})  # the user's own plan: a typo fails
 
 
 def left_padded_prompts(vocab: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,6 +180,7 @@ def test_tp_plan_resolution_and_clear_errors(tiny_tokenizer):
     assert custom.styles == {"h.*.mlp.c_fc": "colwise", "h.*.mlp.c_proj": "rowwise"}
     with pytest.raises(ValueError, match="unsupported tensor-parallel styles"):
         resolve_tp_plan(AutoConfig.for_model("gpt_neo"), {"h.*.mlp.c_fc": "diagonal"})
+    assert resolve_tp_plan(AutoConfig.for_model("gpt_neox")).styles["embed_in"] == "embedding_rowwise"
     with pytest.raises(ValueError, match="num_attention_heads=4 is not divisible by inference_tp_size=3"):
         check_divisible(tiny_config("llama", tiny_tokenizer, hidden_size=48, num_heads=4), 3)
 
