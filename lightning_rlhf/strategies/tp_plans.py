@@ -171,6 +171,13 @@ def pattern_regex(pattern: str) -> re.Pattern:
     return re.compile(rf"(^|\.){body}$")
 
 
+def shipped_plan(config) -> dict[str, str]:
+    """transformers' plan for ``config``, with its text sub-config's (a multimodal config's own plan names only
+    its projector, while its causal LM runs the text layers)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return {**(getattr(text, "base_model_tp_plan", None) or {}), **(getattr(config, "base_model_tp_plan", None) or {})}
+
+
 def resolve_tp_plan(config, tp_plan: dict[str, str] | None = None) -> FamilyTPPlan:
     """The plan for a model with ``config``: the user's, ours for the family, or the one transformers ships.
 
@@ -189,8 +196,8 @@ def resolve_tp_plan(config, tp_plan: dict[str, str] | None = None) -> FamilyTPPl
             plan = FamilyTPPlan(dict(tp_plan), ours.divide, ours.fused_blocks, ours.prepare)
     elif family in OUR_PLANS:
         plan = OUR_PLANS[family]
-    elif getattr(config, "base_model_tp_plan", None):
-        plan = FamilyTPPlan(styles=dict(config.base_model_tp_plan))
+    elif shipped_plan(config):
+        plan = FamilyTPPlan(styles=shipped_plan(config))
     else:
         raise ValueError(
             f"no tensor-parallel plan for model family {family!r}: transformers ships none and lightning-rlhf "
