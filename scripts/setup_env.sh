@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # Create (or reuse) a virtual environment in $VENV (default .venv) with the CPU build of torch
-# pinned first, so pip never pulls a multi-GB CUDA build, then install this package with its extras.
+# pinned first, so pip never pulls a multi-GB CUDA build, then install this package with its extras
+# at the versions the suite last passed with (constraints.txt, the lock; the package itself keeps ranges
+# for its users). CONSTRAINTS= (empty) resolves the newest releases the ranges allow instead
+# (scripts/test_latest.sh does that). SLOW_TIER=0 skips the real-model slow tier's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 EXTRAS="${EXTRAS:-dev}"
+CONSTRAINTS="${CONSTRAINTS-constraints.txt}"
+PIN=()
+if [ -n "$CONSTRAINTS" ]; then
+    PIN=(-c "$CONSTRAINTS")
+fi
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q --upgrade "${PIN[@]}" pip
 "$VENV/bin/python" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-"$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+"$VENV/bin/python" -m pip install -q "${PIN[@]}" -e ".[$EXTRAS]"
+if [ "${SLOW_TIER:-1}" = 1 ] && [ -f scripts/install_slow_tier.sh ]; then
+    VENV="$VENV" CONSTRAINTS="$CONSTRAINTS" bash scripts/install_slow_tier.sh
+fi
