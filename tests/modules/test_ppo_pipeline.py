@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lightning_rlhf.modules.ppo import PPO_TAGS
+from tests.helpers.seeds import SEEDS, median_over_seeds
 from tests.modules.test_ppo import read_events
 
 SCRIPT = Path(__file__).parent / "scripts" / "ppo_pipeline.py"
@@ -26,24 +27,33 @@ def load_pipeline():
 
 @pytest.mark.slow
 def test_ppo_lifts_heldout_reward_and_task_success_above_sft(tmp_path):
+    """SFT and reward once (their own learning claims are tested over seeds in test_sft / test_reward), then PPO
+    from that start on three seeds: the median lift must clear thresholds set from the measured seed spread."""
     pipeline = load_pipeline()
     sft = pipeline.run_sft(pipeline.build_base(tmp_path), tmp_path)
     reward = pipeline.run_reward(tmp_path / "sft" / "final", tmp_path)
-    ppo = pipeline.run_ppo(tmp_path / "sft" / "final", tmp_path / "reward" / "final", tmp_path)
-    before, after = ppo["before"], ppo["after"]
-    print(f"SFT val loss {sft['val/loss']:.3f}; reward held-out accuracy {reward['val/accuracy']:.3f}; "
-          f"PPO held-out reward {before['val/reward_mean']:.2f} -> {after['val/reward_mean']:.2f}, "
-          f"task success {before['val/task_success']:.3f} -> {after['val/task_success']:.3f}")
+    print(f"SFT val loss {sft['val/loss']:.3f}; reward held-out accuracy {reward['val/accuracy']:.3f}")
     assert reward["val/accuracy"] >= 0.9
-    assert after["val/task_success"] >= before["val/task_success"] + 0.2
-    assert after["val/reward_mean"] >= before["val/reward_mean"] + 1.0
+    runs = {seed: pipeline.run_ppo(tmp_path / "sft" / "final", tmp_path / "reward" / "final",
+                                   tmp_path / f"ppo-seed{seed}", seed=seed) for seed in SEEDS}
+    lift = lambda key: lambda seed: runs[seed]["after"][key] - runs[seed]["before"][key]  # noqa: E731
+    success_lift = median_over_seeds("PPO lift of held-out task success", lift("val/task_success"))
+    reward_lift = median_over_seeds("PPO lift of held-out reward", lift("val/reward_mean"))
+    print("task success before PPO:", runs[0]["before"]["val/task_success"])
+    assert success_lift >= 0.15
+    assert reward_lift >= 1.0
 
-    events = read_events(ppo["log_dir"])
-    expected = set(PPO_TAGS) | {"ppo/task_success", "val/reward_mean", "val/task_success"}
-    assert expected <= set(events.Tags()["scalars"]), sorted(expected - set(events.Tags()["scalars"]))
-    kl = [e.value for e in events.Scalars("ppo/kl")]
-    assert len(kl) == len(events.Scalars("ppo/reward_mean")) >= 60  # one point per PPO iteration
-    assert max(kl) < 3.0 and sum(kl[-20:]) / 20 < 1.5, f"KL not bounded: {kl}"
-    success = [e.value for e in events.Scalars("ppo/task_success")]
-    assert sum(success[-20:]) / 20 > sum(success[:5]) / 5 + 0.1  # the sampled rollouts improve too
-    assert (tmp_path / "ppo" / "final" / "model.safetensors").exists()  # the PPO actor, exported
+    for seed, ppo in runs.items():
+        events = read_events(ppo["log_dir"])
+        expected = set(PPO_TAGS) | {"ppo/task_success", "val/reward_mean", "val/task_success"}
+        assert expected <= set(events.Tags()["scalars"]), sorted(expected - set(events.Tags()["scalars"]))
+        kl = [e.value for e in events.Scalars("ppo/kl")]
+        assert len(kl) == len(events.Scalars("ppo/reward_mean")) >= 60  # one point per PPO iteration
+        assert max(kl) < 3.0 and sum(kl[-20:]) / 20 < 1.5, f"seed {seed}: KL not bounded: {kl}"
+        assert (tmp_path / f"ppo-seed{seed}" / "ppo" / "final" / "model.safetensors").exists()  # exported actor
+
+    def rollout_success_gain(seed: int) -> float:
+        success = [e.value for e in read_events(runs[seed]["log_dir"]).Scalars("ppo/task_success")]
+        return sum(success[-20:]) / 20 - sum(success[:5]) / 5
+
+    assert median_over_seeds("sampled rollouts' task success, last 20 - first 5", rollout_success_gain) > 0.1

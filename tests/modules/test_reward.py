@@ -14,6 +14,7 @@ from lightning_rlhf.callbacks import HFExportCallback
 from lightning_rlhf.models import LoraArgs, sequence_scores
 from lightning_rlhf.modules import OptimizerArgs, RewardModule
 from lightning_rlhf.modules.reward import stack_pairs
+from tests.helpers.seeds import median_over_seeds
 from tests.models.fixtures import random_batches, task_tokenizer, tiny_folder
 
 HH_RLHF = Path("/work/shared/data/hh-rlhf-harmless-base-test-a.jsonl.gz")
@@ -72,8 +73,8 @@ def test_fit_logs_metrics_and_exports_stats_and_matching_scores(tmp_path):
             module(batch["chosen_input_ids"], batch["chosen_attention_mask"]), atol=1e-5, rtol=0)
 
 
-def _fit_reward(tmp_path, data, steps: int, lr: float, model: Path | None = None, **sizes) -> dict:
-    seed_everything(0)
+def _fit_reward(tmp_path, data, steps: int, lr: float, model: Path | None = None, seed: int = 0, **sizes) -> dict:
+    seed_everything(seed)
     module = RewardModule(str(model or tiny_folder(tmp_path, **sizes)), tokenizer=data.tokenizer,
                           optimizer=OptimizerArgs(learning_rate=lr, warmup_steps=10))
     trainer = _trainer(tmp_path, max_steps=steps, check_val_every_n_epoch=1000)
@@ -83,6 +84,7 @@ def _fit_reward(tmp_path, data, steps: int, lr: float, model: Path | None = None
 
 @pytest.mark.slow
 def test_reward_model_on_builtin_task_reaches_90_percent_heldout_accuracy(tmp_path):
+    """Median over seeds (model initialisation and data order) of the held-out pair accuracy."""
     from lightning_rlhf.data import PreferenceDataModule
 
     from lightning_rlhf.data.task import default_task
@@ -90,14 +92,17 @@ def test_reward_model_on_builtin_task_reaches_90_percent_heldout_accuracy(tmp_pa
 
     records = default_task().records(2000)
     tokenizer = train_tokenizer([r["prompt"] + r[k] for k in ("chosen", "rejected") for r in records], vocab_size=300)
-    model = save_tiny_model(tmp_path / "rm-init", "llama", tokenizer, hidden_size=64, num_layers=2, num_heads=4)
     data = PreferenceDataModule(tokenizer, stage="reward", task_size=2000, batch_size=16, eval_fraction=0.1,
                                 max_length=64, max_prompt_length=32, cache_dir=str(tmp_path / "cache"))
-    # lr 5e-4: at 1e-3 the outcome hung on float rounding (1.000 with foreach AdamW, 0.850 with the fused
-    # kernel, whose updates differ from foreach only in rounding); at 5e-4 both pass (1.000 / 0.950)
-    metrics = _fit_reward(tmp_path, data, steps=900, lr=5e-4, model=model)
-    print(f"built-in task reward model: held-out accuracy {metrics['val/accuracy']:.3f}, margin {metrics['val/margin']:.2f}")
-    assert metrics["val/accuracy"] >= 0.9
+
+    def accuracy(seed: int) -> float:
+        model = save_tiny_model(tmp_path / f"rm-init-{seed}", "llama", tokenizer, seed=seed, hidden_size=64,
+                                num_layers=2, num_heads=4)
+        metrics = _fit_reward(tmp_path, data, steps=900, lr=5e-4, model=model, seed=seed)
+        print(f"seed {seed}: held-out accuracy {metrics['val/accuracy']:.3f}, margin {metrics['val/margin']:.2f}")
+        return metrics["val/accuracy"]
+
+    assert median_over_seeds("built-in task reward model, held-out accuracy", accuracy) >= 0.9
 
 
 @pytest.mark.slow

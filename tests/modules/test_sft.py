@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from lightning_rlhf.callbacks import HFExportCallback
 from lightning_rlhf.models import LoraArgs
 from lightning_rlhf.modules import OptimizerArgs, SFTModule
+from tests.helpers.seeds import median_over_seeds
 from tests.models.fixtures import random_batches, task_tokenizer, tiny_folder
 
 
@@ -69,17 +70,22 @@ def test_lora_sft_trains_only_adapters_and_exports_merged(tmp_path):
 
 
 def test_sft_on_builtin_task_cuts_eval_perplexity(tmp_path):
+    """Median over seeds of the eval perplexity ratio before / after 120 steps (measured 300-800x, see below)."""
     from lightning_rlhf.data import PreferenceDataModule
 
-    seed_everything(0)
     tokenizer = task_tokenizer()
     data = PreferenceDataModule(tokenizer, stage="sft", task_size=2000, batch_size=16, eval_fraction=0.1,
                                 max_length=64, max_prompt_length=32, cache_dir=str(tmp_path / "cache"))
-    module = SFTModule(str(tiny_folder(tmp_path, hidden_size=64, num_heads=4)), tokenizer=tokenizer,
-                       optimizer=OptimizerArgs(learning_rate=3e-3, warmup_steps=10))
-    trainer = _trainer(tmp_path, max_steps=120, num_sanity_val_steps=0, check_val_every_n_epoch=1000)
-    before = trainer.validate(module, datamodule=data, verbose=False)[0]["val/perplexity"]
-    trainer.fit(module, datamodule=data)
-    after = trainer.validate(module, datamodule=data, verbose=False)[0]["val/perplexity"]
-    print(f"SFT eval perplexity {before:.1f} -> {after:.2f}")
-    assert after < before / 20
+
+    def perplexity_cut(seed: int) -> float:
+        seed_everything(seed)
+        module = SFTModule(str(tiny_folder(tmp_path, seed=seed, hidden_size=64, num_heads=4)), tokenizer=tokenizer,
+                           optimizer=OptimizerArgs(learning_rate=3e-3, warmup_steps=10))
+        trainer = _trainer(tmp_path, max_steps=120, num_sanity_val_steps=0, check_val_every_n_epoch=1000)
+        before = trainer.validate(module, datamodule=data, verbose=False)[0]["val/perplexity"]
+        trainer.fit(module, datamodule=data)
+        after = trainer.validate(module, datamodule=data, verbose=False)[0]["val/perplexity"]
+        print(f"seed {seed}: SFT eval perplexity {before:.1f} -> {after:.2f}")
+        return before / after
+
+    assert median_over_seeds("SFT eval perplexity cut (before / after)", perplexity_cut) > 20

@@ -68,9 +68,9 @@ def run_reward(sft: Path, root: Path, epochs: int = 13) -> dict[str, Any]:
     return run_stage(RewardModule, sft, "reward", 1e-3, root, epochs)
 
 
-def run_ppo(sft: Path, reward: Path, root: Path, epochs: int = 3, **overrides: Any) -> dict[str, Any]:
+def run_ppo(sft: Path, reward: Path, root: Path, epochs: int = 3, seed: int = 0, **overrides: Any) -> dict[str, Any]:
     """Validate the SFT policy, train PPO for ``epochs`` passes over the prompts (28 rollouts each), validate again."""
-    seed_everything(0)
+    seed_everything(seed)
     module = PPOModule(actor=str(sft), reward_model=str(reward), **{**tiny_ppo_settings(), **overrides})
     dm = data(str(sft), "ppo", root, TINY_PPO_ROLLOUT_SIZE)
     tr = trainer(root, "ppo", max_epochs=epochs,
