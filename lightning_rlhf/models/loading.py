@@ -29,6 +29,9 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from lightning_rlhf.models.zero3 import num_embeddings, partition_aware_loading, resize_embeddings
+from lightning_rlhf.models.zero3 import zero3_loading  # noqa: F401  (re-exported: modules and strategy use it)
+
 # LoRA targets when ``target_modules="auto"``: the attention projections DeepSpeed-Chat and peft's own
 # defaults use for each family.
 LORA_TARGETS: dict[str, list[str]] = {
@@ -172,8 +175,8 @@ def _from_pretrained(auto_cls: Any, path: str, config: PretrainedConfig, torch_d
 def _resize_for_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None) -> None:
     if tokenizer is None:
         return
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
+    if len(tokenizer) > num_embeddings(model):
+        resize_embeddings(model, len(tokenizer))
     if tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
@@ -260,13 +263,14 @@ def load_causal_lm(
         trust_remote_code: allow custom modelling code from the folder (off by default).
         tokenizer: if given, embeddings are resized to its length and its pad id written to the config.
     """
-    if isinstance(path_or_model, PreTrainedModel):
-        model = path_or_model
-    else:
-        path = str(path_or_model)
-        config = _load_config(path, dropout, trust_remote_code)
-        model = _from_pretrained(AutoModelForCausalLM, path, config, torch_dtype, trust_remote_code)
-    _resize_for_tokenizer(model, tokenizer)
+    with partition_aware_loading():  # under any open zero.Init, whoever opened it
+        if isinstance(path_or_model, PreTrainedModel):
+            model = path_or_model
+        else:
+            path = str(path_or_model)
+            config = _load_config(path, dropout, trust_remote_code)
+            model = _from_pretrained(AutoModelForCausalLM, path, config, torch_dtype, trust_remote_code)
+        _resize_for_tokenizer(model, tokenizer)
     return _finish(model, lora, gradient_checkpointing, dropout, trainable_head=None)
 
 
@@ -294,20 +298,25 @@ def load_value_model(
         trust_remote_code: allow custom modelling code from the folder (off by default).
         tokenizer: if given, embeddings are resized to its length and its pad id written to the config.
     """
-    if isinstance(path_or_model, PreTrainedModel):
-        model = path_or_model
-    else:
-        path = str(path_or_model)
-        config = _load_config(path, dropout, trust_remote_code, num_labels=1)
-        fresh_head = not any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
-        with _quiet_transformers(fresh_head):  # its "score.weight MISSING" report is expected here
-            model = _from_pretrained(AutoModelForSequenceClassification, path, config, torch_dtype, trust_remote_code)
-        if fresh_head:
-            _zero_head(model)
-    if model.config.num_labels != 1:
-        raise ValueError(f"value model must have num_labels=1, got {model.config.num_labels}")
-    _resize_for_tokenizer(model, tokenizer)
+    with partition_aware_loading():  # under any open zero.Init, whoever opened it
+        if isinstance(path_or_model, PreTrainedModel):
+            model = path_or_model
+        else:
+            model = _load_value_folder(str(path_or_model), dropout, torch_dtype, trust_remote_code)
+        if model.config.num_labels != 1:
+            raise ValueError(f"value model must have num_labels=1, got {model.config.num_labels}")
+        _resize_for_tokenizer(model, tokenizer)
     return _finish(model, lora, gradient_checkpointing, dropout, trainable_head=value_head_name(model))
+
+
+def _load_value_folder(path: str, dropout: float | None, torch_dtype: Any, trust: bool) -> PreTrainedModel:
+    config = _load_config(path, dropout, trust, num_labels=1)
+    fresh_head = not any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+    with _quiet_transformers(fresh_head):  # its "score.weight MISSING" report is expected here
+        model = _from_pretrained(AutoModelForSequenceClassification, path, config, torch_dtype, trust)
+    if fresh_head:
+        _zero_head(model)
+    return model
 
 
 @contextmanager
@@ -331,38 +340,6 @@ def _zero_head(model: PreTrainedModel) -> None:
     with context, torch.no_grad():
         for param in params:
             param.zero_()
-
-
-@contextmanager
-def zero3_loading(deepspeed_config: dict[str, Any] | None) -> Iterator[None]:
-    """Let ``from_pretrained`` build and load models partitioned, for a ZeRO-3 ``deepspeed_config``.
-
-    Inside Lightning's ``configure_model`` under ZeRO-3 every new parameter is partitioned as it is created
-    (``deepspeed.zero.Init``); ``from_pretrained`` then has to initialise and load weights through
-    DeepSpeed's gather API, which transformers does only while a ``HfDeepSpeedConfig`` is registered.
-    This registers one for the block (no-op when the config is not ZeRO-3).
-    """
-    stage = ((deepspeed_config or {}).get("zero_optimization") or {}).get("stage", 0)
-    if stage != 3:
-        yield
-        return
-    from transformers.integrations.deepspeed import (
-        HfDeepSpeedConfig,
-        is_deepspeed_zero3_enabled,
-        unset_hf_deepspeed_config,
-    )
-
-    if is_deepspeed_zero3_enabled():  # already registered by an enclosing block (e.g. the strategy's)
-        yield
-        return
-    config = dict(deepspeed_config)
-    config.setdefault("train_micro_batch_size_per_gpu", 1)
-    keep_alive = HfDeepSpeedConfig(config)  # transformers holds only a weak reference
-    try:
-        yield
-    finally:
-        del keep_alive
-        unset_hf_deepspeed_config()
 
 
 def unwrap_peft(model: nn.Module) -> nn.Module:

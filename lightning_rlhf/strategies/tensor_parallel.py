@@ -121,7 +121,8 @@ class InferenceReplica:
         if self.tp_size > 1:
             check_divisible(self.base.config, self.tp_size)
             plan = resolve_tp_plan(self.base.config, tp_plan)
-        self.module = self._build(plan)
+        with torch.inference_mode(False):  # see refresh: no inference tensors in the replica, even under validate
+            self.module = self._build(plan)
         self.slots = self._map_parameters(plan)
         self.groups = self._gather_groups()
         del self.base
@@ -234,9 +235,14 @@ class InferenceReplica:
         return [grouped[k] for k in sorted(grouped)]
 
     # -- refresh ------------------------------------------------------------------------------------
+    @torch.inference_mode(False)
     @torch.no_grad()
     def refresh(self) -> None:
-        """Copy the model's current weights (LoRA merged) into the replica, gathering ZeRO-3 shards by groups."""
+        """Copy the model's current weights (LoRA merged) into the replica, gathering ZeRO-3 shards by groups.
+
+        Always outside ``torch.inference_mode``: Lightning validates under it by default, and a replica built or
+        refreshed there would hold inference tensors that no later refresh (during ``fit``) may update in place.
+        """
         for group in self.groups:
             params = [s.source for s in group]
             params += [p for s in group if s.lora_owner is not None for p in s.lora_owner.parameters()

@@ -161,6 +161,23 @@ def test_single_process_lora_generation_and_forward(tiny_model_factory):
     release_replica(model)
 
 
+def test_replica_built_under_inference_mode_refreshes_outside_it(tiny_model_factory):
+    """Lightning's ``validate`` runs under ``torch.inference_mode`` (its default); a replica first built there
+    must still follow an optimizer step when ``fit`` refreshes it outside (no inference tensors in it)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama", **SIZES))
+    ids, mask = left_padded_prompts(model.config.vocab_size, model.config.pad_token_id)
+    with torch.inference_mode(), generation_mode(model) as policy:
+        policy.generate(ids, mask, max_new_tokens=3, do_sample=False)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)  # stands in for an optimizer step
+    with generation_mode(model) as policy:
+        logits = policy(ids, mask).logits
+        assert not any(p.is_inference() for p in policy.module.parameters())
+    expected = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(logits[mask.bool()], expected[mask.bool()], atol=1e-5)
+    release_replica(model)
+
+
 def test_replica_names_strip_peft_wrappers():
     assert replica_name("model.layers.0.self_attn.q_proj.base_layer.weight") == "model.layers.0.self_attn.q_proj.weight"
     assert replica_name("model.layers.0.self_attn.q_proj.lora_A.default.weight") is None
