@@ -39,6 +39,7 @@ from lightning_rlhf.strategies.checkpoint import (
     save_lightning_state,
     staging_path,
 )
+from lightning_rlhf.strategies.engine_steps import apply_module_clipping
 from lightning_rlhf.strategies.engines import EnginePlan, inference_config, plan_engines, skip_lone_allreduce
 from lightning_rlhf.strategies.generation import GenerationStats
 
@@ -112,6 +113,8 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
                 "tp_gather_partition_size, release_inference_cache, offload_frozen_models, generation_backend, "
                 "engine_configs, tp_plan and process_group_timeout_s."
             ) from err
+        # Lightning writes gradient_clipping into the config later; remember whether the user set it
+        self._explicit_clipping = "gradient_clipping" in (self.config or {})
         self.inference_tp_size = inference_tp_size
         self.tp_gather_partition_size = tp_gather_partition_size
         self.release_inference_cache = release_inference_cache
@@ -169,6 +172,12 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         for proc in getattr(self.launcher, "procs", None) or []:
             if proc.poll() is None:
                 proc.kill()
+
+    @override
+    def _format_batch_size_and_grad_accum_config(self) -> None:
+        super()._format_batch_size_and_grad_accum_config()
+        if self.lightning_module is not None:
+            apply_module_clipping(self.config, self.lightning_module, self._explicit_clipping)
 
     def _deepspeed_args(self) -> argparse.Namespace:
         # DeepSpeed sets the device from ``device_rank``; the CPU device has no index, so give it the local rank.
