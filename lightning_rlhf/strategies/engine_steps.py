@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 
 def module_gradient_clipping(module: Any) -> Optional[float]:
@@ -54,3 +57,65 @@ def apply_module_clipping(config: dict[str, Any], module: Any, explicit: bool) -
             )
         return
     config["gradient_clipping"] = clip
+
+
+def follow_engine_forward(engine: Any) -> list[RemovableHandle]:
+    """Make each call of a trained child do what ``DeepSpeedEngine.forward`` does around the child's forward.
+
+    Why: with several engines the module calls its children (``self.critic(...)``), never their engines, so
+    DeepSpeed's own per-micro-batch bookkeeping would be skipped. The engine's hooks on the child already run
+    its forward prologue and epilogue; ``engine.forward`` adds two things around the call, added here as hooks:
+
+    * the start of a micro-step for a ZeRO optimizer (``clear_backward_seen_flag``): ZeRO-3 advances its
+      micro-step id there, and without it each micro-batch's gradient replaces the previous one instead of
+      adding to it, so gradient accumulation kept only the last micro-batch;
+    * hooks on the outputs that run the engine's backward prologue when the backward reaches them: the
+      accumulation boundary handed to the ZeRO optimizer, its backward bookkeeping, the NVMe swapper.
+
+    ``torch_autocast`` from the DeepSpeed config, which ``engine.forward`` enters around the call, cannot be
+    entered by hooks: it is refused on this path. Returns the hook handles, removed with the engine.
+    """
+    from deepspeed.runtime.base_optimizer import ZeROOptimizer
+    from deepspeed.runtime.utils import register_output_backward_hooks
+
+    if engine.torch_autocast_enabled():
+        raise ValueError(
+            "HybridDeepSpeedStrategy: the DeepSpeed config enables torch_autocast, which DeepSpeed applies inside "
+            "DeepSpeedEngine.forward; with several engines the module calls its children directly, so it would be "
+            "silently skipped. Use Trainer(precision='bf16-mixed') instead and remove torch_autocast."
+        )
+
+    def start_micro_step(module: nn.Module, args: Any) -> None:
+        if isinstance(engine.optimizer, ZeROOptimizer):
+            engine.optimizer.clear_backward_seen_flag()
+
+    def hook_backward_prologue(module: nn.Module, args: Any, output: Any) -> None:
+        if torch.is_grad_enabled():
+            register_output_backward_hooks(output, preprocess_once_fn=engine._backward_prologue,
+                                           preprocess_per_tensor_fn=engine._backward_prologue_per_tensor)
+
+    child = engine.module
+    return [child.register_forward_pre_hook(start_micro_step, prepend=True),
+            child.register_forward_hook(hook_backward_prologue)]
+
+
+def keep_accumulated_gradients(optimizer: Any, engine: Any) -> None:
+    """Make ``optimizer.zero_grad()`` (a ``LightningOptimizer``) leave an engine's accumulating gradients alone.
+
+    Why: DeepSpeed zeroes the gradients itself in the ``engine.step`` that applies an update, and expects nothing
+    to zero them between the micro-steps of one update. A manual-optimization module written for any strategy
+    calls ``opt.step(); opt.zero_grad()`` every micro-batch (PPOModule does); with ``gradient_accumulation_steps``
+    above 1 the ``zero_grad`` after a step that applied no update discarded the micro-batches gathered so far
+    (ZeRO-0 lost the gradients, ZeRO-3 restarted its accumulation). So between updates it does nothing; right
+    after an update (nothing accumulated) it does what it always did. Only the wrapper the module holds is
+    changed: the engine keeps zeroing through its own optimizer.
+    """
+    if engine.gradient_accumulation_steps() == 1:
+        return
+    zero_grad = optimizer.zero_grad
+
+    def zero_grad_between_updates(*args: Any, **kwargs: Any) -> None:
+        if engine.micro_steps % engine.gradient_accumulation_steps() == 0:
+            zero_grad(*args, **kwargs)
+
+    optimizer.zero_grad = zero_grad_between_updates

@@ -39,7 +39,11 @@ from lightning_rlhf.strategies.checkpoint import (
     save_lightning_state,
     staging_path,
 )
-from lightning_rlhf.strategies.engine_steps import apply_module_clipping
+from lightning_rlhf.strategies.engine_steps import (
+    apply_module_clipping,
+    follow_engine_forward,
+    keep_accumulated_gradients,
+)
 from lightning_rlhf.strategies.engines import EnginePlan, inference_config, plan_engines, skip_lone_allreduce
 from lightning_rlhf.strategies.generation import GenerationStats
 
@@ -125,6 +129,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         self._engines: dict[str, Any] = {}
         self._engine_by_optimizer: dict[int, Any] = {}
         self._live_engines: list[Any] = []
+        self._engine_hooks: list[Any] = []
         self._configured_optimizers: Optional[tuple[list, list]] = None
         self.generation_stats = GenerationStats()
 
@@ -275,8 +280,11 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
                 ds_optimizers[plan.optimizer_index] = ds_optimizer
                 self._engine_by_optimizer[id(ds_optimizer)] = engine
                 self._engine_by_optimizer[id(plan.optimizer)] = engine
+                self._engine_hooks.extend(follow_engine_forward(engine))
         self._set_deepspeed_activation_checkpointing()
         self.optimizers = [ds_optimizers[i] for i in sorted(ds_optimizers)]
+        for optimizer in self._lightning_optimizers:
+            keep_accumulated_gradients(optimizer, self._engine_for(optimizer))
         self.lr_scheduler_configs = list(scheduler_configs)
         self.model = module
         summary = ", ".join(f"{p.name} ({'trainable' if p.trainable else 'frozen'}, ZeRO-"
@@ -289,8 +297,11 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         Each stage builds its engines anew on the same modules; without this the old engines' hooks stay on the
         modules beside the new ones and ZeRO-3's prefetch trace breaks ("pop from an empty deque").
         """
+        for handle in self._engine_hooks:
+            handle.remove()
         for engine in self._live_engines:
             engine.destroy()
+        self._engine_hooks.clear()
         self._live_engines.clear()
         self._engines.clear()
         self._engine_by_optimizer.clear()

@@ -32,3 +32,14 @@ def test_module_clip_settings_become_each_engines_gradient_clipping_at_stages_0_
         assert two["actor"] < TOLERANCE and two["critic"] < TOLERANCE, (stage, two)
         assert out[f"single_auto_stage{stage}"]["model"] < TOLERANCE, stage  # Trainer(gradient_clip_val)
         assert out[f"single_manual_stage{stage}"]["model"] < TOLERANCE, stage  # manual module's max_grad_norm
+
+
+@pytest.mark.distributed
+def test_per_engine_gradient_accumulation_applies_the_mean_of_the_micro_batch_gradients_at_stages_0_2_3(tmp_path):
+    out = run(tmp_path, "accum", "--stages", "0", "2", "3")
+    for stage in (0, 2, 3):
+        res = out[f"stage{stage}"]
+        assert res["critic_untouched_after_first"] == 0.0, (stage, res)  # no update before the boundary
+        # SGD lr 1 over two micro-batches: w - (g1 + g2) / 2, not w - g2 / 2 (the first gradient lost)
+        assert res["critic"] < TOLERANCE, (stage, res)
+        assert res["actor"] < TOLERANCE, (stage, res)  # the actor's engine (no accumulation) steps every batch

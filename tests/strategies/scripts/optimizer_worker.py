@@ -171,7 +171,6 @@ def run_accum(args) -> dict:
         fit(module, strategy, 2, callbacks=[AfterFirst()])
         out[f"stage{stage}"] = {
             "critic": max_diff(gathered(module.critic), plain_step(critic0, micro, None, accumulate=2)),
-            "critic_only_second": max_diff(gathered(module.critic), plain_step(critic0, micro[1:], None)),
             "critic_untouched_after_first": max_diff(after_first["critic"], [p.detach() for p in critic0.parameters()]),
             "actor": max_diff(gathered(module.actor), plain_step(actor0, micro, None)),
         }
