@@ -14,6 +14,7 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
+from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
 
@@ -119,3 +120,59 @@ def keep_accumulated_gradients(optimizer: Any, engine: Any) -> None:
             zero_grad(*args, **kwargs)
 
     optimizer.zero_grad = zero_grad_between_updates
+
+
+def optimizer_offloaded(config: dict[str, Any]) -> bool:
+    """Whether ZeRO steps the optimizer on the CPU (``offload_optimizer`` to ``cpu`` or ``nvme``)."""
+    offload = (config.get("zero_optimization") or {}).get("offload_optimizer") or {}
+    return offload.get("device", "none") in ("cpu", "nvme")
+
+
+def offload_ready_optimizer(optimizer: Optional[Optimizer], config: dict[str, Any]) -> Optional[Optimizer]:
+    """The optimizer to hand DeepSpeed: ``DeepSpeedCPUAdam`` in place of torch's Adam/AdamW when it is offloaded.
+
+    Why: with ``offload_optimizer`` ZeRO keeps the fp32 weights and the optimizer state on the CPU and steps
+    them there. DeepSpeed refuses a client optimizer other than its CPU kernels unless the config says
+    ``zero_force_ds_cpu_optimizer: false``, because torch's optimizers are slow on large CPU tensors;
+    ``DeepSpeedCPUAdam`` (a JIT-built SIMD, multi-threaded Adam) is what DeepSpeed and DeepSpeed-Chat use for
+    offload, and what ZeRO-3 special-cases. It performs the same update as torch's (decoupled weight decay for
+    AdamW, bias correction, ``eps`` outside the square root).
+
+    It is built over the *same* param-group dicts (lr, betas, eps, weight decay per group), so a learning-rate
+    scheduler created over the module's optimizer keeps driving it. A config with
+    ``zero_force_ds_cpu_optimizer: false`` keeps the module's optimizer, as DeepSpeed does.
+
+    Raises:
+        ValueError: an offloaded optimizer that is not Adam/AdamW, or uses an option the CPU kernel lacks.
+        RuntimeError: the CPU Adam kernel could not be built (no C++ compiler).
+    """
+    if optimizer is None or not optimizer_offloaded(config) or config.get("zero_force_ds_cpu_optimizer") is False:
+        return optimizer
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    if isinstance(optimizer, DeepSpeedCPUAdam) or type(optimizer).__name__ == "DeepSpeedCPULion":
+        return optimizer
+    name = type(optimizer).__name__
+    if not isinstance(optimizer, torch.optim.Adam):
+        raise ValueError(
+            f"offload_optimizer steps the optimizer on the CPU with DeepSpeedCPUAdam, which stands in for torch's "
+            f"Adam/AdamW only, not {name}. Use AdamW, or set \"zero_force_ds_cpu_optimizer\": false in the "
+            "DeepSpeed config (strategy config=...) to step it as it is on the CPU (slower), or do not offload."
+        )
+    unsupported = [k for k in ("amsgrad", "maximize") if any(g.get(k) for g in optimizer.param_groups)]
+    if unsupported:
+        raise ValueError(f"offload_optimizer: DeepSpeedCPUAdam has no {' or '.join(unsupported)}; turn it off in "
+                         f"the {name} the module builds, or do not offload.")
+    defaults = optimizer.defaults
+    try:
+        return DeepSpeedCPUAdam(
+            optimizer.param_groups, lr=float(defaults["lr"]), betas=tuple(defaults["betas"]), eps=defaults["eps"],
+            weight_decay=defaults["weight_decay"], bias_correction=True,
+            adamw_mode=bool(defaults.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW))),
+        )
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"offload_optimizer needs DeepSpeedCPUAdam, whose CPU kernel DeepSpeed JIT-builds with a C++ compiler "
+            f"({err}). Install g++ (build-essential), or set \"zero_force_ds_cpu_optimizer\": false in the DeepSpeed "
+            f"config to step the module's {name} on the CPU instead (slower)."
+        ) from err

@@ -43,6 +43,7 @@ from lightning_rlhf.strategies.engine_steps import (
     apply_module_clipping,
     follow_engine_forward,
     keep_accumulated_gradients,
+    offload_ready_optimizer,
 )
 from lightning_rlhf.strategies.engines import EnginePlan, inference_config, plan_engines, skip_lone_allreduce
 from lightning_rlhf.strategies.generation import GenerationStats
@@ -198,7 +199,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             config=self.config,
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
-            optimizer=optimizer,
+            optimizer=offload_ready_optimizer(optimizer, self.config),
             lr_scheduler=lr_scheduler,
             dist_init_required=False,
         )
@@ -315,7 +316,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             config=plan.config,
             model=plan.module,
             model_parameters=params,
-            optimizer=plan.optimizer,
+            optimizer=offload_ready_optimizer(plan.optimizer, plan.config),
             dist_init_required=False,
         )
         if not plan.trainable:

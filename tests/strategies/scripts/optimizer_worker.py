@@ -223,7 +223,8 @@ def run_preset(spec: dict) -> dict:
     module = AdamTwoEngines() if spec["module"] == "two" else AdamSingle()
     trained = [module.actor, module.critic] if spec["module"] == "two" else [module.model]
     before = [gathered(m) for m in trained]
-    frozen_before = gathered(module.frozen) if spec["module"] == "two" else None
+    frozen = module.frozen if spec["module"] == "two" else None
+    frozen_before = gathered(frozen) if frozen is not None else None
     strategy = spec["strategy"] if isinstance(spec["strategy"], str) else HybridDeepSpeedStrategy(**spec["strategy"])
     accumulate = spec.get("accumulate_grad_batches", 1)
     trainer = fit(module, strategy, 2 * accumulate, batch_size=4, precision=spec.get("precision", "32-true"),
@@ -231,17 +232,24 @@ def run_preset(spec: dict) -> dict:
     changed = [max_diff(gathered(m), b) for m, b in zip(trained, before)]
     engines = trainer.strategy.engines.values() if trainer.strategy.engines else [trainer.strategy.model]
     result = {"changed": changed, "finite": all(bool(torch.isfinite(p).all()) for m in trained for p in gathered(m)),
-              "optimizers": sorted({type(e.basic_optimizer).__name__ for e in engines if e.optimizer is not None}),
+              "optimizers": sorted({type(e.basic_optimizer).__name__ for e in engines
+                                    if getattr(e, "basic_optimizer", None) is not None}),
               "lrs": [opt.param_groups[0]["lr"] for opt in trainer.optimizers],
               "scheduler_lrs": [c.scheduler.get_last_lr()[0] for c in trainer.lr_scheduler_configs]}
-    if frozen_before is not None:
-        result["frozen_unchanged"] = max_diff(gathered(module.frozen), frozen_before) == 0.0
+    if frozen is not None:  # bit-identical up to the engine's cast (bf16-mixed keeps a frozen child in bf16)
+        dtype = next(frozen.parameters()).dtype
+        result["frozen_unchanged"] = max_diff(gathered(frozen), [p.to(dtype).float() for p in frozen_before]) == 0.0
     return result
 
 
 def run_presets(args) -> dict:
-    specs = json.loads(args.specs)
-    return {name: run_preset(spec) for name, spec in specs.items()}
+    results = {}
+    for name, spec in json.loads(args.specs).items():
+        try:
+            results[name] = run_preset(spec)
+        except Exception as err:  # the same config error on every rank: report it and go on with the next spec
+            results[name] = {"error": f"{type(err).__name__}: {err}"[:400]}
+    return results
 
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace], dict]] = {"clip": run_clip, "accum": run_accum,
