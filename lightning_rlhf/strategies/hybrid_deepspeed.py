@@ -78,7 +78,10 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         generation_backend: ``"native"`` (PyTorch tensor parallel + ``transformers.generate``, CPU and CUDA) or
             ``"deepspeed"`` (DeepSpeed's fused inference kernels, CUDA only).
         engine_configs: per-child DeepSpeed config overrides, keyed by the child's attribute name, e.g.
-            ``{"critic": {"gradient_clipping": 1.0, "gradient_accumulation_steps": 2}}``.
+            ``{"critic": {"gradient_clipping": 1.0, "gradient_accumulation_steps": 2}}``. Trained engines clip at the
+            module's ``max_grad_norm`` (manual optimization) or ``Trainer(gradient_clip_val)`` unless this or
+            ``config`` sets ``gradient_clipping``. With accumulation, each ``opt.step()`` is a micro-step and every
+            N-th applies the mean gradient. An offloaded Adam/AdamW becomes ``DeepSpeedCPUAdam``.
         tp_plan: a tensor-parallel plan (module-name pattern to ``"colwise"``/``"rowwise"``) for model families
             that have none built in.
         process_group_timeout_s: seconds a rank waits in a collective before failing (so a dead peer stops
