@@ -90,7 +90,9 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         critic_gradient_checkpointing: recompute the critic's activations in backward.
         actor_optimizer: AdamW + schedule of the actor (default: lr 9.65e-6, cosine over the run).
         critic_optimizer: AdamW + schedule of the critic (default: lr 5e-6, cosine over the run).
-        max_grad_norm: gradient-norm clip under plain strategies (DeepSpeed clips from its own config).
+        max_grad_norm: gradient-norm clip of each model's update (None: no clipping). Under
+            :class:`~lightning_rlhf.strategies.HybridDeepSpeedStrategy` it becomes every trained engine's
+            DeepSpeed ``gradient_clipping`` (an engine's ``engine_configs`` entry wins).
         generation: sampling settings of the rollouts.
         generation_batch_size: prompts per ``generate`` call (None: the whole batch at once). The
             dataloader's batch size is the rollout buffer size.
@@ -192,6 +194,8 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         for name in ("clip_range", "clip_range_value", "clip_reward_value", "kl_coef", "ptx_coef"):
             if hp[name] < 0:
                 raise ValueError(f"PPOModule.{name} must be >= 0, got {hp[name]}")
+        if hp.max_grad_norm is not None and hp.max_grad_norm < 0:
+            raise ValueError(f"PPOModule.max_grad_norm must be >= 0 or None, got {hp.max_grad_norm}")
         if not (0.0 <= hp.gamma <= 1.0 and 0.0 <= hp.lam <= 1.0):
             raise ValueError(f"PPOModule.gamma and lam must be in [0, 1], got gamma={hp.gamma}, lam={hp.lam}")
 
@@ -203,6 +207,11 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         if not stats.get("std", 0) > 0:
             raise ValueError(f"{path}: 'std' must be > 0, got {stats.get('std')}")
         return float(stats["mean"]), float(stats["std"])
+
+    @property
+    def max_grad_norm(self) -> float | None:
+        """The gradient-norm clip; DeepSpeed applies it inside ``engine.step``, so the strategy reads it from here."""
+        return self.hparams.max_grad_norm
 
     # -- models and optimizers ------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -336,7 +345,10 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         return self.transfer_batch_to_device(next(self._ptx_iterator), self.device, 0)
 
     def optimizer_step(self, optimizer: Any, loss: Tensor) -> None:
-        """Backward, clip (plain strategies), step and zero the gradients of one model."""
+        """Backward, clip, step and zero the gradients of one model.
+
+        Under DeepSpeed ``clip_gradients`` does nothing: the engine clips at ``max_grad_norm`` inside ``step``.
+        """
         self.manual_backward(loss, optimizer)
         if self.hparams.max_grad_norm is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")

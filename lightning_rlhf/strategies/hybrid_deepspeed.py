@@ -39,6 +39,12 @@ from lightning_rlhf.strategies.checkpoint import (
     save_lightning_state,
     staging_path,
 )
+from lightning_rlhf.strategies.engine_steps import (
+    apply_module_clipping,
+    follow_engine_forward,
+    keep_accumulated_gradients,
+    offload_ready_optimizer,
+)
 from lightning_rlhf.strategies.engines import EnginePlan, inference_config, plan_engines, skip_lone_allreduce
 from lightning_rlhf.strategies.generation import GenerationStats
 
@@ -72,7 +78,10 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         generation_backend: ``"native"`` (PyTorch tensor parallel + ``transformers.generate``, CPU and CUDA) or
             ``"deepspeed"`` (DeepSpeed's fused inference kernels, CUDA only).
         engine_configs: per-child DeepSpeed config overrides, keyed by the child's attribute name, e.g.
-            ``{"critic": {"gradient_clipping": 1.0, "gradient_accumulation_steps": 2}}``.
+            ``{"critic": {"gradient_clipping": 1.0, "gradient_accumulation_steps": 2}}``. Trained engines clip at the
+            module's ``max_grad_norm`` (manual optimization) or ``Trainer(gradient_clip_val)`` unless this or
+            ``config`` sets ``gradient_clipping``. With accumulation, each ``opt.step()`` is a micro-step and every
+            N-th applies the mean gradient. An offloaded Adam/AdamW becomes ``DeepSpeedCPUAdam``.
         tp_plan: a tensor-parallel plan (module-name pattern to ``"colwise"``/``"rowwise"``) for model families
             that have none built in.
         process_group_timeout_s: seconds a rank waits in a collective before failing (so a dead peer stops
@@ -112,6 +121,8 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
                 "tp_gather_partition_size, release_inference_cache, offload_frozen_models, generation_backend, "
                 "engine_configs, tp_plan and process_group_timeout_s."
             ) from err
+        # Lightning writes gradient_clipping into the config later; remember whether the user set it
+        self._explicit_clipping = "gradient_clipping" in (self.config or {})
         self.inference_tp_size = inference_tp_size
         self.tp_gather_partition_size = tp_gather_partition_size
         self.release_inference_cache = release_inference_cache
@@ -122,6 +133,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         self._engines: dict[str, Any] = {}
         self._engine_by_optimizer: dict[int, Any] = {}
         self._live_engines: list[Any] = []
+        self._engine_hooks: list[Any] = []
         self._configured_optimizers: Optional[tuple[list, list]] = None
         self.generation_stats = GenerationStats()
 
@@ -170,6 +182,12 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             if proc.poll() is None:
                 proc.kill()
 
+    @override
+    def _format_batch_size_and_grad_accum_config(self) -> None:
+        super()._format_batch_size_and_grad_accum_config()
+        if self.lightning_module is not None:
+            apply_module_clipping(self.config, self.lightning_module, self._explicit_clipping)
+
     def _deepspeed_args(self) -> argparse.Namespace:
         # DeepSpeed sets the device from ``device_rank``; the CPU device has no index, so give it the local rank.
         index = self.root_device.index
@@ -184,7 +202,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             config=self.config,
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
-            optimizer=optimizer,
+            optimizer=offload_ready_optimizer(optimizer, self.config),
             lr_scheduler=lr_scheduler,
             dist_init_required=False,
         )
@@ -266,8 +284,11 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
                 ds_optimizers[plan.optimizer_index] = ds_optimizer
                 self._engine_by_optimizer[id(ds_optimizer)] = engine
                 self._engine_by_optimizer[id(plan.optimizer)] = engine
+                self._engine_hooks.extend(follow_engine_forward(engine))
         self._set_deepspeed_activation_checkpointing()
         self.optimizers = [ds_optimizers[i] for i in sorted(ds_optimizers)]
+        for optimizer in self._lightning_optimizers:
+            keep_accumulated_gradients(optimizer, self._engine_for(optimizer))
         self.lr_scheduler_configs = list(scheduler_configs)
         self.model = module
         summary = ", ".join(f"{p.name} ({'trainable' if p.trainable else 'frozen'}, ZeRO-"
@@ -280,8 +301,11 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         Each stage builds its engines anew on the same modules; without this the old engines' hooks stay on the
         modules beside the new ones and ZeRO-3's prefetch trace breaks ("pop from an empty deque").
         """
+        for handle in self._engine_hooks:
+            handle.remove()
         for engine in self._live_engines:
             engine.destroy()
+        self._engine_hooks.clear()
         self._live_engines.clear()
         self._engines.clear()
         self._engine_by_optimizer.clear()
@@ -295,7 +319,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             config=plan.config,
             model=plan.module,
             model_parameters=params,
-            optimizer=plan.optimizer,
+            optimizer=offload_ready_optimizer(plan.optimizer, plan.config),
             dist_init_required=False,
         )
         if not plan.trainable:

@@ -175,3 +175,13 @@ def test_bf16_mixed_clips_gradients_with_a_non_fused_adamw(tmp_path, ppo_paths):
     assert trainer.global_step == 2 * 2  # (actor + critic) x 2 mini-batches
     assert not any(opt.defaults["fused"] for opt in trainer.optimizers)
     assert all(opt.defaults["foreach"] for opt in trainer.optimizers)
+
+
+def test_max_grad_norm_is_the_clip_hybrid_deepspeed_gives_each_trained_engine(ppo_paths):
+    from lightning_rlhf.strategies.engine_steps import module_gradient_clipping
+
+    assert module_gradient_clipping(make_module(ppo_paths)) == 1.0  # DeepSpeed-Chat clips at 1.0
+    assert module_gradient_clipping(make_module(ppo_paths, max_grad_norm=0.5)) == 0.5
+    assert module_gradient_clipping(make_module(ppo_paths, max_grad_norm=None)) is None
+    with pytest.raises(ValueError, match="max_grad_norm must be >= 0 or None, got -1"):
+        make_module(ppo_paths, max_grad_norm=-1.0)

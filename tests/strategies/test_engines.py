@@ -62,3 +62,20 @@ def test_inference_config_offload_forces_zero3_and_keeps_precision():
     assert cfg["bf16"] == {"enabled": True}
     assert inference_config({}, 2, offload=False)["zero_optimization"] == {"stage": 0}
     assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+
+
+def test_module_clip_goes_into_the_config_unless_the_user_set_one():
+    from types import SimpleNamespace
+
+    from lightning_rlhf.strategies.engine_steps import apply_module_clipping
+
+    manual = SimpleNamespace(automatic_optimization=False, max_grad_norm=1.0)
+    config = {"gradient_clipping": 0.0}  # what Lightning writes under manual optimization
+    apply_module_clipping(config, manual, explicit=False)
+    assert config["gradient_clipping"] == 1.0
+    config = {"gradient_clipping": 0.3}
+    with pytest.warns(UserWarning, match="the config's value is used"):
+        apply_module_clipping(config, manual, explicit=True)
+    assert config["gradient_clipping"] == 0.3
+    with pytest.raises(ValueError, match="max_grad_norm must be a number >= 0 or None"):
+        apply_module_clipping({}, SimpleNamespace(automatic_optimization=False, max_grad_norm="1"), explicit=False)
