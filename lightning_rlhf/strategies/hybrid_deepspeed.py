@@ -443,8 +443,9 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         state = load_lightning_state(path)
         # ZeRO optimizers do not bring back the param groups' learning rates; restore them so a scheduler-driven
         # lr continues where it stopped.
+        saved_groups = state.pop(_PARAM_GROUPS_KEY, {})  # popped once: every engine reads its own entry
         for name, engine in self._trainable_engines():
-            for group, saved in zip(engine.optimizer.param_groups, state.pop(_PARAM_GROUPS_KEY, {}).get(name, [])):
+            for group, saved in zip(engine.optimizer.param_groups, saved_groups.get(name, [])):
                 group.update(saved)
         return state
 

@@ -163,6 +163,7 @@ def test_resume_in_a_fresh_process_continues_exactly(tmp_path):
         resumed, uninterrupted = sum(second["losses"], []), sum(full[2:], [])
         assert len(resumed) == 4 and resumed == pytest.approx(uninterrupted, abs=1e-6)
         assert second["actor_lr"] == pytest.approx(1e-2 * 0.5 ** 2)
+        assert second["critic_lr"] == pytest.approx(5e-3 * 0.1 ** 2), "every engine's param groups are restored"
     # the offline consolidation of one engine equals the live parameters at the moment of saving
     first = json.loads((tmp_path / "resume-first-rank0.json").read_text())
     state = consolidated_state_dict(second["ckpt"], "actor")

@@ -90,15 +90,17 @@ class TwoEngines(MultiEngineBackwardMixin, LightningModule):
         self.manual_backward(critic_loss, critic_opt)
         critic_opt.step()
         critic_opt.zero_grad()
-        self.lr_schedulers().step()  # manual optimization: the module steps its own schedulers
+        for schedule in self.lr_schedulers():  # manual optimization: the module steps its own schedulers
+            schedule.step()
         self.losses.append([actor_loss.item(), critic_loss.item()])
         self.log("actor_loss", actor_loss)
 
     def configure_optimizers(self):
         actor = torch.optim.AdamW(self.actor.parameters(), lr=1e-2)
         critic = torch.optim.AdamW(self.critic.parameters(), lr=5e-3)
-        schedule = torch.optim.lr_scheduler.StepLR(actor, step_size=2, gamma=0.5)
-        return [actor, critic], [schedule]
+        schedules = [torch.optim.lr_scheduler.StepLR(actor, step_size=2, gamma=0.5),
+                     torch.optim.lr_scheduler.StepLR(critic, step_size=2, gamma=0.1)]
+        return [actor, critic], schedules
 
 
 def gathered(module: nn.Module) -> list[list[float]]:
@@ -211,7 +213,8 @@ def run_resume(args, world: int) -> dict:
         ckpt = next(ckpt_dir.glob("ckpt-*"))
         tr = trainer(args.stages[0], 8, args.precision, args.outdir, max_epochs=-1)
         tr.fit(model, loader(world), ckpt_path=str(ckpt))
-        return {"losses": model.losses, "ckpt": str(ckpt), "actor_lr": tr.optimizers[0].param_groups[0]["lr"]}
+        return {"losses": model.losses, "ckpt": str(ckpt), "actor_lr": tr.optimizers[0].param_groups[0]["lr"],
+                "critic_lr": tr.optimizers[1].param_groups[0]["lr"]}
     return {"losses": model.losses}
 
 
