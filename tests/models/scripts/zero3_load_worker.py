@@ -44,34 +44,35 @@ def compare(model: torch.nn.Module, checkpoint: dict[str, torch.Tensor]) -> dict
     if hasattr(model, "score"):
         head = full[f"{value_head_name(model)}.weight"].abs().max().item()
     embed = model.get_input_embeddings().weight
+    partitioned = all(hasattr(p, "ds_id") for p in params.values())
     return {"compared": len(diffs), "checkpoint": len(checkpoint), "max_abs_diff": max(diffs.values()),
-            "head_max_abs": head, "rows": int(embed.ds_shape[0]), "partitioned": all(hasattr(p, "ds_id") for p in
-                                                                                     params.values())}
+            "head_max_abs": head, "rows": int(embed.ds_shape[0]), "partitioned": partitioned}
 
 
-def validate(module, loader) -> dict:
+def validate(module, loader, checkpoint: dict[str, torch.Tensor]) -> dict:
     trainer = Trainer(strategy=HybridDeepSpeedStrategy(stage=3), accelerator="cpu", devices=2, limit_val_batches=1,
                       logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
     metrics = trainer.validate(module, dataloaders=loader, verbose=False)[0]
-    return {"val_loss": float(metrics["val/loss"]), **compare(module.model, CHECKPOINT)}
+    return {"val_loss": float(metrics["val/loss"]), **compare(module.model, checkpoint)}
 
 
-def zero_init(folder: str) -> dict:
+def zero_init(folder: str, checkpoint: dict[str, torch.Tensor]) -> dict:
     import deepspeed
 
     with deepspeed.zero.Init(config_dict_or_path={"zero_optimization": {"stage": 3}, "train_batch_size": 2}):
         model = load_causal_lm(folder)
-    return compare(model, CHECKPOINT)
+    return compare(model, checkpoint)
 
 
 def main(folder: str, no_pad_tokenizer: str, out: Path) -> None:
     seed_everything(0)
     sft, reward = random_batches(n_batches=1)
+    checkpoint = load_file(str(Path(folder) / "model.safetensors"))
     cases = {
-        "sft": lambda: validate(SFTModule(folder), sft),
-        "reward": lambda: validate(RewardModule(folder), reward),
-        "resize": lambda: validate(SFTModule(folder, tokenizer=no_pad_tokenizer), sft),
-        "zero_init": lambda: zero_init(folder),
+        "sft": lambda: validate(SFTModule(folder), sft, checkpoint),
+        "reward": lambda: validate(RewardModule(folder), reward, checkpoint),
+        "resize": lambda: validate(SFTModule(folder, tokenizer=no_pad_tokenizer), sft, checkpoint),
+        "zero_init": lambda: zero_init(folder, checkpoint),
     }
     results = {}
     for name, run in cases.items():
@@ -84,5 +85,4 @@ def main(folder: str, no_pad_tokenizer: str, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    CHECKPOINT = load_file(str(Path(sys.argv[1]) / "model.safetensors"))
     main(sys.argv[1], sys.argv[2], Path(sys.argv[3]))
