@@ -70,7 +70,7 @@ def test_lora_sft_trains_only_adapters_and_exports_merged(tmp_path):
 
 
 def test_sft_on_builtin_task_cuts_eval_perplexity(tmp_path):
-    """Median over seeds of the eval perplexity ratio before / after 120 steps (measured 300-800x, see below)."""
+    """Median over seeds of the eval perplexity ratio before / after 120 steps (measured 96-108x on 3 seeds)."""
     from lightning_rlhf.data import PreferenceDataModule
 
     tokenizer = task_tokenizer()
