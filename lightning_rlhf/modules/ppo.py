@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
 
@@ -38,6 +39,7 @@ from lightning_rlhf.algorithms import (
 )
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
 from lightning_rlhf.models.loading import zero3_loading
+from lightning_rlhf.models.sampling import generating_model, sampling_from_policy, stop_token_ids
 from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
 from lightning_rlhf.modules.ppo_config import GenerationArgs
 from lightning_rlhf.modules.ppo_logging import PPO_TAGS, log_iteration, log_samples, reduce_metrics
@@ -356,6 +358,14 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         optimizer.zero_grad()
 
     # -- generation, decoding, validation ---------------------------------------------------------------
+    @contextmanager
+    def _sampling(self, policy: Any) -> Iterator[list[int]]:
+        """Sample from the policy's own distribution (see :mod:`lightning_rlhf.models.sampling`); yields the
+        token ids that end a response (the tokenizer's EOS and the model's end-of-turn ids)."""
+        stop_ids = stop_token_ids(self.tokenizer, getattr(generating_model(policy), "generation_config", None))
+        with sampling_from_policy(policy, stop_ids):
+            yield stop_ids
+
     @torch.no_grad()
     def generate(self, batch: Mapping[str, Any], greedy: bool, with_logprobs: bool = False) -> Generated:
         """Responses to the prompts, in chunks of ``generation_batch_size``.
@@ -368,10 +378,10 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         """
         input_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
         tok, prompt_length = self.tokenizer, input_ids.shape[1]
-        kwargs = self.generation.generate_kwargs(tok.pad_token_id, tok.eos_token_id, greedy=greedy)
         chunk = self.hparams.generation_batch_size or len(input_ids)
         responses, logprobs, entropies = [], [], []
-        with generation_mode(self.trainer.strategy, self.actor) as policy:
+        with generation_mode(self.trainer.strategy, self.actor) as policy, self._sampling(policy) as stop_ids:
+            kwargs = self.generation.generate_kwargs(tok.pad_token_id, stop_ids, greedy=greedy)
             # a tensor-parallel replica returns token ids only
             with_logits = with_logprobs and getattr(policy, "tp_group", None) is None
             if with_logits:
@@ -394,7 +404,7 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
                     logprobs.append(step_logprobs)
                     entropies.append(step_entropy)
         responses = pad_right(responses, tok.pad_token_id)
-        response_mask, eos_found = response_mask_from_tokens(responses, tok.eos_token_id)
+        response_mask, eos_found = response_mask_from_tokens(responses, stop_ids)
         sequences = torch.cat([input_ids, responses], dim=1)
         attention_mask = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
         if not logprobs:

@@ -15,8 +15,9 @@ class GenerationArgs:
             Responses stop earlier at EOS; forcing full length causes repetition.
         do_sample: sample (True) or decode greedily (False).
         temperature: softmax temperature of sampling; the PPO log-probabilities use the same.
-        top_k: keep only the ``top_k`` most likely tokens (0 disables).
-        top_p: nucleus sampling threshold (1.0 disables).
+        top_k: keep only the ``top_k`` most likely tokens (0 disables). The PPO log-probabilities are those of
+            the untruncated distribution (as in TRL and OpenRLHF); keep 0 for exact ratios.
+        top_p: nucleus sampling threshold (1.0 disables; same caveat as ``top_k``).
     """
 
     max_new_tokens: int = 256
@@ -33,8 +34,12 @@ class GenerationArgs:
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"GenerationArgs.top_p must be in (0, 1], got {self.top_p}")
 
-    def generate_kwargs(self, pad_token_id: int, eos_token_id: int, greedy: bool = False) -> dict[str, Any]:
-        """Keyword arguments for ``generate`` (``greedy`` overrides ``do_sample`` for evaluation)."""
+    def generate_kwargs(self, pad_token_id: int, eos_token_id: int | list[int], greedy: bool = False) -> dict[str, Any]:
+        """Keyword arguments for ``generate`` (``greedy`` overrides ``do_sample`` for evaluation).
+
+        These are the only sampling settings applied: the model's saved ``generation_config`` (repetition
+        penalty, top-k, ...) is set aside during rollouts (:mod:`lightning_rlhf.models.sampling`).
+        """
         kwargs: dict[str, Any] = dict(
             max_new_tokens=self.max_new_tokens, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
             do_sample=self.do_sample and not greedy,

@@ -9,7 +9,7 @@ the first EOS. Position ``P - 1 + t`` of a forward pass predicts response token 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -86,7 +86,7 @@ class Generated:
     entropy: Tensor | None = None
 
 
-def response_mask_from_tokens(responses: Tensor, eos_token_id: int) -> tuple[Tensor, Tensor]:
+def response_mask_from_tokens(responses: Tensor, eos_token_id: int | Sequence[int]) -> tuple[Tensor, Tensor]:
     """Mask of the real response tokens and whether each row emitted EOS.
 
     A token is real up to and including the first EOS; a row without EOS is real throughout (it was cut
@@ -94,12 +94,13 @@ def response_mask_from_tokens(responses: Tensor, eos_token_id: int) -> tuple[Ten
 
     Args:
         responses: ``(B, R)`` generated token ids (prompt removed).
-        eos_token_id: the end-of-sequence id.
+        eos_token_id: the id (or ids: an instruct model's end-of-turn tokens) that end a response.
 
     Returns:
         ``(mask, eos_found)``: ``(B, R)`` bool and ``(B,)`` bool.
     """
-    is_eos = responses == eos_token_id
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    is_eos = torch.isin(responses, torch.tensor(ids, device=responses.device, dtype=responses.dtype))
     eos_found = is_eos.any(dim=1)
     # number of EOS strictly before each position: 0 means "not yet ended"
     ended_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
