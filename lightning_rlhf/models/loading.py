@@ -188,8 +188,6 @@ def _finish(
     dropout: float | None,
     trainable_head: str | None,
 ) -> PreTrainedModel:
-    if dropout is not None:
-        set_dropout(model, dropout)
     if gradient_checkpointing:
         kwargs = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
@@ -199,6 +197,8 @@ def _finish(
         model.config.use_cache = False
     if lora is not None:
         model = apply_lora(model, lora, trainable_head=trainable_head)
+    if dropout is not None:  # after LoRA: its branch dropout too, or PPO's first ratio is not 1
+        set_dropout(model, dropout)
     return model
 
 

@@ -100,3 +100,15 @@ def test_new_pad_token_resizes_embeddings(tmp_path):
     tokenizer.add_special_tokens({"additional_special_tokens": ["<extra>"]})
     model = load_causal_lm(path, tokenizer=tokenizer)
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+
+
+def test_dropout_zero_reaches_the_lora_branch(tmp_path):
+    """``dropout=0`` (PPO's setting) also silences LoRA's own dropout: two train-mode forwards agree."""
+    from lightning_rlhf.models import LoraArgs, load_causal_lm
+    from tests.models.fixtures import tiny_folder
+
+    model = load_causal_lm(str(tiny_folder(tmp_path)), lora=LoraArgs(rank=4, dropout=0.3), dropout=0.0).train()
+    probabilities = {name: m.p for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    assert any("lora_dropout" in name for name in probabilities) and set(probabilities.values()) == {0.0}
+    ids = torch.randint(4, 60, (2, 8), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
