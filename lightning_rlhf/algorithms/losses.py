@@ -132,7 +132,7 @@ def pairwise_reward_loss(
     if chosen.dim() > 1:
         chosen, rejected = masked_mean(chosen, mask, dim=-1), masked_mean(rejected, mask, dim=-1)
     stats = PairwiseLossStats(
-        accuracy=(chosen > rejected).float().mean().detach(),
+        accuracy=((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().detach(),  # a tie: 0.5
         chosen_mean=chosen.mean().detach(),
         rejected_mean=rejected.mean().detach(),
     )

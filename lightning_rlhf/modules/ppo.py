@@ -114,7 +114,7 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         kl_estimator: ``k1`` (log-ratio, DeepSpeed-Chat), ``k2`` or ``k3``.
         kl_target: if set, adapt the coefficient towards this KL per sequence (Ziegler et al.).
         kl_horizon: horizon of the adaptive controller, in samples.
-        clip_reward_value: clip the (normalised) score to ``[-v, v]``.
+        clip_reward_value: clip the (normalised) score to ``[-v, v]``; None disables the clip.
         normalize_reward: normalise scores with ``reward_stats.json`` (``mean``, ``std``) saved beside
             the reward model.
         missing_eos_penalty: subtracted from the score of responses that never emit EOS.
@@ -155,7 +155,7 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         kl_estimator: Literal["k1", "k2", "k3"] = "k1",
         kl_target: float | None = None,
         kl_horizon: int = 10000,
-        clip_reward_value: float = 5.0,
+        clip_reward_value: float | None = 5.0,
         normalize_reward: bool = False,
         missing_eos_penalty: float = 0.0,
         ptx_coef: float = 0.0,
@@ -193,9 +193,12 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         for name in ("generation_batch_size", "ptx_batch_size"):
             if hp[name] is not None and hp[name] < 1:
                 raise ValueError(f"PPOModule.{name} must be >= 1 or None, got {hp[name]}")
-        for name in ("clip_range", "clip_range_value", "clip_reward_value", "kl_coef", "ptx_coef"):
+        for name in ("clip_range", "clip_range_value", "kl_coef", "ptx_coef"):
             if hp[name] < 0:
                 raise ValueError(f"PPOModule.{name} must be >= 0, got {hp[name]}")
+        if hp.clip_reward_value is not None and hp.clip_reward_value <= 0:
+            raise ValueError(f"PPOModule.clip_reward_value must be > 0 (a clip of 0 would zero every score), or None "
+                             f"to disable the clip; got {hp.clip_reward_value}")
         if hp.max_grad_norm is not None and hp.max_grad_norm < 0:
             raise ValueError(f"PPOModule.max_grad_norm must be >= 0 or None, got {hp.max_grad_norm}")
         if not (0.0 <= hp.gamma <= 1.0 and 0.0 <= hp.lam <= 1.0):

@@ -95,3 +95,11 @@ def test_causal_lm_loss_matches_loop():
                 row = logits[i, t].tolist()
                 terms.append(math.log(sum(math.exp(z) for z in row)) - row[y])
     assert causal_lm_loss(logits, labels).item() == pytest.approx(sum(terms) / len(terms), abs=1e-6)
+
+
+def test_pairwise_accuracy_counts_a_tie_as_half():
+    """An untrained reward head scores every pair equally: that is chance (0.5), not 0."""
+    _, stats = pairwise_reward_loss(torch.zeros(4), torch.zeros(4))
+    assert stats["accuracy"].item() == 0.5
+    _, stats = pairwise_reward_loss(torch.tensor([1.0, 0.0, 2.0, 0.0]), torch.tensor([0.0, 0.0, 3.0, 1.0]))
+    assert stats["accuracy"].item() == pytest.approx((1 + 0.5 + 0 + 0) / 4)

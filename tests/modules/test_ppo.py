@@ -121,6 +121,9 @@ def test_invalid_arguments_are_named(ppo_paths):
         make_module(ppo_paths, kl_estimator="k7")
     with pytest.raises(FileNotFoundError, match="reward_stats.json"):
         make_module(ppo_paths, normalize_reward=True)
+    with pytest.raises(ValueError, match="clip_reward_value must be > 0 .*or None"):
+        make_module(ppo_paths, clip_reward_value=0.0)  # a clip of 0 zeroed every score
+    assert make_module(ppo_paths, clip_reward_value=None).hparams.clip_reward_value is None
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
