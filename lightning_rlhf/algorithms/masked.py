@@ -8,6 +8,8 @@ Masked entries never contribute, even when they hold ``nan``/``inf`` (we select 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -74,7 +76,13 @@ def masked_var(values: Tensor, mask: Tensor | None = None, unbiased: bool = True
     return var
 
 
-def masked_whiten(values: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(
+    values: Tensor,
+    mask: Tensor | None = None,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    sum_across: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """Normalise the selected entries to zero mean and unit variance; masked entries become 0.
 
     Args:
@@ -83,12 +91,19 @@ def masked_whiten(values: Tensor, mask: Tensor | None = None, shift_mean: bool =
         shift_mean: subtract the mean; when false only scale (the mean is added back), as TRL does
             for rewards.
         eps: added to the variance before the square root.
+        sum_across: sums a tensor over the processes that share the batch (an all-reduce), so the mean and
+            variance are those of the global batch rather than of this rank's few rows; None: this rank only.
 
     Returns:
         A new tensor shaped like ``values``.
     """
     mask = _as_bool(mask, values)
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    total = sum_across or (lambda t: t)
+    sums = total(torch.stack([masked_sum(values, mask), mask.sum().to(values.dtype)]))
+    count = sums[1]
+    mean = sums[0] / count.clamp(min=1)
+    var = total(masked_sum((values - mean) ** 2, mask)) / count.clamp(min=1)
+    var = torch.where(count > 1, var * count / (count - 1).clamp(min=1), torch.zeros_like(var))
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -109,7 +109,7 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         clip_range_value: value clip ``eps``.
         gamma: discount factor.
         lam: GAE lambda.
-        whiten_advantages: normalise advantages over the buffer (masked).
+        whiten_advantages: normalise advantages over the rollout (masked), across all ranks' rows.
         kl_coef: initial coefficient of the per-token KL penalty.
         kl_estimator: ``k1`` (log-ratio, DeepSpeed-Chat), ``k2`` or ``k3``.
         kl_target: if set, adapt the coefficient towards this KL per sequence (Ziegler et al.).
@@ -300,7 +300,7 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
             "throughput/generated_tokens_per_s": response_mask.sum().item() / max(generation_s, 1e-9),
         }
         if hp.whiten_advantages:
-            advantages = masked_whiten(advantages, response_mask)
+            advantages = masked_whiten(advantages, response_mask, sum_across=self._sum_across_ranks())
         responses = self.decode(sequences[:, -length:], response_mask)
         success = self.task_success(batch["prompts"], responses)
         if success is not None:
@@ -359,6 +359,12 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
         optimizer.step()
         optimizer.zero_grad()
+
+    def _sum_across_ranks(self) -> Callable[[Tensor], Tensor] | None:
+        """An all-reduce sum over the data-parallel ranks, so whitening sees the global batch (None alone)."""
+        if self.trainer.world_size <= 1:
+            return None
+        return lambda tensor: self.trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
 
     # -- generation, decoding, validation ---------------------------------------------------------------
     @contextmanager

@@ -66,3 +66,14 @@ def test_masked_entries_may_hold_nan():
 def test_mask_shape_mismatch_is_named():
     with pytest.raises(ValueError, match="mask shape"):
         masked_mean(torch.zeros(2, 3), torch.ones(2, 4, dtype=torch.bool))
+
+
+@pytest.mark.distributed
+def test_whitening_over_the_global_batch_on_two_ranks():
+    """PPO whitens advantages over every rank's rows (4 sequences per GPU in the OPT-13B example), not per rank."""
+    from pathlib import Path
+
+    from tests.helpers.distributed import run_distributed
+
+    proc = run_distributed(Path(__file__).parent / "scripts" / "whiten_worker.py")
+    assert proc.stdout.count("ok rank") == 2, proc.stdout
