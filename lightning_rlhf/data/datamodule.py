@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -232,3 +232,24 @@ class PreferenceDataModule(LightningDataModule):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             sampler = DistributedSampler(self.datasets["ptx"], shuffle=True, seed=self.hparams.seed)
         return self._loader("ptx", batch_size or self.hparams.batch_size, True, "sft", sampler=sampler)
+
+
+def reshuffled_passes(loader: DataLoader) -> Iterator[Any]:
+    """Batches of ``loader`` without end, one fresh pass after another.
+
+    Why not ``itertools.cycle``: it replays the first pass in the same order forever and keeps every batch in
+    host memory. Each pass here draws a new order (a ``DistributedSampler`` is told the pass number, as a
+    training epoch would tell it) and holds one batch at a time.
+    """
+    epoch = 0
+    while True:
+        set_epoch = getattr(loader.sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("reshuffled_passes: the data loader yields no batch (is its data set empty?)")
+        epoch += 1

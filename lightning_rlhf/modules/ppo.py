@@ -10,7 +10,6 @@ The maths lives in :mod:`lightning_rlhf.algorithms`; buffers and forward plumbin
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ from lightning_rlhf.algorithms import (
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
 from lightning_rlhf.models.loading import zero3_loading
 from lightning_rlhf.models.sampling import generating_model, sampling_from_policy, stop_token_ids
+from lightning_rlhf.data.datamodule import reshuffled_passes
 from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
 from lightning_rlhf.modules.ppo_config import GenerationArgs
 from lightning_rlhf.modules.ppo_logging import PPO_TAGS, log_iteration, log_samples, reduce_metrics
@@ -346,7 +346,7 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
             if loader is None:
                 raise RuntimeError("PPOModule(ptx_coef > 0) needs a data module with ptx_dataloader() "
                                    "or batches of the form {'ppo': ..., 'ptx': ...}")
-            self._ptx_iterator = itertools.cycle(loader(self.hparams.ptx_batch_size))
+            self._ptx_iterator = reshuffled_passes(loader(self.hparams.ptx_batch_size))
         return self.transfer_batch_to_device(next(self._ptx_iterator), self.device, 0)
 
     def optimizer_step(self, optimizer: Any, loss: Tensor) -> None:

@@ -140,3 +140,24 @@ def test_lightning_cli_parser_builds_it_from_config(task_tokenizer_dir, tmp_path
     # every argument carries its docstring into --help
     assert "longest prompt in tokens. (type: int, default: 256)" in help_text
     assert "the count is logged either way. (type: Literal['drop', 'truncate'], default: drop)" in help_text
+
+
+def test_ptx_batches_reshuffle_every_pass_and_tell_the_sampler():
+    """PPO's ptx stream draws a new order each pass (itertools.cycle replayed the first pass forever)."""
+    import itertools
+
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from lightning_rlhf.data.datamodule import reshuffled_passes
+
+    items = list(range(16))
+    torch.manual_seed(0)
+    passes = list(itertools.islice(reshuffled_passes(DataLoader(items, batch_size=4, shuffle=True)), 12))
+    orders = [torch.cat(passes[i:i + 4]).tolist() for i in (0, 4, 8)]
+    assert all(sorted(order) == items for order in orders) and len({tuple(o) for o in orders}) == 3
+    sampler = DistributedSampler(items, num_replicas=2, rank=0, shuffle=True, seed=0)
+    stream = reshuffled_passes(DataLoader(items, batch_size=4, sampler=sampler))
+    first, second = [torch.cat(list(itertools.islice(stream, 2))).tolist() for _ in range(2)]
+    assert sampler.epoch == 1 and first != second and len(first) == len(second) == 8
+    with pytest.raises(ValueError, match="yields no batch"):
+        next(reshuffled_passes(DataLoader([], batch_size=4)))
