@@ -114,6 +114,9 @@ class AdaptiveKLController(FixedKLController):
         super().__init__(kl_coef)
         if target <= 0 or horizon <= 0:
             raise ValueError(f"target and horizon must be > 0, got target={target}, horizon={horizon}")
+        if kl_coef <= 0:  # the controller scales the coefficient: from 0 it would never move
+            raise ValueError(f"an adaptive KL (kl_target={target}) needs an initial kl_coef > 0, got {kl_coef}; "
+                             f"start from e.g. kl_coef=0.1, or drop kl_target for no KL penalty")
         self.target = float(target)
         self.horizon = int(horizon)
 

@@ -71,3 +71,9 @@ def test_adaptive_controller_matches_formula():
     assert fixed.update(100.0, 1000) == 0.05
     with pytest.raises(ValueError):
         AdaptiveKLController(0.1, target=0.0, horizon=1)
+
+
+def test_adaptive_kl_from_zero_is_refused():
+    """A coefficient of 0 would never adapt (the controller multiplies it); say so instead of running unpenalised."""
+    with pytest.raises(ValueError, match="needs an initial kl_coef > 0"):
+        AdaptiveKLController(0.0, target=6.0, horizon=10000)
