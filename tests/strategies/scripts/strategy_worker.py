@@ -231,6 +231,13 @@ def main():
     args.outdir.mkdir(parents=True, exist_ok=True)
     suffix = f"-{args.phase}" if args.scenario == "resume" else ""
     (args.outdir / f"{args.scenario}{suffix}-rank{rank}.json").write_text(json.dumps(result))
+    # Leave the process group explicitly: torn down by the interpreter's exit instead, a gloo worker thread was
+    # once destroyed while joinable ("terminate called without an active exception", SIGABRT after fit had ended).
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
