@@ -61,9 +61,11 @@ TINY_PPO_ROLLOUT_SIZE = 64
 def tiny_ppo_settings() -> dict[str, Any]:
     """``PPOModule`` arguments tuned for tiny models trained from scratch on the built-in task (CPU).
 
-    Measured with a llama of hidden size 64, 2 layers, SFT'd and reward-trained on the addition task
-    (``tests/modules/scripts/ppo_pipeline.py``), rollouts of :data:`TINY_PPO_ROLLOUT_SIZE` prompts, 3 epochs
-    over 1,710 prompts: held-out greedy task success 0.48 -> 0.89, reward 0.9 -> 5.0, KL per response ~0.7.
+    Measured with a llama of hidden size 64, 2 layers (tied embeddings, 2 KV heads), SFT'd and reward-trained
+    on the addition task (``tests/modules/scripts/ppo_pipeline.py``), rollouts of :data:`TINY_PPO_ROLLOUT_SIZE`
+    prompts, 3 epochs over 1,710 prompts, PPO seeds 0/1/2 from one SFT start (2-core AMD EPYC, AVX2 kernels,
+    2026-12-01): held-out greedy task success 0.589 -> 0.933 / 0.922 / 0.844 (median lift +0.33), reward
+    -1.11 -> 2.78 / 2.70 / 2.60 (median lift +3.8).
     What matters for tiny models: learning rates ~30x DeepSpeed-Chat's (3e-4 actor, 1e-3 critic), a strong
     KL coefficient (0.3: a reward model trained on few pairs rates unseen answers unreliably, and the
     penalty keeps the policy where it was trained), normalised rewards, and short responses
