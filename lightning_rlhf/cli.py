@@ -35,7 +35,7 @@ import lightning_rlhf  # noqa: F401  (registers the "hybrid_deepspeed" strategie
 from lightning_rlhf.callbacks.export import HFExportCallback
 from lightning_rlhf.data import PreferenceDataModule
 
-USAGE = """usage: lightning-rlhf {sft,reward,ppo,pipeline} ...
+USAGE = """usage: lightning-rlhf {sft,reward,ppo,pipeline} ... | --version
 
   sft {fit,validate,test,predict} [--config FILE] [...]     step 1: supervised fine-tuning
   reward {fit,validate,test,predict} [--config FILE] [...]  step 2: reward model
@@ -213,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> Any:
     args = adapt_deepspeed_launcher(list(sys.argv[1:] if argv is None else argv), os.environ)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
+        return None
+    if args[0] in ("-V", "--version"):
+        print(f"lightning-rlhf {lightning_rlhf.__version__}")
         return None
     command, rest = args[0], args[1:]
     if command == "pipeline":

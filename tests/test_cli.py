@@ -46,6 +46,14 @@ def test_a_foreign_data_stage_is_refused(tiny_model_factory, tmp_path):
               "--trainer.default_root_dir", str(tmp_path)])
 
 
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_is_printed(capsys, flag):
+    import lightning_rlhf
+
+    assert main([flag]) is None
+    assert capsys.readouterr().out.strip() == f"lightning-rlhf {lightning_rlhf.__version__}"
+
+
 def test_unknown_command_names_the_choices(capsys):
     with pytest.raises(SystemExit, match="unknown command 'train'; choose one of sft, reward, ppo, pipeline"):
         main(["train"])
