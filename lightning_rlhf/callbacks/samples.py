@@ -110,7 +110,7 @@ class SampleLoggingCallback(Callback):
     @torch.no_grad()
     def generate_samples(self, trainer: Trainer, pl_module: LightningModule) -> list[tuple[str, str]]:
         """``[(prompt, response), ...]`` generated now by the current weights. Collective."""
-        from lightning_rlhf.models.sampling import generating_model, stop_token_ids
+        from lightning_rlhf.models.sampling import policy_stop_ids
         from lightning_rlhf.strategies import generation_mode
 
         tokenizer = find_tokenizer(trainer, pl_module)
@@ -120,9 +120,9 @@ class SampleLoggingCallback(Callback):
         ids, mask = ids.to(pl_module.device), mask.to(pl_module.device)
         model = export_target(pl_module, self.model_attr)
         with generation_mode(trainer.strategy, model) as generator:
-            stop_ids = stop_token_ids(tokenizer, getattr(generating_model(generator), "generation_config", None))
             sequences = generator.generate(
-                input_ids=ids, attention_mask=mask, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids,
+                input_ids=ids, attention_mask=mask, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=policy_stop_ids(tokenizer, generator),
                 **self.generate_kwargs,
             )
         prompts = tokenizer.batch_decode(ids, skip_special_tokens=True)

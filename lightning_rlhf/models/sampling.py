@@ -66,17 +66,26 @@ def generating_model(policy: Any) -> nn.Module:
     return unwrap_model(getattr(policy, "module", policy))
 
 
+def policy_stop_ids(tokenizer: Any, policy: Any) -> list[int]:
+    """:func:`stop_token_ids` of the model that ``policy`` generates with."""
+    return stop_token_ids(tokenizer, getattr(generating_model(policy), "generation_config", None))
+
+
 @contextmanager
-def sampling_from_policy(policy: Any, stop_ids: list[int]) -> Iterator[None]:
+def sampling_from_policy(policy: Any, tokenizer: Any) -> Iterator[list[int]]:
     """Within the block, ``policy.generate`` applies only the arguments it is called with.
 
-    The model's ``generation_config`` is swapped for one that keeps its token ids (EOS set to ``stop_ids``) and
+    The model's ``generation_config`` is swapped for one that keeps its token ids (EOS set to every stop id) and
     nothing else; settings that would have reshaped the distribution are warned about once per set of names.
+
+    Yields:
+        The token ids that end a response (:func:`policy_stop_ids`).
     """
     from transformers import GenerationConfig
 
     model = generating_model(policy)
     saved = getattr(model, "generation_config", None)
+    stop_ids = stop_token_ids(tokenizer, saved)
     ignored = ignored_settings(saved)
     if ignored and tuple(sorted(ignored)) not in _WARNED:
         _WARNED.add(tuple(sorted(ignored)))
@@ -86,13 +95,8 @@ def sampling_from_policy(policy: Any, stop_ids: list[int]) -> Iterator[None]:
             f"PPO and GRPO score. Set sampling options in GenerationArgs instead."
         )
     kept = {key: getattr(saved, key, None) for key in _KEPT_FIELDS}
-    model.generation_config = GenerationConfig(**{**kept, "eos_token_id": list(stop_ids)})
-    holder = policy if hasattr(policy, "generation_config") and policy is not model else None
-    if holder is not None:
-        holder_saved, holder.generation_config = holder.generation_config, model.generation_config
+    model.generation_config = GenerationConfig(**{**kept, "eos_token_id": stop_ids})
     try:
-        yield
+        yield stop_ids
     finally:
         model.generation_config = saved
-        if holder is not None:
-            holder.generation_config = holder_saved

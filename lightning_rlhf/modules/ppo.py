@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
 
@@ -36,10 +35,10 @@ from lightning_rlhf.algorithms import (
     masked_whiten,
     process_scores,
 )
+from lightning_rlhf.data.datamodule import reshuffled_passes
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
 from lightning_rlhf.models.loading import zero3_loading
-from lightning_rlhf.models.sampling import generating_model, sampling_from_policy, stop_token_ids
-from lightning_rlhf.data.datamodule import reshuffled_passes
+from lightning_rlhf.models.sampling import sampling_from_policy
 from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
 from lightning_rlhf.modules.ppo_config import GenerationArgs
 from lightning_rlhf.modules.ppo_logging import PPO_TAGS, log_iteration, log_samples, reduce_metrics
@@ -367,14 +366,6 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         return lambda tensor: self.trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
 
     # -- generation, decoding, validation ---------------------------------------------------------------
-    @contextmanager
-    def _sampling(self, policy: Any) -> Iterator[list[int]]:
-        """Sample from the policy's own distribution (see :mod:`lightning_rlhf.models.sampling`); yields the
-        token ids that end a response (the tokenizer's EOS and the model's end-of-turn ids)."""
-        stop_ids = stop_token_ids(self.tokenizer, getattr(generating_model(policy), "generation_config", None))
-        with sampling_from_policy(policy, stop_ids):
-            yield stop_ids
-
     @torch.no_grad()
     def generate(self, batch: Mapping[str, Any], greedy: bool, with_logprobs: bool = False) -> Generated:
         """Responses to the prompts, in chunks of ``generation_batch_size``.
@@ -389,7 +380,8 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         tok, prompt_length = self.tokenizer, input_ids.shape[1]
         chunk = self.hparams.generation_batch_size or len(input_ids)
         responses, logprobs, entropies = [], [], []
-        with generation_mode(self.trainer.strategy, self.actor) as policy, self._sampling(policy) as stop_ids:
+        with generation_mode(self.trainer.strategy, self.actor) as policy, \
+                sampling_from_policy(policy, tok) as stop_ids:
             kwargs = self.generation.generate_kwargs(tok.pad_token_id, stop_ids, greedy=greedy)
             # a tensor-parallel replica returns token ids only
             with_logits = with_logprobs and getattr(policy, "tp_group", None) is None

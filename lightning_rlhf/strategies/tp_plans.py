@@ -19,12 +19,11 @@ GPT-2's ``Conv1D`` layers (transposed weights) become ``nn.Linear`` in the repli
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 import warnings
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from torch import nn
-
 
 
 @dataclass(frozen=True)

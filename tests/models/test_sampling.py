@@ -34,9 +34,9 @@ def test_rollout_samples_from_softmax_of_logits_over_temperature(tiny_model_fact
     monkeypatch.setattr(sampling, "_WARNED", set())  # the warning comes once per process and set of names
     model, tokenizer = saved_model(tiny_model_factory, **SAVED)
     ids = torch.randint(4, 60, (4, 5), generator=torch.Generator().manual_seed(0))
-    stop = stop_token_ids(tokenizer, model.generation_config)
-    with pytest.warns(UserWarning, match="repetition_penalty"), sampling_from_policy(model, stop):
+    with pytest.warns(UserWarning, match="repetition_penalty"), sampling_from_policy(model, tokenizer) as stop:
         out = sample_with_scores(model, ids, temperature)
+    assert stop == stop_token_ids(tokenizer, model.generation_config)
     processed, raw = torch.stack(out.scores, 1), torch.stack(out.logits, 1)
     live = out.sequences[:, ids.shape[1]:] != 0  # steps after a row ended are padding
     torch.testing.assert_close(processed[live], raw[live] / temperature, atol=1e-5, rtol=1e-5)
