@@ -20,10 +20,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel
 
 from lightning_rlhf.models.loading import unwrap_peft
-
-
-def _is_partitioned(param: Tensor) -> bool:
-    return hasattr(param, "ds_id")
+from lightning_rlhf.models.zero3 import is_partitioned
 
 
 def _dist_rank() -> int:
@@ -71,7 +68,7 @@ def gathered_state_dict(
     for group in _param_groups(model, group_numel):
         params = [p for _, p in group]
         context = contextlib.nullcontext()
-        if any(_is_partitioned(p) for p in params):
+        if any(is_partitioned(p) for p in params):
             import deepspeed
 
             context = deepspeed.zero.GatheredParameters(params, modifier_rank=None)

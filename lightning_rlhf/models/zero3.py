@@ -25,7 +25,8 @@ def _active_zero_init() -> Any | None:
     return getattr(zero, "top_level_context", None) if zero is not None else None
 
 
-def _is_partitioned(param: nn.Parameter) -> bool:
+def is_partitioned(param: torch.Tensor) -> bool:
+    """Whether ``param`` is partitioned by DeepSpeed ZeRO-3 (its local tensor is then empty)."""
     return hasattr(param, "ds_id")
 
 
@@ -99,7 +100,7 @@ def paused_partitioning() -> Iterator[None]:
 def num_embeddings(model: nn.Module) -> int:
     """Rows of the input embedding (its full size when ZeRO-3 partitioned: the local tensor is empty)."""
     weight = model.get_input_embeddings().weight
-    return int(weight.ds_shape[0]) if _is_partitioned(weight) else int(weight.shape[0])
+    return int(weight.ds_shape[0]) if is_partitioned(weight) else int(weight.shape[0])
 
 
 def resize_embeddings(model: nn.Module, size: int) -> None:
@@ -109,10 +110,10 @@ def resize_embeddings(model: nn.Module, size: int) -> None:
     new embedding (and an untied head) must be created outside ``zero.Init``; they are partitioned afterwards
     (broadcast from rank 0 first, so every rank holds the same mean-initialised new rows).
     """
-    partitioned = any(_is_partitioned(p) for p in model.parameters())
+    partitioned = any(is_partitioned(p) for p in model.parameters())
     with paused_partitioning():
         model.resize_token_embeddings(size)
-    whole = [p for p in model.parameters() if not _is_partitioned(p)]
+    whole = [p for p in model.parameters() if not is_partitioned(p)]
     if partitioned and whole:
         import deepspeed
         from transformers.integrations.deepspeed import deepspeed_config
