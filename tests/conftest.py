@@ -42,3 +42,13 @@ def tiny_model_factory(tmp_path_factory, tiny_tokenizer):
         return cache[key]
 
     return factory
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the slow end-to-end tests first.
+
+    Why: the suite runs on two pytest-xdist workers (``scripts/test.sh``); a several-minute test that starts
+    last leaves the other worker idle while it finishes. Started first, the short tests fill in around it.
+    The order is otherwise the collection order (a stable sort).
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

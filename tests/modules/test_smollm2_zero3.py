@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from tests.helpers.distributed import run_distributed
 
@@ -42,12 +43,14 @@ def smollm2_folder(request, tmp_path_factory) -> Path:
     cache = getattr(request.config, "cache", None)
     folder = cache.mkdir("smollm2-135m-instruct") if cache is not None else tmp_path_factory.mktemp("smollm2")
     marker, source = folder / "converted-from.txt", f"{gguf.name} {gguf.stat().st_size}"
-    if not marker.exists() or marker.read_text() != source:
-        convert.convert(folder, gguf)
-        marker.write_text(source)
-    config = json.loads((folder / "config.json").read_text())
-    if config.pop("quantization_config", None) is not None:  # a GGUF leftover that would make it load as quantized
-        (folder / "config.json").write_text(json.dumps(config, indent=2))
+    # pytest-xdist workers share the cache folder: one converts while the other waits for it
+    with FileLock(str(folder) + ".lock"):
+        if not marker.exists() or marker.read_text() != source:
+            convert.convert(folder, gguf)
+            config = json.loads((folder / "config.json").read_text())
+            config.pop("quantization_config", None)  # a GGUF leftover that would make it load as quantized
+            (folder / "config.json").write_text(json.dumps(config, indent=2))
+            marker.write_text(source)
     return folder
 
 
