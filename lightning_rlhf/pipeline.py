@@ -119,6 +119,12 @@ class StepResult:
     total_seconds: float
     model_dir: str
     log_dir: str | None
+    generation: dict[str, float] | None = None  # the generation switch during fit (rank 0), if it ran
+
+
+def _generation_stats(trainer: Any) -> Any:
+    """The strategy's generation-switch counters (``HybridDeepSpeedStrategy``), or None for other strategies."""
+    return getattr(trainer.strategy, "generation_stats", None)
 
 
 def parse_steps(steps: str | Sequence[str]) -> list[str]:
@@ -241,13 +247,18 @@ def run_step(config: PipelineConfig, step: str, base: Path) -> StepResult:
     cli = STAGE_CLIS[step](args=step_config(config, step, base), run=False)
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     before = _metrics(trainer.validate(module, datamodule=data, verbose=False), step) if config.evaluate_before else {}
+    stats = _generation_stats(trainer)
+    if stats is not None:
+        stats.reset()  # count the switch during fit only, not the validation passes around it
     fit_start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     fit_seconds = time.perf_counter() - fit_start
+    generation = asdict(stats) if stats is not None and stats.calls else None
     after = _metrics(trainer.validate(module, datamodule=data, verbose=False), step)
     log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
     result = StepResult(
-        step, before, after, fit_seconds, time.perf_counter() - start, str(_export_dir(config, step)), log_dir
+        step, before, after, fit_seconds, time.perf_counter() - start, str(_export_dir(config, step)), log_dir,
+        generation,
     )
     changes = ", ".join(f"{k} {before.get(k, float('nan')):.4g} -> {v:.4g}" for k, v in after.items())
     rank_zero_info(f"pipeline: step {step} done in {result.total_seconds:.0f}s ({changes}); model: {result.model_dir}")
@@ -273,6 +284,12 @@ def format_summary(results: Sequence[StepResult], output_dir: str) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
+    for r in results:
+        if r.generation:
+            g = r.generation
+            lines.append(f"{r.step:7s} generation switch (rank 0, during fit): {g['calls']} rollouts, gather "
+                         f"{g['gather_s']:.1f}s, generate {g['generate_s']:.1f}s, {g['new_tokens']} tokens, "
+                         f"{g['tokens_per_s']:.0f} tokens/s")
     for r in results:
         lines.append(f"{r.step:7s} model: {r.model_dir}")
         lines.append(f"{'':7s} logs:  {r.log_dir}")
