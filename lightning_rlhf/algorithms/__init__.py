@@ -12,6 +12,15 @@ from lightning_rlhf.algorithms.advantages import (
     last_token_index,
     process_scores,
 )
+from lightning_rlhf.algorithms.group_advantages import (
+    GROUP_ADVANTAGE_ESTIMATORS,
+    dr_grpo_advantages,
+    get_group_advantage_estimator,
+    grpo_advantages,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
+    rloo_advantages,
+)
 from lightning_rlhf.algorithms.kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -35,6 +44,7 @@ from lightning_rlhf.algorithms.losses import (
 from lightning_rlhf.algorithms.masked import masked_mean, masked_sum, masked_var, masked_whiten
 
 __all__ = [
+    "GROUP_ADVANTAGE_ESTIMATORS",
     "KL_ESTIMATORS",
     "AdaptiveKLController",
     "FixedKLController",
@@ -46,10 +56,13 @@ __all__ = [
     "causal_lm_loss",
     "clipped_policy_loss",
     "clipped_value_loss",
+    "dr_grpo_advantages",
     "entropy_from_logits",
     "explained_variance",
     "generalized_advantage_estimation",
+    "get_group_advantage_estimator",
     "get_kl_estimator",
+    "grpo_advantages",
     "kl_k1",
     "kl_k2",
     "kl_k3",
@@ -62,4 +75,7 @@ __all__ = [
     "masked_whiten",
     "pairwise_reward_loss",
     "process_scores",
+    "reinforce_pp_advantages",
+    "reinforce_pp_baseline_advantages",
+    "rloo_advantages",
 ]
