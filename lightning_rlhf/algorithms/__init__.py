@@ -12,6 +12,13 @@ from lightning_rlhf.algorithms.advantages import (
     last_token_index,
     process_scores,
 )
+from lightning_rlhf.algorithms.aggregation import (
+    LOSS_AGGREGATIONS,
+    get_loss_aggregation,
+    seq_mean_token_mean,
+    seq_mean_token_sum_norm,
+    token_mean,
+)
 from lightning_rlhf.algorithms.group_advantages import (
     GROUP_ADVANTAGE_ESTIMATORS,
     dr_grpo_advantages,
@@ -21,6 +28,7 @@ from lightning_rlhf.algorithms.group_advantages import (
     reinforce_pp_baseline_advantages,
     rloo_advantages,
 )
+from lightning_rlhf.algorithms.grpo_loss import GRPOLossStats, grpo_policy_loss
 from lightning_rlhf.algorithms.kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -33,11 +41,13 @@ from lightning_rlhf.algorithms.kl import (
 )
 from lightning_rlhf.algorithms.logits import entropy_from_logits, logprobs_from_logits
 from lightning_rlhf.algorithms.losses import (
+    ClippedSurrogate,
     PairwiseLossStats,
     PolicyLossStats,
     ValueLossStats,
     causal_lm_loss,
     clipped_policy_loss,
+    clipped_surrogate,
     clipped_value_loss,
     pairwise_reward_loss,
 )
@@ -46,8 +56,11 @@ from lightning_rlhf.algorithms.masked import masked_mean, masked_sum, masked_var
 __all__ = [
     "GROUP_ADVANTAGE_ESTIMATORS",
     "KL_ESTIMATORS",
+    "LOSS_AGGREGATIONS",
     "AdaptiveKLController",
+    "ClippedSurrogate",
     "FixedKLController",
+    "GRPOLossStats",
     "KLController",
     "PairwiseLossStats",
     "PolicyLossStats",
@@ -55,6 +68,7 @@ __all__ = [
     "ValueLossStats",
     "causal_lm_loss",
     "clipped_policy_loss",
+    "clipped_surrogate",
     "clipped_value_loss",
     "dr_grpo_advantages",
     "entropy_from_logits",
@@ -62,7 +76,9 @@ __all__ = [
     "generalized_advantage_estimation",
     "get_group_advantage_estimator",
     "get_kl_estimator",
+    "get_loss_aggregation",
     "grpo_advantages",
+    "grpo_policy_loss",
     "kl_k1",
     "kl_k2",
     "kl_k3",
@@ -78,4 +94,7 @@ __all__ = [
     "reinforce_pp_advantages",
     "reinforce_pp_baseline_advantages",
     "rloo_advantages",
+    "seq_mean_token_mean",
+    "seq_mean_token_sum_norm",
+    "token_mean",
 ]
