@@ -19,6 +19,7 @@ from lightning_rlhf.algorithms.aggregation import (
     seq_mean_token_sum_norm,
     token_mean,
 )
+from lightning_rlhf.algorithms.dapo import DynamicSampling, dynamic_sampling, mask_truncated, overlong_penalty
 from lightning_rlhf.algorithms.group_advantages import (
     GROUP_ADVANTAGE_ESTIMATORS,
     dr_grpo_advantages,
@@ -59,6 +60,7 @@ __all__ = [
     "LOSS_AGGREGATIONS",
     "AdaptiveKLController",
     "ClippedSurrogate",
+    "DynamicSampling",
     "FixedKLController",
     "GRPOLossStats",
     "KLController",
@@ -71,6 +73,7 @@ __all__ = [
     "clipped_surrogate",
     "clipped_value_loss",
     "dr_grpo_advantages",
+    "dynamic_sampling",
     "entropy_from_logits",
     "explained_variance",
     "generalized_advantage_estimation",
@@ -85,10 +88,12 @@ __all__ = [
     "kl_penalized_rewards",
     "last_token_index",
     "logprobs_from_logits",
+    "mask_truncated",
     "masked_mean",
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "overlong_penalty",
     "pairwise_reward_loss",
     "process_scores",
     "reinforce_pp_advantages",
