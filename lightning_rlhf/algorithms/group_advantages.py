@@ -44,7 +44,9 @@ def _group_view(scores: Tensor, num_generations: int, mask: Tensor) -> Tensor:
             f"got {tuple(scores.shape)}"
         )
     if mask.dim() != 2 or mask.shape[0] != scores.shape[0]:
-        raise ValueError(f"mask must be shaped (batch, seq) with batch = {scores.shape[0]} scores, got {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must be shaped (batch, seq) with batch = {scores.shape[0]} scores, got {tuple(mask.shape)}"
+        )
     return _floating(scores).view(-1, num_generations)
 
 
