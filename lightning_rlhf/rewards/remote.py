@@ -11,6 +11,7 @@ Only the standard library (``urllib``) is used: no declared dependency of ours s
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -97,7 +98,7 @@ class RemoteScorer:
                 if exc.code not in _RETRY_STATUSES:
                     break
                 continue
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, cut short
                 failure = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
                 continue
             try:
