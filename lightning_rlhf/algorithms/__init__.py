@@ -22,6 +22,7 @@ from lightning_rlhf.algorithms.aggregation import (
 from lightning_rlhf.algorithms.dapo import DynamicSampling, dynamic_sampling, mask_truncated, overlong_penalty
 from lightning_rlhf.algorithms.group_advantages import (
     GROUP_ADVANTAGE_ESTIMATORS,
+    GroupAdvantageEstimator,
     dr_grpo_advantages,
     get_group_advantage_estimator,
     grpo_advantages,
@@ -63,6 +64,7 @@ __all__ = [
     "DynamicSampling",
     "FixedKLController",
     "GRPOLossStats",
+    "GroupAdvantageEstimator",
     "KLController",
     "PairwiseLossStats",
     "PolicyLossStats",

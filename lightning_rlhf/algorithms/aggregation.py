@@ -16,6 +16,7 @@ from typing import Mapping, Protocol
 from torch import Tensor
 
 from lightning_rlhf.algorithms.masked import masked_mean, masked_sum
+from lightning_rlhf.algorithms.named import choose
 
 
 class LossAggregation(Protocol):
@@ -97,8 +98,5 @@ LOSS_AGGREGATIONS: Mapping[str, LossAggregation] = {
 
 def get_loss_aggregation(name: str) -> LossAggregation:
     """The aggregation called ``name`` (one of :data:`LOSS_AGGREGATIONS`), with a clear error otherwise."""
-    try:
-        return LOSS_AGGREGATIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown loss aggregation {name!r}; choose one of {sorted(LOSS_AGGREGATIONS)}") from None
+    return choose(LOSS_AGGREGATIONS, name, "loss aggregation")
 

@@ -2,8 +2,10 @@
 
 Why a family rather than one function: they differ only in the baseline subtracted from each sequence's
 score and in how the result is normalised, and the peers disagree on which is best (2025 papers argue each
-way). Each is a named function here and a name in :data:`GROUP_ADVANTAGE_ESTIMATORS`, so a config picks one
-(``advantage_estimator: rloo``) and nothing branches on the name.
+way). What differs, the shaping of a group's scores, is a named function with its paper here; each estimator is
+that shaping plus a whitening flag (:class:`GroupAdvantageEstimator`) under a name in
+:data:`GROUP_ADVANTAGE_ESTIMATORS`, so a config picks one (``advantage_estimator: rloo``) and nothing branches
+on the name.
 
 All share one shape of computation, the one OpenRLHF uses (``experience_maker.py`` of
 https://github.com/OpenRLHF/OpenRLHF, ``advantage_estimator`` in ``rloo``, ``reinforce_baseline``,
@@ -23,21 +25,74 @@ out of their group's statistics and get advantage 0; drop them from the loss mas
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol
+from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from lightning_rlhf.algorithms.masked import masked_mean, masked_sum, masked_whiten
+from lightning_rlhf.algorithms.named import choose
 
 #: added to the group std before dividing, as TRL's GRPOTrainer does, so a group of equal rewards gives 0
 GRPO_STD_EPS = 1e-4
 
+#: a shaping: ``(groups, scored)`` both ``(num_prompts, num_generations)`` -> shaped scores of that shape;
+#: ``groups`` holds ``nan`` where ``scored`` is false, and the result may too
+Shaping = Callable[[Tensor, Tensor], Tensor]
+
+
+def group_std_normalized(groups: Tensor, scored: Tensor) -> Tensor:
+    """GRPO's shaping: ``(r_i - mean(r)) / (std(r) + 1e-4)`` over the group.
+
+    Shao et al. 2024, "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models"
+    (https://arxiv.org/abs/2402.03300), section 4.1.2 (outcome supervision). The std is the unbiased one,
+    as TRL's ``GRPOTrainer`` uses (the paper does not say); a group with one scored sample gets 0.
+    """
+    mean = _group_mean(groups, scored)
+    count = scored.sum(1, keepdim=True)
+    var = masked_sum((groups - mean) ** 2, scored, dim=1).unsqueeze(1) / (count - 1).clamp(min=1)
+    std = torch.where(count > 1, var.sqrt(), 0.0)
+    return (groups - mean) / (std + GRPO_STD_EPS)
+
+
+def group_mean_baseline(groups: Tensor, scored: Tensor) -> Tensor:
+    """``r_i - mean(r)`` over the group, without GRPO's division by the std.
+
+    Dr. GRPO, Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective"
+    (https://arxiv.org/abs/2503.20783), section 3.2: dividing by the std up-weights prompts that are nearly
+    always right or wrong (a difficulty bias). Also the first half of REINFORCE++-baseline.
+    """
+    return groups - _group_mean(groups, scored)
+
+
+def leave_one_out_baseline(groups: Tensor, scored: Tensor) -> Tensor:
+    """RLOO's shaping: ``r_i`` minus the mean of the *other* scored samples of its group.
+
+    Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
+    Feedback in LLMs" (https://arxiv.org/abs/2402.14740), equation 7: the baseline excludes the sample
+    itself, so it stays unbiased. A sample whose group has no other scored sample gets 0.
+    """
+    total = masked_sum(groups, scored, dim=1).unsqueeze(1)
+    others = scored.sum(1, keepdim=True) - scored.long()
+    baseline = (total - torch.nan_to_num(groups, nan=0.0)) / others.clamp(min=1)
+    shaped = torch.where(others > 0, groups - baseline, 0.0)
+    return torch.where(scored, shaped, torch.nan)
+
+
+def no_baseline(groups: Tensor, scored: Tensor) -> Tensor:
+    """The scores as they are: REINFORCE++ (https://arxiv.org/abs/2501.03262) relies on the global
+    whitening alone."""
+    return groups
+
+
+def _group_mean(groups: Tensor, scored: Tensor) -> Tensor:
+    """Mean of each group's scored entries, ``(num_prompts, 1)``."""
+    return masked_mean(groups, scored, dim=1).unsqueeze(1)
+
 
 def _group_view(scores: Tensor, num_generations: int, mask: Tensor) -> Tensor:
     """``scores`` as ``(num_prompts, num_generations)`` after checking the shapes agree."""
-    if num_generations < 1:
-        raise ValueError(f"num_generations must be >= 1, got {num_generations}")
     if scores.dim() != 1 or scores.shape[0] % num_generations:
         raise ValueError(
             f"scores must be shaped (num_prompts * num_generations,) with num_generations={num_generations}, "
@@ -53,19 +108,6 @@ def _group_view(scores: Tensor, num_generations: int, mask: Tensor) -> Tensor:
 def _floating(values: Tensor) -> Tensor:
     """``values`` detached, as float32 unless already floating (float64 stays, for exact tests)."""
     return (values if values.is_floating_point() else values.float()).detach()
-
-
-def _need_pairs(num_generations: int, estimator: str) -> None:
-    if num_generations < 2:
-        raise ValueError(
-            f"the {estimator!r} estimator compares samples of the same prompt, so it needs num_generations >= 2, "
-            f"got {num_generations}; raise num_generations or use 'reinforce_pp'"
-        )
-
-
-def _group_mean(groups: Tensor, scored: Tensor) -> Tensor:
-    """Mean of each group's scored entries, ``(num_prompts, 1)``."""
-    return masked_mean(groups, scored, dim=1).unsqueeze(1)
 
 
 def _to_tokens(shaped: Tensor, mask: Tensor, kl_penalty: Tensor | None) -> Tensor:
@@ -88,8 +130,23 @@ def _to_tokens(shaped: Tensor, mask: Tensor, kl_penalty: Tensor | None) -> Tenso
     return torch.where(mask, returns, 0.0)
 
 
-class GroupAdvantageEstimator(Protocol):
-    """What every estimator takes and returns (see :func:`grpo_advantages` for the arguments)."""
+@dataclass(frozen=True)
+class GroupAdvantageEstimator:
+    """One estimator: a shaping of each group's scores, then per-token returns, then optionally whitening.
+
+    Attributes:
+        name: the name a config uses.
+        shaping: the group shaping (one of the functions above).
+        whiten: whiten the advantages over the global batch (REINFORCE++), after the shaping.
+        min_group: the smallest ``num_generations`` the shaping makes sense for.
+        paper: where it comes from.
+    """
+
+    name: str
+    shaping: Shaping
+    whiten: bool
+    min_group: int
+    paper: str
 
     def __call__(
         self,
@@ -98,159 +155,65 @@ class GroupAdvantageEstimator(Protocol):
         mask: Tensor,
         kl_penalty: Tensor | None = None,
         sum_across: Callable[[Tensor], Tensor] | None = None,
-    ) -> Tensor: ...
+    ) -> Tensor:
+        """Per-token advantages.
+
+        Args:
+            scores: ``(num_prompts * num_generations,)`` sequence scores, prompt-major; ``nan`` = no reward
+                (the row is left out of its group's statistics and gets advantage 0: drop it from the loss too).
+            num_generations: samples per prompt ``G`` (the group size).
+            mask: ``(batch, seq)`` true on response tokens; advantages are zero elsewhere.
+            kl_penalty: ``(batch, seq)`` per-token ``beta * KL_t`` subtracted as a reward (KL in the reward,
+                REINFORCE++'s design); ``None``: no KL in the reward (GRPO puts its KL in the loss instead).
+            sum_across: all-reduce sum over the ranks sharing the batch (as :func:`masked_whiten`'s), so the
+                whitening sees the global batch; ``None``: this rank's rows only. Unused without whitening: a
+                group's samples are generated together on one rank, so group statistics are local.
+
+        Returns:
+            ``(batch, seq)`` float advantages.
+        """
+        if num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1, got {num_generations}")
+        if num_generations < self.min_group:
+            raise ValueError(
+                f"the {self.name!r} estimator compares samples of the same prompt, so it needs num_generations "
+                f">= {self.min_group}, got {num_generations}; raise num_generations or use 'reinforce_pp'"
+            )
+        groups = _group_view(scores, num_generations, mask)
+        shaped = self.shaping(groups, ~groups.isnan()).flatten()
+        if not self.whiten:
+            return _to_tokens(shaped, mask, kl_penalty)
+        counted = mask.bool() & ~shaped.isnan().unsqueeze(1)
+        return masked_whiten(_to_tokens(shaped, counted, kl_penalty), counted, sum_across=sum_across)
 
 
-def grpo_advantages(
-    scores: Tensor,
-    num_generations: int,
-    mask: Tensor,
-    kl_penalty: Tensor | None = None,
-    sum_across: Callable[[Tensor], Tensor] | None = None,
-) -> Tensor:
-    """GRPO: ``(r_i - mean(r)) / (std(r) + 1e-4)`` over the group, the same for every token.
-
-    Shao et al. 2024, "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models"
-    (https://arxiv.org/abs/2402.03300), section 4.1.2 (outcome supervision). The std is the unbiased one,
-    as TRL's ``GRPOTrainer`` uses; the paper does not say.
-
-    Args:
-        scores: ``(num_prompts * num_generations,)`` sequence scores, prompt-major; ``nan`` = no reward.
-        num_generations: samples per prompt ``G`` (the group size), at least 2.
-        mask: ``(batch, seq)`` true on response tokens; advantages are zero elsewhere.
-        kl_penalty: ``(batch, seq)`` per-token ``beta * KL_t`` to subtract as a reward (KL in the reward);
-            ``None``: no KL in the reward (GRPO's own KL term goes in the loss instead).
-        sum_across: unused by the group estimators: a group's samples are generated together on one rank
-            (prompts are repeated inside ``generate``), so its statistics are local. Accepted so every
-            estimator has one signature.
-
-    Returns:
-        ``(batch, seq)`` float advantages.
-    """
-    _need_pairs(num_generations, "grpo")
-    groups = _group_view(scores, num_generations, mask)
-    scored = ~groups.isnan()
-    mean = _group_mean(groups, scored)
-    count = scored.sum(1, keepdim=True)
-    var = masked_sum((groups - mean) ** 2, scored, dim=1).unsqueeze(1) / (count - 1).clamp(min=1)
-    std = torch.where(count > 1, var.sqrt(), 0.0)
-    return _to_tokens(((groups - mean) / (std + GRPO_STD_EPS)).flatten(), mask, kl_penalty)
-
-
-def dr_grpo_advantages(
-    scores: Tensor,
-    num_generations: int,
-    mask: Tensor,
-    kl_penalty: Tensor | None = None,
-    sum_across: Callable[[Tensor], Tensor] | None = None,
-) -> Tensor:
-    """Dr. GRPO: ``r_i - mean(r)`` over the group, without GRPO's division by the std.
-
-    Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective"
-    (https://arxiv.org/abs/2503.20783), section 3.2: dividing by the std up-weights prompts that are
-    nearly always right or wrong (a difficulty bias). Its other half, a constant length normaliser instead
-    of each sequence's length, is the loss aggregation ``seq_mean_token_sum_norm``. Args as
-    :func:`grpo_advantages`.
-    """
-    _need_pairs(num_generations, "dr_grpo")
-    groups = _group_view(scores, num_generations, mask)
-    return _to_tokens((groups - _group_mean(groups, ~groups.isnan())).flatten(), mask, kl_penalty)
-
-
-def rloo_advantages(
-    scores: Tensor,
-    num_generations: int,
-    mask: Tensor,
-    kl_penalty: Tensor | None = None,
-    sum_across: Callable[[Tensor], Tensor] | None = None,
-) -> Tensor:
-    """RLOO: ``r_i`` minus the mean of the other samples' scores of its group (leave one out).
-
-    Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
-    Feedback in LLMs" (https://arxiv.org/abs/2402.14740), equation 7: the baseline excludes the sample
-    itself, so it stays unbiased. A sample whose group has no other scored sample gets 0. Args as
-    :func:`grpo_advantages`.
-    """
-    _need_pairs(num_generations, "rloo")
-    groups = _group_view(scores, num_generations, mask)
-    scored = ~groups.isnan()
-    total = masked_sum(groups, scored, dim=1).unsqueeze(1)
-    others = scored.sum(1, keepdim=True) - scored.long()
-    baseline = (total - torch.nan_to_num(groups, nan=0.0)) / others.clamp(min=1)
-    shaped = torch.where(others > 0, groups - baseline, 0.0)
-    return _to_tokens(torch.where(scored, shaped, torch.nan).flatten(), mask, kl_penalty)
-
-
-def reinforce_pp_advantages(
-    scores: Tensor,
-    num_generations: int,
-    mask: Tensor,
-    kl_penalty: Tensor | None = None,
-    sum_across: Callable[[Tensor], Tensor] | None = None,
-) -> Tensor:
-    """REINFORCE++: returns-to-go of the score and the per-token KL penalty, whitened over the global batch.
-
-    Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models"
-    (https://arxiv.org/abs/2501.03262): no critic and no groups; the whitening over every rank's tokens is
-    what keeps the variance down, so it must see the global batch (``sum_across``), not one rank's rows.
-
-    Args:
-        scores: ``(batch,)`` sequence scores; ``nan`` = no reward (advantage 0, left out of the statistics).
-        num_generations: samples per prompt; any value >= 1 (only the shapes are checked).
-        mask: ``(batch, seq)`` true on response tokens.
-        kl_penalty: ``(batch, seq)`` per-token ``beta * KL_t`` subtracted as a reward (the paper's design).
-        sum_across: all-reduce sum over the ranks sharing the batch (as :func:`masked_whiten`'s); ``None``
-            whitens over this rank's rows only.
-
-    Returns:
-        ``(batch, seq)`` float advantages, zero mean and unit variance over the global batch's tokens.
-    """
-    _group_view(scores, num_generations, mask)
-    return _whiten_returns(_floating(scores), mask, kl_penalty, sum_across)
-
-
-def reinforce_pp_baseline_advantages(
-    scores: Tensor,
-    num_generations: int,
-    mask: Tensor,
-    kl_penalty: Tensor | None = None,
-    sum_across: Callable[[Tensor], Tensor] | None = None,
-) -> Tensor:
-    """REINFORCE++-baseline: the group mean subtracted from each score first, then as :func:`reinforce_pp_advantages`.
-
-    Hu 2025 (https://arxiv.org/abs/2501.03262), the variant for several samples per prompt (v2 of the paper,
-    OpenRLHF's ``reinforce_baseline``): the group mean removes the prompt's difficulty, the global
-    whitening sets the scale without GRPO's per-group std. Args as :func:`reinforce_pp_advantages`, with
-    ``num_generations >= 2``.
-    """
-    _need_pairs(num_generations, "reinforce_pp_baseline")
-    groups = _group_view(scores, num_generations, mask)
-    shaped = (groups - _group_mean(groups, ~groups.isnan())).flatten()
-    return _whiten_returns(shaped, mask, kl_penalty, sum_across)
-
-
-def _whiten_returns(
-    shaped: Tensor, mask: Tensor, kl_penalty: Tensor | None, sum_across: Callable[[Tensor], Tensor] | None
-) -> Tensor:
-    counted = mask.bool() & ~shaped.isnan().unsqueeze(1)
-    return masked_whiten(_to_tokens(shaped, counted, kl_penalty), counted, sum_across=sum_across)
-
+#: Shao et al. 2024, DeepSeekMath (GRPO): the group's mean and std, the same advantage on every token
+grpo_advantages = GroupAdvantageEstimator("grpo", group_std_normalized, False, 2, "https://arxiv.org/abs/2402.03300")
+#: Liu et al. 2025, Dr. GRPO: no std (its constant length normaliser is the ``seq_mean_token_sum_norm`` loss)
+dr_grpo_advantages = GroupAdvantageEstimator(
+    "dr_grpo", group_mean_baseline, False, 2, "https://arxiv.org/abs/2503.20783"
+)
+#: Ahmadian et al. 2024, RLOO: the leave-one-out baseline
+rloo_advantages = GroupAdvantageEstimator("rloo", leave_one_out_baseline, False, 2, "https://arxiv.org/abs/2402.14740")
+#: Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models": no critic, no
+#: groups; whitening over every rank's tokens keeps the variance down, so it must see the global batch
+reinforce_pp_advantages = GroupAdvantageEstimator(
+    "reinforce_pp", no_baseline, True, 1, "https://arxiv.org/abs/2501.03262"
+)
+#: REINFORCE++-baseline (v2 of the paper, OpenRLHF's ``reinforce_baseline``): the group mean removes the
+#: prompt's difficulty, the global whitening sets the scale without GRPO's per-group std
+reinforce_pp_baseline_advantages = GroupAdvantageEstimator(
+    "reinforce_pp_baseline", group_mean_baseline, True, 2, "https://arxiv.org/abs/2501.03262"
+)
 
 #: the estimators by name, for configuration (``advantage_estimator: grpo``)
 GROUP_ADVANTAGE_ESTIMATORS: Mapping[str, GroupAdvantageEstimator] = {
-    "grpo": grpo_advantages,
-    "dr_grpo": dr_grpo_advantages,
-    "rloo": rloo_advantages,
-    "reinforce_pp": reinforce_pp_advantages,
-    "reinforce_pp_baseline": reinforce_pp_baseline_advantages,
+    estimator.name: estimator
+    for estimator in (grpo_advantages, dr_grpo_advantages, rloo_advantages, reinforce_pp_advantages,
+                      reinforce_pp_baseline_advantages)
 }
 
 
 def get_group_advantage_estimator(name: str) -> GroupAdvantageEstimator:
     """The estimator called ``name`` (one of :data:`GROUP_ADVANTAGE_ESTIMATORS`), with a clear error otherwise."""
-    try:
-        return GROUP_ADVANTAGE_ESTIMATORS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown advantage estimator {name!r}; choose one of {sorted(GROUP_ADVANTAGE_ESTIMATORS)}"
-        ) from None
+    return choose(GROUP_ADVANTAGE_ESTIMATORS, name, "advantage estimator")

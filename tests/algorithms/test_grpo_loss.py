@@ -32,18 +32,16 @@ def test_grpo_loss_matches_loop(case, aggregation, kl_estimator, beta):
                                    kl_estimator=kl_estimator)
     per_token = torch.zeros(shape, dtype=torch.float64)
     low, high, kls, ratios = [], [], [], []
-    for i in range(shape[0]):
-        for j in range(shape[1]):
-            if not mask[i, j]:
-                continue
-            ratio = math.exp(float(lp.detach()[i, j]) - float(old[i, j]))
-            a = float(adv[i, j])
-            kl = loop_kl(kl_estimator, float(lp.detach()[i, j]), float(ref[i, j]))
-            per_token[i, j] = max(-a * ratio, -a * max(1 - LOW, min(1 + HIGH, ratio))) + beta * kl
-            low.append(1.0 if a < 0 and ratio < 1 - LOW else 0.0)
-            high.append(1.0 if a > 0 and ratio > 1 + HIGH else 0.0)
-            kls.append(kl)
-            ratios.append(ratio)
+    positions = [(i, j) for i in range(shape[0]) for j in range(shape[1]) if mask[i, j]]
+    for i, j in positions:
+        logp, a = float(lp.detach()[i, j]), float(adv[i, j])
+        ratio = math.exp(logp - float(old[i, j]))
+        kl = loop_kl(kl_estimator, logp, float(ref[i, j]))
+        per_token[i, j] = max(-a * ratio, -a * max(1 - LOW, min(1 + HIGH, ratio))) + beta * kl
+        low.append(1.0 if a < 0 and ratio < 1 - LOW else 0.0)
+        high.append(1.0 if a > 0 and ratio > 1 + HIGH else 0.0)
+        kls.append(kl)
+        ratios.append(ratio)
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
     assert loss.item() == pytest.approx(loop_aggregate(aggregation, per_token, mask), abs=1e-6)
     assert stats["clipfrac_low"].item() == pytest.approx(mean(low), abs=1e-6)
