@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -136,9 +135,6 @@ def test_shapes_and_names_are_checked():
 
 
 @pytest.mark.distributed
-def test_reinforce_pp_whitens_over_the_global_batch_on_two_ranks():
+def test_reinforce_pp_whitens_over_the_global_batch_on_two_ranks(whiten_worker_output):
     """REINFORCE++'s whitening with an all-reduce equals whitening the two ranks' rows concatenated."""
-    from tests.helpers.distributed import run_distributed
-
-    proc = run_distributed(Path(__file__).parent / "scripts" / "group_whiten_worker.py")
-    assert proc.stdout.count("ok rank") == 2, proc.stdout
+    assert whiten_worker_output.count("ok reinforce_pp rank") == 2, whiten_worker_output
