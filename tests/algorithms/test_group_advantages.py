@@ -138,3 +138,9 @@ def test_shapes_and_names_are_checked():
 def test_reinforce_pp_whitens_over_the_global_batch_on_two_ranks(whiten_worker_output):
     """REINFORCE++'s whitening with an all-reduce equals whitening the two ranks' rows concatenated."""
     assert whiten_worker_output.count("ok reinforce_pp rank") == 2, whiten_worker_output
+
+
+def test_reinforce_pp_takes_one_sample_per_prompt():
+    scores, mask, kl = random_batch(3, num_prompts=8, group=1)
+    got = get_group_advantage_estimator("reinforce_pp")(scores, 1, mask, kl_penalty=kl)
+    torch.testing.assert_close(got, loop_advantages("reinforce_pp", scores, 1, mask, kl), atol=1e-9, rtol=1e-9)
