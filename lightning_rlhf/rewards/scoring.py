@@ -172,6 +172,8 @@ def _checked(function: NamedRewardFunction, values: Any, batch: int, prompts: Se
                           f"completions; return one float (or None) per completion")
     checked: list[float | None] = []
     for row, value in enumerate(values):
+        if getattr(value, "ndim", None) == 0:  # a 0-d tensor or array, as TRL accepts
+            value = value.item()
         if value is not None and not isinstance(value, numbers.Real):
             raise RewardError(f"reward function {function.source!r} returned {value!r} "
                               f"({type(value).__name__}) for {_row(prompts, row)}; return a float or None")

@@ -128,6 +128,8 @@ def test_bad_returns_are_named(name, message):
 def test_tensor_returns_and_column_checks():
     tensor_fn = lambda prompts, completions, **kw: torch.arange(len(completions), dtype=torch.float32)  # noqa: E731
     assert score([tensor_fn]).total.tolist() == [0.0, 1.0, 2.0, 3.0]
+    scalars_fn = lambda prompts, completions, **kw: [torch.tensor(0.5)] * len(completions)  # noqa: E731
+    assert score([scalars_fn]).total.tolist() == [0.5] * 4
     with pytest.raises(ValueError, match="answer has 3 entries for a batch of 4 prompts"):
         score(["answer_match"], answer=["7", "2", "4"])
     with pytest.raises(ValueError, match="data column 'completion_ids' clashes"):
