@@ -29,7 +29,8 @@ def resolve_reward_function(spec: RewardSpec) -> NamedRewardFunction:
             URL (a :class:`~lightning_rlhf.rewards.remote.RemoteScorer` with its defaults); or a callable.
     """
     if callable(spec):
-        function, source = spec, getattr(spec, "__qualname__", type(spec).__qualname__)
+        owner = spec if hasattr(spec, "__qualname__") else type(spec)
+        function, source = spec, f"{owner.__module__}:{owner.__qualname__}"
     elif not isinstance(spec, str):
         raise TypeError(f"reward_funcs entries must be import paths, URLs or callables, got {spec!r}")
     elif spec.startswith(("http://", "https://")):

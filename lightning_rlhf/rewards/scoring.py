@@ -140,8 +140,8 @@ def _row(prompts: Sequence[Any], row: int) -> str:
 
 
 def _call(function: NamedRewardFunction, prompts: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
-    try:
-        return function.function(prompts=list(prompts), **kwargs)
+    try:  # fresh lists per function, so one that edits its arguments cannot change what the next one sees
+        return function.function(prompts=list(prompts), **{name: list(values) for name, values in kwargs.items()})
     except RewardError:  # already names the function and rows (a remote scorer's errors)
         raise
     except Exception as exc:

@@ -36,7 +36,7 @@ def test_import_paths_builtins_urls_and_callables_resolve():
     remote = resolve_reward_function("http://127.0.0.1:9/score")
     assert isinstance(remote.function, RemoteScorer) and remote.source == "http://127.0.0.1:9/score"
     lam = resolve_reward_function(lambda prompts, completions, **kw: [0.0] * len(completions))
-    assert lam.name == "<lambda>"
+    assert lam.name == "<lambda>" and lam.source.startswith("tests.rewards.test_scoring:test_import_paths")
     custom = resolve_reward_function(FormatReward(r"\d+", name="digits"))
     assert custom.name == "digits"
 
