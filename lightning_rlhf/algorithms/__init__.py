@@ -29,6 +29,7 @@ from lightning_rlhf.algorithms.group_advantages import (
     reinforce_pp_advantages,
     reinforce_pp_baseline_advantages,
     rloo_advantages,
+    within_group_std,
 )
 from lightning_rlhf.algorithms.grpo_loss import GRPOLossStats, grpo_policy_loss
 from lightning_rlhf.algorithms.kl import (
@@ -104,4 +105,5 @@ __all__ = [
     "seq_mean_token_mean",
     "seq_mean_token_sum_norm",
     "token_mean",
+    "within_group_std",
 ]

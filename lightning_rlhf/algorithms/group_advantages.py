@@ -50,10 +50,7 @@ def group_std_normalized(groups: Tensor, scored: Tensor) -> Tensor:
     as TRL's ``GRPOTrainer`` uses (the paper does not say); a group with one scored sample gets 0.
     """
     mean = _group_mean(groups, scored)
-    count = scored.sum(1, keepdim=True)
-    var = masked_sum((groups - mean) ** 2, scored, dim=1).unsqueeze(1) / (count - 1).clamp(min=1)
-    std = torch.where(count > 1, var.sqrt(), 0.0)
-    return (groups - mean) / (std + GRPO_STD_EPS)
+    return (groups - mean) / (_group_std(groups, scored, mean) + GRPO_STD_EPS)
 
 
 def group_mean_baseline(groups: Tensor, scored: Tensor) -> Tensor:
@@ -91,18 +88,25 @@ def _group_mean(groups: Tensor, scored: Tensor) -> Tensor:
     return masked_mean(groups, scored, dim=1).unsqueeze(1)
 
 
-def _group_view(scores: Tensor, num_generations: int, mask: Tensor) -> Tensor:
-    """``scores`` as ``(num_prompts, num_generations)`` after checking the shapes agree."""
+def _group_view(scores: Tensor, num_generations: int, mask: Tensor | None = None) -> Tensor:
+    """``scores`` as ``(num_prompts, num_generations)`` after checking the shapes (and ``mask``'s) agree."""
     if scores.dim() != 1 or scores.shape[0] % num_generations:
         raise ValueError(
             f"scores must be shaped (num_prompts * num_generations,) with num_generations={num_generations}, "
             f"got {tuple(scores.shape)}"
         )
-    if mask.dim() != 2 or mask.shape[0] != scores.shape[0]:
+    if mask is not None and (mask.dim() != 2 or mask.shape[0] != scores.shape[0]):
         raise ValueError(
             f"mask must be shaped (batch, seq) with batch = {scores.shape[0]} scores, got {tuple(mask.shape)}"
         )
     return _floating(scores).view(-1, num_generations)
+
+
+def _group_std(groups: Tensor, scored: Tensor, mean: Tensor) -> Tensor:
+    """Unbiased std of each group's scored entries around ``mean``, ``(num_prompts, 1)``; 0 below two entries."""
+    count = scored.sum(1, keepdim=True)
+    var = masked_sum((groups - mean) ** 2, scored, dim=1).unsqueeze(1) / (count - 1).clamp(min=1)
+    return torch.where(count > 1, var.sqrt(), 0.0)
 
 
 def _floating(values: Tensor) -> Tensor:
@@ -185,6 +189,24 @@ class GroupAdvantageEstimator:
             return _to_tokens(shaped, mask, kl_penalty)
         counted = mask.bool() & ~shaped.isnan().unsqueeze(1)
         return masked_whiten(_to_tokens(shaped, counted, kl_penalty), counted, sum_across=sum_across)
+
+
+def within_group_std(scores: Tensor, num_generations: int) -> Tensor:
+    """Mean over groups of the (unbiased) std of each group's scored rewards: how much signal the group
+    estimators have to work with (0 when every group's answers score the same; GRPO's collapse curve).
+
+    Args:
+        scores: ``(num_prompts * num_generations,)`` rewards, prompt-major; ``nan`` = no reward.
+        num_generations: samples per prompt.
+
+    Returns:
+        A detached scalar; groups with fewer than two scored rewards count as 0.
+    """
+    if num_generations < 1:
+        raise ValueError(f"num_generations must be >= 1, got {num_generations}")
+    groups = _group_view(scores, num_generations)
+    scored = ~groups.isnan()
+    return _group_std(groups, scored, _group_mean(groups, scored)).mean()
 
 
 #: Shao et al. 2024, DeepSeekMath (GRPO): the group's mean and std, the same advantage on every token

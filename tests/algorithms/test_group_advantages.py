@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_rlhf.algorithms import GROUP_ADVANTAGE_ESTIMATORS, get_group_advantage_estimator
+from lightning_rlhf.algorithms import GROUP_ADVANTAGE_ESTIMATORS, get_group_advantage_estimator, within_group_std
 from lightning_rlhf.algorithms.group_advantages import GRPO_STD_EPS
 
 GROUP_SIZES = [2, 3, 4]
@@ -144,3 +144,15 @@ def test_reinforce_pp_takes_one_sample_per_prompt():
     scores, mask, kl = random_batch(3, num_prompts=8, group=1)
     got = get_group_advantage_estimator("reinforce_pp")(scores, 1, mask, kl_penalty=kl)
     torch.testing.assert_close(got, loop_advantages("reinforce_pp", scores, 1, mask, kl), atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("group", [1, 2, 4])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_within_group_std_matches_loop(seed, group):
+    scores, _, _ = random_batch(seed, num_prompts=5, group=group)
+    stds = []
+    for start in range(0, len(scores), group):
+        scored = [float(s) for s in scores[start:start + group] if not math.isnan(float(s))]
+        m = loop_mean(scored) if scored else 0.0
+        stds.append(math.sqrt(sum((x - m) ** 2 for x in scored) / (len(scored) - 1)) if len(scored) > 1 else 0.0)
+    assert within_group_std(scores, group).item() == pytest.approx(loop_mean(stds), abs=1e-12)
