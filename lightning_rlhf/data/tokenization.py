@@ -75,6 +75,41 @@ def dialogue_messages(prompt: str) -> list[dict[str, str]]:
     return messages
 
 
+def _special_affixes(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
+    """The special tokens the tokenizer adds around a text by itself (e.g. a BOS), as text."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            prefix, suffix = full[:start], full[start + len(bare):]
+            return tokenizer.decode(prefix), tokenizer.decode(suffix)
+    return "", ""
+
+
+def plain_chat_template(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A Jinja chat template rendering messages the way :class:`Encoder` formats prompts without a template.
+
+    Why: a model trained on ``"Human: {prompt} Assistant:"`` answers other prompts badly, so an exported folder
+    must carry that format; with it, ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)``
+    gives the very prompt tokens training used (including a BOS the tokenizer adds by itself).
+
+    Args:
+        tokenizer: the tokenizer the prompts were encoded with.
+    """
+    prefix, suffix = _special_affixes(tokenizer)
+    return (
+        prefix
+        + "{% for message in messages %}"
+        "{% if not loop.first %} {% endif %}"
+        "{% if message['role'] == 'user' %}Human: {{ message['content'] | trim }}"
+        "{% elif message['role'] == 'assistant' %}Assistant: {{ message['content'] | trim }}"
+        "{% else %}{{ message['content'] | trim }}{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %} Assistant:{% endif %}"
+        + suffix
+    )
+
+
 class Encoder:
     """Formats and tokenizes prompts and responses for one tokenizer and one set of settings.
 
@@ -99,6 +134,10 @@ class Encoder:
         if _TURN.search(prompt) and prompt.rstrip().endswith("Assistant:"):
             return prompt
         return f"Human: {prompt.strip()} Assistant:"
+
+    def chat_template(self) -> str:
+        """The chat template that reproduces :meth:`prompt_text` (the tokenizer's own, or the plain format's)."""
+        return self.tokenizer.chat_template if self.chat else plain_chat_template(self.tokenizer)
 
     def prompt_ids(self, prompt: str) -> tuple[list[int], bool]:
         """Token ids of the formatted prompt and whether it was over ``max_prompt_length``."""
