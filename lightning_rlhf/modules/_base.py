@@ -16,6 +16,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_rlhf.models import LoraArgs, count_parameters, load_tokenizer
+from lightning_rlhf.models.context import check_context_length
 from lightning_rlhf.models.loading import zero3_loading
 from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
 
@@ -86,6 +87,15 @@ class HFModelModule(LightningModule):
     def build_model(self) -> PreTrainedModel:
         """Load the model; subclasses pick the head."""
         raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        """Refuse, before training, a data ``max_length`` longer than the model's positions."""
+        settings = getattr(getattr(self.trainer, "datamodule", None), "settings", None)
+        max_length = getattr(settings, "max_length", None)
+        if max_length is not None:
+            check_context_length(self.model_path or self._model_in or self.model, max_length,
+                                 f"data.max_length ({max_length})", "data.max_length",
+                                 trust_remote_code=self.trust_remote_code)
 
     def configure_model(self) -> None:
         """Build ``self.model`` once, inside the strategy's (possibly ZeRO-3 sharded) context."""

@@ -37,6 +37,7 @@ from lightning_rlhf.algorithms import (
 )
 from lightning_rlhf.data.datamodule import reshuffled_passes
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
+from lightning_rlhf.models.context import check_context_length
 from lightning_rlhf.models.loading import zero3_loading
 from lightning_rlhf.models.sampling import sampling_from_policy
 from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
@@ -242,10 +243,22 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
                 lightning_optimizer_config(self.critic, self.critic_optimizer, total, self.trainer)]
 
     def setup(self, stage: str) -> None:
-        """Pick up the task checker of the data module's built-in task, if it has one."""
+        """Pick up the task checker of the data module's built-in task; check that sequences fit the models."""
         task = getattr(getattr(self.trainer, "datamodule", None), "task", None)
         if self.task_checker is None and callable(getattr(task, "check", None)):
             self.task_checker = task.check
+        self.check_context_length()
+
+    def check_context_length(self) -> None:
+        """Refuse, before training, a prompt limit + ``max_new_tokens`` longer than any model's positions."""
+        settings = getattr(getattr(self.trainer, "datamodule", None), "settings", None)
+        prompt = getattr(settings, "max_prompt_length", None)
+        if prompt is None:
+            return  # a foreign data module: :meth:`generate` checks each batch instead
+        hp, new = self.hparams, self.generation.max_new_tokens
+        what = f"data.max_prompt_length ({prompt}) + model.generation.max_new_tokens ({new})"
+        for path in dict.fromkeys(p for p in (hp.actor, hp.reference, hp.critic, hp.reward_model) if p):
+            check_context_length(path, prompt + new, what, "data.max_prompt_length or model.generation.max_new_tokens")
 
     # -- the algorithm --------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
@@ -379,6 +392,9 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         input_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
         tok, prompt_length = self.tokenizer, input_ids.shape[1]
         chunk = self.hparams.generation_batch_size or len(input_ids)
+        new = self.generation.max_new_tokens
+        check_context_length(self.actor, prompt_length + new, f"the prompt batch ({prompt_length} tokens wide) + "
+                             f"model.generation.max_new_tokens ({new})", "the prompts or model.generation.max_new_tokens")
         responses, logprobs, entropies = [], [], []
         with generation_mode(self.trainer.strategy, self.actor) as policy, \
                 sampling_from_policy(policy, tok) as stop_ids:
