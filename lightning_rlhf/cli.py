@@ -89,7 +89,8 @@ class StageCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("auto_configure_optimizers", False)  # the modules build their own optimizers
-        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        # prog: the usage and the "run ... --help" tip name a real command (not `lightning-rlhf fit`)
+        kwargs.setdefault("parser_kwargs", {"default_env": False, "prog": f"lightning-rlhf {self.stage}"})
         super().__init__(self.module_class(), PreferenceDataModule, args=args, run=run, **kwargs)
 
     @classmethod
@@ -127,6 +128,20 @@ class StageCLI(LightningCLI):
             )
 
 
+def _process_count(devices: Any, num_nodes: Any) -> int:
+    """Processes a Trainer's ``devices`` x ``num_nodes`` start (1 when ``devices`` is ``auto`` or ``-1``: unknown here)."""
+    if isinstance(devices, (list, tuple)):
+        count = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        count = len([d for d in devices.split(",") if d.strip()])
+    else:
+        try:
+            count = max(int(devices), 1)
+        except (TypeError, ValueError):
+            count = 1
+    return count * max(int(num_nodes or 1), 1)
+
+
 class SFTCLI(StageCLI):
     """``lightning-rlhf sft``: :class:`~lightning_rlhf.modules.sft.SFTModule` (step 1)."""
 
@@ -159,6 +174,18 @@ class PPOCLI(StageCLI):
     stage = "ppo"
     model_path_arg = "actor"
     export_model_attr = "actor"
+
+    def before_instantiate_classes(self) -> None:
+        """Also refuse several processes under DDP, which cannot train actor and critic with separate optimizers."""
+        super().before_instantiate_classes()
+        trainer = (self.config[self.subcommand] if self.subcommand else self.config).trainer
+        strategy = trainer.strategy if isinstance(trainer.strategy, str) else None
+        if strategy in ("auto", "ddp", "ddp_spawn") and _process_count(trainer.devices, trainer.num_nodes) > 1:
+            raise ValueError(
+                f"`lightning-rlhf ppo` on {_process_count(trainer.devices, trainer.num_nodes)} processes needs "
+                f"--trainer.strategy hybrid_deepspeed (or a hybrid_deepspeed_* preset): PPO steps the actor and the "
+                f"critic with separate optimizers, which DDP (trainer.strategy {strategy!r}) cannot wrap"
+            )
 
     @classmethod
     def module_class(cls) -> type[LightningModule]:

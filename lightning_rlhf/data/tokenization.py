@@ -28,6 +28,9 @@ DROP_LONG_PROMPT = "prompt longer than max_prompt_length"
 DROP_NO_PAIR = "no preference pair (SFT-only record)"
 DROP_SAME_PAIR = "chosen and rejected identical after truncation"
 
+#: changes whenever :meth:`Encoder.encode` returns other columns, so tokenized caches of older versions are not read
+ENCODING_VERSION = 2
+
 _TURN = re.compile(r"\s*(Human|Assistant):\s*")
 
 
@@ -162,7 +165,7 @@ class Encoder:
     def encode(self, record: dict[str, Any], stage: Stage) -> dict[str, Any]:
         """Tokenize one record for ``stage``; ``drop_reason`` is empty for records to keep."""
         prompt_ids, too_long = self.prompt_ids(record["prompt"])
-        out: dict[str, Any] = {"drop_reason": ""}
+        out: dict[str, Any] = {"drop_reason": "", "truncated": too_long and self.settings.long_prompt_policy != "drop"}
         if too_long and self.settings.long_prompt_policy == "drop":
             out["drop_reason"] = DROP_LONG_PROMPT
         if stage == "sft":
@@ -171,7 +174,8 @@ class Encoder:
             out["prompt_length"] = len(prompt_ids)
         elif stage == "reward":
             if record.get("chosen") is None or record.get("rejected") is None:
-                return {"drop_reason": DROP_NO_PAIR, "chosen_input_ids": [], "rejected_input_ids": []}
+                return {"drop_reason": DROP_NO_PAIR, "truncated": False, "chosen_input_ids": [],
+                        "rejected_input_ids": []}
             out["chosen_input_ids"] = self.full(prompt_ids, record["chosen"])
             out["rejected_input_ids"] = self.full(prompt_ids, record["rejected"])
             if not out["drop_reason"] and out["chosen_input_ids"] == out["rejected_input_ids"]:
