@@ -34,6 +34,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 import lightning_rlhf  # noqa: F401  (registers the "hybrid_deepspeed" strategies)
 from lightning_rlhf.callbacks.export import HFExportCallback
 from lightning_rlhf.data import PreferenceDataModule
+from lightning_rlhf.log_noise import show_repeated_warnings_once
 
 USAGE = """usage: lightning-rlhf {sft,reward,ppo,pipeline} ... | --version
 
@@ -129,7 +130,7 @@ class StageCLI(LightningCLI):
 
 
 def _process_count(devices: Any, num_nodes: Any) -> int:
-    """Processes a Trainer's ``devices`` x ``num_nodes`` start (1 when ``devices`` is ``auto`` or ``-1``: unknown here)."""
+    """Processes a Trainer's ``devices`` x ``num_nodes`` start (``auto`` and ``-1`` count as 1: unknown here)."""
     if isinstance(devices, (list, tuple)):
         count = len(devices)
     elif isinstance(devices, str) and "," in devices:
@@ -244,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
     if args[0] in ("-V", "--version"):
         print(f"lightning-rlhf {lightning_rlhf.__version__}")
         return None
+    show_repeated_warnings_once()
     command, rest = args[0], args[1:]
     if command == "pipeline":
         from lightning_rlhf.pipeline import pipeline_main

@@ -141,8 +141,13 @@ class PreferenceDataModule(LightningDataModule):
 
     # -- building ----------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Read, split and tokenize once on the main process, so the other ranks load the cache."""
-        self._build()
+        """Read, split and tokenize once on the main process, so the other ranks load the cache.
+
+        Lightning calls this before every ``fit`` / ``validate``; data already built is not built (and
+        reported) again.
+        """
+        if not self.datasets:
+            self._build()
 
     def setup(self, stage: str | None = None) -> None:
         """Build this step's ``train`` and ``eval`` datasets (from the cache when present)."""

@@ -10,6 +10,7 @@ The maths lives in :mod:`lightning_rlhf.algorithms`; buffers and forward plumbin
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -56,6 +57,10 @@ from lightning_rlhf.modules.rollout import (
 from lightning_rlhf.strategies import MultiEngineBackwardMixin, generation_mode
 
 TaskChecker = Callable[[str, str], bool]
+
+#: DeepSpeed-Chat's learning rates (tuned for 1B+ models); None for either argument means these
+ACTOR_OPTIMIZER = OptimizerArgs(learning_rate=9.65e-6)
+CRITIC_OPTIMIZER = OptimizerArgs(learning_rate=5e-6)
 
 # the typed arguments kept in ``hparams`` must unpickle under ``torch.load(weights_only=True)`` on resume
 torch.serialization.add_safe_globals([GenerationArgs, LoraArgs, OptimizerArgs])
@@ -138,10 +143,10 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         critic_lora: LoraArgs | None = None,
         actor_gradient_checkpointing: bool = False,
         critic_gradient_checkpointing: bool = False,
-        actor_optimizer: OptimizerArgs | None = None,
-        critic_optimizer: OptimizerArgs | None = None,
+        actor_optimizer: OptimizerArgs | None = ACTOR_OPTIMIZER,
+        critic_optimizer: OptimizerArgs | None = CRITIC_OPTIMIZER,
         max_grad_norm: float | None = 1.0,
-        generation: GenerationArgs | None = None,
+        generation: GenerationArgs | None = GenerationArgs(),
         generation_batch_size: int | None = None,
         logprobs_from_generation: bool = True,
         train_batch_size: int = 4,
@@ -169,9 +174,10 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         self.save_hyperparameters()
         self._validate()
         self.automatic_optimization = False
-        self.actor_optimizer = actor_optimizer or OptimizerArgs(learning_rate=9.65e-6)
-        self.critic_optimizer = critic_optimizer or OptimizerArgs(learning_rate=5e-6)
-        self.generation = generation or GenerationArgs()
+        # copies: the defaults in the signature are shared objects (they are there for --print_config to show)
+        self.actor_optimizer = copy.copy(actor_optimizer or ACTOR_OPTIMIZER)
+        self.critic_optimizer = copy.copy(critic_optimizer or CRITIC_OPTIMIZER)
+        self.generation = copy.copy(generation or GenerationArgs())
         # kept as objects: under LightningCLI `self.hparams` holds the parsed config (plain dicts), not these
         self.actor_lora, self.critic_lora = actor_lora, critic_lora
         self.tokenizer = load_tokenizer(tokenizer or actor)
