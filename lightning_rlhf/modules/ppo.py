@@ -400,7 +400,8 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         chunk = self.hparams.generation_batch_size or len(input_ids)
         new = self.generation.max_new_tokens
         check_context_length(self.actor, prompt_length + new,
-                             f"the prompt batch ({prompt_length} tokens wide) + model.generation.max_new_tokens ({new})",
+                             f"the prompt batch ({prompt_length} tokens wide) + "
+                             f"model.generation.max_new_tokens ({new})",
                              "the prompts or model.generation.max_new_tokens")
         responses, logprobs, entropies = [], [], []
         with generation_mode(self.trainer.strategy, self.actor) as policy, \
