@@ -27,7 +27,7 @@ import os
 import sys
 from typing import Any, ClassVar, MutableMapping, Sequence
 
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -78,6 +78,7 @@ class StageCLI(LightningCLI):
     Args:
         args: command-line arguments (list), or a config ``dict`` / ``Namespace`` (None: ``sys.argv``).
         run: run the subcommand (``fit``, ...) right away; with False, only build the objects.
+        parse_only: only parse and check ``args`` (build nothing): see :meth:`check_config`.
         **kwargs: any other :class:`~lightning.pytorch.cli.LightningCLI` argument.
     """
 
@@ -85,7 +86,8 @@ class StageCLI(LightningCLI):
     model_path_arg: ClassVar[str] = "model"
     export_model_attr: ClassVar[str | None] = None
 
-    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+    def __init__(self, args: Any = None, run: bool = True, parse_only: bool = False, **kwargs: Any) -> None:
+        self.parse_only = parse_only
         kwargs.setdefault("trainer_defaults", stage_trainer_defaults(self.stage))
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)
@@ -98,6 +100,31 @@ class StageCLI(LightningCLI):
     def module_class(cls) -> type[LightningModule]:
         """The LightningModule of this step."""
         raise NotImplementedError
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        """Parse and check a step config (unknown keys, types, the data stage) without building any object.
+
+        Args:
+            config: the step's config, as ``args`` takes it.
+
+        Raises:
+            ValueError: what is wrong, as jsonargparse words it (an unknown key, a wrong type).
+        """
+        parser_kwargs = {"default_env": False, "prog": f"lightning-rlhf {cls.stage}", "exit_on_error": False}
+        try:
+            cls(args=config, run=False, parse_only=True, parser_kwargs=parser_kwargs)
+        except ArgumentError as err:
+            raise ValueError(str(err)) from None
+
+    def _set_seed(self) -> None:
+        if not self.parse_only:  # checking a config seeds nothing (and prints no "Seed set to")
+            super()._set_seed()
+
+    def instantiate_classes(self) -> None:
+        """Build the objects (nothing when ``parse_only``)."""
+        if not self.parse_only:
+            super().instantiate_classes()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Add the ``export`` callback section, fix ``data.stage`` and link the tokenizer to the data module."""
