@@ -6,9 +6,10 @@
     lightning-rlhf reward fit --config reward.yaml    # step 2: RewardModule
     lightning-rlhf ppo fit --config ppo.yaml          # step 3: PPOModule
     lightning-rlhf pipeline [--config pipeline.yaml] [--steps sft,reward,ppo]
+    lightning-rlhf generate runs/pipeline/ppo/hf/final [--prompts prompts.jsonl]   # answers, as trained
 
-Each step command is a plain :class:`~lightning.pytorch.cli.LightningCLI` (subcommands ``fit``,
-``validate``, ``test``, ``predict``; ``--print_config``; every argument of the module, the data module,
+Each step command is a plain :class:`~lightning.pytorch.cli.LightningCLI` (subcommands ``fit`` and
+``validate``; ``--print_config``; every argument of the module, the data module,
 the trainer, the strategy and callbacks settable from YAML or flags). On top of LightningCLI it:
 
 - fixes the data module's ``stage`` to the step and feeds it the module's tokenizer (``link_arguments``);
@@ -36,12 +37,13 @@ from lightning_rlhf.callbacks.export import HFExportCallback
 from lightning_rlhf.data import PreferenceDataModule
 from lightning_rlhf.log_noise import show_repeated_warnings_once
 
-USAGE = """usage: lightning-rlhf {sft,reward,ppo,pipeline} ... | --version
+USAGE = """usage: lightning-rlhf {sft,reward,ppo,pipeline,generate} ... | --version
 
-  sft {fit,validate,test,predict} [--config FILE] [...]     step 1: supervised fine-tuning
-  reward {fit,validate,test,predict} [--config FILE] [...]  step 2: reward model
-  ppo {fit,validate,test,predict} [--config FILE] [...]     step 3: PPO
+  sft {fit,validate} [--config FILE] [...]                  step 1: supervised fine-tuning
+  reward {fit,validate} [--config FILE] [...]               step 2: reward model
+  ppo {fit,validate} [--config FILE] [...]                  step 3: PPO
   pipeline [--config FILE] [--steps sft,reward,ppo] [...]   steps 1 -> 2 -> 3, each feeding the next
+  generate MODEL_DIR [--prompts FILE.jsonl] [...]           answers from an exported model (stdin if no file)
 
 Add --help after a command for all its options, e.g. `lightning-rlhf ppo fit --help`.
 With no --config, `lightning-rlhf pipeline` runs the built-in tiny task on CPU in a few minutes."""
@@ -100,6 +102,12 @@ class StageCLI(LightningCLI):
     def module_class(cls) -> type[LightningModule]:
         """The LightningModule of this step."""
         raise NotImplementedError
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` and ``validate`` only: the modules define no ``test_step`` / ``predict_step``, so Lightning's
+        ``test`` and ``predict`` would fail; answers come from ``lightning-rlhf generate``."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> None:
@@ -278,9 +286,14 @@ def main(argv: Sequence[str] | None = None) -> Any:
         from lightning_rlhf.pipeline import pipeline_main
 
         return pipeline_main(rest)
+    if command == "generate":
+        from lightning_rlhf.generate import generate_main
+
+        return generate_main(rest)
     if command not in STAGE_CLIS:
         print(USAGE, file=sys.stderr)
-        raise SystemExit(f"lightning-rlhf: unknown command {command!r}; choose one of sft, reward, ppo, pipeline")
+        raise SystemExit(f"lightning-rlhf: unknown command {command!r}; choose one of sft, reward, ppo, pipeline, "
+                         f"generate")
     return STAGE_CLIS[command](args=rest)
 
 
