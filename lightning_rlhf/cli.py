@@ -154,7 +154,8 @@ class StageCLI(LightningCLI):
         self.config = parser.parse_object(args) if isinstance(args, (dict, Namespace)) else parser.parse_args(args)
 
     def before_instantiate_classes(self) -> None:
-        """Refuse a data ``stage`` that is not this step's (it would feed the wrong batch format)."""
+        """Refuse a data ``stage`` that is not this step's (it would feed the wrong batch format); turn
+        checkpointing on when the config adds a checkpoint callback (the default is off)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         stage = config.data.stage
         if stage != self.stage:
@@ -162,6 +163,24 @@ class StageCLI(LightningCLI):
                 f"`lightning-rlhf {self.stage}` feeds {self.stage!r} batches, but data.stage is {stage!r}; "
                 f"remove data.stage from the config or set it to {self.stage!r}"
             )
+        if config.trainer.enable_checkpointing is False and _adds_checkpoint_callback(config.trainer.callbacks):
+            config.trainer.enable_checkpointing = True
+
+
+def _adds_checkpoint_callback(callbacks: Any) -> bool:
+    """Whether a config's ``trainer.callbacks`` holds a ``ModelCheckpoint`` (or a subclass)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks] if callbacks else []:
+        class_path = getattr(callback, "class_path", None)
+        if isinstance(callback, ModelCheckpoint):
+            return True
+        if isinstance(class_path, str):
+            module, _, name = class_path.rpartition(".")
+            cls = getattr(__import__(module, fromlist=[name]), name, None)
+            if isinstance(cls, type) and issubclass(cls, ModelCheckpoint):
+                return True
+    return False
 
 
 def _process_count(devices: Any, num_nodes: Any) -> int:
