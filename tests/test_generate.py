@@ -6,11 +6,10 @@ import io
 import json
 
 import pytest
-import torch
 
-from lightning_rlhf.callbacks import HFExportCallback
 from lightning_rlhf.cli import main
-from tests.modules.test_ppo import make_data, make_module, make_trainer, ppo_paths  # noqa: F401  (fixture)
+from tests.helpers.ppo_export import fit_and_export
+from tests.modules.test_ppo import ppo_paths  # noqa: F401  (fixture)
 
 
 @pytest.mark.parametrize("subcommand", ["test", "predict"])
@@ -21,16 +20,10 @@ def test_test_and_predict_are_not_offered(capsys, subcommand):
 
 
 def test_generate_from_an_export_answers_as_validation_did(tmp_path, ppo_paths):
-    torch.manual_seed(0)
-    data = make_data(ppo_paths)
-    module = make_module(ppo_paths)
-    trainer = make_trainer(tmp_path, limit_train_batches=1, callbacks=[HFExportCallback(model_attr="actor")])
-    trainer.fit(module, datamodule=data)
-    batch = next(iter(data.val_dataloader()))
-    generated = module.generate(batch, greedy=True)  # what validation_step decodes
+    exported = fit_and_export(tmp_path, ppo_paths)
+    batch, generated, folder = exported.batch, exported.generated, exported.folder
     length = generated.response_mask.shape[1]
-    expected = module.decode(generated.sequences[:, -length:], generated.response_mask)
-    folder = tmp_path / "hf" / "final"
+    expected = exported.module.decode(generated.sequences[:, -length:], generated.response_mask)
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in batch["prompts"]))

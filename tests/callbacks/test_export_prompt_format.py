@@ -6,11 +6,11 @@ import torch
 from tokenizers import processors
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lightning_rlhf.callbacks import HFExportCallback
 from lightning_rlhf.data.tokenization import Encoder, TokenizeSettings, plain_chat_template
 from lightning_rlhf.models.tiny import train_tokenizer
 from tests.conftest import CORPUS
-from tests.modules.test_ppo import make_data, make_module, make_trainer, ppo_paths  # noqa: F401  (fixture)
+from tests.helpers.ppo_export import fit_and_export
+from tests.modules.test_ppo import ppo_paths  # noqa: F401  (fixture)
 
 
 def _until_stop(tokens: list[int], stop: int) -> list[int]:
@@ -18,14 +18,8 @@ def _until_stop(tokens: list[int], stop: int) -> list[int]:
 
 
 def test_exported_policy_in_plain_transformers_reproduces_validation(tmp_path, ppo_paths):
-    torch.manual_seed(0)
-    data = make_data(ppo_paths)
-    module = make_module(ppo_paths)
-    trainer = make_trainer(tmp_path, limit_train_batches=1, callbacks=[HFExportCallback(model_attr="actor")])
-    trainer.fit(module, datamodule=data)
-    batch = next(iter(data.val_dataloader()))
-    generated = module.generate(batch, greedy=True)  # what validation_step decodes
-    folder = tmp_path / "hf" / "final"
+    exported = fit_and_export(tmp_path, ppo_paths)
+    batch, generated, folder = exported.batch, exported.generated, exported.folder
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
