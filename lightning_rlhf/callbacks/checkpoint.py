@@ -1,0 +1,52 @@
+"""Checkpoints counted in training batches (PPO iterations), not optimizer steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+def trained_iterations(trainer: Trainer) -> int:
+    """Training batches completed so far, across epochs (restored on resume): PPO iterations for PPO."""
+    return trainer.fit_loop.epoch_loop.total_batch_idx + 1
+
+
+class IterationCheckpoint(ModelCheckpoint):
+    """A :class:`~lightning.pytorch.callbacks.ModelCheckpoint` that saves every ``every_n_iterations`` batches.
+
+    Why: one PPO iteration advances ``global_step`` by ``2 x ppo_epochs x mini-batches`` (less for a ragged last
+    batch), so ``every_n_train_steps`` lands on irregular iterations and can skip whole epochs. Counted in
+    training batches, a checkpoint falls every N PPO iterations whatever the step count per iteration. The
+    file name's ``{iteration}`` is that count (``epoch=1-iteration=20.ckpt``). For SFT and reward training,
+    where one batch is one step, it equals ``every_n_train_steps``.
+
+    Args:
+        every_n_iterations: save after every this many training batches (PPO iterations).
+        filename: checkpoint file name template; ``{iteration}`` is the iteration count.
+        every_n_epochs: also save at the end of every this many epochs (0: only by iteration).
+        **kwargs: any other :class:`~lightning.pytorch.callbacks.ModelCheckpoint` argument (``dirpath``,
+            ``save_last``, ``save_top_k``, ``monitor``, ...).
+    """
+
+    def __init__(self, every_n_iterations: int = 10, filename: str | None = "{epoch}-{iteration}",
+                 every_n_epochs: int | None = 0, **kwargs: Any) -> None:
+        if every_n_iterations < 1:
+            raise ValueError(f"IterationCheckpoint.every_n_iterations must be >= 1, got {every_n_iterations}")
+        super().__init__(filename=filename or "{epoch}-{iteration}", every_n_epochs=every_n_epochs or 0, **kwargs)
+        self.every_n_iterations = every_n_iterations
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
+        """Save when the iteration count reaches a multiple of ``every_n_iterations``."""
+        if self._should_skip_saving_checkpoint(trainer) or trained_iterations(trainer) % self.every_n_iterations:
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
+    def _monitor_candidates(self, trainer: Trainer) -> dict[str, torch.Tensor]:
+        candidates = super()._monitor_candidates(trainer)
+        candidates.setdefault("iteration", torch.tensor(trained_iterations(trainer)))
+        return candidates
