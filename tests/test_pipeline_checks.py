@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from lightning_rlhf.cli import main
-from tests.test_pipeline import QUICK
+from tests.test_pipeline import ONE_PROCESS, QUICK
 
 NO_BAR = [f"--{s}.trainer.enable_progress_bar=false" for s in ("sft", "reward", "ppo")]
 
@@ -28,19 +28,19 @@ def test_print_config_shows_section_flags_and_ckpt_path(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["ppo"]["ckpt_path"] == "/runs/ppo/last.ckpt"
     assert printed["ppo"]["model"]["kl_coef"] == 0.2
-    assert printed["ppo"]["model"]["train_batch_size"] == 32, "the rest of the embedded section is kept"
+    assert printed["ppo"]["model"]["train_batch_size"] == 16, "the rest of the embedded section is kept"
 
 
 def test_a_steps_ckpt_path_reaches_its_fit(tmp_path):
     missing = tmp_path / "no.ckpt"
     with pytest.raises(FileNotFoundError, match="no.ckpt"):
         main(["pipeline", "--output_dir", str(tmp_path), "--steps", "sft", "--tiny.hidden_size", "32",
-              "--evaluate_before", "false", "--sft.ckpt_path", str(missing), *QUICK, *NO_BAR])
+              "--evaluate_before", "false", "--sft.ckpt_path", str(missing), *QUICK, *ONE_PROCESS, *NO_BAR])
 
 
 def test_rerunning_ppo_keeps_the_other_summary_rows_and_the_previous_export(tmp_path):
     args = ["pipeline", "--output_dir", str(tmp_path), "--tiny.hidden_size", "32", "--evaluate_before", "false",
-            *QUICK, *NO_BAR]
+            *QUICK, *ONE_PROCESS, *NO_BAR]
     main(args)
     first = json.loads((tmp_path / "summary.json").read_text())
     first_weights = (tmp_path / "ppo" / "hf" / "final" / "model.safetensors").read_bytes()
