@@ -217,7 +217,7 @@ def test_validate_before_fit_on_cpu_for_one_and_several_engines():
 
 
 def test_cpu_bf16_detection_reads_the_cpu_flags(tmp_path):
-    from lightning_rlhf.strategies.hybrid_deepspeed import cpu_has_bf16
+    from lightning_rlhf.strategies.environment import cpu_has_bf16
 
     cases = {"flags\t\t: fpu sse2 avx2 fma\n": False, "flags\t\t: fpu avx2 avx512f avx512_bf16\n": True,
              "flags\t\t: fpu amx_tile amx_bf16\n": True, "Features\t: fp asimd bf16 i8mm\n": True,
