@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Union
 from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_rlhf.strategies.checkpoint import (
+    consolidated_state_dict,
     load_lightning_state,
     publish,
     read_marker,
@@ -78,15 +79,19 @@ def load(strategy: Any, checkpoint_path: Union[str, Path], load_single: Callable
         )
     if not strategy.engines:
         return load_single(path)
+    module = strategy.lightning_module
+    if module.trainer.state.fn != TrainerFn.FITTING:
+        _load_weights_for_evaluation(strategy, path, marker.get("engines", []), int(marker.get("zero_stage", 0)))
+        state = load_lightning_state(path)
+        state.pop(PARAM_GROUPS_KEY, None)
+        return state
     trained = strategy.trainable_engines()
     names = list(trained)
     if sorted(marker.get("engines", [])) != sorted(names):
         raise ValueError(f"Checkpoint {path} holds engines {marker.get('engines')}, this module has {names}.")
-    module = strategy.lightning_module
-    fitting = module.trainer.state.fn == TrainerFn.FITTING
     for name, engine in trained.items():
         loaded, _ = engine.load_checkpoint(
-            str(path), tag=name, load_optimizer_states=fitting, load_lr_scheduler_states=False,
+            str(path), tag=name, load_optimizer_states=True, load_lr_scheduler_states=False,
             load_module_strict=module.strict_loading,
         )
         if loaded is None:
@@ -99,6 +104,37 @@ def load(strategy: Any, checkpoint_path: Union[str, Path], load_single: Callable
         for group, saved in zip(engine.optimizer.param_groups, saved_groups.get(name, [])):
             group.update(saved)
     return state
+
+
+def _load_weights_for_evaluation(strategy: Any, path: Path, saved: list[str], saved_stage: int) -> None:
+    """validate/test/predict: load each saved engine's weights into the inference-only engine of the same child.
+
+    Why not ``engine.load_checkpoint``: outside fit every child is an inference-only engine without an optimizer,
+    and DeepSpeed's module-only load of a ZeRO-3 engine looks for a ``latest`` tag this layout does not write.
+    Children the checkpoint does not hold (frozen reference and reward models, which are never saved) keep the
+    weights ``configure_model`` gave them.
+    """
+    import deepspeed
+
+    missing = sorted(set(saved) - set(strategy.engines))
+    if missing:
+        raise ValueError(
+            f"Checkpoint {path} holds engines {saved}, but this module has no child {missing} "
+            f"(its children are {sorted(strategy.engines)}); it was saved from a different LightningModule."
+        )
+    strict = strategy.lightning_module.strict_loading
+    for name in saved:
+        child = strategy.engines[name].module
+        partitioned = [p for p in child.parameters() if hasattr(p, "ds_id")]
+        # ZeRO-3: rank 0 reads the consolidated weights; leaving the gather re-partitions them onto every rank
+        with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0, enabled=bool(partitioned)):
+            if strategy.is_global_zero or not partitioned:
+                state = consolidated_state_dict(path, name)
+                try:
+                    child.load_state_dict(state, strict=strict)
+                except RuntimeError as err:
+                    raise ValueError(f"Checkpoint {path}: engine {name!r} (saved at ZeRO-{saved_stage}) does not fit "
+                                     f"the module's {name!r}: {err}") from err
 
 
 def _hyperparameters(optimizer: Any) -> list[dict[str, Any]]:
