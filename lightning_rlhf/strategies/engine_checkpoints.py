@@ -70,17 +70,25 @@ def load(strategy: Any, checkpoint_path: Union[str, Path], load_single: Callable
         load_single: loads a single-engine module's checkpoint (``DeepSpeedStrategy``'s way).
     """
     path = Path(strategy.broadcast(str(checkpoint_path)))
-    marker = read_marker(path)
+    marker = read_marker(path, accept_lightning_deepspeed=True)
     expected = "several" if strategy.engines else "single"
     if marker.get("layout") != expected:
         raise ValueError(
             f"Checkpoint {path} holds a {marker.get('layout')!r}-engine layout but this module uses a "
             f"{expected!r}-engine layout; it was saved from a different LightningModule."
         )
+    module = strategy.lightning_module
+    fitting = module.trainer.state.fn == TrainerFn.FITTING
+    saved_world = marker.get("world_size")
+    if fitting and int(marker.get("zero_stage", 0)) >= 1 and saved_world not in (None, strategy.world_size):
+        raise ValueError(
+            f"Checkpoint {path} was saved by {saved_world} ranks at ZeRO-{marker['zero_stage']}, this run has "
+            f"{strategy.world_size}: the optimizer shards are per rank. Resume on {saved_world} ranks, or load only "
+            "the weights (lightning_rlhf.strategies.consolidated_state_dict) into a fresh run."
+        )
     if not strategy.engines:
         return load_single(path)
-    module = strategy.lightning_module
-    if module.trainer.state.fn != TrainerFn.FITTING:
+    if not fitting:
         _load_weights_for_evaluation(strategy, path, marker.get("engines", []), int(marker.get("zero_stage", 0)))
         state = load_lightning_state(path)
         state.pop(PARAM_GROUPS_KEY, None)

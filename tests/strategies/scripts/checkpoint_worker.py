@@ -4,6 +4,8 @@ Usage: checkpoint_worker.py SCENARIO OUTDIR [--stage N]. Each rank writes OUTDIR
 Scenarios:
   evaluate  fit a two-engine module with a frozen child, keep the best checkpoint, then validate/test from it
             (in the fitted trainer with ckpt_path="best", and in a fresh trainer on a fresh module)
+  plain     a checkpoint written by Lightning's own DeepSpeedStrategy code resumed under "hybrid_deepspeed"
+  resume    fit a single-engine module from --ckpt (e.g. on another number of ranks than saved it)
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from lightning import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DeepSpeedStrategy
+
+from lightning_rlhf.strategies import HybridDeepSpeedStrategy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from strategy_worker import TwoEngines, loader, trainer  # noqa: E402
+from strategy_worker import Regressor, StopAt, TwoEngines, loader, trainer  # noqa: E402
 
 
 class Evaluated(TwoEngines):
@@ -53,14 +58,51 @@ def run_evaluate(args, world: int) -> dict:
     return out
 
 
+class PlainDeepSpeedSave(HybridDeepSpeedStrategy):
+    """Writes checkpoints with Lightning's own ``DeepSpeedStrategy.save_checkpoint`` (no marker, no staging).
+
+    That is the directory a project trained under ``strategy="deepspeed"`` has on disk; Lightning's class itself
+    refuses a CPU accelerator, so its save runs here on this strategy's engine (the same ``DeepSpeedEngine``).
+    """
+
+    def save_checkpoint(self, checkpoint, filepath, storage_options=None):
+        DeepSpeedStrategy.save_checkpoint(self, checkpoint, filepath, storage_options)
+
+
+def run_plain(args, world: int) -> dict:
+    ckpt_dir = Path(args.outdir) / "plain"
+    seed_everything(0)
+    full = Regressor()
+    trainer(args.stage, 8, "32-true", args.outdir, max_epochs=-1).fit(full, loader(world))
+    seed_everything(0)
+    first = Regressor()
+    every = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=4, save_top_k=-1, filename="plain-{step}")
+    trainer(args.stage, 8, "32-true", args.outdir, callbacks=[every, StopAt(4)], max_epochs=-1,
+            strategy=PlainDeepSpeedSave(stage=args.stage)).fit(first, loader(world))
+    (ckpt,) = ckpt_dir.glob("plain-*")
+    seed_everything(0)
+    second = Regressor()
+    trainer(args.stage, 8, "32-true", args.outdir, max_epochs=-1, by_name=True).fit(
+        second, loader(world), ckpt_path=str(ckpt))
+    return {"full": full.losses, "first": first.losses, "second": second.losses, "ckpt": str(ckpt),
+            "files": sorted(p.name for p in ckpt.iterdir())}
+
+
+def run_resume(args, world: int) -> dict:
+    model = Regressor()
+    trainer(args.stage, 8, "32-true", args.outdir, max_epochs=-1).fit(model, loader(world), ckpt_path=args.ckpt)
+    return {"losses": model.losses}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario")
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--stage", type=int, default=3)
+    parser.add_argument("--ckpt")
     args = parser.parse_args()
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    result = {"evaluate": run_evaluate}[args.scenario](args, world)
+    result = {"evaluate": run_evaluate, "plain": run_plain, "resume": run_resume}[args.scenario](args, world)
     args.outdir.mkdir(parents=True, exist_ok=True)
     (args.outdir / f"{args.scenario}-stage{args.stage}-rank{rank}.json").write_text(json.dumps(result))
     if dist.is_initialized():
