@@ -214,16 +214,19 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         self._destroy_engines()
         module = self.lightning_module
         fitting = module.trainer is not None and module.trainer.state.fn == TrainerFn.FITTING
+        # One rule for fit and validate/test/predict, so a checkpoint's layout matches the module's in every stage:
+        # a manual-optimization module with several parameterised children gets one engine per child.
+        several = not module.automatic_optimization and len(_parameterised_children(module)) > 1
+        self._configured_optimizers = None
         if fitting and "optimizer" not in self.config:
             self._configured_optimizers = _init_optimizers_and_lr_schedulers(module)
-            several = len(self._configured_optimizers[0]) > 1
-        else:
-            several = not module.automatic_optimization and len(_parameterised_children(module)) > 1
+            several = several or len(self._configured_optimizers[0]) > 1
         if not several:
             super().init_deepspeed()
             self._live_engines.append(self.model)
             return
-        optimizers, schedulers = self._configured_optimizers if fitting else ([], [])
+        # a config "optimizer" (no optimizers configured) is refused by plan_engines with what to do instead
+        optimizers, schedulers = self._configured_optimizers or ([], [])
         self._initialize_several_engines(module, optimizers, schedulers, inference_only=not fitting)
 
     @override
