@@ -19,6 +19,7 @@ import torch
 
 MARKER_FILE = "lightning_rlhf_checkpoint.json"
 LIGHTNING_STATE_FILE = "lightning_state.pt"
+RANK_CALLBACKS_DIR = "callback_states"  # every rank's own callback state: rank<R>.pt
 LATEST_FILE = "latest"  # DeepSpeed's pointer to the newest tag of a checkpoint directory
 FORMAT_VERSION = 1
 
@@ -131,6 +132,24 @@ def lightning_deepspeed_marker(path: Path) -> dict[str, Any]:
 def save_lightning_state(directory: Path, state: dict[str, Any]) -> None:
     """Lightning's loop, callback and scheduler state, written once by rank 0 beside the engines' shards."""
     torch.save(state, directory / LIGHTNING_STATE_FILE)
+
+
+def save_rank_callbacks(directory: Path, rank: int, callbacks: dict[str, Any]) -> None:
+    """Write this rank's callback states beside the shards (every rank, its own file).
+
+    Why: Lightning saves the callback states of rank 0 only and hands them to every rank on load. A callback
+    holding per-rank data, such as an EMA of this rank's ZeRO-3 partition, would then restore rank 0's
+    partition on every rank (same shape, no error).
+    """
+    folder = directory / RANK_CALLBACKS_DIR
+    folder.mkdir(exist_ok=True)
+    torch.save(callbacks, folder / f"rank{rank}.pt")
+
+
+def load_rank_callbacks(directory: Path, rank: int) -> Optional[dict[str, Any]]:
+    """This rank's callback states saved by :func:`save_rank_callbacks`; None if the checkpoint has none for it."""
+    path = Path(directory) / RANK_CALLBACKS_DIR / f"rank{rank}.pt"
+    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
 
 
 def load_lightning_state(directory: Path) -> dict[str, Any]:

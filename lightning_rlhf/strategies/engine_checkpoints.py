@@ -17,9 +17,11 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning_rlhf.strategies.checkpoint import (
     consolidated_state_dict,
     load_lightning_state,
+    load_rank_callbacks,
     publish,
     read_marker,
     save_lightning_state,
+    save_rank_callbacks,
     staging_path,
 )
 
@@ -54,6 +56,8 @@ def save(strategy: Any, checkpoint: dict, filepath: Union[str, Path], save_singl
             save_lightning_state(staging, state)
     else:
         save_single(checkpoint, staging)
+    if "callbacks" in checkpoint:
+        save_rank_callbacks(staging, strategy.global_rank, checkpoint["callbacks"])
     strategy.barrier("hybrid_deepspeed.save_checkpoint.written")
     if strategy.is_global_zero:
         publish(staging, final, {"layout": "several" if strategy.engines else "single", "engines": list(trained),
@@ -64,12 +68,22 @@ def save(strategy: Any, checkpoint: dict, filepath: Union[str, Path], save_singl
 def load(strategy: Any, checkpoint_path: Union[str, Path], load_single: Callable[[Path], dict]) -> dict[str, Any]:
     """Load a directory written by :func:`save` into the strategy's engines; returns Lightning's state.
 
+    Each rank gets its own callback states back where the checkpoint holds them (see ``save_rank_callbacks``).
+
     Args:
         strategy: the ``HybridDeepSpeedStrategy`` whose engines are built for the current stage.
         checkpoint_path: the checkpoint directory.
         load_single: loads a single-engine module's checkpoint (``DeepSpeedStrategy``'s way).
     """
     path = Path(strategy.broadcast(str(checkpoint_path)))
+    state = _load_engines(strategy, path, load_single)
+    own = load_rank_callbacks(path, strategy.global_rank)
+    if own is not None:
+        state["callbacks"] = own
+    return state
+
+
+def _load_engines(strategy: Any, path: Path, load_single: Callable[[Path], dict]) -> dict[str, Any]:
     marker = read_marker(path, accept_lightning_deepspeed=True)
     expected = "several" if strategy.engines else "single"
     if marker.get("layout") != expected:

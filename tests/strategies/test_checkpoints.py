@@ -74,3 +74,19 @@ def test_what_is_checked_in_a_lightning_deepspeed_checkpoint_instead_of_the_mark
     (tmp_path / "ok" / "plain.ckpt" / "latest").write_text("other")
     with pytest.raises(ValueError, match="names tag 'other'"):
         read_marker(tmp_path / "ok" / "plain.ckpt", accept_lightning_deepspeed=True)
+
+
+@pytest.mark.distributed
+def test_each_rank_resumes_its_own_ema_shard_under_zero3(tmp_path):
+    """EMA of the actor's ZeRO-3 partitions (actor + critic engines), 2 ranks, kill and resume in fresh processes:
+    every rank gets back its own shard. (A single-engine module already did: DeepSpeed's ZeRO-3 model states are
+    per rank and carry Lightning's state; the several-engine layout wrote it once, from rank 0.)"""
+    for phase in ("first", "second"):
+        run_distributed(WORKER, "ema", tmp_path, "--stage", "3", "--phase", phase, nprocs=2)
+    saved = results(tmp_path, "ema-first-stage3", 2)
+    restored = results(tmp_path, "ema-second-stage3", 2)
+    assert saved[0]["end"] != saved[1]["end"], "the ranks hold different partitions: the test would prove nothing"
+    for rank in range(2):
+        assert restored[rank]["start"].keys() == saved[rank]["end"].keys()
+        for name, values in saved[rank]["end"].items():
+            assert restored[rank]["start"][name] == pytest.approx(values, abs=0), (rank, name)

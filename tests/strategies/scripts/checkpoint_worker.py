@@ -6,6 +6,9 @@ Scenarios:
             (in the fitted trainer with ckpt_path="best", and in a fresh trainer on a fresh module)
   plain     a checkpoint written by Lightning's own DeepSpeedStrategy code resumed under "hybrid_deepspeed"
   resume    fit a single-engine module from --ckpt (e.g. on another number of ranks than saved it)
+  ema       --phase first: ZeRO-3 fit of actor + critic with an EMA of the actor, checkpoint at step 4; --phase second:
+            resume from it;
+            each phase records the EMA shard this rank holds (at the end, and right after the restore)
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from pathlib import Path
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightning import seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
+from lightning_rlhf.callbacks.ema import EMACallback
 from lightning_rlhf.strategies import HybridDeepSpeedStrategy
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -94,17 +98,51 @@ def run_resume(args, world: int) -> dict:
     return {"losses": model.losses}
 
 
+class RecordEMA(Callback):
+    """This rank's EMA shard right after the restore (train start) and at the end of training."""
+
+    def __init__(self, ema: EMACallback):
+        self.ema, self.seen = ema, {}
+
+    def _record(self, when: str) -> None:
+        self.seen[when] = {name: t.flatten().tolist() for name, t in self.ema.shadow.items()}
+
+    def on_train_start(self, trainer, pl_module):
+        self._record("start")
+
+    def on_train_end(self, trainer, pl_module):
+        self._record("end")
+
+
+def run_ema(args, world: int) -> dict:
+    seed_everything(0)
+    ema = EMACallback(decay=0.5, model_attr="actor")
+    record = RecordEMA(ema)
+    ckpt_dir = Path(args.outdir) / "ema"
+    if args.phase == "first":
+        every = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=4, save_top_k=-1, filename="ema-{step}")
+        callbacks = [ema, record, every, StopAt(4)]
+        trainer(args.stage, 8, "32-true", args.outdir, callbacks=callbacks, max_epochs=-1).fit(TwoEngines(), loader(world))
+    else:
+        (ckpt,) = ckpt_dir.glob("ema-*")
+        trainer(args.stage, 8, "32-true", args.outdir, callbacks=[ema, record], max_epochs=-1).fit(
+            TwoEngines(), loader(world), ckpt_path=str(ckpt))
+    return record.seen
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario")
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--stage", type=int, default=3)
     parser.add_argument("--ckpt")
+    parser.add_argument("--phase", default="first")
     args = parser.parse_args()
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    result = {"evaluate": run_evaluate, "plain": run_plain, "resume": run_resume}[args.scenario](args, world)
+    result = {"evaluate": run_evaluate, "plain": run_plain, "resume": run_resume, "ema": run_ema}[args.scenario](args, world)
     args.outdir.mkdir(parents=True, exist_ok=True)
-    (args.outdir / f"{args.scenario}-stage{args.stage}-rank{rank}.json").write_text(json.dumps(result))
+    phase = f"-{args.phase}" if args.scenario == "ema" else ""
+    (args.outdir / f"{args.scenario}{phase}-stage{args.stage}-rank{rank}.json").write_text(json.dumps(result))
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
