@@ -61,7 +61,9 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             when building the generation replica (DeepSpeed-Chat's ``--tp_gather_partition_size``).
         release_inference_cache: free the generation replica after every :meth:`generation_mode` exit instead
             of keeping it for the next rollout (saves memory, costs a rebuild).
-        offload_frozen_models: keep frozen children (reference, reward model) ZeRO-3 partitioned on the CPU.
+        offload_frozen_models: keep frozen children (reference, reward model) ZeRO-3 partitioned on the CPU. Under
+            ZeRO-3 this needs the module to build them inside :meth:`frozen_models_context` (PPOModule does);
+            children built elsewhere keep their partitions where the training ``zero.Init`` put them.
         generation_backend: ``"native"`` (PyTorch tensor parallel + ``transformers.generate``, CPU and CUDA) or
             ``"deepspeed"`` (DeepSpeed's fused inference kernels, CUDA only).
         engine_configs: per-child DeepSpeed config overrides, keyed by the child's attribute name, e.g.
@@ -188,6 +190,23 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         from lightning_rlhf.models.loading import zero3_loading
 
         with super().model_sharded_context(), zero3_loading(self.config if self.zero_stage == 3 else None):
+            yield
+
+    @contextmanager
+    def frozen_models_context(self) -> Iterator[None]:
+        """Build frozen children (reference, reward model) in this block, inside ``configure_model``.
+
+        With ``offload_frozen_models`` under ZeRO-3 their partitions are created on the CPU by a ``zero.Init`` of
+        their own (DeepSpeed-Chat's way for its reference), not on the accelerator by the training one; otherwise
+        it changes nothing. Module code writes ``with lightning_rlhf.strategies.frozen_models(self.trainer.strategy):``,
+        which works under every strategy.
+        """
+        if self.zero_stage != 3 or not self.offload_frozen_models:
+            yield
+            return
+        from lightning_rlhf.strategies.frozen_models import frozen_models_init
+
+        with frozen_models_init(inference_config(self.config, self.zero_stage, offload=True)):
             yield
 
     # ------------------------------------------------------------------ engines

@@ -240,3 +240,22 @@ def test_one_optimizer_and_a_frozen_child_get_the_same_engines_in_fit_and_valida
     assert float(scores[3]) == pytest.approx(float(scores[5]), abs=1e-6)
     (error,) = [line for line in lines if line.startswith("config optimizer:")]
     assert error.startswith("config optimizer: ValueError The DeepSpeed config sets 'optimizer'"), error
+
+
+@pytest.mark.distributed
+def test_offload_frozen_models_partitions_the_frozen_children_on_the_cpu_under_zero3(tmp_path):
+    """Built in frozen_models(strategy), a frozen child is partitioned by a zero.Init of its own with remote_device
+    "cpu" (on a CUDA host its partitions never touch the GPU); one built outside stays with the training zero.Init."""
+    run_distributed(Path(__file__).parent / "scripts" / "frozen_worker.py", tmp_path, nprocs=2)
+    for out in results(tmp_path, "frozen", 2):
+        # its own zero.Init, told remote_device="cpu"; the training one has the local
+        # device (torch.device: cuda:N on a GPU host, cpu here, so the partition device alone proves nothing here)
+        assert out["reference"]["remote_device"] == ["str:cpu"], out["reference"]
+        assert not out["reference"]["same_init_as_policy"] and out["reference"]["partition_devices"] == ["cpu"]
+        assert out["policy"]["remote_device"] == ["device:cpu"]
+        assert out["elsewhere"]["same_init_as_policy"], "built outside frozen_models: the training zero.Init"
+        assert out["reference"]["partitioned"] and out["policy"]["partitioned"]
+        assert out["offload"] == {"reference": True, "elsewhere": True}
+        assert out["reference_weights_intact"] and out["reference_output_matches"]
+        assert len(out["losses"]) == 3 and all(l == l for l in out["losses"])
+
