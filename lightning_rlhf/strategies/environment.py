@@ -7,11 +7,12 @@ keeping them here leaves the strategy its placement logic.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -45,12 +46,60 @@ def check_accelerator_and_precision(accelerator: Any, precision: str) -> None:
         )
 
 
-def check_tensor_parallel_layout(inference_tp_size: int, world_size: int) -> None:
-    """Refuse an ``inference_tp_size`` that does not divide the world size."""
+def check_tensor_parallel_layout(inference_tp_size: int, world_size: int, num_nodes: int = 1) -> None:
+    """Refuse an ``inference_tp_size`` whose groups do not tile the ranks, or would span nodes.
+
+    Why per node: a tensor-parallel group is ``inference_tp_size`` consecutive ranks and all-reduces once per layer
+    per generated token; ranks are numbered node by node, so a group stays inside one node only when the size
+    divides the processes per node (``LOCAL_WORLD_SIZE`` where the launcher sets it, else world size / nodes).
+    """
     if world_size % inference_tp_size != 0:
         raise ValueError(
             f"inference_tp_size={inference_tp_size} must divide the world size {world_size} "
             f"(num_nodes x devices); choose one of {divisors(world_size)}."
+        )
+    per_node = _processes_per_node(world_size, num_nodes)
+    if per_node % inference_tp_size != 0:
+        raise ValueError(
+            f"inference_tp_size={inference_tp_size} would put a tensor-parallel group across nodes: each node runs "
+            f"{per_node} processes ({world_size} ranks on {world_size // per_node} nodes), and a group all-reduces "
+            "every layer for every generated token, which over the network is slower than not splitting. Choose "
+            f"one of {divisors(per_node)}, which keeps each group inside a node."
+        )
+
+
+def _processes_per_node(world_size: int, num_nodes: int) -> int:
+    local: Optional[str] = os.environ.get("LOCAL_WORLD_SIZE")
+    if local and local.isdigit() and int(local) > 0:
+        return int(local)
+    return max(world_size // max(num_nodes, 1), 1)
+
+
+def use_cpu_for_deepspeed() -> None:
+    """Make DeepSpeed use its CPU accelerator when Lightning's accelerator is the CPU.
+
+    Why: DeepSpeed picks its accelerator on its own (``DS_ACCELERATOR``, else whatever it detects: CUDA on a GPU
+    host) and places ZeRO partitions, ``zero.Init`` and its buffers there, whatever Lightning's accelerator is.
+    ``Trainer(accelerator="cpu")`` on a CUDA host would then put the partitions on the GPU. So ``DS_ACCELERATOR``
+    is set for processes started later (op builds) and DeepSpeed's current accelerator replaced before any engine.
+
+    Raises:
+        RuntimeError: DeepSpeed still reports another accelerator.
+    """
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+
+    picked = get_accelerator().device_name()
+    if picked != "cpu":
+        from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+
+        set_accelerator(CPU_Accelerator())
+        rank_zero_info(f"HybridDeepSpeedStrategy: accelerator='cpu', so DeepSpeed's accelerator is CPU (it had picked "
+                       f"{picked!r}); ZeRO partitions live in CPU memory.")
+    if get_accelerator().device_name() != "cpu":
+        raise RuntimeError(
+            f"Trainer(accelerator='cpu') but DeepSpeed's accelerator is {get_accelerator().device_name()!r}, so ZeRO "
+            "would place partitions there. Start the run with DS_ACCELERATOR=cpu in the environment."
         )
 
 

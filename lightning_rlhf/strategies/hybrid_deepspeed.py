@@ -22,7 +22,7 @@ from typing import Any, Iterator, Literal, Mapping, Optional, Union
 import torch
 from lightning.fabric.strategies.deepspeed import _validate_device_index_selection
 from lightning.fabric.utilities.seed import reset_seed
-from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from lightning.pytorch.core.optimizer import LightningOptimizer, _init_optimizers_and_lr_schedulers
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from lightning.pytorch.trainer.states import TrainerFn
@@ -43,6 +43,7 @@ from lightning_rlhf.strategies.environment import (
     check_accelerator_and_precision,
     check_positive,
     check_tensor_parallel_layout,
+    use_cpu_for_deepspeed,
 )
 from lightning_rlhf.strategies.generation import GenerationStats
 
@@ -56,7 +57,8 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         accelerator: as in ``DeepSpeedStrategy`` (CPU and CUDA are supported).
         zero_optimization: enable ZeRO (as in ``DeepSpeedStrategy``).
         stage: ZeRO stage 0-3. Defaults to 3, the stage the generation switch exists for.
-        inference_tp_size: ranks per tensor-parallel group in :meth:`generation_mode`; must divide the world size.
+        inference_tp_size: ranks per tensor-parallel group in :meth:`generation_mode`; must divide the processes per
+            node (a group never spans nodes).
         tp_gather_partition_size: how many transformer layers are gathered at once from ZeRO-3 partitions
             when building the generation replica (DeepSpeed-Chat's ``--tp_gather_partition_size``).
         release_inference_cache: free the generation replica after every :meth:`generation_mode` exit instead
@@ -130,6 +132,8 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
     @override
     def setup_environment(self) -> None:
         check_accelerator_and_precision(self.accelerator, getattr(self.precision_plugin, "precision", "32-true"))
+        if isinstance(self.accelerator, CPUAccelerator):
+            use_cpu_for_deepspeed()
         # Skip DeepSpeedStrategy's CUDA-only check; DDPStrategy sets up the device and the process group.
         DDPStrategy.setup_environment(self)
 
@@ -141,7 +145,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         reset_seed()
         self.set_world_ranks()
         self._init_deepspeed_distributed()
-        check_tensor_parallel_layout(self.inference_tp_size, self.world_size)
+        check_tensor_parallel_layout(self.inference_tp_size, self.world_size, self.num_nodes)
 
     @override
     def on_exception(self, exception: BaseException) -> None:

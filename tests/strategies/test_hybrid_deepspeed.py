@@ -259,3 +259,26 @@ def test_offload_frozen_models_partitions_the_frozen_children_on_the_cpu_under_z
         assert out["reference_weights_intact"] and out["reference_output_matches"]
         assert len(out["losses"]) == 3 and all(l == l for l in out["losses"])
 
+
+def test_a_tensor_parallel_group_never_spans_nodes(monkeypatch):
+    from lightning_rlhf.strategies.environment import check_tensor_parallel_layout
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    check_tensor_parallel_layout(2, 4, num_nodes=2)  # ranks 0-1 on node 0, 2-3 on node 1: groups stay inside
+    with pytest.raises(ValueError, match=r"inference_tp_size=4 would put a tensor-parallel group across nodes: each "
+                                         r"node runs 2 processes \(4 ranks on 2 nodes\).*one of \[1, 2\]"):
+        check_tensor_parallel_layout(4, 4, num_nodes=2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # the launcher's count wins over world size / nodes
+    with pytest.raises(ValueError, match="each node runs 2 processes"):
+        check_tensor_parallel_layout(4, 8, num_nodes=1)
+    with pytest.raises(ValueError, match="must divide the world size 4"):
+        check_tensor_parallel_layout(3, 4, num_nodes=1)
+
+
+@pytest.mark.distributed
+def test_cpu_accelerator_keeps_zero_partitions_on_the_cpu_when_deepspeed_picked_cuda(tmp_path):
+    """DS_ACCELERATOR=cuda stands in for a CUDA host, where DeepSpeed picks CUDA on its own; accelerator='cpu' wins."""
+    run_distributed(WORKER, "dropin", tmp_path, "--stages", "3", nprocs=1, env={"DS_ACCELERATOR": "cuda"})
+    (out,) = results(tmp_path, "dropin", 1)
+    assert out["stage3"]["sharded_at_init"] is True
+    assert out["stage3"]["losses"] == pytest.approx(out["stage3"]["raw_losses"], abs=1e-6)
