@@ -106,7 +106,8 @@ def lightning_deepspeed_marker(path: Path) -> dict[str, Any]:
         raise ValueError(
             f"Checkpoint {path} has no {MARKER_FILE} and is not a complete DeepSpeedStrategy checkpoint either: "
             f"its 'latest' file names tag {tag!r}, but {tag_dir} holds no rank-0 model states "
-            "(mp_rank_00_model_states.pt or zero_pp_rank_0_mp_rank_00_model_states.pt). Resume from an earlier checkpoint."
+            "(mp_rank_00_model_states.pt or zero_pp_rank_0_mp_rank_00_model_states.pt). "
+            "Resume from an earlier checkpoint."
         )
     # mmap: the metadata is read without loading the module's weights stored in the same file
     saved = torch.load(states[0], map_location="cpu", mmap=True, weights_only=False)

@@ -28,7 +28,9 @@ from lightning_rlhf.strategies.checkpoint import (
 PARAM_GROUPS_KEY = "hybrid_deepspeed_param_groups"
 
 
-def save(strategy: Any, checkpoint: dict, filepath: Union[str, Path], save_single: Callable[[dict, Path], None]) -> None:
+def save(
+    strategy: Any, checkpoint: dict, filepath: Union[str, Path], save_single: Callable[[dict, Path], None]
+) -> None:
     """Write ``checkpoint`` as a complete-or-absent directory at ``filepath`` (collective: every rank calls it).
 
     Args:

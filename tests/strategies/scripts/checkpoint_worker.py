@@ -14,12 +14,10 @@ Scenarios:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
-import torch.distributed as dist
 import torch.nn.functional as F
 from lightning import seed_everything
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -29,7 +27,7 @@ from lightning_rlhf.callbacks.ema import EMACallback
 from lightning_rlhf.strategies import HybridDeepSpeedStrategy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from strategy_worker import Regressor, StopAt, TwoEngines, loader, trainer  # noqa: E402
+from strategy_worker import Regressor, StopAt, TwoEngines, finish, loader, trainer  # noqa: E402
 
 
 class Evaluated(TwoEngines):
@@ -122,7 +120,8 @@ def run_ema(args, world: int) -> dict:
     if args.phase == "first":
         every = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=4, save_top_k=-1, filename="ema-{step}")
         callbacks = [ema, record, every, StopAt(4)]
-        trainer(args.stage, 8, "32-true", args.outdir, callbacks=callbacks, max_epochs=-1).fit(TwoEngines(), loader(world))
+        trainer(args.stage, 8, "32-true", args.outdir, callbacks=callbacks, max_epochs=-1).fit(
+            TwoEngines(), loader(world))
     else:
         (ckpt,) = ckpt_dir.glob("ema-*")
         trainer(args.stage, 8, "32-true", args.outdir, callbacks=[ema, record], max_epochs=-1).fit(
@@ -139,13 +138,10 @@ def main():
     parser.add_argument("--phase", default="first")
     args = parser.parse_args()
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    result = {"evaluate": run_evaluate, "plain": run_plain, "resume": run_resume, "ema": run_ema}[args.scenario](args, world)
-    args.outdir.mkdir(parents=True, exist_ok=True)
+    scenarios = {"evaluate": run_evaluate, "plain": run_plain, "resume": run_resume, "ema": run_ema}
+    result = scenarios[args.scenario](args, world)
     phase = f"-{args.phase}" if args.scenario == "ema" else ""
-    (args.outdir / f"{args.scenario}{phase}-stage{args.stage}-rank{rank}.json").write_text(json.dumps(result))
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    finish(args.outdir / f"{args.scenario}{phase}-stage{args.stage}-rank{rank}.json", result)
 
 
 if __name__ == "__main__":

@@ -71,8 +71,8 @@ def placement(child, policy) -> dict:
 seed_everything(0)
 world = int(os.environ["WORLD_SIZE"])
 # persistence threshold 0: ZeRO keeps parameters below it whole on the accelerator, and these are tiny
-config = {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}, "train_micro_batch_size_per_gpu": 4,
-          "zero_allow_untested_optimizer": True}
+config = {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+          "train_micro_batch_size_per_gpu": 4, "zero_allow_untested_optimizer": True}
 model = WithReference()
 trainer = Trainer(strategy=HybridDeepSpeedStrategy(offload_frozen_models=True, config=config), accelerator="cpu",
                   devices=world, max_steps=3, logger=False, enable_progress_bar=False, enable_checkpointing=False,

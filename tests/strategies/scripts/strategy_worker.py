@@ -229,9 +229,14 @@ def main():
     args = parser.parse_args()
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     result = {"dropin": run_dropin, "two_engines": run_two_engines, "resume": run_resume}[args.scenario](args, world)
-    args.outdir.mkdir(parents=True, exist_ok=True)
     suffix = f"-{args.phase}" if args.scenario == "resume" else ""
-    (args.outdir / f"{args.scenario}{suffix}-rank{rank}.json").write_text(json.dumps(result))
+    finish(args.outdir / f"{args.scenario}{suffix}-rank{rank}.json", result)
+
+
+def finish(path: Path, result: dict) -> None:
+    """Write this rank's result, then leave the process group."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
     # Leave the process group explicitly: torn down by the interpreter's exit instead, a gloo worker thread was
     # once destroyed while joinable ("terminate called without an active exception", SIGABRT after fit had ended).
     import torch.distributed as dist
