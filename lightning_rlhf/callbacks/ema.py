@@ -130,7 +130,12 @@ class EMACallback(Callback):
         rank_zero_info(f"EMACallback: wrote the EMA model to {self.export_dirpath}")
 
     def state_dict(self) -> dict[str, Any]:
-        """The averages (this rank's shard) on CPU."""
+        """The averages (this rank's shard) on CPU.
+
+        Lightning keeps rank 0's callback states only; under ZeRO-3 every rank's shard differs, so
+        ``HybridDeepSpeedStrategy`` saves each rank's callback states beside its shards and gives each rank its own
+        back on resume (Lightning's own ``DeepSpeedStrategy`` does so for single-engine modules only).
+        """
         return {"shadow": {n: t.cpu() for n, t in self.shadow.items()}, "last_step": self._last_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

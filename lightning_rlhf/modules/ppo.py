@@ -54,7 +54,7 @@ from lightning_rlhf.modules.rollout import (
     response_mask_from_tokens,
     token_logprobs,
 )
-from lightning_rlhf.strategies import MultiEngineBackwardMixin, generation_mode
+from lightning_rlhf.strategies import MultiEngineBackwardMixin, frozen_models, generation_mode
 
 TaskChecker = Callable[[str, str], bool]
 
@@ -237,8 +237,10 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
                                         gradient_checkpointing=hp.actor_gradient_checkpointing)
             self.critic = load_value_model(hp.critic or hp.reward_model, lora=self.critic_lora, dropout=p,
                                            tokenizer=tok, gradient_checkpointing=hp.critic_gradient_checkpointing)
-            self.reference = load_causal_lm(hp.reference or hp.actor, dropout=p, tokenizer=tok).requires_grad_(False)
-            self.reward_model = load_value_model(hp.reward_model, dropout=p, tokenizer=tok).requires_grad_(False)
+            with frozen_models(strategy):  # offload_frozen_models: their ZeRO-3 partitions are created on the CPU
+                self.reference = load_causal_lm(hp.reference or hp.actor, dropout=p, tokenizer=tok)
+                self.reward_model = load_value_model(hp.reward_model, dropout=p, tokenizer=tok)
+            self.reference.requires_grad_(False), self.reward_model.requires_grad_(False)
         # from_pretrained returns eval mode; trained models need train mode (gradient checkpointing checks it)
         self.actor.train(), self.critic.train(), self.reference.eval(), self.reward_model.eval()
 

@@ -16,6 +16,7 @@ __all__ = [
     "MultiEngineBackwardMixin",
     "consolidated_state_dict",
     "export_engine_to_hf",
+    "frozen_models",
     "generation_mode",
     "register_strategies",
 ]
@@ -46,6 +47,21 @@ def generation_mode(strategy: Any, model: nn.Module) -> Iterator[Any]:
             yield model
     finally:
         model.train(was_training)
+
+
+@contextmanager
+def frozen_models(strategy: Any) -> Iterator[None]:
+    """Build a module's frozen children (reference, reward model) in this block, under any strategy.
+
+    Under :class:`HybridDeepSpeedStrategy` with ``offload_frozen_models`` and ZeRO-3 their partitions are created
+    on the CPU; under every other strategy and setting it changes nothing.
+    """
+    context = getattr(strategy, "frozen_models_context", None)
+    if context is None:
+        yield
+        return
+    with context():
+        yield
 
 
 class MultiEngineBackwardMixin:

@@ -7,8 +7,9 @@ a time), LoRA deltas added, and copied into a cached plain replica of the model,
 tensor-parallel group when ``inference_tp_size > 1``. Inside, ``generate`` and plain forward calls
 run on that replica with a KV cache and no ZeRO hooks; with tensor parallelism the prompts of the
 group's ranks are gathered (left-padded to a common length), generated together, and each rank
-gets back its own rows. On exit the replica is kept for the next call (its weights are refreshed
-each time, so generation always sees the latest optimizer step) unless ``release_inference_cache``.
+gets back its own rows. On exit the replica is kept for the next call unless ``release_inference_cache``; each entry
+refreshes the layer groups whose weights changed since the previous one (none between validation
+batches), so generation always sees the latest optimizer step.
 
 Every rank must enter ``generation_mode`` together (the ZeRO-3 gather is a collective), and the ranks
 of one tensor-parallel group must make the same calls with the same keyword arguments inside it.
@@ -44,6 +45,9 @@ class GenerationStats:
         new_tokens: response tokens produced for this rank's prompts (padding after EOS not counted).
         tokens_per_s: ``new_tokens / (gather_s + generate_s)``: throughput including the switch.
         calls: number of ``generate`` calls.
+        groups_refreshed: gather groups copied into the replica because their weights changed.
+        groups_skipped: gather groups left as they were (unchanged since the previous switch).
+        bytes_gathered: bytes of ZeRO-3 partitioned weights all-gathered for the refreshes.
     """
 
     gather_s: float = 0.0
@@ -51,6 +55,9 @@ class GenerationStats:
     new_tokens: int = 0
     tokens_per_s: float = 0.0
     calls: int = 0
+    groups_refreshed: int = 0
+    groups_skipped: int = 0
+    bytes_gathered: int = 0
 
     def add(self, gather_s: float = 0.0, generate_s: float = 0.0, new_tokens: int = 0, calls: int = 0) -> None:
         """Accumulate one measurement and update ``tokens_per_s``."""
@@ -61,10 +68,16 @@ class GenerationStats:
         total = self.gather_s + self.generate_s
         self.tokens_per_s = self.new_tokens / total if total > 0 else 0.0
 
+    def add_refresh(self, count: Any) -> None:
+        """Accumulate one replica refresh (a ``tensor_parallel.RefreshCount``)."""
+        self.groups_refreshed += count.groups_refreshed
+        self.groups_skipped += count.groups - count.groups_refreshed
+        self.bytes_gathered += count.bytes_gathered
+
     def reset(self) -> None:
         """Zero every counter (e.g. at the start of a logging interval)."""
         self.gather_s = self.generate_s = self.tokens_per_s = 0.0
-        self.new_tokens = self.calls = 0
+        self.new_tokens = self.calls = self.groups_refreshed = self.groups_skipped = self.bytes_gathered = 0
 
 
 def _clock(device: torch.device) -> float:
@@ -316,7 +329,7 @@ def generation_mode(
         _CACHE.pop(model, None)
         entry = _CacheEntry(key, InferenceReplica(model, device, mesh, tp_plan, tp_gather_partition_size))
         _CACHE[model] = entry
-    entry.replica.refresh()
+    stats.add_refresh(entry.replica.refresh())
     entry.replica.module.generation_config = copy.deepcopy(unwrap_model(model).generation_config)
     stats.add(gather_s=_clock(device) - start)
     group = mesh.get_group() if mesh is not None else None

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lightning_rlhf.strategies.replica_refresh import ChangedGroups
 from lightning_rlhf.strategies.tp_plans import (
     FamilyTPPlan,
     Split,
@@ -77,6 +78,21 @@ def lora_delta(module: nn.Module) -> torch.Tensor | None:
     return delta
 
 
+@dataclass(frozen=True)
+class RefreshCount:
+    """What one :meth:`InferenceReplica.refresh` did.
+
+    Attributes:
+        groups_refreshed: gather groups whose parameters changed, gathered and copied.
+        groups: gather groups of the replica.
+        bytes_gathered: bytes of ZeRO-3 partitioned parameters all-gathered (the full tensors' size).
+    """
+
+    groups_refreshed: int
+    groups: int
+    bytes_gathered: int
+
+
 @dataclass
 class _Slot:
     """Where one gathered source parameter goes in the replica, and how it is reshaped on the way."""
@@ -125,6 +141,8 @@ class InferenceReplica:
             self.module = self._build(plan)
         self.slots = self._map_parameters(plan)
         self.groups = self._gather_groups()
+        self._changed = ChangedGroups()
+        self.last_refresh = RefreshCount(0, len(self.groups), 0)
         del self.base
 
     # -- construction -------------------------------------------------------------------------------
@@ -237,19 +255,40 @@ class InferenceReplica:
     # -- refresh ------------------------------------------------------------------------------------
     @torch.inference_mode(False)
     @torch.no_grad()
-    def refresh(self) -> None:
+    def refresh(self) -> "RefreshCount":
         """Copy the model's current weights (LoRA merged) into the replica, gathering ZeRO-3 shards by groups.
+
+        Only the groups whose parameters changed since the last refresh are gathered and copied (see
+        :mod:`.replica_refresh`): none when no optimizer step happened since (e.g. between validation batches).
+        With LoRA the groups of layers without adapters (embeddings, head) are skipped; a group with adapters is
+        gathered whole, its frozen base weights too, because the merged weight is computed from them. Collective
+        under ZeRO-3: every rank calls it together.
 
         Always outside ``torch.inference_mode``: Lightning validates under it by default, and a replica built or
         refreshed there would hold inference tensors that no later refresh (during ``fit``) may update in place.
         """
-        for group in self.groups:
-            params = [s.source for s in group]
-            params += [p for s in group if s.lora_owner is not None for p in s.lora_owner.parameters()
-                       if p is not s.source]
-            with _gathered([p for p in params if is_zero3_param(p)]):
+        sources = [self._sources(group) for group in self.groups]
+        changed = self._changed.changed(sources, self.device)
+        gathered = 0
+        for group, params, stale in zip(self.groups, sources, changed):
+            if not stale:
+                continue
+            partitioned = [p for p in params if is_zero3_param(p)]
+            gathered += sum(p.ds_numel * p.element_size() for p in partitioned)
+            with _gathered(partitioned):
                 for slot in group:
                     self._copy(slot)
+        self._changed.refreshed()
+        self.last_refresh = RefreshCount(sum(changed), len(changed), gathered)
+        return self.last_refresh
+
+    @staticmethod
+    def _sources(group: list[_Slot]) -> list[nn.Parameter]:
+        """The model parameters a group's copy reads: the sources and their LoRA adapters."""
+        params = [s.source for s in group]
+        params += [p for s in group if s.lora_owner is not None for p in s.lora_owner.parameters()
+                   if p is not s.source]
+        return params
 
     def _copy(self, slot: _Slot) -> None:
         full = slot.source.data

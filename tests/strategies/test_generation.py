@@ -58,6 +58,16 @@ def test_zero3_generation_matches_unsharded_copy(tiny_model_factory):
     assert passed_cases(proc.stdout) == cases, proc.stdout
 
 
+@pytest.mark.distributed
+def test_replica_refresh_gathers_only_what_changed(tiny_model_factory):
+    """ZeRO-3, 2 ranks: an entry without an optimizer step gathers nothing; after a step every changed layer group
+    is gathered again, and with LoRA the embeddings and head (no adapters) are not (counted in groups and bytes)."""
+    cases = ["llama:2:lora:step:refresh", "llama:1:plain:refresh"]
+    proc = run_distributed(SCRIPTS / "generation_worker.py", ",".join(cases), tiny_model_factory("llama", **SIZES))
+    assert passed_cases(proc.stdout) == cases, proc.stdout
+    print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("refresh ")))
+
+
 #: One family per transformers plan style (beyond llama's colwise/rowwise), generated with TP 2 under ZeRO-3.
 STYLE_FAMILIES = {
     "qwen3": "replicated_with_grad_allreduce (q/k norms kept whole)",

@@ -217,7 +217,7 @@ def test_validate_before_fit_on_cpu_for_one_and_several_engines():
 
 
 def test_cpu_bf16_detection_reads_the_cpu_flags(tmp_path):
-    from lightning_rlhf.strategies.hybrid_deepspeed import cpu_has_bf16
+    from lightning_rlhf.strategies.environment import cpu_has_bf16
 
     cases = {"flags\t\t: fpu sse2 avx2 fma\n": False, "flags\t\t: fpu avx2 avx512f avx512_bf16\n": True,
              "flags\t\t: fpu amx_tile amx_bf16\n": True, "Features\t: fp asimd bf16 i8mm\n": True,
@@ -227,3 +227,58 @@ def test_cpu_bf16_detection_reads_the_cpu_flags(tmp_path):
         path.write_text(text)
         assert cpu_has_bf16(str(path)) is expected, text
     assert cpu_has_bf16(str(tmp_path / "missing")) is True
+
+
+@pytest.mark.distributed
+def test_one_optimizer_and_a_frozen_child_get_the_same_engines_in_fit_and_validate(tmp_path):
+    """Manual optimization, one optimizer, two children: one layout in both stages, so validate(ckpt_path) loads."""
+    proc = run_distributed(Path(__file__).parent / "scripts" / "layout_worker.py", tmp_path, nprocs=1)
+    lines = proc.stdout.splitlines()
+    assert "fit engines ['policy', 'reference']" in lines
+    assert "validate engines ['policy', 'reference']" in lines
+    (scores,) = [line.split() for line in lines if line.startswith("validate from checkpoint")]
+    assert float(scores[3]) == pytest.approx(float(scores[5]), abs=1e-6)
+    (error,) = [line for line in lines if line.startswith("config optimizer:")]
+    assert error.startswith("config optimizer: ValueError The DeepSpeed config sets 'optimizer'"), error
+
+
+@pytest.mark.distributed
+def test_offload_frozen_models_partitions_the_frozen_children_on_the_cpu_under_zero3(tmp_path):
+    """Built in frozen_models(strategy), a frozen child is partitioned by a zero.Init of its own with remote_device
+    "cpu" (on a CUDA host its partitions never touch the GPU); one built outside stays with the training zero.Init."""
+    run_distributed(Path(__file__).parent / "scripts" / "frozen_worker.py", tmp_path, nprocs=2)
+    for out in results(tmp_path, "frozen", 2):
+        # its own zero.Init, told remote_device="cpu"; the training one has the local
+        # device (torch.device: cuda:N on a GPU host, cpu here, so the partition device alone proves nothing here)
+        assert out["reference"]["remote_device"] == ["str:cpu"], out["reference"]
+        assert not out["reference"]["same_init_as_policy"] and out["reference"]["partition_devices"] == ["cpu"]
+        assert out["policy"]["remote_device"] == ["device:cpu"]
+        assert out["elsewhere"]["same_init_as_policy"], "built outside frozen_models: the training zero.Init"
+        assert out["reference"]["partitioned"] and out["policy"]["partitioned"]
+        assert out["offload"] == {"reference": True, "elsewhere": True}
+        assert out["reference_weights_intact"] and out["reference_output_matches"]
+        assert len(out["losses"]) == 3 and all(l == l for l in out["losses"])
+
+
+def test_a_tensor_parallel_group_never_spans_nodes(monkeypatch):
+    from lightning_rlhf.strategies.environment import check_tensor_parallel_layout
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    check_tensor_parallel_layout(2, 4, num_nodes=2)  # ranks 0-1 on node 0, 2-3 on node 1: groups stay inside
+    with pytest.raises(ValueError, match=r"inference_tp_size=4 would put a tensor-parallel group across nodes: each "
+                                         r"node runs 2 processes \(4 ranks on 2 nodes\).*one of \[1, 2\]"):
+        check_tensor_parallel_layout(4, 4, num_nodes=2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # the launcher's count wins over world size / nodes
+    with pytest.raises(ValueError, match="each node runs 2 processes"):
+        check_tensor_parallel_layout(4, 8, num_nodes=1)
+    with pytest.raises(ValueError, match="must divide the world size 4"):
+        check_tensor_parallel_layout(3, 4, num_nodes=1)
+
+
+@pytest.mark.distributed
+def test_cpu_accelerator_keeps_zero_partitions_on_the_cpu_when_deepspeed_picked_cuda(tmp_path):
+    """DS_ACCELERATOR=cuda stands in for a CUDA host, where DeepSpeed picks CUDA on its own; accelerator='cpu' wins."""
+    run_distributed(WORKER, "dropin", tmp_path, "--stages", "3", nprocs=1, env={"DS_ACCELERATOR": "cuda"})
+    (out,) = results(tmp_path, "dropin", 1)
+    assert out["stage3"]["sharded_at_init"] is True
+    assert out["stage3"]["losses"] == pytest.approx(out["stage3"]["raw_losses"], abs=1e-6)

@@ -1,7 +1,7 @@
 """2-rank worker: generation_mode on ZeRO-3 engines matches plain unsharded copies token for token.
 
 Usage: ``generation_worker.py CHECKS MODEL_DIR...`` where CHECKS is a comma-separated list of
-``family:tp:plain|lora[:step][:sample][:z2]`` cases (e.g. ``llama:2:lora:step``) and each MODEL_DIR is a
+``family:tp:plain|lora[:step][:sample][:z2][:refresh]`` cases (e.g. ``llama:2:lora:step``) and each MODEL_DIR is a
 saved tiny model whose folder name starts with its family. Each case builds a real DeepSpeed ZeRO-3
 (``z2``: ZeRO-2) engine (gloo, CPU) and a plain reference copy of the same weights (LoRA merged), then
 checks, on ragged per-rank prompts: greedy generation inside ``generation_mode`` equals the reference's,
@@ -155,6 +155,14 @@ def run_case(case: str, paths: dict[str, Path]) -> None:
     assert torch.nn.functional.linear is linear, f"{tag}: F.linear not restored"
     assert stats.calls == 1 and stats.new_tokens > 0 and stats.gather_s > 0 and stats.tokens_per_s > 0, stats
     replica = _CACHE[engine.module].replica
+    first = (stats.groups_refreshed, stats.groups_skipped, stats.bytes_gathered)
+    if "refresh" in flags:  # a second entry without a step (a validation batch): nothing gathered or copied
+        assert first[0] == len(replica.groups) and first[1] == 0 and first[2] > 0, f"{tag}: first refresh {stats}"
+        with generation_mode(engine.module, inference_tp_size=tp, stats=stats, tp_gather_partition_size=1) as policy:
+            again = policy(ids, mask).logits
+        assert (stats.groups_refreshed, stats.groups_skipped, stats.bytes_gathered) == (first[0], first[0], first[2]), \
+            f"{tag}: re-gathered without a change: {stats}"
+        assert torch.equal(again, logits), f"{tag}: the skipped refresh changed the replica"
     if "sample" in flags:
         check_sampling(engine.module, reference, ids, mask, tp, tag)
     if "step" in flags:
@@ -162,6 +170,13 @@ def run_case(case: str, paths: dict[str, Path]) -> None:
         new_logits = check(engine.module, reference, ids, mask, tp, f"{tag} after step", stats)
         assert (new_logits - logits).abs().max() > 1e-3, f"{tag}: the optimizer step did not reach the replica"
         assert _CACHE[engine.module].replica is replica, f"{tag}: replica rebuilt instead of refreshed"
+        if "refresh" in flags:  # after the step: every changed group again; LoRA leaves embeddings and head out
+            refreshed, gathered = stats.groups_refreshed - first[0], stats.bytes_gathered - first[2]
+            expected = first[0] - 1 if lora else first[0]
+            assert refreshed == expected and (gathered < first[2] if lora else gathered == first[2]), \
+                f"{tag}: after the step {refreshed} groups / {gathered} bytes refreshed, first {first}"
+            print(f"refresh {tag}: first {first[0]} groups {first[2]} bytes, after step {refreshed} groups "
+                  f"{gathered} bytes, unchanged entry 0 bytes", flush=True)
     with generation_mode(engine.module, inference_tp_size=tp, release_inference_cache=True):
         pass
     assert engine.module not in _CACHE, f"{tag}: release_inference_cache kept the replica"

@@ -112,10 +112,11 @@ def gathered(module: nn.Module) -> list[list[float]]:
 
 
 def trainer(
-    stage: int, max_steps: int, precision: str, root: Path, callbacks=(), by_name: bool = False, **kw
+    stage: int, max_steps: int, precision: str, root: Path, callbacks=(), by_name: bool = False, strategy=None, **kw
 ) -> Trainer:
     # by_name: the drop-in spelling a user types after `import lightning_rlhf` (the registered ZeRO-3 preset)
-    strategy = "hybrid_deepspeed" if by_name else HybridDeepSpeedStrategy(stage=stage, process_group_timeout_s=120)
+    if strategy is None:
+        strategy = "hybrid_deepspeed" if by_name else HybridDeepSpeedStrategy(stage=stage, process_group_timeout_s=120)
     return Trainer(
         strategy=strategy, accelerator="cpu", devices=int(os.environ["WORLD_SIZE"]), max_steps=max_steps,
         precision=precision, logger=False, enable_checkpointing=bool(callbacks), callbacks=list(callbacks),
@@ -228,9 +229,14 @@ def main():
     args = parser.parse_args()
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     result = {"dropin": run_dropin, "two_engines": run_two_engines, "resume": run_resume}[args.scenario](args, world)
-    args.outdir.mkdir(parents=True, exist_ok=True)
     suffix = f"-{args.phase}" if args.scenario == "resume" else ""
-    (args.outdir / f"{args.scenario}{suffix}-rank{rank}.json").write_text(json.dumps(result))
+    finish(args.outdir / f"{args.scenario}{suffix}-rank{rank}.json", result)
+
+
+def finish(path: Path, result: dict) -> None:
+    """Write this rank's result, then leave the process group."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
     # Leave the process group explicitly: torn down by the interpreter's exit instead, a gloo worker thread was
     # once destroyed while joinable ("terminate called without an active exception", SIGABRT after fit had ended).
     import torch.distributed as dist

@@ -1,0 +1,114 @@
+"""Checks of the machine a ``HybridDeepSpeedStrategy`` run starts on: accelerator, precision, process layout.
+
+Why apart from the strategy: each check reads the environment (the accelerator, ``/proc/cpuinfo``, the world
+size) and answers with an error or a warning that says what to change; none of them places a model, and
+keeping them here leaves the strategy its placement logic.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU has bf16 arithmetic (x86 ``avx512_bf16``/``amx_bf16``, Arm ``bf16``); True if unknown."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return True
+    flags = {flag for line in text.splitlines() if line.startswith(("flags", "Features"))
+             for flag in line.split(":", 1)[1].split()}
+    return not flags or bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def check_accelerator_and_precision(accelerator: Any, precision: str) -> None:
+    """Refuse accelerators other than CUDA and CPU and fp16 on CPU; warn about bf16 on a CPU without it."""
+    if not isinstance(accelerator, (CUDAAccelerator, CPUAccelerator)):
+        raise RuntimeError(
+            f"HybridDeepSpeedStrategy runs on CUDA or CPU accelerators, not {type(accelerator).__name__}."
+        )
+    precision = str(precision)
+    if isinstance(accelerator, CPUAccelerator) and precision.startswith("16"):
+        raise ValueError(
+            f"precision={precision!r} is not supported on CPU: DeepSpeed's fp16 loss scaling needs CUDA. "
+            "Use precision='bf16-mixed' or '32-true' on CPU."
+        )
+    if isinstance(accelerator, CPUAccelerator) and precision.startswith("bf16") and not cpu_has_bf16():
+        rank_zero_warn(
+            f"precision={precision!r} on a CPU without bf16 instructions (no avx512_bf16 / amx_bf16 / bf16 in "
+            "/proc/cpuinfo): its bf16 matrix multiplies are emulated, 10x or more slower than fp32 "
+            "(benchmarks/README.md). Use precision='32-true' on this machine."
+        )
+
+
+def check_tensor_parallel_layout(inference_tp_size: int, world_size: int, num_nodes: int = 1) -> None:
+    """Refuse an ``inference_tp_size`` whose groups do not tile the ranks, or would span nodes.
+
+    Why per node: a tensor-parallel group is ``inference_tp_size`` consecutive ranks and all-reduces once per layer
+    per generated token; ranks are numbered node by node, so a group stays inside one node only when the size
+    divides the processes per node (``LOCAL_WORLD_SIZE`` where the launcher sets it, else world size / nodes).
+    """
+    if world_size % inference_tp_size != 0:
+        raise ValueError(
+            f"inference_tp_size={inference_tp_size} must divide the world size {world_size} "
+            f"(num_nodes x devices); choose one of {divisors(world_size)}."
+        )
+    per_node = _processes_per_node(world_size, num_nodes)
+    if per_node % inference_tp_size != 0:
+        raise ValueError(
+            f"inference_tp_size={inference_tp_size} would put a tensor-parallel group across nodes: each node runs "
+            f"{per_node} processes ({world_size} ranks on {world_size // per_node} nodes), and a group all-reduces "
+            "every layer for every generated token, which over the network is slower than not splitting. Choose "
+            f"one of {divisors(per_node)}, which keeps each group inside a node."
+        )
+
+
+def _processes_per_node(world_size: int, num_nodes: int) -> int:
+    local: Optional[str] = os.environ.get("LOCAL_WORLD_SIZE")
+    if local and local.isdigit() and int(local) > 0:
+        return int(local)
+    return max(world_size // max(num_nodes, 1), 1)
+
+
+def use_cpu_for_deepspeed() -> None:
+    """Make DeepSpeed use its CPU accelerator when Lightning's accelerator is the CPU.
+
+    Why: DeepSpeed picks its accelerator on its own (``DS_ACCELERATOR``, else whatever it detects: CUDA on a GPU
+    host) and places ZeRO partitions, ``zero.Init`` and its buffers there, whatever Lightning's accelerator is.
+    ``Trainer(accelerator="cpu")`` on a CUDA host would then put the partitions on the GPU. So ``DS_ACCELERATOR``
+    is set for processes started later (op builds) and DeepSpeed's current accelerator replaced before any engine.
+
+    Raises:
+        RuntimeError: DeepSpeed still reports another accelerator.
+    """
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+
+    picked = get_accelerator().device_name()
+    if picked != "cpu":
+        from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+
+        set_accelerator(CPU_Accelerator())
+        rank_zero_info(f"HybridDeepSpeedStrategy: accelerator='cpu', so DeepSpeed's accelerator is CPU (it had picked "
+                       f"{picked!r}); ZeRO partitions live in CPU memory.")
+    if get_accelerator().device_name() != "cpu":
+        raise RuntimeError(
+            f"Trainer(accelerator='cpu') but DeepSpeed's accelerator is {get_accelerator().device_name()!r}, so ZeRO "
+            "would place partitions there. Start the run with DS_ACCELERATOR=cpu in the environment."
+        )
+
+
+def check_positive(name: str, value: float) -> None:
+    """Refuse a setting that must be positive."""
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}.")
+
+
+def divisors(n: int) -> list[int]:
+    """The divisors of ``n``, ascending."""
+    return [d for d in range(1, n + 1) if n % d == 0]
