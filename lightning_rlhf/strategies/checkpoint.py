@@ -3,7 +3,8 @@
 Why: a ZeRO checkpoint is a directory of per-rank shards written by every rank. A crash half-way through
 must never leave something that looks like a checkpoint. So every rank writes into a staging directory
 ``<name>.partial``; once all ranks are done, rank 0 writes a marker file and renames the staging directory
-into place. Loading refuses a directory without the marker, naming what is missing.
+into place. Loading refuses a directory without the marker, naming what is missing, except a checkpoint of
+Lightning's own ``DeepSpeedStrategy`` (a drop-in switch resumes it), whose shards are checked one by one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 MARKER_FILE = "lightning_rlhf_checkpoint.json"
 LIGHTNING_STATE_FILE = "lightning_state.pt"
+LATEST_FILE = "latest"  # DeepSpeed's pointer to the newest tag of a checkpoint directory
 FORMAT_VERSION = 1
 
 
@@ -45,8 +47,14 @@ def publish(staging: Path, final: Path, metadata: dict[str, Any]) -> None:
         shutil.rmtree(previous)
 
 
-def read_marker(path: Path) -> dict[str, Any]:
+def read_marker(path: Path, accept_lightning_deepspeed: bool = False) -> dict[str, Any]:
     """Validate a checkpoint directory and return its marker.
+
+    Args:
+        path: the checkpoint directory.
+        accept_lightning_deepspeed: also accept a directory without a marker that Lightning's own
+            ``DeepSpeedStrategy`` wrote (switching the strategy string resumes it); see
+            :func:`lightning_deepspeed_marker` for what is checked in place of the marker.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -64,6 +72,8 @@ def read_marker(path: Path) -> dict[str, Any]:
         )
     marker_path = path / MARKER_FILE
     if not marker_path.is_file():
+        if accept_lightning_deepspeed and (path / LATEST_FILE).is_file():
+            return lightning_deepspeed_marker(path)
         raise ValueError(
             f"Checkpoint {path} is incomplete or corrupt: it has no {MARKER_FILE}, which is written last, once "
             "every rank has saved its shards. Resume from an earlier checkpoint."
@@ -72,6 +82,50 @@ def read_marker(path: Path) -> dict[str, Any]:
         return json.loads(marker_path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"Checkpoint {path} is corrupt: {marker_path} is not valid JSON ({err}).") from err
+
+
+def lightning_deepspeed_marker(path: Path) -> dict[str, Any]:
+    """The marker of a checkpoint that Lightning's ``DeepSpeedStrategy`` wrote, built from what it holds.
+
+    Such a directory has no completion marker. What is checked instead: the ``latest`` file DeepSpeed writes
+    after rank 0's files names a tag directory; that directory holds the model states, which record the ZeRO
+    stage and the number of data-parallel ranks N that saved it; and, from ZeRO stage 1 on, every one of the N
+    per-rank optimizer shards is there (stage 3: every rank's model states too). A shard cut short by a crash
+    is not detected here; DeepSpeed fails when it reads it.
+
+    Raises:
+        ValueError: the tag directory, its model states or a rank's shard is missing.
+    """
+    tag = (path / LATEST_FILE).read_text().strip()
+    tag_dir = path / tag
+    # rank 0's model states: ZeRO-3 names them per rank, stages 0-2 write one file
+    states = [tag_dir / name for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+              if (tag_dir / name).is_file()]
+    if not states:
+        raise ValueError(
+            f"Checkpoint {path} has no {MARKER_FILE} and is not a complete DeepSpeedStrategy checkpoint either: "
+            f"its 'latest' file names tag {tag!r}, but {tag_dir} holds no rank-0 model states "
+            "(mp_rank_00_model_states.pt or zero_pp_rank_0_mp_rank_00_model_states.pt). Resume from an earlier checkpoint."
+        )
+    # mmap: the metadata is read without loading the module's weights stored in the same file
+    saved = torch.load(states[0], map_location="cpu", mmap=True, weights_only=False)
+    world = int(saved.get("dp_world_size", 1))
+    stage = int(((saved.get("ds_config") or {}).get("zero_optimization") or {}).get("stage", 0))
+    expected = []
+    if stage >= 1:
+        expected += [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world)]
+    if stage == 3:
+        expected += [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world)]
+    present = {f.name.removeprefix("bf16_") for f in tag_dir.iterdir()}
+    missing = [name for name in expected if name not in present]
+    if missing:
+        raise ValueError(
+            f"Checkpoint {path} (written by Lightning's DeepSpeedStrategy, ZeRO-{stage}, {world} ranks) is "
+            f"incomplete: {tag_dir} lacks {missing[:4]}{' ...' if len(missing) > 4 else ''}. "
+            "Resume from an earlier checkpoint."
+        )
+    return {"layout": "single", "engines": [], "zero_stage": stage, "world_size": world,
+            "written_by": "lightning.pytorch.strategies.DeepSpeedStrategy", "tag": tag}
 
 
 def save_lightning_state(directory: Path, state: dict[str, Any]) -> None:

@@ -75,7 +75,9 @@ def _child_of_optimizer(index: int, optimizer: Optimizer, owners: Mapping[int, s
     if len(names) != 1:
         raise ValueError(
             f"Optimizer {index} ({type(optimizer).__name__}) spans the child modules {sorted(names)}; "
-            "each optimizer must cover the parameters of exactly one child, which becomes one DeepSpeed engine."
+            "each optimizer must cover the parameters of exactly one child, which becomes one DeepSpeed engine "
+            "(a manual-optimization module with several children gets one engine per child). To train several "
+            "children with one optimizer, put them under one child module (e.g. an nn.ModuleDict)."
         )
     return names.pop()
 

@@ -14,7 +14,6 @@ existing project just works. What it adds:
 from __future__ import annotations
 
 import argparse
-import shutil
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -23,22 +22,16 @@ from typing import Any, Iterator, Literal, Mapping, Optional, Union
 import torch
 from lightning.fabric.strategies.deepspeed import _validate_device_index_selection
 from lightning.fabric.utilities.seed import reset_seed
-from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.core.optimizer import LightningOptimizer, _init_optimizers_and_lr_schedulers
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_rlhf.strategies.checkpoint import (
-    load_lightning_state,
-    publish,
-    read_marker,
-    save_lightning_state,
-    staging_path,
-)
+from lightning_rlhf.strategies import engine_checkpoints
 from lightning_rlhf.strategies.engine_steps import (
     apply_module_clipping,
     follow_engine_forward,
@@ -46,21 +39,15 @@ from lightning_rlhf.strategies.engine_steps import (
     offload_ready_optimizer,
 )
 from lightning_rlhf.strategies.engines import EnginePlan, inference_config, plan_engines, skip_lone_allreduce
+from lightning_rlhf.strategies.environment import (
+    check_accelerator_and_precision,
+    check_positive,
+    check_tensor_parallel_layout,
+)
 from lightning_rlhf.strategies.generation import GenerationStats
 
 GenerationBackend = Literal["native", "deepspeed"]
 
-
-
-def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU has bf16 arithmetic (x86 ``avx512_bf16``/``amx_bf16``, Arm ``bf16``); True if unknown."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return True
-    flags = {flag for line in text.splitlines() if line.startswith(("flags", "Features"))
-             for flag in line.split(":", 1)[1].split()}
-    return not flags or bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 class HybridDeepSpeedStrategy(DeepSpeedStrategy):
     """DeepSpeed ZeRO training with several engines per module and a fast generation switch.
@@ -106,12 +93,12 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         process_group_timeout_s: Optional[float] = None,
         **kwargs: Any,
     ) -> None:
-        _check_positive("inference_tp_size", inference_tp_size)
-        _check_positive("tp_gather_partition_size", tp_gather_partition_size)
+        check_positive("inference_tp_size", inference_tp_size)
+        check_positive("tp_gather_partition_size", tp_gather_partition_size)
         if generation_backend not in ("native", "deepspeed"):
             raise ValueError(f"generation_backend must be 'native' or 'deepspeed', got {generation_backend!r}.")
         if process_group_timeout_s is not None:
-            _check_positive("process_group_timeout_s", process_group_timeout_s)
+            check_positive("process_group_timeout_s", process_group_timeout_s)
             kwargs["timeout"] = timedelta(seconds=process_group_timeout_s)
         try:
             super().__init__(accelerator=accelerator, zero_optimization=zero_optimization, stage=stage, **kwargs)
@@ -140,22 +127,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
     # ------------------------------------------------------------------ environment
     @override
     def setup_environment(self) -> None:
-        if not isinstance(self.accelerator, (CUDAAccelerator, CPUAccelerator)):
-            raise RuntimeError(
-                f"HybridDeepSpeedStrategy runs on CUDA or CPU accelerators, not {type(self.accelerator).__name__}."
-            )
-        precision = getattr(self.precision_plugin, "precision", "32-true")
-        if isinstance(self.accelerator, CPUAccelerator) and str(precision).startswith("16"):
-            raise ValueError(
-                f"precision={precision!r} is not supported on CPU: DeepSpeed's fp16 loss scaling needs CUDA. "
-                "Use precision='bf16-mixed' or '32-true' on CPU."
-            )
-        if isinstance(self.accelerator, CPUAccelerator) and str(precision).startswith("bf16") and not cpu_has_bf16():
-            rank_zero_warn(
-                f"precision={precision!r} on a CPU without bf16 instructions (no avx512_bf16 / amx_bf16 / bf16 in "
-                "/proc/cpuinfo): its bf16 matrix multiplies are emulated, 10x or more slower than fp32 "
-                "(benchmarks/README.md). Use precision='32-true' on this machine."
-            )
+        check_accelerator_and_precision(self.accelerator, getattr(self.precision_plugin, "precision", "32-true"))
         # Skip DeepSpeedStrategy's CUDA-only check; DDPStrategy sets up the device and the process group.
         DDPStrategy.setup_environment(self)
 
@@ -167,11 +139,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         reset_seed()
         self.set_world_ranks()
         self._init_deepspeed_distributed()
-        if self.world_size % self.inference_tp_size != 0:
-            raise ValueError(
-                f"inference_tp_size={self.inference_tp_size} must divide the world size {self.world_size} "
-                f"(num_nodes x devices); choose one of {_divisors(self.world_size)}."
-            )
+        check_tensor_parallel_layout(self.inference_tp_size, self.world_size)
 
     @override
     def on_exception(self, exception: BaseException) -> None:
@@ -246,16 +214,19 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         self._destroy_engines()
         module = self.lightning_module
         fitting = module.trainer is not None and module.trainer.state.fn == TrainerFn.FITTING
+        # One rule for fit and validate/test/predict, so a checkpoint's layout matches the module's in every stage:
+        # a manual-optimization module with several parameterised children gets one engine per child.
+        several = not module.automatic_optimization and len(_parameterised_children(module)) > 1
+        self._configured_optimizers = None
         if fitting and "optimizer" not in self.config:
             self._configured_optimizers = _init_optimizers_and_lr_schedulers(module)
-            several = len(self._configured_optimizers[0]) > 1
-        else:
-            several = not module.automatic_optimization and len(_parameterised_children(module)) > 1
+            several = several or len(self._configured_optimizers[0]) > 1
         if not several:
             super().init_deepspeed()
             self._live_engines.append(self.model)
             return
-        optimizers, schedulers = self._configured_optimizers if fitting else ([], [])
+        # a config "optimizer" (no optimizers configured) is refused by plan_engines with what to do instead
+        optimizers, schedulers = self._configured_optimizers or ([], [])
         self._initialize_several_engines(module, optimizers, schedulers, inference_only=not fitting)
 
     @override
@@ -386,68 +357,19 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
     def save_checkpoint(self, checkpoint: dict, filepath: Union[str, Path], storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
             raise TypeError("HybridDeepSpeedStrategy does not use CheckpointIO, so `storage_options` is not supported.")
-        final = Path(self.broadcast(str(filepath)))
-        staging = staging_path(final)
-        if self.is_global_zero:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-        self.barrier("hybrid_deepspeed.save_checkpoint.start")
-        if self._engines:
-            state = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
-            state[_PARAM_GROUPS_KEY] = {name: _hyperparameters(e.optimizer) for name, e in self._trainable_engines()}
-            for name, engine in self._trainable_engines():
-                engine.save_checkpoint(
-                    str(staging), tag=name, client_state={}, save_latest=False,
-                    exclude_frozen_parameters=self.exclude_frozen_parameters,
-                )
-            if self.is_global_zero:
-                save_lightning_state(staging, state)
-        else:
-            super().save_checkpoint(checkpoint, staging)
-        self.barrier("hybrid_deepspeed.save_checkpoint.written")
-        if self.is_global_zero:
-            engines = [name for name, _ in self._trainable_engines()]
-            publish(staging, final, {"layout": "several" if self._engines else "single", "engines": engines,
-                                     "zero_stage": self.zero_stage, "world_size": self.world_size})
-        self.barrier("hybrid_deepspeed.save_checkpoint.published")
+        engine_checkpoints.save(self, checkpoint, filepath, super().save_checkpoint)
 
-    def _trainable_engines(self) -> list[tuple[str, Any]]:
+    def trainable_engines(self) -> dict[str, Any]:
+        """The engines that have an optimizer, by child name (empty for a single-model module)."""
         trainable = {id(e) for e in self._engine_by_optimizer.values()}
-        return [(name, e) for name, e in self._engines.items() if id(e) in trainable]
+        return {name: e for name, e in self._engines.items() if id(e) in trainable}
 
     @override
     def load_checkpoint(self, checkpoint_path: Union[str, Path], weights_only: Optional[bool] = None) -> dict[str, Any]:
         if self.load_full_weights and self.zero_stage == 3:
             return super().load_checkpoint(checkpoint_path, weights_only)
-        path = Path(self.broadcast(str(checkpoint_path)))
-        marker = read_marker(path)
-        expected = "several" if self._engines else "single"
-        if marker.get("layout") != expected:
-            raise ValueError(
-                f"Checkpoint {path} holds a {marker.get('layout')!r}-engine layout but this module uses a "
-                f"{expected!r}-engine layout; it was saved from a different LightningModule."
-            )
-        if not self._engines:
-            return super().load_checkpoint(path, weights_only)
-        names = [name for name, _ in self._trainable_engines()]
-        if sorted(marker.get("engines", [])) != sorted(names):
-            raise ValueError(f"Checkpoint {path} holds engines {marker.get('engines')}, this module has {names}.")
-        fitting = self.lightning_module.trainer.state.fn == TrainerFn.FITTING
-        for name, engine in self._trainable_engines():
-            loaded, _ = engine.load_checkpoint(
-                str(path), tag=name, load_optimizer_states=fitting, load_lr_scheduler_states=False,
-                load_module_strict=self.lightning_module.strict_loading,
-            )
-            if loaded is None:
-                raise ValueError(f"Checkpoint {path}: DeepSpeed could not load engine {name!r} from {path / name}.")
-        state = load_lightning_state(path)
-        # ZeRO optimizers do not bring back the param groups' learning rates; restore them so a scheduler-driven
-        # lr continues where it stopped.
-        saved_groups = state.pop(_PARAM_GROUPS_KEY, {})  # popped once: every engine reads its own entry
-        for name, engine in self._trainable_engines():
-            for group, saved in zip(engine.optimizer.param_groups, saved_groups.get(name, [])):
-                group.update(saved)
-        return state
+        load_single = super().load_checkpoint
+        return engine_checkpoints.load(self, checkpoint_path, lambda path: load_single(path, weights_only))
 
     @classmethod
     @override
@@ -464,26 +386,5 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             strategy_registry.register(name, cls, description=description, override=True, **params)
 
 
-_PARAM_GROUPS_KEY = "hybrid_deepspeed_param_groups"
-
-
-def _hyperparameters(optimizer: Any) -> list[dict[str, Any]]:
-    """The scalar hyperparameters (lr, betas, weight decay, ...) of each param group, without the parameters."""
-    return [
-        {k: v for k, v in group.items() if isinstance(v, (int, float, bool, tuple)) and k != "params"}
-        for group in optimizer.param_groups
-    ]
-
-
 def _parameterised_children(module: nn.Module) -> list[str]:
     return [name for name, child in module.named_children() if any(True for _ in child.parameters())]
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value!r}.")
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-

@@ -217,7 +217,7 @@ def test_validate_before_fit_on_cpu_for_one_and_several_engines():
 
 
 def test_cpu_bf16_detection_reads_the_cpu_flags(tmp_path):
-    from lightning_rlhf.strategies.hybrid_deepspeed import cpu_has_bf16
+    from lightning_rlhf.strategies.environment import cpu_has_bf16
 
     cases = {"flags\t\t: fpu sse2 avx2 fma\n": False, "flags\t\t: fpu avx2 avx512f avx512_bf16\n": True,
              "flags\t\t: fpu amx_tile amx_bf16\n": True, "Features\t: fp asimd bf16 i8mm\n": True,
@@ -227,3 +227,16 @@ def test_cpu_bf16_detection_reads_the_cpu_flags(tmp_path):
         path.write_text(text)
         assert cpu_has_bf16(str(path)) is expected, text
     assert cpu_has_bf16(str(tmp_path / "missing")) is True
+
+
+@pytest.mark.distributed
+def test_one_optimizer_and_a_frozen_child_get_the_same_engines_in_fit_and_validate(tmp_path):
+    """Manual optimization, one optimizer, two children: one layout in both stages, so validate(ckpt_path) loads."""
+    proc = run_distributed(Path(__file__).parent / "scripts" / "layout_worker.py", tmp_path, nprocs=1)
+    lines = proc.stdout.splitlines()
+    assert "fit engines ['policy', 'reference']" in lines
+    assert "validate engines ['policy', 'reference']" in lines
+    (scores,) = [line.split() for line in lines if line.startswith("validate from checkpoint")]
+    assert float(scores[3]) == pytest.approx(float(scores[5]), abs=1e-6)
+    (error,) = [line for line in lines if line.startswith("config optimizer:")]
+    assert error.startswith("config optimizer: ValueError The DeepSpeed config sets 'optimizer'"), error

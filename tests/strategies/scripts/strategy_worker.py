@@ -112,10 +112,11 @@ def gathered(module: nn.Module) -> list[list[float]]:
 
 
 def trainer(
-    stage: int, max_steps: int, precision: str, root: Path, callbacks=(), by_name: bool = False, **kw
+    stage: int, max_steps: int, precision: str, root: Path, callbacks=(), by_name: bool = False, strategy=None, **kw
 ) -> Trainer:
     # by_name: the drop-in spelling a user types after `import lightning_rlhf` (the registered ZeRO-3 preset)
-    strategy = "hybrid_deepspeed" if by_name else HybridDeepSpeedStrategy(stage=stage, process_group_timeout_s=120)
+    if strategy is None:
+        strategy = "hybrid_deepspeed" if by_name else HybridDeepSpeedStrategy(stage=stage, process_group_timeout_s=120)
     return Trainer(
         strategy=strategy, accelerator="cpu", devices=int(os.environ["WORLD_SIZE"]), max_steps=max_steps,
         precision=precision, logger=False, enable_checkpointing=bool(callbacks), callbacks=list(callbacks),

@@ -1,0 +1,153 @@
+"""Saving and loading a ``HybridDeepSpeedStrategy`` checkpoint: every engine's shards plus Lightning's state.
+
+Why apart from the strategy: a checkpoint is a protocol of its own (stage into ``<name>.partial``, every rank
+writes its shards, rank 0 writes Lightning's loop state and the completion marker, then publishes; on load the
+marker is checked against the module before any engine reads its shards). The strategy calls :func:`save` and
+:func:`load`; the directory format itself lives in :mod:`lightning_rlhf.strategies.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Mapping, Union
+
+from lightning.pytorch.trainer.states import TrainerFn
+
+from lightning_rlhf.strategies.checkpoint import (
+    consolidated_state_dict,
+    load_lightning_state,
+    publish,
+    read_marker,
+    save_lightning_state,
+    staging_path,
+)
+
+PARAM_GROUPS_KEY = "hybrid_deepspeed_param_groups"
+
+
+def save(strategy: Any, checkpoint: dict, filepath: Union[str, Path], save_single: Callable[[dict, Path], None]) -> None:
+    """Write ``checkpoint`` as a complete-or-absent directory at ``filepath`` (collective: every rank calls it).
+
+    Args:
+        strategy: the ``HybridDeepSpeedStrategy`` (its engines, ranks and barriers).
+        checkpoint: Lightning's checkpoint dict of this rank.
+        filepath: the final directory.
+        save_single: writes a single-engine module's checkpoint into a directory (``DeepSpeedStrategy``'s way).
+    """
+    final = Path(strategy.broadcast(str(filepath)))
+    staging = staging_path(final)
+    if strategy.is_global_zero:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    strategy.barrier("hybrid_deepspeed.save_checkpoint.start")
+    trained = strategy.trainable_engines()
+    if strategy.engines:
+        state = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
+        state[PARAM_GROUPS_KEY] = {name: _hyperparameters(e.optimizer) for name, e in trained.items()}
+        for name, engine in trained.items():
+            engine.save_checkpoint(
+                str(staging), tag=name, client_state={}, save_latest=False,
+                exclude_frozen_parameters=strategy.exclude_frozen_parameters,
+            )
+        if strategy.is_global_zero:
+            save_lightning_state(staging, state)
+    else:
+        save_single(checkpoint, staging)
+    strategy.barrier("hybrid_deepspeed.save_checkpoint.written")
+    if strategy.is_global_zero:
+        publish(staging, final, {"layout": "several" if strategy.engines else "single", "engines": list(trained),
+                                 "zero_stage": strategy.zero_stage, "world_size": strategy.world_size})
+    strategy.barrier("hybrid_deepspeed.save_checkpoint.published")
+
+
+def load(strategy: Any, checkpoint_path: Union[str, Path], load_single: Callable[[Path], dict]) -> dict[str, Any]:
+    """Load a directory written by :func:`save` into the strategy's engines; returns Lightning's state.
+
+    Args:
+        strategy: the ``HybridDeepSpeedStrategy`` whose engines are built for the current stage.
+        checkpoint_path: the checkpoint directory.
+        load_single: loads a single-engine module's checkpoint (``DeepSpeedStrategy``'s way).
+    """
+    path = Path(strategy.broadcast(str(checkpoint_path)))
+    marker = read_marker(path, accept_lightning_deepspeed=True)
+    expected = "several" if strategy.engines else "single"
+    if marker.get("layout") != expected:
+        raise ValueError(
+            f"Checkpoint {path} holds a {marker.get('layout')!r}-engine layout but this module uses a "
+            f"{expected!r}-engine layout; it was saved from a different LightningModule."
+        )
+    module = strategy.lightning_module
+    fitting = module.trainer.state.fn == TrainerFn.FITTING
+    saved_world = marker.get("world_size")
+    if fitting and int(marker.get("zero_stage", 0)) >= 1 and saved_world not in (None, strategy.world_size):
+        raise ValueError(
+            f"Checkpoint {path} was saved by {saved_world} ranks at ZeRO-{marker['zero_stage']}, this run has "
+            f"{strategy.world_size}: the optimizer shards are per rank. Resume on {saved_world} ranks, or load only "
+            "the weights (lightning_rlhf.strategies.consolidated_state_dict) into a fresh run."
+        )
+    if not strategy.engines:
+        return load_single(path)
+    if not fitting:
+        _load_weights_for_evaluation(strategy, path, marker.get("engines", []), int(marker.get("zero_stage", 0)))
+        state = load_lightning_state(path)
+        state.pop(PARAM_GROUPS_KEY, None)
+        return state
+    trained = strategy.trainable_engines()
+    names = list(trained)
+    if sorted(marker.get("engines", [])) != sorted(names):
+        raise ValueError(f"Checkpoint {path} holds engines {marker.get('engines')}, this module has {names}.")
+    for name, engine in trained.items():
+        loaded, _ = engine.load_checkpoint(
+            str(path), tag=name, load_optimizer_states=True, load_lr_scheduler_states=False,
+            load_module_strict=module.strict_loading,
+        )
+        if loaded is None:
+            raise ValueError(f"Checkpoint {path}: DeepSpeed could not load engine {name!r} from {path / name}.")
+    state = load_lightning_state(path)
+    # ZeRO optimizers do not bring back the param groups' learning rates; restore them so a scheduler-driven
+    # lr continues where it stopped.
+    saved_groups = state.pop(PARAM_GROUPS_KEY, {})  # popped once: every engine reads its own entry
+    for name, engine in trained.items():
+        for group, saved in zip(engine.optimizer.param_groups, saved_groups.get(name, [])):
+            group.update(saved)
+    return state
+
+
+def _load_weights_for_evaluation(strategy: Any, path: Path, saved: list[str], saved_stage: int) -> None:
+    """validate/test/predict: load each saved engine's weights into the inference-only engine of the same child.
+
+    Why not ``engine.load_checkpoint``: outside fit every child is an inference-only engine without an optimizer,
+    and DeepSpeed's module-only load of a ZeRO-3 engine looks for a ``latest`` tag this layout does not write.
+    Children the checkpoint does not hold (frozen reference and reward models, which are never saved) keep the
+    weights ``configure_model`` gave them.
+    """
+    import deepspeed
+
+    missing = sorted(set(saved) - set(strategy.engines))
+    if missing:
+        raise ValueError(
+            f"Checkpoint {path} holds engines {saved}, but this module has no child {missing} "
+            f"(its children are {sorted(strategy.engines)}); it was saved from a different LightningModule."
+        )
+    strict = strategy.lightning_module.strict_loading
+    for name in saved:
+        child = strategy.engines[name].module
+        partitioned = [p for p in child.parameters() if hasattr(p, "ds_id")]
+        # ZeRO-3: rank 0 reads the consolidated weights; leaving the gather re-partitions them onto every rank
+        with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0, enabled=bool(partitioned)):
+            if strategy.is_global_zero or not partitioned:
+                state = consolidated_state_dict(path, name)
+                try:
+                    child.load_state_dict(state, strict=strict)
+                except RuntimeError as err:
+                    raise ValueError(f"Checkpoint {path}: engine {name!r} (saved at ZeRO-{saved_stage}) does not fit "
+                                     f"the module's {name!r}: {err}") from err
+
+
+def _hyperparameters(optimizer: Any) -> list[dict[str, Any]]:
+    """The scalar hyperparameters (lr, betas, weight decay, ...) of each param group, without the parameters."""
+    return [
+        {k: v for k, v in group.items() if isinstance(v, (int, float, bool, tuple)) and k != "params"}
+        for group in optimizer.param_groups
+    ]

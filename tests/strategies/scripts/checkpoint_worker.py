@@ -1,0 +1,114 @@
+"""Checkpoint scenarios of HybridDeepSpeedStrategy beyond resuming fit; run by torchrun (gloo, CPU).
+
+Usage: checkpoint_worker.py SCENARIO OUTDIR [--stage N]. Each rank writes OUTDIR/<scenario>-rank<R>.json.
+Scenarios:
+  evaluate  fit a two-engine module with a frozen child, keep the best checkpoint, then validate/test from it
+            (in the fitted trainer with ckpt_path="best", and in a fresh trainer on a fresh module)
+  plain     a checkpoint written by Lightning's own DeepSpeedStrategy code resumed under "hybrid_deepspeed"
+  resume    fit a single-engine module from --ckpt (e.g. on another number of ranks than saved it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+import torch.nn.functional as F
+from lightning import seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DeepSpeedStrategy
+
+from lightning_rlhf.strategies import HybridDeepSpeedStrategy
+
+sys.path.insert(0, str(Path(__file__).parent))
+from strategy_worker import Regressor, StopAt, TwoEngines, loader, trainer  # noqa: E402
+
+
+class Evaluated(TwoEngines):
+    """TwoEngines with validation and test: the metric reads the actor, the critic and the frozen child."""
+
+    def _metric(self, batch):
+        x, y = batch
+        return F.mse_loss(self.actor(x), y) + F.mse_loss(self.critic(x) + 0.1 * self.frozen(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("v", self._metric(batch), sync_dist=True)
+
+    def test_step(self, batch, batch_idx):
+        self.log("t", self._metric(batch), sync_dist=True)
+
+
+def run_evaluate(args, world: int) -> dict:
+    seed_everything(0)
+    best = ModelCheckpoint(dirpath=Path(args.outdir) / "ckpts", monitor="v", mode="min", save_top_k=1)
+    fitted = trainer(args.stage, 8, "32-true", args.outdir, callbacks=[best], max_epochs=-1)
+    fitted.fit(Evaluated(), loader(world), loader(world))
+    out = {"best_score": float(best.best_model_score), "best_path": best.best_model_path}
+    out["validate_best"] = fitted.validate(ckpt_path="best", dataloaders=loader(world), verbose=False)[0]["v"]
+    out["test_best"] = fitted.test(ckpt_path="best", dataloaders=loader(world), verbose=False)[0]["t"]
+    seed_everything(0)
+    out["fresh_untrained"] = trainer(args.stage, 1, "32-true", args.outdir).validate(
+        Evaluated(), loader(world), verbose=False)[0]["v"]
+    out["fresh_from_ckpt"] = trainer(args.stage, 1, "32-true", args.outdir).validate(
+        Evaluated(), loader(world), ckpt_path=best.best_model_path, verbose=False)[0]["v"]
+    return out
+
+
+class PlainDeepSpeedSave(HybridDeepSpeedStrategy):
+    """Writes checkpoints with Lightning's own ``DeepSpeedStrategy.save_checkpoint`` (no marker, no staging).
+
+    That is the directory a project trained under ``strategy="deepspeed"`` has on disk; Lightning's class itself
+    refuses a CPU accelerator, so its save runs here on this strategy's engine (the same ``DeepSpeedEngine``).
+    """
+
+    def save_checkpoint(self, checkpoint, filepath, storage_options=None):
+        DeepSpeedStrategy.save_checkpoint(self, checkpoint, filepath, storage_options)
+
+
+def run_plain(args, world: int) -> dict:
+    ckpt_dir = Path(args.outdir) / "plain"
+    seed_everything(0)
+    full = Regressor()
+    trainer(args.stage, 8, "32-true", args.outdir, max_epochs=-1).fit(full, loader(world))
+    seed_everything(0)
+    first = Regressor()
+    every = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=4, save_top_k=-1, filename="plain-{step}")
+    trainer(args.stage, 8, "32-true", args.outdir, callbacks=[every, StopAt(4)], max_epochs=-1,
+            strategy=PlainDeepSpeedSave(stage=args.stage)).fit(first, loader(world))
+    (ckpt,) = ckpt_dir.glob("plain-*")
+    seed_everything(0)
+    second = Regressor()
+    trainer(args.stage, 8, "32-true", args.outdir, max_epochs=-1, by_name=True).fit(
+        second, loader(world), ckpt_path=str(ckpt))
+    return {"full": full.losses, "first": first.losses, "second": second.losses, "ckpt": str(ckpt),
+            "files": sorted(p.name for p in ckpt.iterdir())}
+
+
+def run_resume(args, world: int) -> dict:
+    model = Regressor()
+    trainer(args.stage, 8, "32-true", args.outdir, max_epochs=-1).fit(model, loader(world), ckpt_path=args.ckpt)
+    return {"losses": model.losses}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario")
+    parser.add_argument("outdir", type=Path)
+    parser.add_argument("--stage", type=int, default=3)
+    parser.add_argument("--ckpt")
+    args = parser.parse_args()
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    result = {"evaluate": run_evaluate, "plain": run_plain, "resume": run_resume}[args.scenario](args, world)
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    (args.outdir / f"{args.scenario}-stage{args.stage}-rank{rank}.json").write_text(json.dumps(result))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
