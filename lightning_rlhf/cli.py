@@ -23,6 +23,7 @@ rank derived (see :func:`adapt_deepspeed_launcher`).
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any, ClassVar, MutableMapping, Sequence
@@ -62,6 +63,29 @@ def stage_trainer_defaults(stage: str) -> dict[str, Any]:
         # inference tensors, which the validation inside fit (run under no_grad) cannot update
         "inference_mode": False,
     }
+
+
+def enable_checkpointing_for_callbacks(trainer: Namespace) -> None:
+    """Set ``trainer.enable_checkpointing`` when ``trainer.callbacks`` holds a ``ModelCheckpoint``.
+
+    Why: the CLI's default is no checkpoints (a first run on a CPU needs none), and Lightning refuses a
+    ``ModelCheckpoint`` (such as :class:`~lightning_rlhf.callbacks.IterationCheckpoint`) under
+    ``enable_checkpointing=False``. Adding the callback is how a user asks for checkpoints, so it wins.
+
+    Args:
+        trainer: the parsed ``trainer`` section (changed in place).
+    """
+    from lightning.pytorch.callbacks import Checkpoint
+
+    callbacks = trainer.get("callbacks") or []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        target = callback.get("class_path") if isinstance(callback, (Namespace, dict)) else type(callback)
+        if isinstance(target, str):
+            module, _, name = target.rpartition(".")
+            target = getattr(importlib.import_module(module), name, None) if module else None
+        if isinstance(target, type) and issubclass(target, Checkpoint):
+            trainer.enable_checkpointing = True
+            return
 
 
 def _tokenizer_source(model: Any, tokenizer: Any) -> Any:
@@ -117,8 +141,10 @@ class StageCLI(LightningCLI):
         self.config = parser.parse_object(args) if isinstance(args, (dict, Namespace)) else parser.parse_args(args)
 
     def before_instantiate_classes(self) -> None:
-        """Refuse a data ``stage`` that is not this step's (it would feed the wrong batch format)."""
+        """Refuse a data ``stage`` that is not this step's (it would feed the wrong batch format); switch
+        checkpointing on when ``trainer.callbacks`` holds a checkpoint callback."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        enable_checkpointing_for_callbacks(config.trainer)
         stage = config.data.stage
         if stage != self.stage:
             raise ValueError(
