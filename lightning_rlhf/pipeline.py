@@ -92,6 +92,11 @@ class PipelineConfig:
         sft: config of step 1, as for ``lightning-rlhf sft fit`` (``model``, ``data``, ``trainer``, ``export``).
         reward: config of step 2, as for ``lightning-rlhf reward fit``.
         ppo: config of step 3, as for ``lightning-rlhf ppo fit``.
+        resume: continue an interrupted pipeline in ``output_dir``: the finished steps at the start
+            (those with ``<step>/step_result.json``) are skipped and reused; the first unfinished step
+            resumes from its newest ``last*.ckpt`` (``fit(ckpt_path="last")``: a checkpoint callback in its
+            ``trainer.callbacks``, e.g. ``IterationCheckpoint``), or starts over without one; later
+            steps run.
     """
 
     output_dir: str = "runs/pipeline"
@@ -106,6 +111,7 @@ class PipelineConfig:
     sft: dict[str, Any] = field(default_factory=dict)
     reward: dict[str, Any] = field(default_factory=dict)
     ppo: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
 
 
 @dataclass
@@ -242,7 +248,7 @@ def run_step(config: PipelineConfig, step: str, base: Path) -> StepResult:
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     before = _metrics(trainer.validate(module, datamodule=data, verbose=False), step) if config.evaluate_before else {}
     fit_start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=data, ckpt_path="last" if config.resume else None)
     fit_seconds = time.perf_counter() - fit_start
     after = _metrics(trainer.validate(module, datamodule=data, verbose=False), step)
     log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
@@ -252,6 +258,45 @@ def run_step(config: PipelineConfig, step: str, base: Path) -> StepResult:
     changes = ", ".join(f"{k} {before.get(k, float('nan')):.4g} -> {v:.4g}" for k, v in after.items())
     rank_zero_info(f"pipeline: step {step} done in {result.total_seconds:.0f}s ({changes}); model: {result.model_dir}")
     return result
+
+
+STEP_RESULT_FILE = "step_result.json"
+
+
+def run_or_reuse_steps(config: PipelineConfig, steps: Sequence[str], base: Path) -> list[StepResult]:
+    """Run the steps, recording each finished one in ``<output_dir>/<step>/step_result.json``.
+
+    With ``config.resume``, the finished steps at the start are not run again: their record and export are
+    reused. Once a step runs, every later step runs too (their old records describe models trained from an
+    earlier input).
+
+    Args:
+        config: the pipeline settings.
+        steps: the steps to run, in order.
+        base: the starting model folder.
+    """
+    results: list[StepResult] = []
+    reusing = config.resume
+    for step in steps:
+        finished = finished_step(config, step) if reusing else None
+        if finished is not None:
+            rank_zero_info(f"pipeline: --resume: step {step} finished before; reusing {finished.model_dir}")
+            results.append(finished)
+            continue
+        reusing = False
+        result = run_step(config, step, base)
+        if _is_rank_zero():
+            (Path(config.output_dir) / step / STEP_RESULT_FILE).write_text(json.dumps(asdict(result), indent=2))
+        results.append(result)
+    return results
+
+
+def finished_step(config: PipelineConfig, step: str) -> StepResult | None:
+    """The record of ``step`` if an earlier launch finished it (record and export both there), else None."""
+    record = Path(config.output_dir) / step / STEP_RESULT_FILE
+    if not record.is_file() or not (_export_dir(config, step) / "config.json").is_file():
+        return None
+    return StepResult(**json.loads(record.read_text()))
 
 
 def format_summary(results: Sequence[StepResult], output_dir: str) -> str:
@@ -294,7 +339,7 @@ def run_pipeline(config: PipelineConfig) -> list[StepResult]:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = prepare_base_model(config)
-    results = [run_step(config, step, base) for step in steps]
+    results = run_or_reuse_steps(config, steps, base)
     summary = format_summary(results, config.output_dir)
     if _is_rank_zero():
         print("\n" + summary, flush=True)
@@ -356,13 +401,27 @@ def split_section_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, A
     return rest, overrides
 
 
+def bare_resume_flag(argv: Sequence[str]) -> list[str]:
+    """Read a bare ``--resume`` (no value after it) as ``--resume=true``, as a user types it.
+
+    Args:
+        argv: the pipeline's arguments.
+    """
+    values = {"true", "false", "yes", "no", "1", "0", "on", "off"}
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--resume" and (i + 1 == len(out) or out[i + 1].lower() not in values):
+            out[i] = "--resume=true"
+    return out
+
+
 def pipeline_main(argv: Sequence[str]) -> list[StepResult] | None:
     """Parse ``argv`` and run the pipeline (``lightning-rlhf pipeline ...``).
 
     Args:
         argv: the arguments after ``pipeline``.
     """
-    argv, overrides = split_section_overrides(argv)
+    argv, overrides = split_section_overrides(bare_resume_flag(argv))
     if not any(a == "--config" or a.startswith("--config=") for a in argv):
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
     parser = build_parser()

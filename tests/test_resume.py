@@ -39,7 +39,7 @@ def _config(root: Path, actor: Path, reward: Path, callbacks: list[dict]) -> Pat
 
 def _every(n: int, **extra) -> dict:
     return {"class_path": "lightning_rlhf.callbacks.IterationCheckpoint",
-            "init_args": {"every_n_iterations": n, "dirpath": extra.pop("dirpath"), **extra}}
+            "init_args": {"every_n_iterations": n, **extra}}
 
 
 def _curve(root: Path) -> list[tuple[int, float]]:
@@ -74,17 +74,17 @@ def test_a_ppo_run_killed_mid_epoch_resumes_from_the_last_iteration_and_ends_lik
     # killed in iteration 7 (the 3rd batch of epoch 2), a checkpoint every iteration
     killed_at = BATCHES_PER_EPOCH + 3
     crash = {"class_path": "tests.helpers.interrupt.CrashAtIteration", "init_args": {"iteration": killed_at}}
-    config = _config(cut_root, actor, reward, [_every(1, dirpath=str(cut_root / "ckpt")), crash])
+    config = _config(cut_root, actor, reward, [_every(1), crash])  # default dirpath: <default_root_dir>/checkpoints
     with pytest.raises(Killed):
         main(["ppo", "fit", "--config", str(config)])
-    last = torch.load(cut_root / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(cut_root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     epoch_loop = last["loops"]["fit_loop"]["epoch_loop.batch_progress"]
     assert epoch_loop["total"]["processed"] == killed_at - 1, "the checkpoint of the iteration before the kill"
     assert last["epoch"] == 1 and epoch_loop["current"]["processed"] == killed_at - 1 - BATCHES_PER_EPOCH
     # the loader's position in the epoch went into the checkpoint
     assert last["PreferenceDataModule"]["train_position"]["batches"] == killed_at - 1 - BATCHES_PER_EPOCH
 
-    config = _config(cut_root, actor, reward, [_every(1, dirpath=str(cut_root / "ckpt"))])
+    config = _config(cut_root, actor, reward, [_every(1)])
     resumed = main(["ppo", "fit", "--config", str(config), "--ckpt_path", "last"])
     assert resumed.trainer.global_step == full.trainer.global_step
     assert resumed.trainer.fit_loop.epoch_loop.batch_progress.total.completed == iterations

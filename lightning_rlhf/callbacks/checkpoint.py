@@ -11,6 +11,7 @@ a ``ModelCheckpoint`` in everything else (``dirpath``, ``save_last``, ``save_top
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import torch
@@ -37,8 +38,9 @@ class IterationCheckpoint(ModelCheckpoint):
     Args:
         every_n_iterations: save after every this many PPO iterations (training batches), counted over
             epochs, not restarted by an epoch.
-        dirpath: where checkpoints go (None: ``<default_root_dir>/<logger dir>/checkpoints``, as
-            ``ModelCheckpoint``).
+        dirpath: where checkpoints go (None: ``<trainer.default_root_dir>/checkpoints``, one folder for the
+            run and its resumptions, so a new launch with ``ckpt_path="last"`` finds the newest; a
+            ``ModelCheckpoint`` would use the logger's version folder, which every launch makes anew).
         filename: checkpoint file name pattern.
         save_last: also keep ``last.ckpt`` (what ``ckpt_path="last"`` resumes from); ``"link"`` makes it a link.
         save_top_k: how many checkpoints to keep (-1: all; with ``monitor=None`` the newest ones).
@@ -69,6 +71,19 @@ class IterationCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         return self._generate_state_key(monitor=self.monitor, mode=self.mode,
                                         every_n_iterations=self.every_n_iterations)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._default_dirpath(trainer)
+        super().setup(trainer, pl_module, stage)
+
+    def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+        # ckpt_path="last" looks here before setup()
+        self._default_dirpath(trainer)
+        return super()._find_last_checkpoints(trainer)
+
+    def _default_dirpath(self, trainer: Trainer) -> None:
+        if self.dirpath is None:
+            self.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
