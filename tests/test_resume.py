@@ -6,6 +6,8 @@ run ends (global step and iteration), with one continuous curve in TensorBoard.
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -37,9 +39,21 @@ def _config(root: Path, actor: Path, reward: Path, callbacks: list[dict]) -> Pat
     return path
 
 
+def _docs_recipe() -> tuple[dict, str]:
+    """The checkpoint callback and the resume command of docs/cli.md's "Checkpoints and resume" recipe."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    section = text.split("## Checkpoints and resume", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```(\w+)\n(.*?)```", section, re.S)
+    config = next(yaml.safe_load(body) for kind, body in blocks if kind == "yaml")
+    resume = next(line for kind, body in blocks if kind == "bash" for line in body.splitlines() if "last" in line)
+    return config["trainer"]["callbacks"][0], resume.split("#")[0].split()
+
+
 def _every(n: int, **extra) -> dict:
-    return {"class_path": "lightning_rlhf.callbacks.IterationCheckpoint",
-            "init_args": {"every_n_iterations": n, **extra}}
+    """The docs' callback, saving every ``n`` iterations (the docs say 10; these runs have 8)."""
+    callback = copy.deepcopy(_docs_recipe()[0])
+    callback["init_args"].update(every_n_iterations=n, **extra)
+    return callback
 
 
 def _curve(root: Path) -> list[tuple[int, float]]:
@@ -84,8 +98,10 @@ def test_a_ppo_run_killed_mid_epoch_resumes_from_the_last_iteration_and_ends_lik
     # the loader's position in the epoch went into the checkpoint
     assert last["PreferenceDataModule"]["train_position"]["batches"] == killed_at - 1 - BATCHES_PER_EPOCH
 
+    command = _docs_recipe()[1]
+    assert command == ["lightning-rlhf", "ppo", "fit", "--config", "ppo.yaml", "--ckpt_path", "last"]
     config = _config(cut_root, actor, reward, [_every(1)])
-    resumed = main(["ppo", "fit", "--config", str(config), "--ckpt_path", "last"])
+    resumed = main([*command[1:4], str(config), *command[5:]])
     assert resumed.trainer.global_step == full.trainer.global_step
     assert resumed.trainer.fit_loop.epoch_loop.batch_progress.total.completed == iterations
 
@@ -94,3 +110,18 @@ def test_a_ppo_run_killed_mid_epoch_resumes_from_the_last_iteration_and_ends_lik
     assert [step for step, _ in reference] == list(range(iterations))
     assert [step for step, _ in pieced] == list(range(iterations))
     assert [v for _, v in pieced] == pytest.approx([v for _, v in reference], abs=1e-5)
+
+
+@pytest.mark.parametrize("callback", ["lightning.pytorch.callbacks.ModelCheckpoint",
+                                      "lightning_rlhf.callbacks.IterationCheckpoint"])
+def test_a_checkpoint_callback_in_trainer_callbacks_switches_checkpointing_on(models, tmp_path, callback):
+    """The CLI's default enable_checkpointing=False made Lightning refuse any ModelCheckpoint a user added."""
+    from lightning_rlhf.cli import SFTCLI
+
+    args = ["--model.model", str(models[0]), "--trainer.default_root_dir", str(tmp_path)]
+    entry = yaml.safe_dump([{"class_path": callback, "init_args": {"dirpath": str(tmp_path / "ckpt")}}],
+                           default_flow_style=True)
+    cli = SFTCLI(args=[*args, "--trainer.callbacks", entry], run=False)
+    assert type(cli.trainer.checkpoint_callback).__name__ == callback.rsplit(".", 1)[1]
+    assert cli.trainer.checkpoint_callback.dirpath == str(tmp_path / "ckpt")
+    assert SFTCLI(args=args, run=False).trainer.checkpoint_callback is None, "still no checkpoints by default"

@@ -75,7 +75,8 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
 
     Manual optimization: every optimizer step of either model advances ``trainer.global_step`` (one PPO
     iteration is ``2 * ppo_epochs * ceil(buffer / train_batch_size)`` steps, plus one with ptx), so bound a
-    run by PPO iterations with ``max_epochs`` / ``limit_train_batches``; curves are logged against the
+    run by PPO iterations with ``max_epochs`` / ``limit_train_batches``, checkpoint it by iteration with
+    :class:`~lightning_rlhf.callbacks.IterationCheckpoint`; curves are logged against the
     iteration (batch) count; set ``log_every_n_steps=1`` to record every point. Learning-rate schedules
     step once per PPO iteration.
 
