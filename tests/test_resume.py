@@ -125,3 +125,24 @@ def test_a_checkpoint_callback_in_trainer_callbacks_switches_checkpointing_on(mo
     assert type(cli.trainer.checkpoint_callback).__name__ == callback.rsplit(".", 1)[1]
     assert cli.trainer.checkpoint_callback.dirpath == str(tmp_path / "ckpt")
     assert SFTCLI(args=args, run=False).trainer.checkpoint_callback is None, "still no checkpoints by default"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_ppo_checkpoint_of_two_ranks_is_refused_at_once_on_one(models, tmp_path):
+    """Written by 2 ranks under hybrid_deepspeed (ZeRO-3), resumed on 1: refused before any engine reads a shard."""
+    from tests.helpers.distributed import run_distributed
+
+    actor, reward = models
+    root = tmp_path / "two"
+    config = yaml.safe_load(_config(root, actor, reward, [_every(1)]).read_text())
+    config["trainer"].update(devices=2, strategy="hybrid_deepspeed", max_epochs=1, limit_train_batches=1)
+    config["data"]["batch_size"] = 2
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = Path(__file__).resolve().parents[1] / "lightning_rlhf" / "cli.py"
+    run_distributed(cli, "ppo", "fit", "--config", path, nprocs=2)
+    assert (root / "checkpoints" / "last.ckpt" / "lightning_rlhf_checkpoint.json").is_file()
+    with pytest.raises(AssertionError, match=r"saved by 2 ranks at ZeRO-3, this run has 1: the optimizer shards"):
+        run_distributed(cli, "ppo", "fit", "--config", path, "--trainer.devices", "1", "--ckpt_path", "last",
+                        nprocs=1)
