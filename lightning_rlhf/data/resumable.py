@@ -118,8 +118,11 @@ class ResumableDataLoader(DataLoader):
             self._epoch_start = self.generator.get_state()
         self._yielded = 0
         iterator = super().__iter__()
-        for _ in range(skip):
-            next(iterator)
+        for done in range(skip):
+            if next(iterator, None) is None:
+                raise ValueError(f"The checkpoint's data position is batch {skip} of the epoch, but this epoch has only "
+                                 f"{done} batches: the training data changed since the checkpoint. Resume with the "
+                                 "same data, or start a new run from the exported weights.")
         self._yielded = skip
         for batch in iterator:
             self._yielded += 1

@@ -67,3 +67,10 @@ def test_a_position_saved_by_two_ranks_is_refused_on_one_with_what_to_do():
     position.load_state_dict({**saved, "world_size": 1, "batch_size": 4})
     with pytest.raises(ValueError, match="batch size 4 per rank; this run has 1 rank"):
         next(iter(_loader(position)))
+
+
+def test_a_position_past_the_end_of_changed_data_is_named():
+    position = DataPosition()
+    position.load_state_dict({**_saved_after(_loader(DataPosition()), 0, 3), "batches": 3})
+    with pytest.raises(ValueError, match="batch 3 of the epoch, but this epoch has only 2 batches: the training data"):
+        next(iter(ResumableDataLoader(DATA[:6], batch_size=3, position=position, epoch_length=lambda: 9)))
