@@ -146,3 +146,10 @@ def test_a_ppo_checkpoint_of_two_ranks_is_refused_at_once_on_one(models, tmp_pat
     with pytest.raises(AssertionError, match=r"saved by 2 ranks at ZeRO-3, this run has 1: the optimizer shards"):
         run_distributed(cli, "ppo", "fit", "--config", path, "--trainer.devices", "1", "--ckpt_path", "last",
                         nprocs=1)
+
+
+def test_every_n_iterations_below_one_is_refused():
+    from lightning_rlhf.callbacks import IterationCheckpoint
+
+    with pytest.raises(ValueError, match="IterationCheckpoint.every_n_iterations must be >= 1, got 0"):
+        IterationCheckpoint(every_n_iterations=0)
