@@ -6,9 +6,10 @@
     lightning-rlhf reward fit --config reward.yaml    # step 2: RewardModule
     lightning-rlhf ppo fit --config ppo.yaml          # step 3: PPOModule
     lightning-rlhf pipeline [--config pipeline.yaml] [--steps sft,reward,ppo]
+    lightning-rlhf generate runs/pipeline/ppo/hf/final [--prompts prompts.jsonl]   # answers, as trained
 
-Each step command is a plain :class:`~lightning.pytorch.cli.LightningCLI` (subcommands ``fit``,
-``validate``, ``test``, ``predict``; ``--print_config``; every argument of the module, the data module,
+Each step command is a plain :class:`~lightning.pytorch.cli.LightningCLI` (subcommands ``fit`` and
+``validate``; ``--print_config``; every argument of the module, the data module,
 the trainer, the strategy and callbacks settable from YAML or flags). On top of LightningCLI it:
 
 - fixes the data module's ``stage`` to the step and feeds it the module's tokenizer (``link_arguments``);
@@ -23,25 +24,26 @@ rank derived (see :func:`adapt_deepspeed_launcher`).
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from typing import Any, ClassVar, MutableMapping, Sequence
 
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning_rlhf  # noqa: F401  (registers the "hybrid_deepspeed" strategies)
 from lightning_rlhf.callbacks.export import HFExportCallback
 from lightning_rlhf.data import PreferenceDataModule
+from lightning_rlhf.log_noise import show_repeated_warnings_once
 
-USAGE = """usage: lightning-rlhf {sft,reward,ppo,pipeline} ... | --version
+USAGE = """usage: lightning-rlhf {sft,reward,ppo,pipeline,generate} ... | --version
 
-  sft {fit,validate,test,predict} [--config FILE] [...]     step 1: supervised fine-tuning
-  reward {fit,validate,test,predict} [--config FILE] [...]  step 2: reward model
-  ppo {fit,validate,test,predict} [--config FILE] [...]     step 3: PPO
+  sft {fit,validate} [--config FILE] [...]                  step 1: supervised fine-tuning
+  reward {fit,validate} [--config FILE] [...]               step 2: reward model
+  ppo {fit,validate} [--config FILE] [...]                  step 3: PPO
   pipeline [--config FILE] [--steps sft,reward,ppo] [...]   steps 1 -> 2 -> 3, each feeding the next
+  generate MODEL_DIR [--prompts FILE.jsonl] [...]           answers from an exported model (stdin if no file)
 
 Add --help after a command for all its options, e.g. `lightning-rlhf ppo fit --help`.
 With no --config, `lightning-rlhf pipeline` runs the built-in tiny task on CPU in a few minutes."""
@@ -65,29 +67,6 @@ def stage_trainer_defaults(stage: str) -> dict[str, Any]:
     }
 
 
-def enable_checkpointing_for_callbacks(trainer: Namespace) -> None:
-    """Set ``trainer.enable_checkpointing`` when ``trainer.callbacks`` holds a ``ModelCheckpoint``.
-
-    Why: the CLI's default is no checkpoints (a first run on a CPU needs none), and Lightning refuses a
-    ``ModelCheckpoint`` (such as :class:`~lightning_rlhf.callbacks.IterationCheckpoint`) under
-    ``enable_checkpointing=False``. Adding the callback is how a user asks for checkpoints, so it wins.
-
-    Args:
-        trainer: the parsed ``trainer`` section (changed in place).
-    """
-    from lightning.pytorch.callbacks import Checkpoint
-
-    callbacks = trainer.get("callbacks") or []
-    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
-        target = callback.get("class_path") if isinstance(callback, (Namespace, dict)) else type(callback)
-        if isinstance(target, str):
-            module, _, name = target.rpartition(".")
-            target = getattr(importlib.import_module(module), name, None) if module else None
-        if isinstance(target, type) and issubclass(target, Checkpoint):
-            trainer.enable_checkpointing = True
-            return
-
-
 def _tokenizer_source(model: Any, tokenizer: Any) -> Any:
     """The data module's tokenizer: the module's explicit tokenizer, else its model folder."""
     return tokenizer if tokenizer is not None else model
@@ -101,6 +80,7 @@ class StageCLI(LightningCLI):
     Args:
         args: command-line arguments (list), or a config ``dict`` / ``Namespace`` (None: ``sys.argv``).
         run: run the subcommand (``fit``, ...) right away; with False, only build the objects.
+        parse_only: only parse and check ``args`` (build nothing): see :meth:`check_config`.
         **kwargs: any other :class:`~lightning.pytorch.cli.LightningCLI` argument.
     """
 
@@ -108,18 +88,51 @@ class StageCLI(LightningCLI):
     model_path_arg: ClassVar[str] = "model"
     export_model_attr: ClassVar[str | None] = None
 
-    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+    def __init__(self, args: Any = None, run: bool = True, parse_only: bool = False, **kwargs: Any) -> None:
+        self.parse_only = parse_only
         kwargs.setdefault("trainer_defaults", stage_trainer_defaults(self.stage))
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("auto_configure_optimizers", False)  # the modules build their own optimizers
-        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        # prog: the usage and the "run ... --help" tip name a real command (not `lightning-rlhf fit`)
+        kwargs.setdefault("parser_kwargs", {"default_env": False, "prog": f"lightning-rlhf {self.stage}"})
         super().__init__(self.module_class(), PreferenceDataModule, args=args, run=run, **kwargs)
 
     @classmethod
     def module_class(cls) -> type[LightningModule]:
         """The LightningModule of this step."""
         raise NotImplementedError
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` and ``validate`` only: the modules define no ``test_step`` / ``predict_step``, so Lightning's
+        ``test`` and ``predict`` would fail; answers come from ``lightning-rlhf generate``."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> None:
+        """Parse and check a step config (unknown keys, types, the data stage) without building any object.
+
+        Args:
+            config: the step's config, as ``args`` takes it.
+
+        Raises:
+            ValueError: what is wrong, as jsonargparse words it (an unknown key, a wrong type).
+        """
+        parser_kwargs = {"default_env": False, "prog": f"lightning-rlhf {cls.stage}", "exit_on_error": False}
+        try:
+            cls(args=config, run=False, parse_only=True, parser_kwargs=parser_kwargs)
+        except ArgumentError as err:
+            raise ValueError(str(err)) from None
+
+    def _set_seed(self) -> None:
+        if not self.parse_only:  # checking a config seeds nothing (and prints no "Seed set to")
+            super()._set_seed()
+
+    def instantiate_classes(self) -> None:
+        """Build the objects (nothing when ``parse_only``)."""
+        if not self.parse_only:
+            super().instantiate_classes()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Add the ``export`` callback section, fix ``data.stage`` and link the tokenizer to the data module."""
@@ -141,16 +154,47 @@ class StageCLI(LightningCLI):
         self.config = parser.parse_object(args) if isinstance(args, (dict, Namespace)) else parser.parse_args(args)
 
     def before_instantiate_classes(self) -> None:
-        """Refuse a data ``stage`` that is not this step's (it would feed the wrong batch format); switch
-        checkpointing on when ``trainer.callbacks`` holds a checkpoint callback."""
+        """Refuse a data ``stage`` that is not this step's (it would feed the wrong batch format); turn
+        checkpointing on when the config adds a checkpoint callback (the default is off)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        enable_checkpointing_for_callbacks(config.trainer)
         stage = config.data.stage
         if stage != self.stage:
             raise ValueError(
                 f"`lightning-rlhf {self.stage}` feeds {self.stage!r} batches, but data.stage is {stage!r}; "
                 f"remove data.stage from the config or set it to {self.stage!r}"
             )
+        if config.trainer.enable_checkpointing is False and _adds_checkpoint_callback(config.trainer.callbacks):
+            config.trainer.enable_checkpointing = True
+
+
+def _adds_checkpoint_callback(callbacks: Any) -> bool:
+    """Whether a config's ``trainer.callbacks`` holds a ``ModelCheckpoint`` (or a subclass)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks] if callbacks else []:
+        class_path = getattr(callback, "class_path", None)
+        if isinstance(callback, ModelCheckpoint):
+            return True
+        if isinstance(class_path, str):
+            module, _, name = class_path.rpartition(".")
+            cls = getattr(__import__(module, fromlist=[name]), name, None)
+            if isinstance(cls, type) and issubclass(cls, ModelCheckpoint):
+                return True
+    return False
+
+
+def _process_count(devices: Any, num_nodes: Any) -> int:
+    """Processes a Trainer's ``devices`` x ``num_nodes`` start (``auto`` and ``-1`` count as 1: unknown here)."""
+    if isinstance(devices, (list, tuple)):
+        count = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        count = len([d for d in devices.split(",") if d.strip()])
+    else:
+        try:
+            count = max(int(devices), 1)
+        except (TypeError, ValueError):
+            count = 1
+    return count * max(int(num_nodes or 1), 1)
 
 
 class SFTCLI(StageCLI):
@@ -185,6 +229,18 @@ class PPOCLI(StageCLI):
     stage = "ppo"
     model_path_arg = "actor"
     export_model_attr = "actor"
+
+    def before_instantiate_classes(self) -> None:
+        """Also refuse several processes under DDP, which cannot train actor and critic with separate optimizers."""
+        super().before_instantiate_classes()
+        trainer = (self.config[self.subcommand] if self.subcommand else self.config).trainer
+        strategy = trainer.strategy if isinstance(trainer.strategy, str) else None
+        if strategy in ("auto", "ddp", "ddp_spawn") and _process_count(trainer.devices, trainer.num_nodes) > 1:
+            raise ValueError(
+                f"`lightning-rlhf ppo` on {_process_count(trainer.devices, trainer.num_nodes)} processes needs "
+                f"--trainer.strategy hybrid_deepspeed (or a hybrid_deepspeed_* preset): PPO steps the actor and the "
+                f"critic with separate optimizers, which DDP (trainer.strategy {strategy!r}) cannot wrap"
+            )
 
     @classmethod
     def module_class(cls) -> type[LightningModule]:
@@ -243,14 +299,20 @@ def main(argv: Sequence[str] | None = None) -> Any:
     if args[0] in ("-V", "--version"):
         print(f"lightning-rlhf {lightning_rlhf.__version__}")
         return None
+    show_repeated_warnings_once()
     command, rest = args[0], args[1:]
     if command == "pipeline":
         from lightning_rlhf.pipeline import pipeline_main
 
         return pipeline_main(rest)
+    if command == "generate":
+        from lightning_rlhf.generate import generate_main
+
+        return generate_main(rest)
     if command not in STAGE_CLIS:
         print(USAGE, file=sys.stderr)
-        raise SystemExit(f"lightning-rlhf: unknown command {command!r}; choose one of sft, reward, ppo, pipeline")
+        raise SystemExit(f"lightning-rlhf: unknown command {command!r}; choose one of sft, reward, ppo, pipeline, "
+                         f"generate")
     return STAGE_CLIS[command](args=rest)
 
 

@@ -125,6 +125,12 @@ class StepResult:
     total_seconds: float
     model_dir: str
     log_dir: str | None
+    generation: dict[str, float] | None = None  # the generation switch during fit (rank 0), if it ran
+
+
+def _generation_stats(trainer: Any) -> Any:
+    """The strategy's generation-switch counters (``HybridDeepSpeedStrategy``), or None for other strategies."""
+    return getattr(trainer.strategy, "generation_stats", None)
 
 
 def parse_steps(steps: str | Sequence[str]) -> list[str]:
@@ -186,8 +192,8 @@ def _export_dir(config: PipelineConfig, step: str) -> Path:
     return Path(config.output_dir) / step / EXPORT_SUBDIR
 
 
-def _require(path: Path, step: str, what: str, key: str) -> str:
-    if not (path / "config.json").exists():
+def _require(path: Path, step: str, what: str, key: str, check: bool = True) -> str:
+    if check and not (path / "config.json").exists():
         raise FileNotFoundError(
             f"pipeline step {step!r} needs {what} at {path}, which does not exist; run that step first "
             f"(--steps) or set `{step}.model.{key}` in the pipeline config"
@@ -195,15 +201,19 @@ def _require(path: Path, step: str, what: str, key: str) -> str:
     return str(path)
 
 
-def step_config(config: PipelineConfig, step: str, base: Path) -> dict[str, Any]:
+def step_config(config: PipelineConfig, step: str, base: Path, require_exports: bool = True) -> dict[str, Any]:
     """The LightningCLI config of ``step``: its section plus the pipeline's wiring (explicit values win).
 
     Args:
         config: the pipeline settings.
         step: ``sft``, ``reward`` or ``ppo``.
         base: the starting model folder (see :func:`prepare_base_model`).
+        require_exports: refuse an earlier step's export that does not exist yet (False: name where it will be,
+            to check a config before the earlier steps ran).
     """
+    check = require_exports
     section = copy.deepcopy(getattr(config, step))
+    section.pop("ckpt_path", None)  # a fit argument, not part of the step's LightningCLI config (see run_step)
     section.setdefault("seed_everything", config.seed)
     section["data"] = {**copy.deepcopy(config.data), **section.get("data", {})}
     section["data"].setdefault("seed", config.seed)
@@ -217,14 +227,15 @@ def step_config(config: PipelineConfig, step: str, base: Path) -> dict[str, Any]
         if "model" in model:
             pass
         elif config.reward_base_model == "sft":
-            model["model"] = _require(_export_dir(config, "sft"), step, "the SFT model", "model")
+            model["model"] = _require(_export_dir(config, "sft"), step, "the SFT model", "model", check)
         else:
             model["model"] = config.reward_base_model or str(base)
     else:
         if "actor" not in model:
-            model["actor"] = _require(_export_dir(config, "sft"), step, "the SFT model", "actor")
+            model["actor"] = _require(_export_dir(config, "sft"), step, "the SFT model", "actor", check)
         if "reward_model" not in model:
-            model["reward_model"] = _require(_export_dir(config, "reward"), step, "the reward model", "reward_model")
+            model["reward_model"] = _require(_export_dir(config, "reward"), step, "the reward model", "reward_model",
+                                             check)
     return section
 
 
@@ -237,6 +248,8 @@ def _metrics(results: list[dict[str, Any]], step: str) -> dict[str, float]:
 def run_step(config: PipelineConfig, step: str, base: Path) -> StepResult:
     """Build one step's objects with its LightningCLI, validate, fit, validate; the export callback writes the model.
 
+    A section's ``ckpt_path`` (e.g. ``--ppo.ckpt_path``) resumes that step's fit from the checkpoint.
+
     Args:
         config: the pipeline settings.
         step: ``sft``, ``reward`` or ``ppo``.
@@ -247,13 +260,19 @@ def run_step(config: PipelineConfig, step: str, base: Path) -> StepResult:
     cli = STAGE_CLIS[step](args=step_config(config, step, base), run=False)
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     before = _metrics(trainer.validate(module, datamodule=data, verbose=False), step) if config.evaluate_before else {}
+    stats = _generation_stats(trainer)
+    if stats is not None:
+        stats.reset()  # count the switch during fit only, not the validation passes around it
     fit_start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path="last" if config.resume else None)
+    ckpt_path = getattr(config, step).get("ckpt_path") or ("last" if config.resume else None)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - fit_start
+    generation = asdict(stats) if stats is not None and stats.calls else None
     after = _metrics(trainer.validate(module, datamodule=data, verbose=False), step)
     log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
     result = StepResult(
-        step, before, after, fit_seconds, time.perf_counter() - start, str(_export_dir(config, step)), log_dir
+        step, before, after, fit_seconds, time.perf_counter() - start, str(_export_dir(config, step)), log_dir,
+        generation,
     )
     changes = ", ".join(f"{k} {before.get(k, float('nan')):.4g} -> {v:.4g}" for k, v in after.items())
     rank_zero_info(f"pipeline: step {step} done in {result.total_seconds:.0f}s ({changes}); model: {result.model_dir}")
@@ -284,6 +303,8 @@ def run_or_reuse_steps(config: PipelineConfig, steps: Sequence[str], base: Path)
             results.append(finished)
             continue
         reusing = False
+        if _is_rank_zero():
+            keep_previous_export(config, step)
         result = run_step(config, step, base)
         if _is_rank_zero():
             (Path(config.output_dir) / step / STEP_RESULT_FILE).write_text(json.dumps(asdict(result), indent=2))
@@ -319,6 +340,12 @@ def format_summary(results: Sequence[StepResult], output_dir: str) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
     for r in results:
+        if r.generation:
+            g = r.generation
+            lines.append(f"{r.step:7s} generation switch (rank 0, during fit): {g['calls']} rollouts, gather "
+                         f"{g['gather_s']:.1f}s, generate {g['generate_s']:.1f}s, {g['new_tokens']} tokens, "
+                         f"{g['tokens_per_s']:.0f} tokens/s")
+    for r in results:
         lines.append(f"{r.step:7s} model: {r.model_dir}")
         lines.append(f"{'':7s} logs:  {r.log_dir}")
     lines.append(f"TensorBoard: tensorboard --logdir {output_dir}")
@@ -336,6 +363,7 @@ def run_pipeline(config: PipelineConfig) -> list[StepResult]:
         import torch
 
         torch.set_num_threads(config.num_threads)
+    check_sections(config, steps)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = prepare_base_model(config)
@@ -343,8 +371,60 @@ def run_pipeline(config: PipelineConfig) -> list[StepResult]:
     summary = format_summary(results, config.output_dir)
     if _is_rank_zero():
         print("\n" + summary, flush=True)
-        (out / "summary.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+        (out / "summary.json").write_text(json.dumps(merge_summary(out / "summary.json", results), indent=2))
     return results
+
+
+def check_sections(config: PipelineConfig, steps: Sequence[str]) -> None:
+    """Parse every step's section with its LightningCLI before anything trains, so a typo in ``ppo.*`` is
+    reported before SFT and the reward model have spent their time (models are not built here).
+
+    Args:
+        config: the pipeline settings.
+        steps: the steps that will run.
+    """
+    base = Path(config.base_model) if config.base_model is not None else Path(config.output_dir) / "base"
+    for step in steps:
+        try:
+            STAGE_CLIS[step].check_config(step_config(config, step, base, require_exports=False))
+        except ValueError as err:
+            raise ValueError(f"lightning-rlhf pipeline: the `{step}` section is invalid: {err}. Nothing has been "
+                             f"trained; fix the `{step}` section (or its --{step}.* flags) and run again") from None
+
+
+def keep_previous_export(config: PipelineConfig, step: str) -> Path | None:
+    """Move an existing ``<step>/hf/final`` (and ``best``) aside to ``final-vN`` before the step writes a new one.
+
+    Why: ``--steps ppo`` re-runs a step; its earlier result stays available (and named in the log) instead of
+    being silently overwritten.
+
+    Returns:
+        Where the previous ``final`` went, or None when there was none.
+    """
+    moved = None
+    for name in ("final", "best"):
+        current = _export_dir(config, step).parent / name
+        if not current.exists():
+            continue
+        version = 1
+        while (current.parent / f"{name}-v{version}").exists():
+            version += 1
+        target = current.rename(current.parent / f"{name}-v{version}")
+        rank_zero_info(f"pipeline: step {step} runs again; its previous {current} is kept as {target}")
+        moved = target if name == "final" else moved
+    return moved
+
+
+def merge_summary(path: Path, results: Sequence[StepResult]) -> list[dict[str, Any]]:
+    """The rows of ``summary.json``: this run's steps replace their earlier rows, the other steps' rows stay.
+
+    Args:
+        path: the existing ``summary.json`` (read if present).
+        results: the steps this run completed.
+    """
+    rows = {row["step"]: row for row in (json.loads(path.read_text()) if path.is_file() else [])}
+    rows.update({r.step: asdict(r) for r in results})
+    return [rows[step] for step in STEPS if step in rows]
 
 
 def build_parser() -> Any:
@@ -424,11 +504,15 @@ def pipeline_main(argv: Sequence[str]) -> list[StepResult] | None:
     argv, overrides = split_section_overrides(bare_resume_flag(argv))
     if not any(a == "--config" or a.startswith("--config=") for a in argv):
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
+    print_config = [a for a in argv if a.split("=")[0] == "--print_config"]
+    argv = [a for a in argv if a not in print_config]
     parser = build_parser()
     namespace = parser.parse_args(argv)
+    for section, values in overrides.items():  # merged before --print_config, so it shows them
+        namespace[section] = deep_merge(namespace[section] or {}, values)
+    if print_config:
+        print(parser.dump(namespace, skip_none=False), end="")
+        raise SystemExit(0)
     init = parser.instantiate_classes(namespace)
-    fields = {k: init[k] for k in PipelineConfig.__dataclass_fields__}
-    for section, values in overrides.items():
-        fields[section] = deep_merge(fields[section] or {}, values)
-    config = PipelineConfig(**fields)
+    config = PipelineConfig(**{k: init[k] for k in PipelineConfig.__dataclass_fields__})
     return run_pipeline(config)

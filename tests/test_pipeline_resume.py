@@ -21,6 +21,7 @@ QUICK = [
     "--ppo.trainer.max_epochs", "1", "--ppo.trainer.limit_train_batches", str(PPO_ITERATIONS),
     "--ppo.data.batch_size", "8", "--ppo.model.train_batch_size", "8",
     *[f"--{s}.trainer.enable_progress_bar=false" for s in ("sft", "reward", "ppo")],
+    *[f"--{s}.trainer.{k}={v}" for s in ("sft", "reward", "ppo") for k, v in (("devices", 1), ("strategy", "auto"))],
 ]
 CHECKPOINT = {"class_path": "lightning_rlhf.callbacks.IterationCheckpoint", "init_args": {"every_n_iterations": 1}}
 

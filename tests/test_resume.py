@@ -112,8 +112,7 @@ def test_a_ppo_run_killed_mid_epoch_resumes_from_the_last_iteration_and_ends_lik
     assert [v for _, v in pieced] == pytest.approx([v for _, v in reference], abs=1e-5)
 
 
-@pytest.mark.parametrize("callback", ["lightning.pytorch.callbacks.ModelCheckpoint",
-                                      "lightning_rlhf.callbacks.IterationCheckpoint"])
+@pytest.mark.parametrize("callback", ["lightning.pytorch.callbacks.ModelCheckpoint"])
 def test_a_checkpoint_callback_in_trainer_callbacks_switches_checkpointing_on(models, tmp_path, callback):
     """The CLI's default enable_checkpointing=False made Lightning refuse any ModelCheckpoint a user added."""
     from lightning_rlhf.cli import SFTCLI

@@ -14,6 +14,8 @@ from typing import Callable, Mapping, Protocol
 import torch
 from torch import Tensor
 
+from lightning_rlhf.algorithms.named import choose
+
 #: log-ratios are clamped to this range before ``exp`` so k3 never overflows (or yields nan gradients)
 _LOG_RATIO_LIMIT = 20.0
 
@@ -58,10 +60,7 @@ KL_ESTIMATORS: Mapping[str, KLEstimator] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k
 
 def get_kl_estimator(name: str) -> KLEstimator:
     """The estimator called ``name`` (one of :data:`KL_ESTIMATORS`), with a clear error otherwise."""
-    try:
-        return KL_ESTIMATORS[name]
-    except KeyError:
-        raise ValueError(f"unknown KL estimator {name!r}; choose one of {sorted(KL_ESTIMATORS)}") from None
+    return choose(KL_ESTIMATORS, name, "KL estimator")
 
 
 class KLController(Protocol):

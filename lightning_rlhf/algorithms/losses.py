@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,53 @@ class PairwiseLossStats(TypedDict):
     rejected_mean: Tensor
 
 
+class ClippedSurrogate(NamedTuple):
+    """Per-token pieces of PPO's clipped objective, each ``(batch, seq)``."""
+
+    #: ``max(-A * ratio, -A * clip(ratio, 1 - eps_low, 1 + eps_high))`` (carries the gradient)
+    loss: Tensor
+    #: ``pi / pi_old``
+    ratio: Tensor
+    #: the lower bound was active: ``A < 0`` and ``ratio < 1 - eps_low``
+    clipped_low: Tensor
+    #: the upper bound was active: ``A > 0`` and ``ratio > 1 + eps_high``
+    clipped_high: Tensor
+
+
+def clipped_surrogate(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_range_low: float, clip_range_high: float
+) -> ClippedSurrogate:
+    """PPO's clipped surrogate per token, with separate lower and upper clip ranges.
+
+    Equal ranges are PPO (Schulman et al. 2017); a wider upper range is DAPO's clip-higher (Yu et al. 2025,
+    https://arxiv.org/abs/2503.14476, section 3.1), which lets unlikely tokens with a positive advantage
+    grow, against entropy collapse. The clipped term is the active one exactly where ``clipped_low`` or
+    ``clipped_high`` holds.
+
+    Args:
+        logprobs: ``(batch, seq)`` log-probabilities under the current policy (carries the gradient).
+        old_logprobs: ``(batch, seq)`` the same at sampling time.
+        advantages: ``(batch, seq)`` advantage estimates.
+        clip_range_low: ``eps_low``: the ratio is clipped below at ``1 - eps_low``.
+        clip_range_high: ``eps_high``: the ratio is clipped above at ``1 + eps_high``.
+    """
+    if not 0 <= clip_range_low <= 1 or clip_range_high < 0:
+        raise ValueError(
+            f"clip ranges must satisfy 0 <= clip_range_low <= 1 and clip_range_high >= 0, "
+            f"got clip_range_low={clip_range_low}, clip_range_high={clip_range_high}"
+        )
+    ratio = torch.exp(logprobs.float() - old_logprobs.float().detach())
+    advantages = advantages.float().detach()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_range_low, 1.0 + clip_range_high)
+    return ClippedSurrogate(
+        loss=torch.maximum(unclipped, clipped),
+        ratio=ratio,
+        clipped_low=(advantages < 0) & (ratio < 1.0 - clip_range_low),
+        clipped_high=(advantages > 0) & (ratio > 1.0 + clip_range_high),
+    )
+
+
 def clipped_policy_loss(
     logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float = 0.2
 ) -> tuple[Tensor, PolicyLossStats]:
@@ -65,14 +112,11 @@ def clipped_policy_loss(
     Returns:
         ``(loss, stats)``; the loss is a scalar.
     """
-    log_ratio = logprobs.float() - old_logprobs.float().detach()
-    ratio = torch.exp(log_ratio)
-    advantages = advantages.float().detach()
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    surrogate = clipped_surrogate(logprobs, old_logprobs, advantages, clip_range, clip_range)
+    ratio = surrogate.ratio
+    loss = masked_mean(surrogate.loss, mask)
     stats = PolicyLossStats(
-        clipfrac=masked_mean((clipped > unclipped).float(), mask).detach(),
+        clipfrac=masked_mean((surrogate.clipped_low | surrogate.clipped_high).float(), mask).detach(),
         approx_kl=masked_mean(kl_k3(old_logprobs, logprobs, clamp=None), mask).detach(),
         ratio_mean=masked_mean(ratio, mask).detach(),
     )

@@ -1,4 +1,4 @@
-"""Callbacks shared by every step: HF export, EMA of weights, sample logging, checkpoints by PPO iteration."""
+"""Callbacks shared by every step: HF export, EMA of weights, sample logging, checkpoints by iteration."""
 
 from lightning_rlhf.callbacks.checkpoint import IterationCheckpoint
 from lightning_rlhf.callbacks.ema import EMACallback

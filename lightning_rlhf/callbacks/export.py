@@ -36,6 +36,23 @@ def find_tokenizer(trainer: Trainer, pl_module: LightningModule) -> Any | None:
     return None
 
 
+def training_chat_template(trainer: Trainer, tokenizer: Any | None) -> str | None:
+    """The chat template reproducing the prompt format of training (None without a tokenizer).
+
+    The data module's encoder decides the format (its ``use_chat_template`` and whether the tokenizer has a
+    template); without a data module that says, the format is the one
+    :class:`~lightning_rlhf.data.tokenization.Encoder` uses by default.
+    """
+    if tokenizer is None:
+        return None
+    from lightning_rlhf.data.tokenization import Encoder, TokenizeSettings
+
+    settings = getattr(getattr(trainer, "datamodule", None), "settings", None)
+    if not isinstance(settings, TokenizeSettings):
+        settings = TokenizeSettings(add_eos=False)
+    return Encoder(tokenizer, settings).chat_template()
+
+
 class HFExportCallback(Callback):
     """Write consolidated Hugging Face folders (safetensors, config, tokenizer) from any ZeRO stage.
 
@@ -43,6 +60,8 @@ class HFExportCallback(Callback):
     each time the monitored validation metric improves (so it always holds the best weights seen).
     LoRA adapters are merged unless ``merge_lora`` is False. Files the module returns from
     ``export_artifacts()`` (e.g. the reward model's ``reward_stats.json``) are written beside the weights.
+    The tokenizer is saved with the chat template of the prompt format training used (the tokenizer's own, or
+    ``"Human: ... Assistant:"`` for one without), so ``apply_chat_template`` reproduces the training prompts.
     Every rank takes part (ZeRO-3 gathers are collective); rank 0 writes.
 
     Args:
@@ -85,9 +104,10 @@ class HFExportCallback(Callback):
             "global_step": trainer.global_step, "epoch": trainer.current_epoch,
             "monitor": self.monitor, "score": self.best_score if name == "best" else None,
         }
+        tokenizer = find_tokenizer(trainer, pl_module)
         path = export_hf(
-            export_target(pl_module, self.model_attr), find_tokenizer(trainer, pl_module),
-            self._root(trainer) / name, merge_lora=self.merge_lora, extra_files=extra,
+            export_target(pl_module, self.model_attr), tokenizer, self._root(trainer) / name,
+            merge_lora=self.merge_lora, extra_files=extra, chat_template=training_chat_template(trainer, tokenizer),
         )
         rank_zero_info(f"HFExportCallback: wrote {path} (step {trainer.global_step})")
         return path

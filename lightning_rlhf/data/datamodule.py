@@ -26,7 +26,15 @@ from lightning_rlhf.data.resumable import DataPosition, ResumableDataLoader
 from lightning_rlhf.data.sources import SourceReport, load_records
 from lightning_rlhf.data.split import STAGES, split_indices
 from lightning_rlhf.data.task import SyntheticTask
-from lightning_rlhf.data.tokenization import Encoder, LongPromptPolicy, Stage, TokenizeSettings, encode_batch
+from lightning_rlhf.data.tokenization import (
+    ENCODING_VERSION,
+    Encoder,
+    LongPromptPolicy,
+    Stage,
+    TokenizeSettings,
+    encode_batch,
+)
+from lightning_rlhf.models.loading import TOKENIZER_FILES, check_local_folder
 
 TASK_SOURCE = "<synthetic task>"
 _KEEP_COLUMNS = {"prompt", "source", "record"}
@@ -113,6 +121,8 @@ class PreferenceDataModule(LightningDataModule):
         if self._tokenizer is None:
             arg = self._tokenizer_arg
             local = isinstance(arg, (str, Path))
+            if local:
+                check_local_folder(arg, "tokenizer", TOKENIZER_FILES, "data.tokenizer (or model.tokenizer)")
             self._tokenizer = AutoTokenizer.from_pretrained(arg, local_files_only=True) if local else arg
         return self._tokenizer
 
@@ -133,8 +143,13 @@ class PreferenceDataModule(LightningDataModule):
 
     # -- building ----------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Read, split and tokenize once on the main process, so the other ranks load the cache."""
-        self._build()
+        """Read, split and tokenize once on the main process, so the other ranks load the cache.
+
+        Lightning calls this before every ``fit`` / ``validate``; data already built is not built (and
+        reported) again.
+        """
+        if not self.datasets:
+            self._build()
 
     def setup(self, stage: str | None = None) -> None:
         """Build this step's ``train`` and ``eval`` datasets (from the cache when present)."""
@@ -175,6 +190,19 @@ class PreferenceDataModule(LightningDataModule):
             wanted["ptx"] = ("sft", "train")
         for name, (stage, part) in wanted.items():
             self.datasets[name] = self._tokenize(parts[stage][part], stage, name)  # type: ignore[arg-type]
+        self._check_not_empty()
+
+    def _check_not_empty(self) -> None:
+        """Refuse an empty training part (Lightning would say ``num_samples=0``); warn on an empty eval part."""
+        where = "the built-in task" if self.sources is None else ", ".join(self.sources)
+        counts = f"split {self.hparams.split!r} gave {self.stage} {self.report['split'][self.stage]}, kept after " \
+                 f"tokenizing {self.report['tokenized']}"
+        if len(self.datasets["train"]) == 0:
+            raise ValueError(f"no {self.stage} training records from {where} ({counts}); check that the files hold "
+                             f"records for this step, the split ratios and the length limits")
+        if len(self.datasets["eval"]) == 0 and self.hparams.eval_fraction > 0:
+            rank_zero_warn(f"[data] the {self.stage} eval split from {where} is empty ({counts}); validation will "
+                           f"not run: raise eval_fraction, add records, or fix the dropped ones")
 
     def _tokenize(self, records: list[dict[str, Any]], stage: Stage, name: str) -> Any:
         """Tokenize ``records`` for ``stage`` with ``datasets`` (cached on disk), dropping and counting."""
@@ -183,10 +211,10 @@ class PreferenceDataModule(LightningDataModule):
 
         encoder = Encoder(self.tokenizer, self.settings)
         if not records:
-            self.report["tokenized"][name] = {"kept": 0, "dropped": {}}
+            self.report["tokenized"][name] = {"kept": 0, "dropped": {}, "truncated": 0}
             return []
         table = datasets.Dataset.from_list(records)
-        key = Hasher.hash([table._fingerprint, stage, self.settings, Hasher.hash(self.tokenizer)])
+        key = Hasher.hash([table._fingerprint, stage, self.settings, Hasher.hash(self.tokenizer), ENCODING_VERSION])
         cache = Path(self.hparams.cache_dir or datasets.config.HF_DATASETS_CACHE) / "lightning_rlhf"
         cache.mkdir(parents=True, exist_ok=True)
         encoded = table.map(
@@ -196,11 +224,13 @@ class PreferenceDataModule(LightningDataModule):
             desc=f"Tokenizing {stage} ({name})",
         )
         dropped = Counter(r for r in encoded["drop_reason"] if r)
+        truncated = sum(encoded["truncated"])
         kept = encoded.filter(lambda r: [not x for x in r], input_columns="drop_reason", batched=True,
                               cache_file_name=str(cache / f"{stage}-{key}-kept.arrow"), desc="Dropping")
-        self.report["tokenized"][name] = {"kept": len(kept), "dropped": dict(dropped)}
-        rank_zero_info(f"[data] {stage} {name}: {len(kept)} kept, dropped {dict(dropped) or 'none'}")
-        return kept
+        self.report["tokenized"][name] = {"kept": len(kept), "dropped": dict(dropped), "truncated": truncated}
+        cut = f", {truncated} prompts left-truncated to max_prompt_length" if truncated else ""
+        rank_zero_info(f"[data] {stage} {name}: {len(kept)} kept, dropped {dict(dropped) or 'none'}{cut}")
+        return kept.remove_columns("truncated")
 
     # -- loaders -----------------------------------------------------------------------------------
     def _loader(self, name: str, batch_size: int, shuffle: bool, stage: str, sampler: Any = None,

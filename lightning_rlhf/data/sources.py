@@ -186,6 +186,9 @@ def load_records(
             bad.bad(RecordError(source, number, err.field, err.problem))
             continue
         records.append({**record, "source": source, "record": number})
+    if report.rows == 0:
+        raise RecordError(source, None, None, "holds no records (an empty file or table); remove it from "
+                                              "data.sources or write records into it")
     report.format = adapter.name if adapter else fmt
     report.kept, report.dropped = len(records), dict(bad.counts)
     return records, report

@@ -28,6 +28,9 @@ DROP_LONG_PROMPT = "prompt longer than max_prompt_length"
 DROP_NO_PAIR = "no preference pair (SFT-only record)"
 DROP_SAME_PAIR = "chosen and rejected identical after truncation"
 
+#: changes whenever :meth:`Encoder.encode` returns other columns, so tokenized caches of older versions are not read
+ENCODING_VERSION = 2
+
 _TURN = re.compile(r"\s*(Human|Assistant):\s*")
 
 
@@ -75,6 +78,41 @@ def dialogue_messages(prompt: str) -> list[dict[str, str]]:
     return messages
 
 
+def _special_affixes(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
+    """The special tokens the tokenizer adds around a text by itself (e.g. a BOS), as text."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            prefix, suffix = full[:start], full[start + len(bare):]
+            return tokenizer.decode(prefix), tokenizer.decode(suffix)
+    return "", ""
+
+
+def plain_chat_template(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A Jinja chat template rendering messages the way :class:`Encoder` formats prompts without a template.
+
+    Why: a model trained on ``"Human: {prompt} Assistant:"`` answers other prompts badly, so an exported folder
+    must carry that format; with it, ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)``
+    gives the very prompt tokens training used (including a BOS the tokenizer adds by itself).
+
+    Args:
+        tokenizer: the tokenizer the prompts were encoded with.
+    """
+    prefix, suffix = _special_affixes(tokenizer)
+    return (
+        prefix
+        + "{% for message in messages %}"
+        "{% if not loop.first %} {% endif %}"
+        "{% if message['role'] == 'user' %}Human: {{ message['content'] | trim }}"
+        "{% elif message['role'] == 'assistant' %}Assistant: {{ message['content'] | trim }}"
+        "{% else %}{{ message['content'] | trim }}{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %} Assistant:{% endif %}"
+        + suffix
+    )
+
+
 class Encoder:
     """Formats and tokenizes prompts and responses for one tokenizer and one set of settings.
 
@@ -100,6 +138,10 @@ class Encoder:
             return prompt
         return f"Human: {prompt.strip()} Assistant:"
 
+    def chat_template(self) -> str:
+        """The chat template that reproduces :meth:`prompt_text` (the tokenizer's own, or the plain format's)."""
+        return self.tokenizer.chat_template if self.chat else plain_chat_template(self.tokenizer)
+
     def prompt_ids(self, prompt: str) -> tuple[list[int], bool]:
         """Token ids of the formatted prompt and whether it was over ``max_prompt_length``."""
         ids = self.tokenizer(self.prompt_text(prompt), add_special_tokens=not self.chat)["input_ids"]
@@ -123,7 +165,7 @@ class Encoder:
     def encode(self, record: dict[str, Any], stage: Stage) -> dict[str, Any]:
         """Tokenize one record for ``stage``; ``drop_reason`` is empty for records to keep."""
         prompt_ids, too_long = self.prompt_ids(record["prompt"])
-        out: dict[str, Any] = {"drop_reason": ""}
+        out: dict[str, Any] = {"drop_reason": "", "truncated": too_long and self.settings.long_prompt_policy != "drop"}
         if too_long and self.settings.long_prompt_policy == "drop":
             out["drop_reason"] = DROP_LONG_PROMPT
         if stage == "sft":
@@ -132,7 +174,8 @@ class Encoder:
             out["prompt_length"] = len(prompt_ids)
         elif stage == "reward":
             if record.get("chosen") is None or record.get("rejected") is None:
-                return {"drop_reason": DROP_NO_PAIR, "chosen_input_ids": [], "rejected_input_ids": []}
+                return {"drop_reason": DROP_NO_PAIR, "truncated": False, "chosen_input_ids": [],
+                        "rejected_input_ids": []}
             out["chosen_input_ids"] = self.full(prompt_ids, record["chosen"])
             out["rejected_input_ids"] = self.full(prompt_ids, record["rejected"])
             if not out["drop_reason"] and out["chosen_input_ids"] == out["rejected_input_ids"]:

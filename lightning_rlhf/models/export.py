@@ -117,6 +117,7 @@ def export_hf(
     path: str | Path,
     merge_lora: bool = True,
     extra_files: dict[str, Any] | None = None,
+    chat_template: str | None = None,
 ) -> Path:
     """Write ``model`` as a consolidated Hugging Face folder (safetensors, config, tokenizer).
 
@@ -132,6 +133,9 @@ def export_hf(
             ``path/adapter`` (load it with ``peft.PeftModel.from_pretrained``).
         extra_files: ``file name -> content`` written beside the model (dicts as JSON, str as text),
             e.g. ``{"reward_stats.json": {"mean": ..., "std": ...}}``.
+        chat_template: saved as the tokenizer's chat template (the prompt format training used, so
+            ``apply_chat_template`` + ``generate`` in plain transformers prompts the model as training did);
+            None keeps the tokenizer's own.
 
     Returns:
         The folder path.
@@ -148,12 +152,23 @@ def export_hf(
             copy = copy.merge_and_unload() if merge_lora else copy.unload()
         copy.save_pretrained(path, safe_serialization=True)
         if tokenizer is not None:
-            tokenizer.save_pretrained(path)
+            save_tokenizer(tokenizer, path, chat_template)
         for name, content in (extra_files or {}).items():
             text = content if isinstance(content, str) else json.dumps(content, indent=2)
             (path / name).write_text(text)
     _barrier()
     return path
+
+
+def save_tokenizer(tokenizer: Any, path: Path, chat_template: str | None) -> None:
+    """Save ``tokenizer`` to ``path`` with ``chat_template`` (None: its own), leaving the object unchanged."""
+    own = getattr(tokenizer, "chat_template", None)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    try:
+        tokenizer.save_pretrained(path)
+    finally:
+        tokenizer.chat_template = own
 
 
 def load_exported(path: str | Path, value: bool = False) -> PreTrainedModel:

@@ -10,6 +10,7 @@ Safe by default: weights are read with ``use_safetensors`` where the folder has 
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,40 @@ class LoraArgs:
 
 LoraConfigArgs = LoraArgs  # the name used in CONTRACTS.md
 
+#: files of which a tokenizer folder holds at least one (fast, slow BPE, WordPiece, sentencepiece)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def check_local_folder(path: str | Path, what: str, files: tuple[str, ...], setting: str) -> None:
+    """Refuse a local folder that is missing or lacks ``files``, before transformers reports it obscurely.
+
+    Why: for a missing folder transformers says ``Repo id must be in the form ...`` (it tries the hub), and
+    for a folder without tokenizer files it asks to install sentencepiece. A name shaped like a hub id
+    (``gpt2``, ``org/model``) whose first part is no local folder is left to transformers' hub cache.
+
+    Args:
+        path: the folder (or hub id).
+        what: what the folder should hold, for the message (``model``, ``tokenizer``).
+        files: file names of which the folder must hold at least one.
+        setting: the option that names the folder, for the message (``model.tokenizer``).
+    """
+    folder = Path(path)
+    if folder.is_dir():
+        if not any((folder / name).is_file() for name in files):
+            raise FileNotFoundError(
+                f"the {what} folder {path} has no {what} files (none of {', '.join(files)}); point {setting} to a "
+                f"folder that has them, or save the {what} into {path}"
+            )
+        return
+    hub_like = _HUB_ID.match(str(path)) and not folder.is_absolute() and not Path(folder.parts[0]).is_dir()
+    if not hub_like:
+        raise FileNotFoundError(
+            f"the {what} folder {path} does not exist (relative to {Path.cwd()}); check {setting}, or run the step "
+            f"that writes it first"
+        )
+
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Load a tokenizer and give it a pad token distinct from EOS where the vocabulary allows.
@@ -110,6 +145,7 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
         path: a Hugging Face folder (or hub id already in the local cache).
         trust_remote_code: allow custom tokenizer code shipped with the folder.
     """
+    check_local_folder(path, "tokenizer", TOKENIZER_FILES, "the tokenizer setting (model.tokenizer)")
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
@@ -150,6 +186,7 @@ def set_dropout(model: nn.Module, dropout: float) -> None:
 
 
 def _load_config(path: str, dropout: float | None, trust_remote_code: bool, **overrides: Any) -> PretrainedConfig:
+    check_local_folder(path, "model", ("config.json",), "the model path")
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     if dropout is not None:
         overrides.update(dropout_overrides(config, dropout))

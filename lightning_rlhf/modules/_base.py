@@ -7,17 +7,23 @@ materialised whole on every rank first.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_rlhf.models import LoraArgs, count_parameters, load_tokenizer
+from lightning_rlhf.models.context import check_context_length
 from lightning_rlhf.models.loading import zero3_loading
 from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
+
+# the typed arguments kept in ``hparams`` (now with real defaults) must unpickle under ``weights_only`` on resume
+torch.serialization.add_safe_globals([LoraArgs, OptimizerArgs])
 
 
 class HFModelModule(LightningModule):
@@ -43,7 +49,7 @@ class HFModelModule(LightningModule):
         dropout: float | None = None,
         torch_dtype: str | None = None,
         trust_remote_code: bool = False,
-        optimizer: OptimizerArgs | None = None,
+        optimizer: OptimizerArgs | None = OptimizerArgs(),
     ) -> None:
         super().__init__()
         built = isinstance(model, nn.Module)
@@ -59,7 +65,7 @@ class HFModelModule(LightningModule):
         self.dropout = dropout
         self.torch_dtype = torch_dtype
         self.trust_remote_code = trust_remote_code
-        self.optimizer_args = optimizer or OptimizerArgs()
+        self.optimizer_args = copy.copy(optimizer or OptimizerArgs())  # the signature's default is shared
         self.model: PreTrainedModel | None = None
 
     @property
@@ -86,6 +92,15 @@ class HFModelModule(LightningModule):
     def build_model(self) -> PreTrainedModel:
         """Load the model; subclasses pick the head."""
         raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        """Refuse, before training, a data ``max_length`` longer than the model's positions."""
+        settings = getattr(getattr(self.trainer, "datamodule", None), "settings", None)
+        max_length = getattr(settings, "max_length", None)
+        if max_length is not None:
+            check_context_length(self.model_path or self._model_in or self.model, max_length,
+                                 f"data.max_length ({max_length})", "data.max_length",
+                                 trust_remote_code=self.trust_remote_code)
 
     def configure_model(self) -> None:
         """Build ``self.model`` once, inside the strategy's (possibly ZeRO-3 sharded) context."""

@@ -10,6 +10,7 @@ The maths lives in :mod:`lightning_rlhf.algorithms`; buffers and forward plumbin
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ from lightning_rlhf.algorithms import (
 )
 from lightning_rlhf.data.datamodule import reshuffled_passes
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
+from lightning_rlhf.models.context import check_context_length
 from lightning_rlhf.models.loading import zero3_loading
 from lightning_rlhf.models.sampling import sampling_from_policy
 from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config, rng_states, set_rng_states
@@ -55,6 +57,10 @@ from lightning_rlhf.modules.rollout import (
 from lightning_rlhf.strategies import MultiEngineBackwardMixin, generation_mode
 
 TaskChecker = Callable[[str, str], bool]
+
+#: DeepSpeed-Chat's learning rates (tuned for 1B+ models); None for either argument means these
+ACTOR_OPTIMIZER = OptimizerArgs(learning_rate=9.65e-6)
+CRITIC_OPTIMIZER = OptimizerArgs(learning_rate=5e-6)
 
 # the typed arguments kept in ``hparams`` must unpickle under ``torch.load(weights_only=True)`` on resume
 torch.serialization.add_safe_globals([GenerationArgs, LoraArgs, OptimizerArgs])
@@ -138,10 +144,10 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         critic_lora: LoraArgs | None = None,
         actor_gradient_checkpointing: bool = False,
         critic_gradient_checkpointing: bool = False,
-        actor_optimizer: OptimizerArgs | None = None,
-        critic_optimizer: OptimizerArgs | None = None,
+        actor_optimizer: OptimizerArgs | None = ACTOR_OPTIMIZER,
+        critic_optimizer: OptimizerArgs | None = CRITIC_OPTIMIZER,
         max_grad_norm: float | None = 1.0,
-        generation: GenerationArgs | None = None,
+        generation: GenerationArgs | None = GenerationArgs(),
         generation_batch_size: int | None = None,
         logprobs_from_generation: bool = True,
         train_batch_size: int = 4,
@@ -169,9 +175,10 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         self.save_hyperparameters()
         self._validate()
         self.automatic_optimization = False
-        self.actor_optimizer = actor_optimizer or OptimizerArgs(learning_rate=9.65e-6)
-        self.critic_optimizer = critic_optimizer or OptimizerArgs(learning_rate=5e-6)
-        self.generation = generation or GenerationArgs()
+        # copies: the defaults in the signature are shared objects (they are there for --print_config to show)
+        self.actor_optimizer = copy.copy(actor_optimizer or ACTOR_OPTIMIZER)
+        self.critic_optimizer = copy.copy(critic_optimizer or CRITIC_OPTIMIZER)
+        self.generation = copy.copy(generation or GenerationArgs())
         # kept as objects: under LightningCLI `self.hparams` holds the parsed config (plain dicts), not these
         self.actor_lora, self.critic_lora = actor_lora, critic_lora
         self.tokenizer = load_tokenizer(tokenizer or actor)
@@ -243,10 +250,22 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
                 lightning_optimizer_config(self.critic, self.critic_optimizer, total, self.trainer)]
 
     def setup(self, stage: str) -> None:
-        """Pick up the task checker of the data module's built-in task, if it has one."""
+        """Pick up the task checker of the data module's built-in task; check that sequences fit the models."""
         task = getattr(getattr(self.trainer, "datamodule", None), "task", None)
         if self.task_checker is None and callable(getattr(task, "check", None)):
             self.task_checker = task.check
+        self.check_context_length()
+
+    def check_context_length(self) -> None:
+        """Refuse, before training, a prompt limit + ``max_new_tokens`` longer than any model's positions."""
+        settings = getattr(getattr(self.trainer, "datamodule", None), "settings", None)
+        prompt = getattr(settings, "max_prompt_length", None)
+        if prompt is None:
+            return  # a foreign data module: :meth:`generate` checks each batch instead
+        hp, new = self.hparams, self.generation.max_new_tokens
+        what = f"data.max_prompt_length ({prompt}) + model.generation.max_new_tokens ({new})"
+        for path in dict.fromkeys(p for p in (hp.actor, hp.reference, hp.critic, hp.reward_model) if p):
+            check_context_length(path, prompt + new, what, "data.max_prompt_length or model.generation.max_new_tokens")
 
     # -- the algorithm --------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
@@ -380,6 +399,11 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         input_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
         tok, prompt_length = self.tokenizer, input_ids.shape[1]
         chunk = self.hparams.generation_batch_size or len(input_ids)
+        new = self.generation.max_new_tokens
+        check_context_length(self.actor, prompt_length + new,
+                             f"the prompt batch ({prompt_length} tokens wide) + "
+                             f"model.generation.max_new_tokens ({new})",
+                             "the prompts or model.generation.max_new_tokens")
         responses, logprobs, entropies = [], [], []
         with generation_mode(self.trainer.strategy, self.actor) as policy, \
                 sampling_from_policy(policy, tok) as stop_ids:

@@ -76,7 +76,7 @@ class RewardModule(HFModelModule):
         dropout: float | None = None,
         torch_dtype: str | None = None,
         trust_remote_code: bool = False,
-        optimizer: OptimizerArgs | None = None,
+        optimizer: OptimizerArgs | None = OptimizerArgs(),
         reward_stats_max_batches: int | None = None,
     ) -> None:
         super().__init__(

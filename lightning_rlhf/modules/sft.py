@@ -43,7 +43,7 @@ class SFTModule(HFModelModule):
         dropout: float | None = None,
         torch_dtype: str | None = None,
         trust_remote_code: bool = False,
-        optimizer: OptimizerArgs | None = None,
+        optimizer: OptimizerArgs | None = OptimizerArgs(),
     ) -> None:
         super().__init__(
             model, tokenizer, lora, gradient_checkpointing, dropout, torch_dtype, trust_remote_code, optimizer

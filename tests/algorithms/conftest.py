@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -35,3 +37,11 @@ def selected(values: torch.Tensor, mask: torch.Tensor) -> list[float]:
             if mask[i, j]:
                 out.append(float(values[i, j]))
     return out
+
+
+@pytest.fixture(scope="session")
+def whiten_worker_output() -> str:
+    """Stdout of ``scripts/whiten_worker.py`` on 2 gloo ranks, launched once for every whitening test."""
+    from tests.helpers.distributed import run_distributed
+
+    return run_distributed(Path(__file__).parent / "scripts" / "whiten_worker.py").stdout

@@ -69,11 +69,6 @@ def test_mask_shape_mismatch_is_named():
 
 
 @pytest.mark.distributed
-def test_whitening_over_the_global_batch_on_two_ranks():
+def test_whitening_over_the_global_batch_on_two_ranks(whiten_worker_output):
     """PPO whitens advantages over every rank's rows (4 sequences per GPU in the OPT-13B example), not per rank."""
-    from pathlib import Path
-
-    from tests.helpers.distributed import run_distributed
-
-    proc = run_distributed(Path(__file__).parent / "scripts" / "whiten_worker.py")
-    assert proc.stdout.count("ok rank") == 2, proc.stdout
+    assert whiten_worker_output.count("ok masked_whiten rank") == 2, whiten_worker_output

@@ -57,7 +57,8 @@ def test_several_sources_are_split_each_and_concatenated(task_tokenizer, tmp_pat
                      eval_fraction=0.0)
     reward.setup()
     # SFT-only records cannot make pairs: dropped from the reward step and counted
-    assert reward.report["tokenized"]["train"] == {"kept": 25, "dropped": {"no preference pair (SFT-only record)": 15}}
+    assert reward.report["tokenized"]["train"] == {"kept": 25, "dropped": {"no preference pair (SFT-only record)": 15},
+                                                  "truncated": 0}
 
 
 def test_skip_counts_bad_records_and_error_names_them(task_tokenizer, tmp_path):
@@ -81,8 +82,8 @@ def test_long_prompts_are_counted_under_both_policies(task_tokenizer, tmp_path):
                      max_prompt_length=32, max_length=48, long_prompt_policy=policy)
         dm.setup()
         counts[policy] = dm.report["tokenized"]["train"]
-    assert counts["drop"] == {"kept": 20, "dropped": {"prompt longer than max_prompt_length": 20}}
-    assert counts["truncate"] == {"kept": 40, "dropped": {}}
+    assert counts["drop"] == {"kept": 20, "dropped": {"prompt longer than max_prompt_length": 20}, "truncated": 0}
+    assert counts["truncate"] == {"kept": 40, "dropped": {}, "truncated": 20}
 
 
 def test_tokenized_data_is_cached_on_disk(task_tokenizer_dir, tmp_path):

@@ -1,0 +1,106 @@
+"""The critic-free policy loss: clipped surrogate (asymmetric ranges), optional KL to the reference, named
+aggregation.
+
+Why one function with names rather than a loss per paper: GRPO, DAPO and Dr. GRPO share the clipped ratio
+and differ only in the clip ranges, the KL term and how tokens are averaged, so those are arguments
+(``clip_range_high``, ``beta``, ``kl_estimator``, ``aggregation``), each drawn from a small mapping.
+
+- KL in the loss: GRPO (Shao et al. 2024, https://arxiv.org/abs/2402.03300, equation 3) adds
+  ``beta * KL_t`` per token with the k3 estimator; ``beta = 0`` (TRL's default and DAPO's) drops it, and
+  then no reference log-probabilities are needed at all.
+- Clip-higher and token-level averaging: DAPO (https://arxiv.org/abs/2503.14476), sections 3.1 and 3.3.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from torch import Tensor
+
+from lightning_rlhf.algorithms.aggregation import get_loss_aggregation
+from lightning_rlhf.algorithms.kl import get_kl_estimator, kl_k3
+from lightning_rlhf.algorithms.losses import clipped_surrogate
+from lightning_rlhf.algorithms.masked import masked_mean
+
+
+class GRPOLossStats(TypedDict):
+    """Detached scalars of one critic-free policy update (token means over the mask)."""
+
+    #: fraction of tokens where the lower clip bound was active (``A < 0``, ratio below ``1 - eps_low``)
+    clipfrac_low: Tensor
+    #: fraction of tokens where the upper clip bound was active (``A > 0``, ratio above ``1 + eps_high``)
+    clipfrac_high: Tensor
+    #: their sum: the fraction of tokens whose clipped term was the active one
+    clipfrac: Tensor
+    #: k3 estimate of ``KL(pi_old || pi)``: how far this update moved the policy
+    approx_kl: Tensor
+    #: mean probability ratio ``pi / pi_old``
+    ratio_mean: Tensor
+    #: mean per-token KL to the reference with the chosen estimator (0 without reference log-probs)
+    kl: Tensor
+
+
+def grpo_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_range_low: float = 0.2,
+    clip_range_high: float = 0.2,
+    aggregation: str = "seq_mean_token_mean",
+    max_tokens: int | None = None,
+    ref_logprobs: Tensor | None = None,
+    beta: float = 0.0,
+    kl_estimator: str = "k3",
+) -> tuple[Tensor, GRPOLossStats]:
+    """``aggregate(max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)) + beta * KL_t)`` over the masked tokens.
+
+    Args:
+        logprobs: ``(batch, seq)`` log-probabilities of the sampled tokens under the current policy
+            (carries the gradient).
+        old_logprobs: ``(batch, seq)`` the same at sampling time.
+        advantages: ``(batch, seq)`` advantages (see :mod:`lightning_rlhf.algorithms.group_advantages`).
+        mask: ``(batch, seq)`` true on the response tokens that count.
+        clip_range_low: ``eps_low`` (0.2 in PPO, GRPO and DAPO).
+        clip_range_high: ``eps_high``; above ``clip_range_low`` is DAPO's clip-higher (0.28 in the paper).
+        aggregation: a name in :data:`~lightning_rlhf.algorithms.aggregation.LOSS_AGGREGATIONS`
+            (``seq_mean_token_mean`` as GRPO, ``token_mean`` as DAPO, ``seq_mean_token_sum_norm`` as Dr. GRPO).
+        max_tokens: the constant normaliser of ``seq_mean_token_sum_norm`` (the generation's
+            ``max_new_tokens``).
+        ref_logprobs: ``(batch, seq)`` log-probabilities under the reference model; required when
+            ``beta > 0``, optional otherwise (then the KL is only reported).
+        beta: coefficient of the per-token KL in the loss; 0 turns the term off.
+        kl_estimator: a name in :data:`~lightning_rlhf.algorithms.kl.KL_ESTIMATORS` (``k3`` as GRPO).
+
+    Returns:
+        ``(loss, stats)``; the loss is a scalar.
+    """
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if beta > 0 and ref_logprobs is None:
+        raise ValueError(f"beta={beta} puts the KL to the reference in the loss, which needs ref_logprobs; "
+                         f"pass the reference model's log-probabilities or set beta=0")
+    shapes = {t.shape for t in (logprobs, old_logprobs, advantages, mask)}
+    if ref_logprobs is not None:
+        shapes.add(ref_logprobs.shape)
+    if len(shapes) != 1:
+        raise ValueError(f"logprobs, old_logprobs, advantages, mask (and ref_logprobs) must share one shape, "
+                         f"got {sorted(tuple(s) for s in shapes)}")
+    aggregate = get_loss_aggregation(aggregation)
+    estimate_kl = get_kl_estimator(kl_estimator)
+    surrogate = clipped_surrogate(logprobs, old_logprobs, advantages, clip_range_low, clip_range_high)
+    per_token = surrogate.loss
+    kl = estimate_kl(logprobs, ref_logprobs) if ref_logprobs is not None else None
+    if kl is not None and beta > 0:
+        per_token = per_token + beta * kl
+    low = masked_mean(surrogate.clipped_low.float(), mask).detach()
+    high = masked_mean(surrogate.clipped_high.float(), mask).detach()
+    stats = GRPOLossStats(
+        clipfrac_low=low,
+        clipfrac_high=high,
+        clipfrac=low + high,
+        approx_kl=masked_mean(kl_k3(old_logprobs, logprobs, clamp=None), mask).detach(),
+        ratio_mean=masked_mean(surrogate.ratio, mask).detach(),
+        kl=masked_mean(kl, mask).detach() if kl is not None else low.new_zeros(()),
+    )
+    return aggregate(per_token, mask, max_tokens), stats

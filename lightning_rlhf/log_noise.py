@@ -1,0 +1,53 @@
+"""Warnings that would otherwise repeat on every step and every rank, shown once.
+
+Why: DeepSpeed's ZeRO-3 calls ``torch.distributed.all_gather_into_tensor`` / ``reduce_scatter_tensor``, which torch
+marks deprecated with a ``FutureWarning`` on every call. Python shows a warning once per place, but every
+``warnings.catch_warnings()`` block (Lightning, transformers and DeepSpeed open many per step) resets that
+memory (the ``once`` action's too), so a 2-rank PPO log was ~40% the same two warnings. Here the text of
+each warning shown is remembered outside the ``warnings`` machinery, and a repeat is not shown again;
+ranks other than 0 skip the known per-call deprecations, whose text rank 0 already prints.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, TextIO
+
+#: warnings that library code under our strategy raises on every call: (message regex, category)
+REPEATED_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    (r"`torch\.distributed\.\w+` is deprecated", FutureWarning),
+)
+
+_shown: set[tuple[str, type[Warning]]] = set()
+
+
+def process_rank() -> int:
+    """This process's global rank from the launcher's environment (0 when not launched distributed)."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def _show_once(show: Any) -> Any:
+    def showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    file: TextIO | None = None, line: str | None = None) -> None:
+        key = (str(message), category)
+        if key in _shown:
+            return
+        _shown.add(key)
+        show(message, category, filename, lineno, file, line)
+
+    showwarning.shows_once = True  # type: ignore[attr-defined]
+    return showwarning
+
+
+def show_repeated_warnings_once() -> None:
+    """Show each warning text once per process, and the per-call deprecations of :data:`REPEATED_WARNINGS`
+    only on rank 0. Idempotent."""
+    if process_rank() != 0:
+        for message, category in REPEATED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+    if not getattr(warnings.showwarning, "shows_once", False):
+        warnings.showwarning = _show_once(warnings.showwarning)

@@ -1,0 +1,47 @@
+"""Where scores come from: reward functions (TRL's signature, by import path), built-in checkers, and a remote
+scorer over HTTP.
+
+Typical use (what GRPO and PPO do each rollout)::
+
+    functions, weights = resolve_reward_functions(["answer_match", "my_pkg.rewards:fmt"], [1.0, 0.5])
+    scores = compute_rewards(functions, weights, prompts, completions, columns={"answer": answers})
+    scores.total            # (batch,) weighted sum, nan where no function applied
+"""
+
+from lightning_rlhf.rewards.builtin import (
+    BUILTIN_REWARD_FUNCTIONS,
+    FormatReward,
+    answer_match,
+    answer_match_shaped,
+    answer_only_format,
+    completion_text,
+    math_verify_match,
+)
+from lightning_rlhf.rewards.remote import RemoteScorer
+from lightning_rlhf.rewards.resolve import RewardSpec, resolve_reward_function, resolve_reward_functions
+from lightning_rlhf.rewards.scoring import (
+    NamedRewardFunction,
+    RewardError,
+    RewardFunction,
+    RewardScores,
+    compute_rewards,
+)
+
+__all__ = [
+    "BUILTIN_REWARD_FUNCTIONS",
+    "FormatReward",
+    "NamedRewardFunction",
+    "RemoteScorer",
+    "RewardError",
+    "RewardFunction",
+    "RewardScores",
+    "RewardSpec",
+    "answer_match",
+    "answer_match_shaped",
+    "answer_only_format",
+    "completion_text",
+    "compute_rewards",
+    "math_verify_match",
+    "resolve_reward_function",
+    "resolve_reward_functions",
+]

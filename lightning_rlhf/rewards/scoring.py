@@ -1,0 +1,184 @@
+"""Calling reward functions with TRL's signature and checking what they return.
+
+Why TRL's convention: ``f(prompts, completions, **columns) -> list[float | None]`` is what the reward
+functions people already have are written for (TRL's ``GRPOTrainer``, open-r1), so they run here
+unchanged. The data record's other columns (``answer``, ``solution``, ...) reach each function by name,
+and ``completion_ids`` (token ids) when the caller has them, as TRL passes. ``None`` means "this function
+does not apply to this row", not zero: it is left out of the weighted sum and counted.
+
+A function that misbehaves fails the step with an error naming the function and the row, never a silent
+zero: a reward that is quietly wrong trains the policy towards the wrong thing for hours.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import torch
+from torch import Tensor
+
+#: what a reward function looks like: ``f(prompts=..., completions=..., **columns) -> list[float | None]``
+RewardFunction = Callable[..., Sequence[Union[float, None]]]
+
+
+class RewardError(RuntimeError):
+    """A reward function or remote scorer failed or returned something unusable; the message names which and
+    the row."""
+
+
+@dataclass(frozen=True)
+class NamedRewardFunction:
+    """A resolved reward function.
+
+    Attributes:
+        name: short name for the curves (``reward/<name>``): the function's ``__name__``.
+        source: where it came from, for errors: the import path, URL or qualified name.
+        function: the callable.
+    """
+
+    name: str
+    source: str
+    function: RewardFunction
+
+
+@dataclass(frozen=True)
+class RewardScores:
+    """The rewards of one batch.
+
+    Attributes:
+        total: ``(batch,)`` weighted sum over the functions that applied to each row; ``nan`` where none did
+            (the estimators in :mod:`lightning_rlhf.algorithms.group_advantages` leave such rows out).
+        per_function: ``(batch, num_functions)`` each function's reward, ``nan`` where it returned ``None``.
+        names: the functions' names, in column order.
+        num_none: per function, how many rows it returned ``None`` for.
+        num_unscored: rows that no function scored.
+    """
+
+    total: Tensor
+    per_function: Tensor
+    names: tuple[str, ...]
+    num_none: tuple[int, ...]
+    num_unscored: int
+
+    def means(self) -> dict[str, float]:
+        """Mean reward of each function over the rows it scored (``nan`` if none), for the curves."""
+        return {name: float(column.nanmean()) for name, column in zip(self.names, self.per_function.T)}
+
+
+def compute_rewards(
+    functions: Sequence[NamedRewardFunction],
+    weights: Sequence[float],
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    columns: Mapping[str, Sequence[Any]] | None = None,
+    completion_ids: Sequence[Sequence[int]] | None = None,
+) -> RewardScores:
+    """Call each reward function on the batch and combine them: ``total = sum_f w_f * r_f`` over the functions
+    that did not return ``None``.
+
+    Args:
+        functions: resolved functions (:func:`resolve_reward_functions`).
+        weights: one weight per function.
+        prompts: the batch's prompts (text, or chat messages), one per row.
+        completions: the sampled completions, one per row, in the prompts' format.
+        columns: the data record's other columns by name, each a sequence with one entry per row.
+        completion_ids: the completions' token ids, passed as ``completion_ids`` as TRL does; ``None`` omits it.
+
+    Returns:
+        :class:`RewardScores`.
+
+    Raises:
+        RewardError: a function raised, returned the wrong number of rewards, ``nan``/``inf`` or a non-number.
+    """
+    batch = len(prompts)
+    kwargs = _call_kwargs(batch, completions, columns, completion_ids)
+    if len(weights) != len(functions):
+        raise ValueError(f"{len(weights)} weights for {len(functions)} reward functions")
+    per_function = torch.full((batch, len(functions)), float("nan"), dtype=torch.float64)
+    for column, function in enumerate(functions):
+        values = _call(function, prompts, kwargs)
+        for row, value in enumerate(_checked(function, values, batch, prompts)):
+            if value is not None:
+                per_function[row, column] = value
+    scored = ~per_function.isnan()
+    weighted = torch.where(scored, per_function * torch.tensor(weights, dtype=torch.float64), 0.0).sum(1)
+    return RewardScores(
+        total=torch.where(scored.any(1), weighted, float("nan")).float(),
+        per_function=per_function.float(),
+        names=tuple(f.name for f in functions),
+        num_none=tuple(int(n) for n in (~scored).sum(0)),
+        num_unscored=int((~scored.any(1)).sum()),
+    )
+
+
+def _call_kwargs(
+    batch: int,
+    completions: Sequence[Any],
+    columns: Mapping[str, Sequence[Any]] | None,
+    completion_ids: Sequence[Sequence[int]] | None,
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"completions": list(completions)}
+    if completion_ids is not None:
+        kwargs["completion_ids"] = list(completion_ids)
+    for name, values in (columns or {}).items():
+        if name in ("prompts", "completions", "completion_ids"):
+            raise ValueError(f"data column {name!r} clashes with the reward-function argument of that name; "
+                             f"rename the column")
+        kwargs[name] = list(values)
+    for name, values in kwargs.items():
+        if len(values) != batch:
+            raise ValueError(f"{name} has {len(values)} entries for a batch of {batch} prompts")
+    return kwargs
+
+
+def _row(prompts: Sequence[Any], row: int) -> str:
+    text = str(prompts[row])
+    return f"row {row} (prompt {text[:60] + ('...' if len(text) > 60 else '')!r})"
+
+
+def _call(function: NamedRewardFunction, prompts: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    try:  # fresh lists per function, so one that edits its arguments cannot change what the next one sees
+        return function.function(prompts=list(prompts), **{name: list(values) for name, values in kwargs.items()})
+    except RewardError:  # already names the function and rows (a remote scorer's errors)
+        raise
+    except Exception as exc:
+        row = _first_failing_row(function, prompts, kwargs)
+        where = _row(prompts, row) if row is not None else f"the batch of {len(prompts)} rows (no row fails alone)"
+        raise RewardError(f"reward function {function.source!r} raised {type(exc).__name__}: {exc} on {where}") \
+            from exc
+
+
+def _first_failing_row(function: NamedRewardFunction, prompts: Sequence[Any], kwargs: Mapping[str, Any]) -> int | None:
+    """Call the function row by row to say which row makes it raise (reward functions are pure checkers)."""
+    for row in range(len(prompts)):
+        try:
+            function.function(prompts=[prompts[row]], **{k: [v[row]] for k, v in kwargs.items()})
+        except Exception:
+            return row
+    return None
+
+
+def _checked(function: NamedRewardFunction, values: Any, batch: int, prompts: Sequence[Any]) -> list[float | None]:
+    if hasattr(values, "tolist"):  # a tensor or numpy array
+        values = values.tolist()
+    if not isinstance(values, Sequence) or isinstance(values, (str, bytes)):
+        raise RewardError(f"reward function {function.source!r} returned a {type(values).__name__}; "
+                          f"return a list with one float (or None) per completion")
+    if len(values) != batch:
+        raise RewardError(f"reward function {function.source!r} returned {len(values)} rewards for {batch} "
+                          f"completions; return one float (or None) per completion")
+    checked: list[float | None] = []
+    for row, value in enumerate(values):
+        if getattr(value, "ndim", None) == 0:  # a 0-d tensor or array, as TRL accepts
+            value = value.item()
+        if value is not None and not isinstance(value, numbers.Real):
+            raise RewardError(f"reward function {function.source!r} returned {value!r} "
+                              f"({type(value).__name__}) for {_row(prompts, row)}; return a float or None")
+        if value is not None and not math.isfinite(value):
+            raise RewardError(f"reward function {function.source!r} returned {value} for {_row(prompts, row)}; "
+                              f"return a finite float, or None where the function does not apply")
+        checked.append(None if value is None else float(value))
+    return checked

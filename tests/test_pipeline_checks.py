@@ -1,0 +1,53 @@
+"""``lightning-rlhf pipeline`` checks every section before training, keeps ``ckpt_path``, and re-running a step
+keeps the earlier results (summary rows of the other steps, the previous export as ``final-vN``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from lightning_rlhf.cli import main
+from tests.test_pipeline import QUICK
+
+NO_BAR = [f"--{s}.trainer.enable_progress_bar=false" for s in ("sft", "reward", "ppo")]
+
+
+def test_a_typo_in_the_ppo_section_is_reported_before_anything_trains(tmp_path):
+    with pytest.raises(ValueError, match=r"the `ppo` section is invalid: Group 'model' does not accept option "
+                                         r"'kl_coeff'. Nothing has been trained"):
+        main(["pipeline", "--output_dir", str(tmp_path / "out"), "--ppo.model.kl_coeff", "0.2"])
+    assert not (tmp_path / "out").exists(), "not even the base model was built"
+
+
+def test_print_config_shows_section_flags_and_ckpt_path(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pipeline", "--print_config", "--ppo.ckpt_path", "/runs/ppo/last.ckpt", "--ppo.model.kl_coef", "0.2"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["ppo"]["ckpt_path"] == "/runs/ppo/last.ckpt"
+    assert printed["ppo"]["model"]["kl_coef"] == 0.2
+    assert printed["ppo"]["model"]["train_batch_size"] == 32, "the rest of the embedded section is kept"
+
+
+def test_a_steps_ckpt_path_reaches_its_fit(tmp_path):
+    missing = tmp_path / "no.ckpt"
+    with pytest.raises(FileNotFoundError, match="no.ckpt"):
+        main(["pipeline", "--output_dir", str(tmp_path), "--steps", "sft", "--tiny.hidden_size", "32",
+              "--evaluate_before", "false", "--sft.ckpt_path", str(missing), *QUICK, *NO_BAR])
+
+
+def test_rerunning_ppo_keeps_the_other_summary_rows_and_the_previous_export(tmp_path):
+    args = ["pipeline", "--output_dir", str(tmp_path), "--tiny.hidden_size", "32", "--evaluate_before", "false",
+            *QUICK, *NO_BAR]
+    main(args)
+    first = json.loads((tmp_path / "summary.json").read_text())
+    first_weights = (tmp_path / "ppo" / "hf" / "final" / "model.safetensors").read_bytes()
+    main([*args, "--steps", "ppo", "--ppo.model.kl_coef", "0.5"])
+    second = json.loads((tmp_path / "summary.json").read_text())
+    assert [row["step"] for row in second] == ["sft", "reward", "ppo"]
+    assert second[:2] == first[:2], "the sft and reward rows are the first run's"
+    assert second[2] != first[2]
+    assert (tmp_path / "ppo" / "hf" / "final-v1" / "model.safetensors").read_bytes() == first_weights
+    assert (tmp_path / "ppo" / "hf" / "final" / "model.safetensors").read_bytes() != first_weights
