@@ -32,13 +32,16 @@ class IterationCheckpoint(ModelCheckpoint):
             ``save_last``, ``save_top_k``, ``monitor``, ...). Without ``dirpath`` checkpoints go to
             ``<trainer.default_root_dir>/checkpoints``: one folder for a run and its resumptions, so a new
             launch with ``ckpt_path="last"`` finds the newest (``ModelCheckpoint`` would use the logger's
-            ``version_N`` folder, which every launch makes anew).
+            ``version_N`` folder, which every launch makes anew). ``save_last`` defaults to True here
+            (None too, as LightningCLI passes it; False: no ``last.ckpt``).
     """
 
     def __init__(self, every_n_iterations: int = 10, filename: str | None = "{epoch}-{iteration}",
                  every_n_epochs: int | None = 0, **kwargs: Any) -> None:
         if every_n_iterations < 1:
             raise ValueError(f"IterationCheckpoint.every_n_iterations must be >= 1, got {every_n_iterations}")
+        if kwargs.get("save_last") is None:  # last.ckpt: what ckpt_path="last" resumes from (False: none)
+            kwargs["save_last"] = True
         super().__init__(filename=filename or "{epoch}-{iteration}", every_n_epochs=every_n_epochs or 0, **kwargs)
         self.every_n_iterations = every_n_iterations
 
