@@ -27,6 +27,7 @@ from typing import Any, Literal, Sequence
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_rlhf.cli import STAGE_CLIS
+from lightning_rlhf.pipeline_resume import bare_resume_flag, finished_step_record, write_step_record
 from lightning_rlhf.strategies.engines import deep_merge
 
 STEPS = ("sft", "reward", "ppo")
@@ -279,9 +280,6 @@ def run_step(config: PipelineConfig, step: str, base: Path) -> StepResult:
     return result
 
 
-STEP_RESULT_FILE = "step_result.json"
-
-
 def run_or_reuse_steps(config: PipelineConfig, steps: Sequence[str], base: Path) -> list[StepResult]:
     """Run the steps, recording each finished one in ``<output_dir>/<step>/step_result.json``.
 
@@ -297,7 +295,8 @@ def run_or_reuse_steps(config: PipelineConfig, steps: Sequence[str], base: Path)
     results: list[StepResult] = []
     reusing = config.resume
     for step in steps:
-        finished = finished_step(config, step) if reusing else None
+        record = finished_step_record(Path(config.output_dir) / step, _export_dir(config, step)) if reusing else None
+        finished = StepResult(**record) if record is not None else None
         if finished is not None:
             rank_zero_info(f"pipeline: --resume: step {step} finished before; reusing {finished.model_dir}")
             results.append(finished)
@@ -307,17 +306,9 @@ def run_or_reuse_steps(config: PipelineConfig, steps: Sequence[str], base: Path)
             keep_previous_export(config, step)
         result = run_step(config, step, base)
         if _is_rank_zero():
-            (Path(config.output_dir) / step / STEP_RESULT_FILE).write_text(json.dumps(asdict(result), indent=2))
+            write_step_record(Path(config.output_dir) / step, asdict(result))
         results.append(result)
     return results
-
-
-def finished_step(config: PipelineConfig, step: str) -> StepResult | None:
-    """The record of ``step`` if an earlier launch finished it (record and export both there), else None."""
-    record = Path(config.output_dir) / step / STEP_RESULT_FILE
-    if not record.is_file() or not (_export_dir(config, step) / "config.json").is_file():
-        return None
-    return StepResult(**json.loads(record.read_text()))
 
 
 def format_summary(results: Sequence[StepResult], output_dir: str) -> str:
@@ -479,20 +470,6 @@ def split_section_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, A
             node = node.setdefault(name, {})
         node[leaf] = yaml.safe_load(value)
     return rest, overrides
-
-
-def bare_resume_flag(argv: Sequence[str]) -> list[str]:
-    """Read a bare ``--resume`` (no value after it) as ``--resume=true``, as a user types it.
-
-    Args:
-        argv: the pipeline's arguments.
-    """
-    values = {"true", "false", "yes", "no", "1", "0", "on", "off"}
-    out = list(argv)
-    for i, arg in enumerate(out):
-        if arg == "--resume" and (i + 1 == len(out) or out[i + 1].lower() not in values):
-            out[i] = "--resume=true"
-    return out
 
 
 def pipeline_main(argv: Sequence[str]) -> list[StepResult] | None:
