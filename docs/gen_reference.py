@@ -52,6 +52,7 @@ SECTIONS: list[tuple[str, list[Entry]]] = [
         Entry("lightning_rlhf.callbacks.export.HFExportCallback", "`export:` of every step (always on)"),
         Entry("lightning_rlhf.callbacks.ema.EMACallback", "`trainer.callbacks` (`class_path` + `init_args`)"),
         Entry("lightning_rlhf.callbacks.samples.SampleLoggingCallback", "`trainer.callbacks`"),
+        Entry("lightning_rlhf.callbacks.checkpoint.IterationCheckpoint", "`trainer.callbacks`"),
     ]),
     ("Pipeline (`lightning-rlhf pipeline`)", [
         Entry("lightning_rlhf.pipeline.PipelineConfig", "top level of the pipeline YAML"),

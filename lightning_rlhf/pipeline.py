@@ -27,6 +27,7 @@ from typing import Any, Literal, Sequence
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_rlhf.cli import STAGE_CLIS
+from lightning_rlhf.pipeline_resume import bare_resume_flag, finished_step_record, write_step_record
 from lightning_rlhf.strategies.engines import deep_merge
 
 STEPS = ("sft", "reward", "ppo")
@@ -92,6 +93,11 @@ class PipelineConfig:
         sft: config of step 1, as for ``lightning-rlhf sft fit`` (``model``, ``data``, ``trainer``, ``export``).
         reward: config of step 2, as for ``lightning-rlhf reward fit``.
         ppo: config of step 3, as for ``lightning-rlhf ppo fit``.
+        resume: continue an interrupted pipeline in ``output_dir``: the finished steps at the start
+            (those with ``<step>/step_result.json``) are skipped and reused; the first unfinished step
+            resumes from its newest ``last*.ckpt`` (``fit(ckpt_path="last")``: a checkpoint callback in its
+            ``trainer.callbacks``, e.g. ``IterationCheckpoint``), or starts over without one; later
+            steps run.
     """
 
     output_dir: str = "runs/pipeline"
@@ -106,6 +112,7 @@ class PipelineConfig:
     sft: dict[str, Any] = field(default_factory=dict)
     reward: dict[str, Any] = field(default_factory=dict)
     ppo: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
 
 
 @dataclass
@@ -258,7 +265,8 @@ def run_step(config: PipelineConfig, step: str, base: Path) -> StepResult:
     if stats is not None:
         stats.reset()  # count the switch during fit only, not the validation passes around it
     fit_start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=getattr(config, step).get("ckpt_path"))
+    ckpt_path = getattr(config, step).get("ckpt_path") or ("last" if config.resume else None)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - fit_start
     generation = asdict(stats) if stats is not None and stats.calls else None
     after = _metrics(trainer.validate(module, datamodule=data, verbose=False), step)
@@ -270,6 +278,37 @@ def run_step(config: PipelineConfig, step: str, base: Path) -> StepResult:
     changes = ", ".join(f"{k} {before.get(k, float('nan')):.4g} -> {v:.4g}" for k, v in after.items())
     rank_zero_info(f"pipeline: step {step} done in {result.total_seconds:.0f}s ({changes}); model: {result.model_dir}")
     return result
+
+
+def run_or_reuse_steps(config: PipelineConfig, steps: Sequence[str], base: Path) -> list[StepResult]:
+    """Run the steps, recording each finished one in ``<output_dir>/<step>/step_result.json``.
+
+    With ``config.resume``, the finished steps at the start are not run again: their record and export are
+    reused. Once a step runs, every later step runs too (their old records describe models trained from an
+    earlier input).
+
+    Args:
+        config: the pipeline settings.
+        steps: the steps to run, in order.
+        base: the starting model folder.
+    """
+    results: list[StepResult] = []
+    reusing = config.resume
+    for step in steps:
+        record = finished_step_record(Path(config.output_dir) / step, _export_dir(config, step)) if reusing else None
+        finished = StepResult(**record) if record is not None else None
+        if finished is not None:
+            rank_zero_info(f"pipeline: --resume: step {step} finished before; reusing {finished.model_dir}")
+            results.append(finished)
+            continue
+        reusing = False
+        if _is_rank_zero():
+            keep_previous_export(config, step)
+        result = run_step(config, step, base)
+        if _is_rank_zero():
+            write_step_record(Path(config.output_dir) / step, asdict(result))
+        results.append(result)
+    return results
 
 
 def format_summary(results: Sequence[StepResult], output_dir: str) -> str:
@@ -319,11 +358,7 @@ def run_pipeline(config: PipelineConfig) -> list[StepResult]:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = prepare_base_model(config)
-    results = []
-    for step in steps:
-        if _is_rank_zero():
-            keep_previous_export(config, step)
-        results.append(run_step(config, step, base))
+    results = run_or_reuse_steps(config, steps, base)
     summary = format_summary(results, config.output_dir)
     if _is_rank_zero():
         print("\n" + summary, flush=True)
@@ -443,7 +478,7 @@ def pipeline_main(argv: Sequence[str]) -> list[StepResult] | None:
     Args:
         argv: the arguments after ``pipeline``.
     """
-    argv, overrides = split_section_overrides(argv)
+    argv, overrides = split_section_overrides(bare_resume_flag(argv))
     if not any(a == "--config" or a.startswith("--config=") for a in argv):
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
     print_config = [a for a in argv if a.split("=")[0] == "--print_config"]

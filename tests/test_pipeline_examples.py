@@ -56,3 +56,5 @@ def test_example_pipeline_parses_and_each_step_validates(path, tmp_path):
 def test_the_opt_13b_ppo_step_config_parses():
     parsed = parse_only("ppo", yaml.safe_load((EXAMPLES / "opt_13b_8gpu" / "ppo.yaml").read_text()))
     assert parsed.trainer.strategy.init_args.inference_tp_size == 2
+    checkpoint = parsed.trainer.callbacks[0]
+    assert checkpoint.class_path == "lightning_rlhf.callbacks.IterationCheckpoint", "the long run can resume"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -28,15 +29,33 @@ class IterationCheckpoint(ModelCheckpoint):
         filename: checkpoint file name template; ``{iteration}`` is the iteration count.
         every_n_epochs: also save at the end of every this many epochs (0: only by iteration).
         **kwargs: any other :class:`~lightning.pytorch.callbacks.ModelCheckpoint` argument (``dirpath``,
-            ``save_last``, ``save_top_k``, ``monitor``, ...).
+            ``save_last``, ``save_top_k``, ``monitor``, ...). Without ``dirpath`` checkpoints go to
+            ``<trainer.default_root_dir>/checkpoints``: one folder for a run and its resumptions, so a new
+            launch with ``ckpt_path="last"`` finds the newest (``ModelCheckpoint`` would use the logger's
+            ``version_N`` folder, which every launch makes anew). ``save_last`` defaults to True here
+            (None too, as LightningCLI passes it; False: no ``last.ckpt``).
     """
 
     def __init__(self, every_n_iterations: int = 10, filename: str | None = "{epoch}-{iteration}",
                  every_n_epochs: int | None = 0, **kwargs: Any) -> None:
         if every_n_iterations < 1:
             raise ValueError(f"IterationCheckpoint.every_n_iterations must be >= 1, got {every_n_iterations}")
+        if kwargs.get("save_last") is None:  # last.ckpt: what ckpt_path="last" resumes from (False: none)
+            kwargs["save_last"] = True
         super().__init__(filename=filename or "{epoch}-{iteration}", every_n_epochs=every_n_epochs or 0, **kwargs)
         self.every_n_iterations = every_n_iterations
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._default_dirpath(trainer)
+        super().setup(trainer, pl_module, stage)
+
+    def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+        self._default_dirpath(trainer)  # ckpt_path="last" looks here before setup()
+        return super()._find_last_checkpoints(trainer)
+
+    def _default_dirpath(self, trainer: Trainer) -> None:
+        if self.dirpath is None:
+            self.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
         """Save when the iteration count reaches a multiple of ``every_n_iterations``."""

@@ -22,6 +22,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lightning_rlhf.data.collate import COLLATORS
 from lightning_rlhf.data.records import OnBadRecord
+from lightning_rlhf.data.resumable import DataPosition, ResumableDataLoader
 from lightning_rlhf.data.sources import SourceReport, load_records
 from lightning_rlhf.data.split import STAGES, split_indices
 from lightning_rlhf.data.task import SyntheticTask
@@ -111,6 +112,7 @@ class PreferenceDataModule(LightningDataModule):
         self._task = task
         self.datasets: dict[str, Any] = {}
         self.report: dict[str, Any] = {}
+        self.train_position = DataPosition()
 
     # -- public helpers --------------------------------------------------------------------------
     @property
@@ -231,18 +233,38 @@ class PreferenceDataModule(LightningDataModule):
         return kept.remove_columns("truncated")
 
     # -- loaders -----------------------------------------------------------------------------------
-    def _loader(self, name: str, batch_size: int, shuffle: bool, stage: str, sampler: Any = None) -> DataLoader:
+    def _loader(self, name: str, batch_size: int, shuffle: bool, stage: str, sampler: Any = None,
+                loader_class: type[DataLoader] = DataLoader, **kwargs: Any) -> DataLoader:
         if name not in self.datasets:
             self.setup()
-        return DataLoader(
+        return loader_class(
             self.datasets[name], batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
             collate_fn=COLLATORS[stage](self.pad_id), num_workers=self.hparams.num_workers,
             generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle and sampler is None else None,
+            **kwargs,
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Training batches of this step (Lightning adds the distributed sampler)."""
-        return self._loader("train", self.hparams.batch_size, True, self.stage)
+        """Training batches of this step (Lightning adds the distributed sampler).
+
+        The loader saves its place in the epoch in checkpoints, so a run resumed mid-epoch goes on with the
+        next batch instead of replaying the epoch (:class:`~lightning_rlhf.data.resumable.ResumableDataLoader`).
+        """
+        return self._loader("train", self.hparams.batch_size, True, self.stage, loader_class=ResumableDataLoader,
+                            position=self.train_position, epoch_length=self._training_batches_per_epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's place in its epoch (Lightning stores it in every checkpoint)."""
+        return {"train_position": self.train_position.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Start the training loader where a checkpoint's :meth:`state_dict` says."""
+        self.train_position.load_state_dict(state_dict.get("train_position", {}))
+
+    def _training_batches_per_epoch(self) -> float:
+        """Batches the trainer takes per epoch (``limit_train_batches`` applied); inf without a trainer."""
+        trainer = self.trainer
+        return trainer.num_training_batches if trainer is not None else float("inf")
 
     def val_dataloader(self) -> DataLoader:
         """Held-out batches of this step (for PPO: held-out prompts)."""

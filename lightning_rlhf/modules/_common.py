@@ -162,3 +162,22 @@ def lightning_optimizer_config(
     allow_fused = fused_adamw_allowed(trainer) if trainer is not None else True
     optimizer, scheduler = build_optimizer(model, args, total_steps, allow_fused)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's torch RNG states (CPU, and every CUDA device's when there is one), for a checkpoint.
+
+    Tensors only, so a checkpoint loaded with ``torch.load(weights_only=True)`` keeps them.
+    """
+    states: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Set what :func:`rng_states` returned (CUDA states only when this process sees as many devices)."""
+    torch.set_rng_state(states["torch"])
+    cuda = states.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)

@@ -41,7 +41,7 @@ from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load
 from lightning_rlhf.models.context import check_context_length
 from lightning_rlhf.models.loading import zero3_loading
 from lightning_rlhf.models.sampling import sampling_from_policy
-from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
+from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config, rng_states, set_rng_states
 from lightning_rlhf.modules.ppo_config import GenerationArgs
 from lightning_rlhf.modules.ppo_logging import PPO_TAGS, log_iteration, log_samples, reduce_metrics
 from lightning_rlhf.modules.rollout import (
@@ -81,7 +81,8 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
 
     Manual optimization: every optimizer step of either model advances ``trainer.global_step`` (one PPO
     iteration is ``2 * ppo_epochs * ceil(buffer / train_batch_size)`` steps, plus one with ptx), so bound a
-    run by PPO iterations with ``max_epochs`` / ``limit_train_batches``; curves are logged against the
+    run by PPO iterations with ``max_epochs`` / ``limit_train_batches``, checkpoint it by iteration with
+    :class:`~lightning_rlhf.callbacks.IterationCheckpoint`; curves are logged against the
     iteration (batch) count; set ``log_every_n_steps=1`` to record every point. Learning-rate schedules
     step once per PPO iteration.
 
@@ -467,9 +468,13 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
 
     # -- checkpoint state beyond the weights ------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the KL coefficient and the mini-batch shuffle state."""
+        """Save the KL coefficient, the mini-batch shuffle state and the sampling RNG (rank 0's).
+
+        With the data position the loader saves, a run resumed from an iteration's checkpoint draws the same
+        rollouts as the uninterrupted run would have (on one rank, same threads: the same curve).
+        """
         checkpoint["ppo_state"] = {"kl_controller": self.kl_controller.state_dict(),
-                                   "shuffle_rng": self._shuffle.get_state()}
+                                   "shuffle_rng": self._shuffle.get_state(), "rng": rng_states()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore what :meth:`on_save_checkpoint` saved."""
@@ -477,7 +482,14 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         if state is not None:
             self.kl_controller.load_state_dict(state["kl_controller"])
             self._shuffle.set_state(state["shuffle_rng"])
+            self._rng_to_restore = state.get("rng")
             rank_zero_info(f"PPOModule: restored KL coefficient {self.kl_controller.value:.6g}")
+
+    def on_train_start(self) -> None:
+        """Set the sampling RNG a checkpoint saved, now that model building and engine setup are done."""
+        if getattr(self, "_rng_to_restore", None) is not None:
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
 
 
 __all__ = ["GenerationArgs", "PPOModule", "PPO_TAGS"]

@@ -18,7 +18,7 @@ def test_ppo_checkpoints_fall_every_n_iterations_in_every_epoch(tmp_path, ppo_pa
     trainer.fit(make_module(ppo_paths, ppo_epochs=1), datamodule=make_data(ppo_paths))
     assert trainer.global_step == 4 * 4, "4 optimizer steps per PPO iteration (2 mini-batches x actor + critic)"
     names = sorted(p.name for p in (tmp_path / "ckpt").glob("*.ckpt"))
-    assert names == ["epoch=0-iteration=2.ckpt", "epoch=1-iteration=4.ckpt"], "one in each epoch"
+    assert names == ["epoch=0-iteration=2.ckpt", "epoch=1-iteration=4.ckpt", "last.ckpt"], "one in each epoch"
     state = torch.load(tmp_path / "ckpt" / "epoch=1-iteration=4.ckpt", weights_only=False)
     assert state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["ready"] == 4
     assert state["global_step"] == 4 * 4
@@ -34,4 +34,4 @@ def test_a_checkpoint_callback_on_the_command_line_turns_checkpointing_on(tiny_m
                                   "--trainer.callbacks.every_n_iterations=1",
                                   f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}")])
     assert cli.trainer.checkpoint_callback is not None
-    assert [p.name for p in (tmp_path / "ckpt").glob("*.ckpt")] == ["epoch=0-iteration=1.ckpt"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("*.ckpt")) == ["epoch=0-iteration=1.ckpt", "last.ckpt"]
