@@ -33,14 +33,31 @@ from lightning_rlhf.algorithms.losses import (
     pairwise_reward_loss,
 )
 from lightning_rlhf.algorithms.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from lightning_rlhf.algorithms.preference import (
+    PREFERENCE_LOSSES,
+    PreferenceLoss,
+    PreferenceStats,
+    get_preference_loss,
+    hinge_loss,
+    implicit_rewards,
+    ipo_loss,
+    preference_loss,
+    response_token_mask,
+    sequence_logprobs,
+    sigmoid_loss,
+    simpo_loss,
+)
 
 __all__ = [
     "KL_ESTIMATORS",
+    "PREFERENCE_LOSSES",
     "AdaptiveKLController",
     "FixedKLController",
     "KLController",
     "PairwiseLossStats",
     "PolicyLossStats",
+    "PreferenceLoss",
+    "PreferenceStats",
     "RewardStats",
     "ValueLossStats",
     "causal_lm_loss",
@@ -50,6 +67,10 @@ __all__ = [
     "explained_variance",
     "generalized_advantage_estimation",
     "get_kl_estimator",
+    "get_preference_loss",
+    "hinge_loss",
+    "implicit_rewards",
+    "ipo_loss",
     "kl_k1",
     "kl_k2",
     "kl_k3",
@@ -61,5 +82,10 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "pairwise_reward_loss",
+    "preference_loss",
     "process_scores",
+    "response_token_mask",
+    "sequence_logprobs",
+    "sigmoid_loss",
+    "simpo_loss",
 ]
