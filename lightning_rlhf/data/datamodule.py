@@ -29,6 +29,9 @@ from lightning_rlhf.data.tokenization import Encoder, LongPromptPolicy, Stage, T
 
 TASK_SOURCE = "<synthetic task>"
 _KEEP_COLUMNS = {"prompt", "source", "record"}
+#: part of the tokenized-data cache key; bump it when what the encoder writes changes, so no stale cache is read
+#: (2: reward examples carry ``prompt_length``)
+_ENCODING_VERSION = 2
 
 
 class PreferenceDataModule(LightningDataModule):
@@ -184,7 +187,7 @@ class PreferenceDataModule(LightningDataModule):
             self.report["tokenized"][name] = {"kept": 0, "dropped": {}}
             return []
         table = datasets.Dataset.from_list(records)
-        key = Hasher.hash([table._fingerprint, stage, self.settings, Hasher.hash(self.tokenizer)])
+        key = Hasher.hash([table._fingerprint, stage, self.settings, Hasher.hash(self.tokenizer), _ENCODING_VERSION])
         cache = Path(self.hparams.cache_dir or datasets.config.HF_DATASETS_CACHE) / "lightning_rlhf"
         cache.mkdir(parents=True, exist_ok=True)
         encoded = table.map(

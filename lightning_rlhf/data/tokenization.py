@@ -132,7 +132,9 @@ class Encoder:
             out["prompt_length"] = len(prompt_ids)
         elif stage == "reward":
             if record.get("chosen") is None or record.get("rejected") is None:
-                return {"drop_reason": DROP_NO_PAIR, "chosen_input_ids": [], "rejected_input_ids": []}
+                return {"drop_reason": DROP_NO_PAIR, "chosen_input_ids": [], "rejected_input_ids": [],
+                        "prompt_length": 0}
+            out["prompt_length"] = len(prompt_ids)  # shared by both responses; DPO scores only what follows it
             out["chosen_input_ids"] = self.full(prompt_ids, record["chosen"])
             out["rejected_input_ids"] = self.full(prompt_ids, record["rejected"])
             if not out["drop_reason"] and out["chosen_input_ids"] == out["rejected_input_ids"]:
