@@ -9,7 +9,8 @@ log-probs come from (policy, reference) and logs.
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -274,14 +275,12 @@ class DPOModule(HFModelModule):
             self.reference_cache.load_state_dict(checkpoint[_CACHE_KEY])
 
 
-class _eval_mode:
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode for the block (no dropout in reference passes), the previous mode restored after."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.model.train(self.was_training)
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
