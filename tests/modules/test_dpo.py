@@ -99,7 +99,8 @@ def test_precomputed_reference_trains_exactly_as_a_reference_copy(tmp_path):
         module = DPOModule(str(tiny_folder(tmp_path)), optimizer=OptimizerArgs(learning_rate=1e-2),
                            precompute_reference=precompute)
         recorder = LossRecorder()
-        _trainer(tmp_path, max_steps=5, limit_val_batches=0, callbacks=[recorder]).fit(module, datamodule=_data(tmp_path))
+        trainer = _trainer(tmp_path, max_steps=5, limit_val_batches=0, callbacks=[recorder])
+        trainer.fit(module, datamodule=_data(tmp_path))
         runs[precompute] = recorder.losses
     assert runs[True] == pytest.approx(runs[False], abs=1e-6)
 

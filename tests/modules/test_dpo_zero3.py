@@ -25,7 +25,8 @@ def test_zero3_two_processes_train_dpo_and_export_the_policy(tmp_path, mode):
         assert result["policy"]["shard_numel"] <= (result["policy"]["full_numel"] + result["policy"]["count"]) / 2
         if mode == "model":  # the frozen reference is partitioned like the policy: each rank owns half of it
             reference = result["reference"]
-            assert reference["partitioned"] and reference["shard_numel"] <= (reference["full_numel"] + reference["count"]) / 2
+            assert reference["partitioned"]
+            assert reference["shard_numel"] <= (reference["full_numel"] + reference["count"]) / 2
             assert reference["full_numel"] == result["policy"]["full_numel"]
         else:
             assert result["reference"] is None

@@ -45,7 +45,8 @@ class Inspect(Callback):
         self.losses.append(float(outputs["loss"]))
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        result = {"rank": trainer.global_rank, "world_size": trainer.world_size, "policy": _partitioned(pl_module.model),
+        result = {"rank": trainer.global_rank, "world_size": trainer.world_size,
+                  "policy": _partitioned(pl_module.model),
                   "reference": _partitioned(pl_module.reference) if pl_module.reference is not None else None,
                   "cache_size": len(pl_module.reference_cache), "losses": self.losses,
                   "global_step": trainer.global_step}
