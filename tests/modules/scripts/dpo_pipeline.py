@@ -31,11 +31,12 @@ ppo_pipeline = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ppo_pipeline)
 
 #: the DPO settings of the learning test (measured: see tests/modules/test_dpo_pipeline.py); a full epoch at 1e-3
-#: over-optimised (held-out pair accuracy 0.87 but task success 0.43 -> 0.22: both responses' log-probs fell)
-TINY_DPO = dict(beta=0.1, optimizer=OptimizerArgs(learning_rate=3e-4, warmup_steps=5, scheduler="constant"))
+#: over-optimised (held-out pair accuracy 0.87 but task success 0.43 -> 0.22: both responses' log-probs fell), and
+#: beta 0.1 at this rate from a weaker SFT start (6 epochs, success 0.32) left one seed of three at 0.01
+TINY_DPO = dict(beta=0.5, optimizer=OptimizerArgs(learning_rate=3e-4, warmup_steps=5, scheduler="constant"))
 DPO_EPOCHS = 1
 DPO_STEPS = 40
-SFT_EPOCHS = 6
+SFT_EPOCHS = 8
 
 
 @torch.no_grad()
