@@ -1,15 +1,15 @@
 """DPO's learning claim on the built-in task: tokenizer -> tiny llama -> SFT -> DPO lifts held-out task success.
 
-The same run as ``python tests/modules/scripts/dpo_pipeline.py OUTDIR`` (prints every number).
+The same run as ``PYTHONPATH=. python tests/modules/scripts/dpo_pipeline.py OUTDIR`` (prints every number).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.scripts import load_script
 from tests.helpers.seeds import SEEDS, median_over_seeds
 
 SCRIPT = Path(__file__).parent / "scripts" / "dpo_pipeline.py"
@@ -17,13 +17,6 @@ SCRIPT = Path(__file__).parent / "scripts" / "dpo_pipeline.py"
 #: thresholds set from the measured seed spread (see the test's docstring)
 MIN_SUCCESS_LIFT = 0.1
 MIN_PAIR_ACCURACY = 0.75
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("dpo_pipeline", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -36,7 +29,7 @@ def test_dpo_lifts_heldout_task_success_above_sft(tmp_path):
     held-out pair accuracy 0.867 / 0.860 / 0.847. The thresholds are half the worst seed's lift and 0.1 under
     its accuracy. At beta 0.1, lr 1e-4 the lifts were +0.20 / +0.23 / +0.17.
     """
-    script = load_script()
+    script = load_script(SCRIPT)
     sft = script.run_sft(tmp_path)
     runs = {seed: script.run_dpo(sft, tmp_path / f"seed{seed}", seed) for seed in SEEDS}
     before = runs[SEEDS[0]]["success_before"]

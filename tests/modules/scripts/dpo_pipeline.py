@@ -1,6 +1,7 @@
 """DPO on the built-in addition task: tokenizer -> tiny llama -> SFT -> DPO, held-out task success before and after.
 
-Usage: python tests/modules/scripts/dpo_pipeline.py OUTDIR [--seeds 0,1,2] [--overrides JSON]
+Usage (from the repository root): PYTHONPATH=. python tests/modules/scripts/dpo_pipeline.py OUTDIR [--seeds 0,1,2]
+[--lr LR] [--max-steps N] [--overrides JSON]
 
 SFT is the PPO pipeline's (``ppo_pipeline.py``); DPO trains on the reward part's pairs and is judged, like PPO,
 by greedy answers to the held-out prompts of the PPO part (the task's checker), which no step trained on.
@@ -9,7 +10,6 @@ by greedy answers to the held-out prompts of the PPO part (the task's checker), 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -26,9 +26,9 @@ from lightning_rlhf.data.task import default_task
 from lightning_rlhf.models import load_tokenizer
 from lightning_rlhf.modules import DPOModule, OptimizerArgs
 
-_spec = importlib.util.spec_from_file_location("ppo_pipeline", Path(__file__).parent / "ppo_pipeline.py")
-ppo_pipeline = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ppo_pipeline)
+from tests.helpers.scripts import load_script
+
+ppo_pipeline = load_script(Path(__file__).parent / "ppo_pipeline.py")
 
 #: the DPO settings of the learning test (measured: see tests/modules/test_dpo_pipeline.py); a full epoch at 1e-3
 #: over-optimised (held-out pair accuracy 0.87 but task success 0.43 -> 0.22: both responses' log-probs fell), and
