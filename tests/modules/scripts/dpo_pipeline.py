@@ -4,7 +4,8 @@ Usage (from the repository root): PYTHONPATH=. python tests/modules/scripts/dpo_
 [--lr LR] [--max-steps N] [--overrides JSON]
 
 SFT is the PPO pipeline's (``ppo_pipeline.py``); DPO trains on the reward part's pairs and is judged, like PPO,
-by greedy answers to the held-out prompts of the PPO part (the task's checker), which no step trained on.
+by greedy answers to the held-out records of the PPO part (the task's checker). The task has 100 distinct prompts,
+so the same prompt texts occur in training too, as in PPO's validation.
 """
 
 from __future__ import annotations
