@@ -30,11 +30,12 @@ SECTIONS: list[tuple[str, list[Entry]]] = [
         Entry("lightning_rlhf.modules.reward.RewardModule",
               "`model:` of `lightning-rlhf reward`, pipeline section `reward.model`"),
         Entry("lightning_rlhf.modules.ppo.PPOModule", "`model:` of `lightning-rlhf ppo`, pipeline section `ppo.model`"),
+        Entry("lightning_rlhf.modules.dpo.DPOModule", "`model:` of `lightning-rlhf dpo`, pipeline section `dpo.model`"),
     ]),
     ("Nested settings", [
         Entry("lightning_rlhf.modules._common.OptimizerArgs",
-              "`model.optimizer` (SFT, reward), `model.actor_optimizer` / `model.critic_optimizer` (PPO)"),
-        Entry("lightning_rlhf.models.loading.LoraArgs", "`model.lora` (SFT, reward), `model.actor_lora` / "
+              "`model.optimizer` (SFT, reward, DPO), `model.actor_optimizer` / `model.critic_optimizer` (PPO)"),
+        Entry("lightning_rlhf.models.loading.LoraArgs", "`model.lora` (SFT, reward, DPO), `model.actor_lora` / "
               "`model.critic_lora` (PPO)"),
         Entry("lightning_rlhf.modules.ppo_config.GenerationArgs", "`model.generation` (PPO)"),
     ]),

@@ -5,6 +5,7 @@
     lightning-rlhf sft fit --config sft.yaml          # step 1: SFTModule + PreferenceDataModule
     lightning-rlhf reward fit --config reward.yaml    # step 2: RewardModule
     lightning-rlhf ppo fit --config ppo.yaml          # step 3: PPOModule
+    lightning-rlhf dpo fit --config dpo.yaml          # step 2': DPOModule (instead of reward + PPO)
     lightning-rlhf pipeline [--config pipeline.yaml] [--steps sft,reward,ppo]
     lightning-rlhf generate runs/pipeline/ppo/hf/final [--prompts prompts.jsonl]   # answers, as trained
 
@@ -37,11 +38,12 @@ from lightning_rlhf.callbacks.export import HFExportCallback
 from lightning_rlhf.data import PreferenceDataModule
 from lightning_rlhf.log_noise import show_repeated_warnings_once
 
-USAGE = """usage: lightning-rlhf {sft,reward,ppo,pipeline,generate} ... | --version
+USAGE = """usage: lightning-rlhf {sft,reward,ppo,dpo,pipeline,generate} ... | --version
 
   sft {fit,validate} [--config FILE] [...]                  step 1: supervised fine-tuning
   reward {fit,validate} [--config FILE] [...]               step 2: reward model
   ppo {fit,validate} [--config FILE] [...]                  step 3: PPO
+  dpo {fit,validate} [--config FILE] [...]                  step 2': DPO (and IPO, SLiC, SimPO) on pairs
   pipeline [--config FILE] [--steps sft,reward,ppo] [...]   steps 1 -> 2 -> 3, each feeding the next
   generate MODEL_DIR [--prompts FILE.jsonl] [...]           answers from an exported model (stdin if no file)
 
@@ -53,7 +55,7 @@ def stage_trainer_defaults(stage: str) -> dict[str, Any]:
     """Trainer defaults of one step: logs and exports under ``runs/<stage>``, one epoch, CPU friendly.
 
     Args:
-        stage: ``sft``, ``reward`` or ``ppo``.
+        stage: ``sft``, ``reward``, ``ppo`` or ``dpo``.
     """
     return {
         "default_root_dir": f"runs/{stage}",
@@ -75,7 +77,8 @@ def _tokenizer_source(model: Any, tokenizer: Any) -> Any:
 class StageCLI(LightningCLI):
     """LightningCLI over one step's module and :class:`~lightning_rlhf.data.PreferenceDataModule`.
 
-    Subclasses set :attr:`stage`, :attr:`model_path_arg` and :meth:`module_class`.
+    Subclasses set :attr:`stage`, :attr:`model_path_arg` and :meth:`module_class` (and :attr:`data_stage` when
+    the step reads another step's batches).
 
     Args:
         args: command-line arguments (list), or a config ``dict`` / ``Namespace`` (None: ``sys.argv``).
@@ -85,6 +88,7 @@ class StageCLI(LightningCLI):
     """
 
     stage: ClassVar[str] = ""
+    data_stage: ClassVar[str | None] = None  # the data module's stage (None: ``stage``)
     model_path_arg: ClassVar[str] = "model"
     export_model_attr: ClassVar[str | None] = None
 
@@ -137,7 +141,7 @@ class StageCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Add the ``export`` callback section, fix ``data.stage`` and link the tokenizer to the data module."""
         parser.add_lightning_class_args(HFExportCallback, "export")
-        defaults: dict[str, Any] = {"data.stage": self.stage}
+        defaults: dict[str, Any] = {"data.stage": self.batch_stage()}
         if self.export_model_attr is not None:
             defaults["export.model_attr"] = self.export_model_attr
         parser.set_defaults(defaults)
@@ -157,14 +161,19 @@ class StageCLI(LightningCLI):
         """Refuse a data ``stage`` that is not this step's (it would feed the wrong batch format); turn
         checkpointing on when the config adds a checkpoint callback (the default is off)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        stage = config.data.stage
-        if stage != self.stage:
+        stage, wanted = config.data.stage, self.batch_stage()
+        if stage != wanted:
             raise ValueError(
-                f"`lightning-rlhf {self.stage}` feeds {self.stage!r} batches, but data.stage is {stage!r}; "
-                f"remove data.stage from the config or set it to {self.stage!r}"
+                f"`lightning-rlhf {self.stage}` feeds {wanted!r} batches, but data.stage is {stage!r}; "
+                f"remove data.stage from the config or set it to {wanted!r}"
             )
         if config.trainer.enable_checkpointing is False and _adds_checkpoint_callback(config.trainer.callbacks):
             config.trainer.enable_checkpointing = True
+
+    @classmethod
+    def batch_stage(cls) -> str:
+        """The ``PreferenceDataModule`` stage whose batches this step reads."""
+        return cls.data_stage or cls.stage
 
 
 def _adds_checkpoint_callback(callbacks: Any) -> bool:
@@ -249,7 +258,21 @@ class PPOCLI(StageCLI):
         return PPOModule
 
 
-STAGE_CLIS: dict[str, type[StageCLI]] = {"sft": SFTCLI, "reward": RewardCLI, "ppo": PPOCLI}
+class DPOCLI(StageCLI):
+    """``lightning-rlhf dpo``: :class:`~lightning_rlhf.modules.dpo.DPOModule` (step 2') on the reward step's pairs."""
+
+    stage = "dpo"
+    data_stage = "reward"
+    model_path_arg = "model"
+
+    @classmethod
+    def module_class(cls) -> type[LightningModule]:
+        from lightning_rlhf.modules.dpo import DPOModule
+
+        return DPOModule
+
+
+STAGE_CLIS: dict[str, type[StageCLI]] = {"sft": SFTCLI, "reward": RewardCLI, "ppo": PPOCLI, "dpo": DPOCLI}
 
 
 def adapt_deepspeed_launcher(argv: Sequence[str], environ: MutableMapping[str, str]) -> list[str]:
@@ -311,8 +334,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
         return generate_main(rest)
     if command not in STAGE_CLIS:
         print(USAGE, file=sys.stderr)
-        raise SystemExit(f"lightning-rlhf: unknown command {command!r}; choose one of sft, reward, ppo, pipeline, "
-                         f"generate")
+        raise SystemExit(f"lightning-rlhf: unknown command {command!r}; choose one of sft, reward, ppo, dpo, "
+                         f"pipeline, generate")
     return STAGE_CLIS[command](args=rest)
 
 

@@ -3,7 +3,8 @@
 What DeepSpeed-Chat's ``e2e_rlhf.py`` does with three shell scripts, done here in one process per rank
 with the same LightningCLI classes as ``lightning-rlhf sft|reward|ppo fit``: the ``sft``, ``reward`` and
 ``ppo`` sections of the pipeline config are exactly those commands' configs, and the pipeline only fills
-in what connects them (model folders, output folders, the shared ``data`` section, the seed).
+in what connects them (model folders, output folders, the shared ``data`` section, the seed). ``--steps sft,dpo``
+runs DeepSpeed-Chat's other route: SFT, then DPO on the reward part's pairs (``lightning-rlhf dpo fit``).
 
 For every step it validates before training (so the summary shows a baseline), fits, validates again,
 and records the time and the exported folder (``<output_dir>/<step>/hf/final``). At the end it prints a
@@ -30,7 +31,7 @@ from lightning_rlhf.cli import STAGE_CLIS
 from lightning_rlhf.pipeline_resume import bare_resume_flag, finished_step_record, write_step_record
 from lightning_rlhf.strategies.engines import deep_merge
 
-STEPS = ("sft", "reward", "ppo")
+STEPS = ("sft", "reward", "ppo", "dpo")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_pipeline.yaml"
 EXPORT_SUBDIR = Path("hf") / "final"
 
@@ -39,6 +40,7 @@ SUMMARY_METRICS: dict[str, list[tuple[str, str]]] = {
     "sft": [("val/loss", "eval loss"), ("val/perplexity", "eval perplexity")],
     "reward": [("val/accuracy", "pair accuracy"), ("val/margin", "chosen - rejected")],
     "ppo": [("val/reward_mean", "reward"), ("val/task_success", "task success")],
+    "dpo": [("val/rewards/accuracies", "pair accuracy"), ("val/rewards/margins", "chosen - rejected reward")],
 }
 
 
@@ -75,9 +77,9 @@ class PipelineConfig:
     Attributes:
         output_dir: everything goes here: ``base/`` (a tiny model), ``<step>/hf/final`` (exported
             models), ``<step>/lightning_logs`` (TensorBoard), ``summary.json``.
-        steps: the steps to run (comma-separated or a list), always in the order sft, reward, ppo;
+        steps: the steps to run (comma-separated or a list), always in the order sft, reward, ppo, dpo;
             a later step alone reuses earlier exports found in ``output_dir`` (or the paths its
-            section sets).
+            section sets). ``sft,dpo`` trains the SFT policy with DPO instead of a reward model and PPO.
         seed: ``seed_everything`` of every step (unless its section sets one).
         base_model: Hugging Face folder of the pretrained policy (SFT starts here; DeepSpeed-Chat's
             ``--actor-model``). None builds a tiny model from scratch (see ``tiny``).
@@ -93,6 +95,7 @@ class PipelineConfig:
         sft: config of step 1, as for ``lightning-rlhf sft fit`` (``model``, ``data``, ``trainer``, ``export``).
         reward: config of step 2, as for ``lightning-rlhf reward fit``.
         ppo: config of step 3, as for ``lightning-rlhf ppo fit``.
+        dpo: config of step 2' (DPO from the SFT model), as for ``lightning-rlhf dpo fit``.
         resume: continue an interrupted pipeline in ``output_dir``: the finished steps at the start
             (those with ``<step>/step_result.json``) are skipped and reused; the first unfinished step
             resumes from its newest ``last*.ckpt`` (``fit(ckpt_path="last")``: a checkpoint callback in its
@@ -113,6 +116,7 @@ class PipelineConfig:
     reward: dict[str, Any] = field(default_factory=dict)
     ppo: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
+    dpo: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -207,7 +211,7 @@ def step_config(config: PipelineConfig, step: str, base: Path, require_exports: 
 
     Args:
         config: the pipeline settings.
-        step: ``sft``, ``reward`` or ``ppo``.
+        step: ``sft``, ``reward``, ``ppo`` or ``dpo``.
         base: the starting model folder (see :func:`prepare_base_model`).
         require_exports: refuse an earlier step's export that does not exist yet (False: name where it will be,
             to check a config before the earlier steps ran).
@@ -224,6 +228,9 @@ def step_config(config: PipelineConfig, step: str, base: Path, require_exports: 
     model = section.setdefault("model", {})
     if step == "sft":
         model.setdefault("model", str(base))
+    elif step == "dpo":
+        if "model" not in model:
+            model["model"] = _require(_export_dir(config, "sft"), step, "the SFT model", "model")
     elif step == "reward":
         if "model" in model:
             pass
@@ -253,7 +260,7 @@ def run_step(config: PipelineConfig, step: str, base: Path) -> StepResult:
 
     Args:
         config: the pipeline settings.
-        step: ``sft``, ``reward`` or ``ppo``.
+        step: ``sft``, ``reward``, ``ppo`` or ``dpo``.
         base: the starting model folder.
     """
     start = time.perf_counter()
@@ -424,7 +431,7 @@ def build_parser() -> Any:
 
     parser = ArgumentParser(
         prog="lightning-rlhf pipeline",
-        description="Run SFT -> reward model -> PPO, each step's exported model feeding the next. "
+        description="Run SFT -> reward model -> PPO (or SFT -> DPO), each step's exported model feeding the next. "
         f"Without --config: the built-in tiny CPU run ({DEFAULT_CONFIG.name}).",
         default_env=False,
     )
@@ -433,7 +440,7 @@ def build_parser() -> Any:
     return parser
 
 
-SECTIONS = ("data", "sft", "reward", "ppo")
+SECTIONS = ("data", "sft", "reward", "ppo", "dpo")
 
 
 def split_section_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:

@@ -18,11 +18,11 @@ def _print_config(capsys, *args: str) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("stage", ["sft", "reward", "ppo"])
+@pytest.mark.parametrize("stage", ["sft", "reward", "ppo", "dpo"])
 def test_print_config_shows_every_section_with_the_stage_fixed(capsys, stage):
     config = _print_config(capsys, stage, "fit", "--data.batch_size", "3", "--trainer.max_steps", "7")
     assert {"model", "data", "trainer", "export", "seed_everything"} <= set(config)
-    assert config["data"]["stage"] == stage
+    assert config["data"]["stage"] == ("reward" if stage == "dpo" else stage)  # DPO reads the reward step's pairs
     assert config["data"]["batch_size"] == 3 and config["trainer"]["max_steps"] == 7
     assert config["trainer"]["default_root_dir"] == f"runs/{stage}"
     assert config["export"]["model_attr"] == ("actor" if stage == "ppo" else None)
@@ -55,10 +55,11 @@ def test_version_is_printed(capsys, flag):
 
 
 def test_unknown_command_names_the_choices(capsys):
-    with pytest.raises(SystemExit, match="unknown command 'train'; choose one of sft, reward, ppo, pipeline, generate"):
+    with pytest.raises(SystemExit, match="unknown command 'train'; choose one of sft, reward, ppo, dpo, pipeline, "
+                                         "generate"):
         main(["train"])
     assert main([]) is None
-    assert "lightning-rlhf {sft,reward,ppo,pipeline,generate}" in capsys.readouterr().out
+    assert "lightning-rlhf {sft,reward,ppo,dpo,pipeline,generate}" in capsys.readouterr().out
 
 
 def _fit_args(root: Path, *extra: str) -> list[str]:
@@ -108,6 +109,24 @@ def test_tiny_ppo_fit_trains_the_actor_and_exports_it(tiny_model_factory, tmp_pa
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(final).architectures == ["LlamaForCausalLM"], "PPO exports the actor"
+
+
+@pytest.mark.parametrize("extra", [[], ["--model.lora.rank", "4", "--model.precompute_reference", "true"],
+                                   ["--model.loss_type", "simpo", "--model.beta", "2.0"]])
+def test_tiny_dpo_fit_trains_the_policy_and_exports_it(tiny_model_factory, tmp_path, extra):
+    model = tiny_model_factory("llama", hidden_size=32, num_layers=1, num_heads=2)
+    cli = main(["dpo", *_fit_args(tmp_path, "--model.model", str(model), "--model.optimizer.learning_rate", "1e-3",
+                                  *extra)])
+    assert isinstance(cli, STAGE_CLIS["dpo"]) and cli.trainer.global_step == 2
+    assert cli.datamodule.stage == "reward"
+    assert {"train/loss", "train/rewards/accuracies", "train/rewards/margins", "train/logps/chosen"} <= set(
+        cli.trainer.logged_metrics)
+    if extra[:1] == ["--model.lora.rank"]:  # LoRA from the command line: the reference is the adapter-free policy
+        assert cli.model.reference_mode == "precomputed" and len(cli.model.reference_cache) > 0
+        assert any("lora_A" in name for name, _ in cli.model.model.named_parameters())
+    _assert_exported(tmp_path)
+    with pytest.raises(ValueError, match=r"`lightning-rlhf dpo` feeds 'reward' batches, but data.stage is 'sft'"):
+        main(["dpo", *_fit_args(tmp_path / "wrong", "--model.model", str(model), "--data.stage", "sft")])
 
 
 def test_deepspeed_launcher_arguments_and_node_rank():

@@ -111,7 +111,7 @@ def test_unsupported_flags_say_why():
 
 def test_reference_documents_every_argument_of_the_user_facing_classes():
     page = _load("gen_reference").render()
-    for name in ("SFTModule", "RewardModule", "PPOModule", "PreferenceDataModule", "HybridDeepSpeedStrategy",
+    for name in ("SFTModule", "RewardModule", "PPOModule", "DPOModule", "PreferenceDataModule", "HybridDeepSpeedStrategy",
                  "HFExportCallback", "PipelineConfig", "OptimizerArgs", "LoraArgs", "GenerationArgs"):
         assert f"### {name}" in page
     from lightning_rlhf.modules.ppo import PPOModule

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_steps_are_validated_and_ordered():
     assert parse_steps("ppo, sft") == ["sft", "ppo"]
     assert parse_steps(["reward"]) == ["reward"]
-    with pytest.raises(ValueError, match=r"subset of \['sft', 'reward', 'ppo'\], got \['sft', 'rm'\]"):
+    assert parse_steps("dpo,sft") == ["sft", "dpo"]
+    with pytest.raises(ValueError, match=r"subset of \['sft', 'reward', 'ppo', 'dpo'\], got \['sft', 'rm'\]"):
         parse_steps("sft,rm")
 
 
@@ -67,6 +68,8 @@ def test_each_step_starts_from_the_previous_export(tmp_path):
     ppo = step_config(config, "ppo", base)
     assert ppo["model"] == {"kl_coef": 0.3, "actor": str(sft_dir), "reward_model": str(rm_dir)}
     assert ppo["data"] == {"task_size": 50, "seed": 3}, "a step's own data values override the shared ones"
+    dpo = step_config(config, "dpo", base)
+    assert dpo["model"] == {"model": str(sft_dir)} and dpo["export"]["dirpath"] == str(tmp_path / "dpo" / "hf")
     explicit = PipelineConfig(output_dir=str(tmp_path), ppo={"model": {"actor": "/my/actor"}})
     assert step_config(explicit, "ppo", base)["model"]["actor"] == "/my/actor"
 
@@ -94,7 +97,7 @@ QUICK = [
     "--ppo.trainer.max_epochs", "1", "--ppo.trainer.limit_train_batches", "1",
     "--data.task_size", "400", "--ppo.data.batch_size", "8", "--ppo.model.train_batch_size", "8",
 ]
-STEPS = ("sft", "reward", "ppo")
+STEPS = ("sft", "reward", "ppo", "dpo")
 # the embedded default runs 2 ranks under hybrid_deepspeed; inside this pytest process: one rank, plain Lightning
 ONE_PROCESS = [f"--{s}.trainer.{k}={v}" for s in STEPS for k, v in (("devices", 1), ("strategy", "auto"))]
 
@@ -115,6 +118,21 @@ def test_quick_three_step_run_prints_and_writes_the_summary(tmp_path, capsys):
     assert (tmp_path / "reward" / "hf" / "final" / "reward_stats.json").exists()
     out = capsys.readouterr().out
     assert "task success (val/task_success)" in out and f"tensorboard --logdir {tmp_path}" in out
+
+
+def test_quick_sft_then_dpo_run(tmp_path, capsys):
+    """``--steps sft,dpo``: DPO starts from the SFT export, trains on the reward part's pairs and exports."""
+    quick = QUICK[:4] + ["--dpo.trainer.max_epochs", "1", "--dpo.trainer.limit_train_batches", "3",
+                         "--data.task_size", "400", "--dpo.trainer.enable_progress_bar=false"]
+    results = main(["pipeline", "--output_dir", str(tmp_path), "--tiny.hidden_size", "32", "--steps", "sft,dpo",
+                    *quick, *ONE_PROCESS, "--sft.trainer.enable_progress_bar=false"])
+    assert [r.step for r in results] == ["sft", "dpo"]
+    dpo = results[1]
+    assert dpo.before["val/rewards/accuracies"] == 0.5 and dpo.before["val/rewards/margins"] == 0.0  # policy = ref
+    assert dpo.after["val/rewards/margins"] != 0.0
+    assert (tmp_path / "dpo" / "hf" / "final" / "model.safetensors").exists()
+    assert not (tmp_path / "reward").exists() and not (tmp_path / "ppo").exists()
+    assert "pair accuracy (val/rewards/accuracies)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 * SFT: ``input_ids``, ``attention_mask``, ``labels`` (right-padded; labels ``-100`` on the prompt and
   on padding).
 * Reward: ``chosen_input_ids``, ``chosen_attention_mask``, ``rejected_input_ids``,
-  ``rejected_attention_mask`` (right-padded).
+  ``rejected_attention_mask`` (right-padded) and ``prompt_lengths`` (the prompt tokens both responses start
+  with, for DPO, which scores only the responses).
 * PPO: ``prompt_input_ids``, ``prompt_attention_mask`` (LEFT-padded, so generation continues right
   after the last prompt token) and ``prompts``, the raw prompt texts.
 """
@@ -72,6 +73,7 @@ class RewardCollator:
         for side in ("chosen", "rejected"):
             ids, mask = pad([e[f"{side}_input_ids"] for e in examples], self.pad_id, width=width)
             batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"] = ids, mask
+        batch["prompt_lengths"] = torch.tensor([e["prompt_length"] for e in examples], dtype=torch.long)
         return batch
 
 

@@ -29,7 +29,8 @@ DROP_NO_PAIR = "no preference pair (SFT-only record)"
 DROP_SAME_PAIR = "chosen and rejected identical after truncation"
 
 #: changes whenever :meth:`Encoder.encode` returns other columns, so tokenized caches of older versions are not read
-ENCODING_VERSION = 2
+#: (2: the ``truncated`` flag; 3: reward examples carry ``prompt_length``)
+ENCODING_VERSION = 3
 
 _TURN = re.compile(r"\s*(Human|Assistant):\s*")
 
@@ -175,7 +176,8 @@ class Encoder:
         elif stage == "reward":
             if record.get("chosen") is None or record.get("rejected") is None:
                 return {"drop_reason": DROP_NO_PAIR, "truncated": False, "chosen_input_ids": [],
-                        "rejected_input_ids": []}
+                        "rejected_input_ids": [], "prompt_length": 0}
+            out["prompt_length"] = len(prompt_ids)  # shared by both responses; DPO scores only what follows it
             out["chosen_input_ids"] = self.full(prompt_ids, record["chosen"])
             out["rejected_input_ids"] = self.full(prompt_ids, record["rejected"])
             if not out["drop_reason"] and out["chosen_input_ids"] == out["rejected_input_ids"]:

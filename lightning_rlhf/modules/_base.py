@@ -27,7 +27,7 @@ torch.serialization.add_safe_globals([LoraArgs, OptimizerArgs])
 
 
 class HFModelModule(LightningModule):
-    """Base of :class:`SFTModule` and :class:`RewardModule`: one trainable ``self.model``.
+    """Base of :class:`SFTModule`, :class:`RewardModule` and :class:`DPOModule`: one trainable ``self.model``.
 
     Args:
         model: a Hugging Face folder, or a built ``PreTrainedModel``.
@@ -102,11 +102,15 @@ class HFModelModule(LightningModule):
                                  f"data.max_length ({max_length})", "data.max_length",
                                  trust_remote_code=self.trust_remote_code)
 
+    def loading_context(self) -> Any:
+        """Under ZeRO-3 the strategy's ``zero3_loading`` (models built inside are partitioned as created), else a no-op."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        return zero3_loading(getattr(strategy, "config", None) if getattr(strategy, "zero_stage_3", False) else None)
+
     def configure_model(self) -> None:
         """Build ``self.model`` once, inside the strategy's (possibly ZeRO-3 sharded) context."""
         if self.model is None:
-            strategy = self._trainer.strategy if self._trainer is not None else None
-            with zero3_loading(getattr(strategy, "config", None) if getattr(strategy, "zero_stage_3", False) else None):
+            with self.loading_context():
                 model = self.build_model()
             # from_pretrained returns eval mode and Lightning does not call train() at fit start
             self.model = model.train()

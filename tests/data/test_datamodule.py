@@ -16,7 +16,8 @@ def _module(tokenizer, tmp_path, **kwargs):
 def test_builtin_task_feeds_every_stage_with_contract_batches(task_tokenizer_dir, tmp_path):
     expected = {
         "sft": {"input_ids", "attention_mask", "labels"},
-        "reward": {"chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask"},
+        "reward": {"chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask",
+                   "prompt_lengths"},
         "ppo": {"prompt_input_ids", "prompt_attention_mask", "prompts"},
     }
     for stage, keys in expected.items():

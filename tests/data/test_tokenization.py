@@ -48,6 +48,11 @@ def test_reward_pairs_share_the_prompt_and_a_width(task_tokenizer):
             text = task_tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
             assert text == f"Human: {record['prompt']} Assistant:{record[side]}"
             assert ids[int(mask.sum()) - 1] == task_tokenizer.eos_token_id
+            # prompt_lengths: where the response starts (what DPO scores)
+            start = int(batch["prompt_lengths"][row])
+            assert task_tokenizer.decode(ids[:start]) == f"Human: {record['prompt']} Assistant:"
+            response = task_tokenizer.decode(ids[start:int(mask.sum())], skip_special_tokens=True)
+            assert response == record[side]
 
 
 def test_ppo_prompts_are_left_padded_with_raw_texts(task_tokenizer):
