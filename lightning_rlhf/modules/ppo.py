@@ -349,15 +349,19 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         return self.transfer_batch_to_device(next(self._ptx_iterator), self.device, 0)
 
     def optimizer_step(self, optimizer: Any, loss: Tensor) -> None:
-        """Backward, clip, step and zero the gradients of one model.
+        """Backward, step (clipping in :meth:`on_before_optimizer_step`) and zero the gradients of one model."""
+        self.manual_backward(loss, optimizer)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Clip at ``max_grad_norm`` here: inside ``optimizer.step()``, after ``16-mixed``'s scaler unscaled the
+        gradients (clipping before would clip the loss-scaled gradients, i.e. almost always, by ~the scale).
 
         Under DeepSpeed ``clip_gradients`` does nothing: the engine clips at ``max_grad_norm`` inside ``step``.
         """
-        self.manual_backward(loss, optimizer)
         if self.hparams.max_grad_norm is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
-        optimizer.step()
-        optimizer.zero_grad()
 
     def _sum_across_ranks(self) -> Callable[[Tensor], Tensor] | None:
         """An all-reduce sum over the data-parallel ranks, so whitening sees the global batch (None alone)."""
