@@ -115,7 +115,7 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         kl_horizon: horizon of the adaptive controller, in samples.
         clip_reward_value: clip the (normalised) score to ``[-v, v]``; None disables the clip.
         normalize_reward: normalise scores with ``reward_stats.json`` (``mean``, ``std``) saved beside
-            the reward model.
+            the reward model, and the critic's values the same way (so they start on the returns' scale).
         missing_eos_penalty: subtracted from the score of responses that never emit EOS.
         ptx_coef: weight of the language-modelling loss on SFT batches (0 disables; DeepSpeed-Chat's
             ``--unsup_coef`` is 27.8).
@@ -279,7 +279,7 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         if logprobs is None:
             logprobs, entropy = policy_logprobs(self.actor, sequences, attention_mask, length, temperature, True)
         ref_logprobs, _ = policy_logprobs(self.reference, sequences, attention_mask, length, temperature)
-        values = critic_values(self.critic, sequences, attention_mask, length)
+        values = critic_values(self.critic, sequences, attention_mask, length, self.score_mean, self.score_std)
         raw_scores = sequence_scores(self.reward_model, sequences, attention_mask)
         scores = process_scores(raw_scores, eos_found, hp.missing_eos_penalty, self.score_mean, self.score_std,
                                 hp.clip_reward_value)
@@ -295,6 +295,7 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
             "ppo/value_explained_variance": explained_variance(values, returns, response_mask),
             "ppo/advantage_mean": masked_mean(advantages, response_mask),
             "ppo/return_mean": masked_mean(returns, response_mask),
+            "ppo/value_mean": masked_mean(values, response_mask),
             "time/generation_s": generation_s,
             "throughput/generated_tokens_per_s": response_mask.sum().item() / max(generation_s, 1e-9),
         }
@@ -319,7 +320,8 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
                 policy_loss, policy_stats = clipped_policy_loss(logprobs, mb.logprobs, mb.advantages,
                                                                 mb.response_mask, hp.clip_range)
                 self.optimizer_step(actor_opt, policy_loss)
-                values = critic_values(self.critic, mb.sequences, mb.attention_mask, length)
+                values = critic_values(self.critic, mb.sequences, mb.attention_mask, length, self.score_mean,
+                                       self.score_std)
                 value_loss, value_stats = clipped_value_loss(values, mb.values, mb.returns, mb.response_mask,
                                                              hp.clip_range_value)
                 self.optimizer_step(critic_opt, value_loss)

@@ -13,6 +13,7 @@ PPO_TAGS: tuple[str, ...] = (
     "ppo/reward_mean", "ppo/reward_std", "ppo/score_mean", "ppo/kl", "ppo/kl_coef", "ppo/policy_loss",
     "ppo/value_loss", "ppo/clipfrac", "ppo/approx_kl", "ppo/entropy", "ppo/response_length",
     "ppo/eos_fraction", "ppo/value_explained_variance", "ppo/advantage_mean", "ppo/return_mean",
+    "ppo/value_mean",
     "time/generation_s", "time/training_s", "throughput/generated_tokens_per_s",
 )
 

@@ -163,8 +163,19 @@ def policy_logprobs(
     return token_logprobs(logits, sequences[:, -response_length:], temperature, with_entropy)
 
 
-def critic_values(critic: nn.Module, sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
-    """Values ``(B, R)``: the critic's value of the state just before each response token."""
+def critic_values(
+    critic: nn.Module, sequences: Tensor, attention_mask: Tensor, response_length: int, score_mean: float = 0.0,
+    score_std: float = 1.0,
+) -> Tensor:
+    """Values ``(B, R)``: the critic's value of the state just before each response token.
+
+    ``(value - score_mean) / score_std``: a critic that starts from the reward model outputs the reward model's
+    units, so with normalised scores (``PPOModule(normalize_reward=True)``) its outputs are mapped the same way,
+    in the rollout and in the update alike, as OpenRLHF's critic does. Otherwise the returns it regresses to
+    would sit ``mean / std`` away from where it starts, which the value clip lets it close only slowly, and the
+    offset would bias every advantage by the response's length.
+    """
     values = token_values(critic, sequences, attention_mask)
     start = sequences.shape[1] - response_length
-    return values[:, start - 1 : -1]
+    values = values[:, start - 1 : -1]
+    return values if (score_mean, score_std) == (0.0, 1.0) else (values - score_mean) / score_std
