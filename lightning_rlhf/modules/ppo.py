@@ -27,11 +27,9 @@ from lightning_rlhf.algorithms import (
     causal_lm_loss,
     clipped_policy_loss,
     clipped_value_loss,
-    explained_variance,
     generalized_advantage_estimation,
     get_kl_estimator,
     kl_penalized_rewards,
-    masked_mean,
     masked_whiten,
     process_scores,
 )
@@ -41,10 +39,18 @@ from lightning_rlhf.models.loading import zero3_loading
 from lightning_rlhf.models.sampling import sampling_from_policy
 from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
 from lightning_rlhf.modules.ppo_config import GenerationArgs
-from lightning_rlhf.modules.ppo_logging import PPO_TAGS, log_iteration, log_samples, reduce_metrics
+from lightning_rlhf.modules.pooled import pooled_mean
+from lightning_rlhf.modules.ppo_logging import (
+    PPO_TAGS,
+    log_iteration,
+    log_samples,
+    reduce_metrics,
+    rollout_metrics,
+)
 from lightning_rlhf.modules.rollout import (
     Generated,
     Rollout,
+    check_left_padded,
     critic_values,
     forward_kwargs,
     pad_right,
@@ -286,25 +292,16 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         kl_coef = self.kl_controller.value
         rewards, stats = kl_penalized_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef, hp.kl_estimator)
         advantages, returns = generalized_advantage_estimation(rewards, values, response_mask, hp.gamma, hp.lam)
-        metrics = {
-            "ppo/reward_mean": stats["reward_mean"], "ppo/reward_std": stats["reward_std"],
-            "ppo/score_mean": raw_scores.mean(), "ppo/kl": stats["kl"], "ppo/kl_coef": kl_coef,
-            "ppo/entropy": masked_mean(entropy, response_mask),
-            "ppo/response_length": response_mask.sum(1).float().mean(),
-            "ppo/eos_fraction": eos_found.float().mean(),
-            "ppo/value_explained_variance": explained_variance(values, returns, response_mask),
-            "ppo/advantage_mean": masked_mean(advantages, response_mask),
-            "ppo/return_mean": masked_mean(returns, response_mask),
-            "ppo/value_mean": masked_mean(values, response_mask),
-            "time/generation_s": generation_s,
-            "throughput/generated_tokens_per_s": response_mask.sum().item() / max(generation_s, 1e-9),
-        }
+        metrics = rollout_metrics(raw_scores, rewards, stats["kl"], kl_coef, entropy, values, advantages, returns,
+                                  response_mask, eos_found)
+        metrics.update({"time/generation_s": generation_s,
+                        "throughput/generated_tokens_per_s": response_mask.sum().item() / max(generation_s, 1e-9)})
         if hp.whiten_advantages:
             advantages = masked_whiten(advantages, response_mask, sum_across=self._sum_across_ranks())
         responses = self.decode(sequences[:, -length:], response_mask)
         success = self.task_success(batch["prompts"], responses)
         if success is not None:
-            metrics["ppo/task_success"] = success.float().mean()
+            metrics["ppo/task_success"] = pooled_mean(success.float())
         rollout = Rollout(sequences, attention_mask, response_mask, logprobs, values, advantages, returns)
         return rollout, metrics, (batch["prompts"], responses, raw_scores.tolist())
 
@@ -383,6 +380,7 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
                 logits ``generate`` computed (skipped when the generator is tensor-parallel).
         """
         input_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+        check_left_padded(prompt_mask)
         tok, prompt_length = self.tokenizer, input_ids.shape[1]
         chunk = self.hparams.generation_batch_size or len(input_ids)
         responses, logprobs, entropies = [], [], []

@@ -107,6 +107,23 @@ def response_mask_from_tokens(responses: Tensor, eos_token_id: int | Sequence[in
     return ended_before == 0, eos_found
 
 
+def check_left_padded(prompt_mask: Tensor) -> None:
+    """Raise if any prompt row has padding after its tokens: ``generate`` appends each response at the row's end.
+
+    A right-padded prompt would be answered after its pad tokens, and the response layout (prompt ``P`` then
+    response) and the positions would be wrong for every row shorter than the longest.
+    """
+    mask = prompt_mask.bool()
+    bad = (mask[:, :-1] & ~mask[:, 1:]).any(dim=1) | (~mask[:, -1] & mask.any(dim=1))
+    if bad.any():
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(
+            f"PPO prompts must be left-padded, but prompt_attention_mask rows {rows[:8]} have padding after their "
+            f"tokens (right padding). Pad prompts on the left: set tokenizer.padding_side = 'left' before collating "
+            f"them (or use PreferenceDataModule(stage='ppo'), whose collator does)."
+        )
+
+
 def pad_right(tensors: list[Tensor], value: float) -> Tensor:
     """Concatenate ``(b_i, T_i)`` tensors along the batch, right-padding each to the longest ``T_i``."""
     width = max(t.shape[1] for t in tensors)
