@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from transformers import LogitsProcessorList
 
 from lightning_rlhf.algorithms import (
     AdaptiveKLController,
@@ -36,7 +37,7 @@ from lightning_rlhf.algorithms import (
 from lightning_rlhf.data.datamodule import reshuffled_passes
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
 from lightning_rlhf.models.loading import zero3_loading
-from lightning_rlhf.models.sampling import sampling_from_policy
+from lightning_rlhf.models.sampling import StreamedLogprobs, sampling_from_policy
 from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
 from lightning_rlhf.modules.ppo_config import GenerationArgs
 from lightning_rlhf.modules.pooled import pooled_mean
@@ -56,7 +57,6 @@ from lightning_rlhf.modules.rollout import (
     pad_right,
     policy_logprobs,
     response_mask_from_tokens,
-    token_logprobs,
 )
 from lightning_rlhf.strategies import MultiEngineBackwardMixin, generation_mode
 
@@ -105,7 +105,9 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
             dataloader's batch size is the rollout buffer size.
         logprobs_from_generation: take the rollout's log-probabilities (and entropies) from the logits
             ``generate`` already computed, as TRL does, instead of a second actor forward over the
-            sequences, as DeepSpeed-Chat does. They are the exact distribution the tokens were drawn from;
+            sequences, as DeepSpeed-Chat does. They are read as each token is drawn (one step's ``(B, V)``
+            distribution held at a time, not every step's logits) and are exactly the distribution the tokens
+            were drawn from;
             a full forward agrees to float rounding (KV cache vs full attention), more loosely in bf16.
             Tensor-parallel generation (``inference_tp_size > 1``) always uses the forward.
         train_batch_size: rows per PPO mini-batch (the training batch size).
@@ -389,25 +391,24 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
             kwargs = self.generation.generate_kwargs(tok.pad_token_id, stop_ids, greedy=greedy)
             # a tensor-parallel replica returns token ids only
             with_logits = with_logprobs and getattr(policy, "tp_group", None) is None
-            if with_logits:
-                kwargs.update(output_logits=True, return_dict_in_generate=True)
             for start in range(0, len(input_ids), chunk):
                 prompt = input_ids[start : start + chunk]
+                stream = StreamedLogprobs(self.generation.logprob_temperature) if with_logits else None
+                extra = {"logits_processor": LogitsProcessorList([stream])} if with_logits else {}
                 # inference mode: no autograd bookkeeping per op (decoding a tiny OPT on one CPU thread took 38 ms
                 # against 42-46 under no_grad: benchmarks/ppo_step_parts.py); outputs are cloned into normal
                 # tensors before they go near autograd
                 with torch.inference_mode():
-                    out = policy.generate(input_ids=prompt, attention_mask=prompt_mask[start : start + chunk], **kwargs)
-                sequences = (out.sequences if with_logits else out).clone()
+                    sequences = policy.generate(input_ids=prompt, attention_mask=prompt_mask[start : start + chunk],
+                                                **kwargs, **extra).clone()
                 if sequences.shape[1] <= prompt_length or not torch.equal(sequences[:, :prompt_length], prompt):
                     raise RuntimeError(f"generate returned shape {tuple(sequences.shape)} that does not start with "
                                        f"the {tuple(prompt.shape)} prompts; expected prompt + response rows")
                 responses.append(sequences[:, prompt_length:])
-                if with_logits:
-                    step_logprobs, step_entropy = token_logprobs(torch.stack(out.logits, dim=1), responses[-1],
-                                                                 self.generation.logprob_temperature, True)
-                    logprobs.append(step_logprobs)
-                    entropies.append(step_entropy)
+                if stream is not None:
+                    step_logprobs, step_entropy = stream.result(responses[-1])
+                    logprobs.append(step_logprobs.clone())
+                    entropies.append(step_entropy.clone())
         responses = pad_right(responses, tok.pad_token_id)
         response_mask, eos_found = response_mask_from_tokens(responses, stop_ids)
         sequences = torch.cat([input_ids, responses], dim=1)
