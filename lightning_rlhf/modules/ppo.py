@@ -107,9 +107,9 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
             ``generate`` already computed, as TRL does, instead of a second actor forward over the
             sequences, as DeepSpeed-Chat does. They are read as each token is drawn (one step's ``(B, V)``
             distribution held at a time, not every step's logits) and are exactly the distribution the tokens
-            were drawn from;
-            a full forward agrees to float rounding (KV cache vs full attention), more loosely in bf16.
-            Tensor-parallel generation (``inference_tp_size > 1``) always uses the forward.
+            were drawn from; a full forward agrees to float rounding (KV cache vs full attention). A bf16/fp16
+            actor (or autocast) and tensor-parallel generation (``inference_tp_size > 1``) always use the
+            forward, so the first PPO ratio is exactly 1 (see :meth:`logprobs_from_generation`).
         train_batch_size: rows per PPO mini-batch (the training batch size).
         ppo_epochs: passes over the rollout buffer per PPO iteration.
         clip_range: PPO ratio clip ``eps``.
@@ -273,12 +273,23 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         if batch_idx % self.hparams.log_samples_every_n_steps == 0:
             log_samples(self, "ppo/samples", *samples, limit=self.hparams.num_samples_to_log)
 
+    def logprobs_from_generation(self) -> bool:
+        """Whether this rollout takes its log-probs from ``generate``: asked for, and the actor in float32.
+
+        In bf16/fp16 (parameters or autocast) generation's KV-cache arithmetic and a merged-LoRA replica score
+        the sampled tokens up to 0.3 nats away from the update's forward (SmolLM2-135M, bf16, LoRA), so the
+        first PPO ratio would not be 1; the actor's own forward makes it exactly 1.
+        """
+        low_precision = next(self.actor.parameters()).dtype != torch.float32 or torch.is_autocast_enabled(
+            self.device.type)
+        return self.hparams.logprobs_from_generation and not low_precision
+
     @torch.no_grad()
     def make_experience(self, batch: Mapping[str, Any]) -> tuple[Rollout, dict[str, Any], tuple]:
         """Generate responses, score them, and turn the scores into advantages (the rollout buffer)."""
         hp, temperature = self.hparams, self.generation.logprob_temperature
         start = time.perf_counter()
-        generated = self.generate(batch, greedy=False, with_logprobs=hp.logprobs_from_generation)
+        generated = self.generate(batch, greedy=False, with_logprobs=self.logprobs_from_generation())
         generation_s = time.perf_counter() - start
         sequences, attention_mask, response_mask, eos_found = (generated.sequences, generated.attention_mask,
                                                                 generated.response_mask, generated.eos_found)
