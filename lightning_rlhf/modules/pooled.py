@@ -70,7 +70,8 @@ def pooled_explained_variance(values: Tensor, returns: Tensor, mask: Tensor | No
 
     def combine(total: Tensor) -> Tensor:
         var_returns = _variance(total[0])
-        return torch.where(var_returns > 0, 1 - _variance(total[1]) / var_returns, torch.full_like(var_returns, torch.nan))
+        undefined = torch.full_like(var_returns, torch.nan)
+        return torch.where(var_returns > 0, 1 - _variance(total[1]) / var_returns, undefined)
 
     return Pooled(sums, combine)
 

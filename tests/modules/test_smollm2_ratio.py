@@ -91,8 +91,9 @@ def test_smollm2_rollout_logprobs_and_first_ratio_with_a_saved_repetition_penalt
     with torch.no_grad():
         new, _ = policy_logprobs(module.actor, sequences, generated.attention_mask, length, TEMPERATURE)
     deviation = torch.exp(new - generated.logprobs)[mask].sub(1).abs()
-    print(f"\nSmolLM2 float32 + LoRA: rollout vs replica forward max |diff| "
-          f"{(generated.logprobs - sampled_from)[mask].abs().max():.2e}, first ratio max |ratio - 1| {deviation.max():.2e}")
+    gap = (generated.logprobs - sampled_from)[mask].abs().max()
+    print(f"\nSmolLM2 float32 + LoRA: rollout vs replica forward max |diff| {gap:.2e}, "
+          f"first ratio max |ratio - 1| {deviation.max():.2e}")
     assert deviation.max() < 1e-3
 
     # bf16: the replica holds W + B @ A * s summed in float32 and rounded once; the log-probs come from the forward
