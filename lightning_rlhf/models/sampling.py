@@ -7,6 +7,10 @@ score the samples with the raw policy (``log_softmax(logits / T)``), so the rati
 would belong to samples pi never produced. The rollout therefore samples from pi itself: the saved settings are
 set aside for the call (with one warning naming them), and only what :class:`~.GenerationArgs` says is applied.
 
+Log-probabilities as tokens are produced: :class:`StreamedLogprobs` reads each step's scores inside
+``generate`` and keeps one step's distribution, where ``output_logits=True`` would keep ``B x R x V`` float32
+logits (2 GB for a 128k vocabulary, 16 prompts, 256 tokens) until the rollout ends.
+
 End of turn: instruct models often end a turn with a token that is not the tokenizer's ``eos_token``
 (Llama-3 ``<|eot_id|>``, Gemma ``<end_of_turn>``, Phi-3 ``<|end|>``); their ``generation_config.eos_token_id``
 lists them. Generation stops at, and the response masks end at, any of them.
@@ -17,8 +21,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-from torch import nn
+from torch import Tensor, nn
+
+from lightning_rlhf.algorithms import entropy_from_logits
 
 #: ``generation_config`` fields that only identify tokens or sizes: kept when the rest is set aside.
 _KEPT_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
@@ -100,3 +107,55 @@ def sampling_from_policy(policy: Any, tokenizer: Any) -> Iterator[list[int]]:
         yield stop_ids
     finally:
         model.generation_config = saved
+
+
+class StreamedLogprobs:
+    """A ``generate`` logits processor that records each sampled token's log-probability (and entropy) and keeps
+    at most one step's ``(B, V)`` distribution.
+
+    At step ``t`` it sees the scores token ``t`` is drawn from, ``log_softmax(logits / temperature)``; that token
+    is the last column of ``input_ids`` at step ``t + 1`` (the last one is read off the returned sequences by
+    :meth:`result`). Custom processors run after transformers' own ones and before temperature / top-k / top-p,
+    so with :func:`sampling_from_policy` (nothing else set) the scores are the model's raw logits: the values equal
+    those of ``output_logits`` and of a forward pass (see ``logprobs_from_generation`` of PPOModule).
+
+    Args:
+        temperature: the sampling temperature the logits are divided by.
+        with_entropy: also record the entropy of each step's distribution.
+    """
+
+    def __init__(self, temperature: float = 1.0, with_entropy: bool = True) -> None:
+        self.temperature = temperature
+        self.with_entropy = with_entropy
+        self._pending: Tensor | None = None  # (B, V) log-softmax of the latest step, until its token is known
+        self._logprobs: list[Tensor] = []
+        self._entropy: list[Tensor] = []
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        """Record step ``t - 1``'s sampled token, keep step ``t``'s distribution; the scores pass unchanged."""
+        self._take(input_ids[:, -1])
+        logits = scores.float() / self.temperature if self.temperature != 1.0 else scores.float()
+        self._pending = torch.log_softmax(logits, dim=-1)
+        if self.with_entropy:
+            self._entropy.append(entropy_from_logits(logits.unsqueeze(1)).squeeze(1))
+        return scores
+
+    def _take(self, tokens: Tensor) -> None:
+        if self._pending is not None:
+            self._logprobs.append(self._pending.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
+            self._pending = None
+
+    def result(self, responses: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(B, R)`` log-probabilities of ``responses`` (the generated ids, prompt removed) and entropies (or None).
+
+        Raises:
+            RuntimeError: if ``generate`` did not call the processor once per generated token.
+        """
+        self._take(responses[:, -1])
+        if len(self._logprobs) != responses.shape[1]:
+            raise RuntimeError(f"StreamedLogprobs saw {len(self._logprobs)} sampling steps for {responses.shape[1]} "
+                               f"generated tokens; pass a fresh instance to each generate call")
+        logprobs = torch.stack(self._logprobs, dim=1)
+        entropy = torch.stack(self._entropy, dim=1) if self.with_entropy else None
+        self._logprobs, self._entropy = [], []
+        return logprobs, entropy

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from transformers import LogitsProcessorList
 
 from lightning_rlhf.algorithms import (
     AdaptiveKLController,
@@ -28,11 +29,9 @@ from lightning_rlhf.algorithms import (
     causal_lm_loss,
     clipped_policy_loss,
     clipped_value_loss,
-    explained_variance,
     generalized_advantage_estimation,
     get_kl_estimator,
     kl_penalized_rewards,
-    masked_mean,
     masked_whiten,
     process_scores,
 )
@@ -40,19 +39,26 @@ from lightning_rlhf.data.datamodule import reshuffled_passes
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
 from lightning_rlhf.models.context import check_context_length
 from lightning_rlhf.models.loading import zero3_loading
-from lightning_rlhf.models.sampling import sampling_from_policy
+from lightning_rlhf.models.sampling import StreamedLogprobs, sampling_from_policy
 from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config, rng_states, set_rng_states
 from lightning_rlhf.modules.ppo_config import GenerationArgs
-from lightning_rlhf.modules.ppo_logging import PPO_TAGS, log_iteration, log_samples, reduce_metrics
+from lightning_rlhf.modules.pooled import pooled_mean
+from lightning_rlhf.modules.ppo_logging import (
+    PPO_TAGS,
+    log_iteration,
+    log_samples,
+    reduce_metrics,
+    rollout_metrics,
+)
 from lightning_rlhf.modules.rollout import (
     Generated,
     Rollout,
+    check_left_padded,
     critic_values,
     forward_kwargs,
     pad_right,
     policy_logprobs,
     response_mask_from_tokens,
-    token_logprobs,
 )
 from lightning_rlhf.strategies import MultiEngineBackwardMixin, frozen_models, generation_mode
 
@@ -106,9 +112,11 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
             dataloader's batch size is the rollout buffer size.
         logprobs_from_generation: take the rollout's log-probabilities (and entropies) from the logits
             ``generate`` already computed, as TRL does, instead of a second actor forward over the
-            sequences, as DeepSpeed-Chat does. They are the exact distribution the tokens were drawn from;
-            a full forward agrees to float rounding (KV cache vs full attention), more loosely in bf16.
-            Tensor-parallel generation (``inference_tp_size > 1``) always uses the forward.
+            sequences, as DeepSpeed-Chat does. They are read as each token is drawn (one step's ``(B, V)``
+            distribution held at a time, not every step's logits) and are exactly the distribution the tokens
+            were drawn from; a full forward agrees to float rounding (KV cache vs full attention). A bf16/fp16
+            actor (or autocast) and tensor-parallel generation (``inference_tp_size > 1``) always use the
+            forward, so the first PPO ratio is exactly 1 (see :meth:`logprobs_from_generation`).
         train_batch_size: rows per PPO mini-batch (the training batch size).
         ppo_epochs: passes over the rollout buffer per PPO iteration.
         clip_range: PPO ratio clip ``eps``.
@@ -122,7 +130,7 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         kl_horizon: horizon of the adaptive controller, in samples.
         clip_reward_value: clip the (normalised) score to ``[-v, v]``; None disables the clip.
         normalize_reward: normalise scores with ``reward_stats.json`` (``mean``, ``std``) saved beside
-            the reward model.
+            the reward model, and the critic's values the same way (so they start on the returns' scale).
         missing_eos_penalty: subtracted from the score of responses that never emit EOS.
         ptx_coef: weight of the language-modelling loss on SFT batches (0 disables; DeepSpeed-Chat's
             ``--unsup_coef`` is 27.8).
@@ -287,12 +295,23 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         if batch_idx % self.hparams.log_samples_every_n_steps == 0:
             log_samples(self, "ppo/samples", *samples, limit=self.hparams.num_samples_to_log)
 
+    def logprobs_from_generation(self) -> bool:
+        """Whether this rollout takes its log-probs from ``generate``: asked for, and the actor in float32.
+
+        In bf16/fp16 (parameters or autocast) generation's KV-cache arithmetic and a merged-LoRA replica score
+        the sampled tokens up to 0.3 nats away from the update's forward (SmolLM2-135M, bf16, LoRA), so the
+        first PPO ratio would not be 1; the actor's own forward makes it exactly 1.
+        """
+        low_precision = next(self.actor.parameters()).dtype != torch.float32 or torch.is_autocast_enabled(
+            self.device.type)
+        return self.hparams.logprobs_from_generation and not low_precision
+
     @torch.no_grad()
     def make_experience(self, batch: Mapping[str, Any]) -> tuple[Rollout, dict[str, Any], tuple]:
         """Generate responses, score them, and turn the scores into advantages (the rollout buffer)."""
         hp, temperature = self.hparams, self.generation.logprob_temperature
         start = time.perf_counter()
-        generated = self.generate(batch, greedy=False, with_logprobs=hp.logprobs_from_generation)
+        generated = self.generate(batch, greedy=False, with_logprobs=self.logprobs_from_generation())
         generation_s = time.perf_counter() - start
         sequences, attention_mask, response_mask, eos_found = (generated.sequences, generated.attention_mask,
                                                                 generated.response_mask, generated.eos_found)
@@ -301,31 +320,23 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         if logprobs is None:
             logprobs, entropy = policy_logprobs(self.actor, sequences, attention_mask, length, temperature, True)
         ref_logprobs, _ = policy_logprobs(self.reference, sequences, attention_mask, length, temperature)
-        values = critic_values(self.critic, sequences, attention_mask, length)
+        values = critic_values(self.critic, sequences, attention_mask, length, self.score_mean, self.score_std)
         raw_scores = sequence_scores(self.reward_model, sequences, attention_mask)
         scores = process_scores(raw_scores, eos_found, hp.missing_eos_penalty, self.score_mean, self.score_std,
                                 hp.clip_reward_value)
         kl_coef = self.kl_controller.value
         rewards, stats = kl_penalized_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef, hp.kl_estimator)
         advantages, returns = generalized_advantage_estimation(rewards, values, response_mask, hp.gamma, hp.lam)
-        metrics = {
-            "ppo/reward_mean": stats["reward_mean"], "ppo/reward_std": stats["reward_std"],
-            "ppo/score_mean": raw_scores.mean(), "ppo/kl": stats["kl"], "ppo/kl_coef": kl_coef,
-            "ppo/entropy": masked_mean(entropy, response_mask),
-            "ppo/response_length": response_mask.sum(1).float().mean(),
-            "ppo/eos_fraction": eos_found.float().mean(),
-            "ppo/value_explained_variance": explained_variance(values, returns, response_mask),
-            "ppo/advantage_mean": masked_mean(advantages, response_mask),
-            "ppo/return_mean": masked_mean(returns, response_mask),
-            "time/generation_s": generation_s,
-            "throughput/generated_tokens_per_s": response_mask.sum().item() / max(generation_s, 1e-9),
-        }
+        metrics = rollout_metrics(raw_scores, rewards, stats["kl"], kl_coef, entropy, values, advantages, returns,
+                                  response_mask, eos_found)
+        metrics.update({"time/generation_s": generation_s,
+                        "throughput/generated_tokens_per_s": response_mask.sum().item() / max(generation_s, 1e-9)})
         if hp.whiten_advantages:
             advantages = masked_whiten(advantages, response_mask, sum_across=self._sum_across_ranks())
         responses = self.decode(sequences[:, -length:], response_mask)
         success = self.task_success(batch["prompts"], responses)
         if success is not None:
-            metrics["ppo/task_success"] = success.float().mean()
+            metrics["ppo/task_success"] = pooled_mean(success.float())
         rollout = Rollout(sequences, attention_mask, response_mask, logprobs, values, advantages, returns)
         return rollout, metrics, (batch["prompts"], responses, raw_scores.tolist())
 
@@ -341,7 +352,8 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
                 policy_loss, policy_stats = clipped_policy_loss(logprobs, mb.logprobs, mb.advantages,
                                                                 mb.response_mask, hp.clip_range)
                 self.optimizer_step(actor_opt, policy_loss)
-                values = critic_values(self.critic, mb.sequences, mb.attention_mask, length)
+                values = critic_values(self.critic, mb.sequences, mb.attention_mask, length, self.score_mean,
+                                       self.score_std)
                 value_loss, value_stats = clipped_value_loss(values, mb.values, mb.returns, mb.response_mask,
                                                              hp.clip_range_value)
                 self.optimizer_step(critic_opt, value_loss)
@@ -371,15 +383,19 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         return self.transfer_batch_to_device(next(self._ptx_iterator), self.device, 0)
 
     def optimizer_step(self, optimizer: Any, loss: Tensor) -> None:
-        """Backward, clip, step and zero the gradients of one model.
+        """Backward, step (clipping in :meth:`on_before_optimizer_step`) and zero the gradients of one model."""
+        self.manual_backward(loss, optimizer)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Clip at ``max_grad_norm`` here: inside ``optimizer.step()``, after ``16-mixed``'s scaler unscaled the
+        gradients (clipping before would clip the loss-scaled gradients, i.e. almost always, by ~the scale).
 
         Under DeepSpeed ``clip_gradients`` does nothing: the engine clips at ``max_grad_norm`` inside ``step``.
         """
-        self.manual_backward(loss, optimizer)
         if self.hparams.max_grad_norm is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
-        optimizer.step()
-        optimizer.zero_grad()
 
     def _sum_across_ranks(self) -> Callable[[Tensor], Tensor] | None:
         """An all-reduce sum over the data-parallel ranks, so whitening sees the global batch (None alone)."""
@@ -399,6 +415,7 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
                 logits ``generate`` computed (skipped when the generator is tensor-parallel).
         """
         input_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+        check_left_padded(prompt_mask)
         tok, prompt_length = self.tokenizer, input_ids.shape[1]
         chunk = self.hparams.generation_batch_size or len(input_ids)
         new = self.generation.max_new_tokens
@@ -412,25 +429,24 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
             kwargs = self.generation.generate_kwargs(tok.pad_token_id, stop_ids, greedy=greedy)
             # a tensor-parallel replica returns token ids only
             with_logits = with_logprobs and getattr(policy, "tp_group", None) is None
-            if with_logits:
-                kwargs.update(output_logits=True, return_dict_in_generate=True)
             for start in range(0, len(input_ids), chunk):
                 prompt = input_ids[start : start + chunk]
+                stream = StreamedLogprobs(self.generation.logprob_temperature) if with_logits else None
+                extra = {"logits_processor": LogitsProcessorList([stream])} if with_logits else {}
                 # inference mode: no autograd bookkeeping per op (decoding a tiny OPT on one CPU thread took 38 ms
                 # against 42-46 under no_grad: benchmarks/ppo_step_parts.py); outputs are cloned into normal
                 # tensors before they go near autograd
                 with torch.inference_mode():
-                    out = policy.generate(input_ids=prompt, attention_mask=prompt_mask[start : start + chunk], **kwargs)
-                sequences = (out.sequences if with_logits else out).clone()
+                    sequences = policy.generate(input_ids=prompt, attention_mask=prompt_mask[start : start + chunk],
+                                                **kwargs, **extra).clone()
                 if sequences.shape[1] <= prompt_length or not torch.equal(sequences[:, :prompt_length], prompt):
                     raise RuntimeError(f"generate returned shape {tuple(sequences.shape)} that does not start with "
                                        f"the {tuple(prompt.shape)} prompts; expected prompt + response rows")
                 responses.append(sequences[:, prompt_length:])
-                if with_logits:
-                    step_logprobs, step_entropy = token_logprobs(torch.stack(out.logits, dim=1), responses[-1],
-                                                                 self.generation.logprob_temperature, True)
-                    logprobs.append(step_logprobs)
-                    entropies.append(step_entropy)
+                if stream is not None:
+                    step_logprobs, step_entropy = stream.result(responses[-1])
+                    logprobs.append(step_logprobs.clone())
+                    entropies.append(step_entropy.clone())
         responses = pad_right(responses, tok.pad_token_id)
         response_mask, eos_found = response_mask_from_tokens(responses, stop_ids)
         sequences = torch.cat([input_ids, responses], dim=1)

@@ -7,6 +7,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+from lightning_rlhf.modules.pooled import Pooled, pooled_explained_variance, pooled_mean, pooled_mean_of, pooled_std
 
 #: the curves the progress bar shows (when logged): what tells at a glance whether PPO is learning
 PROGRESS_BAR_TAGS: tuple[str, ...] = ("ppo/reward_mean", "ppo/kl", "ppo/task_success")
@@ -16,23 +19,60 @@ PPO_TAGS: tuple[str, ...] = (
     "ppo/reward_mean", "ppo/reward_std", "ppo/score_mean", "ppo/kl", "ppo/kl_coef", "ppo/policy_loss",
     "ppo/value_loss", "ppo/clipfrac", "ppo/approx_kl", "ppo/entropy", "ppo/response_length",
     "ppo/eos_fraction", "ppo/value_explained_variance", "ppo/advantage_mean", "ppo/return_mean",
+    "ppo/value_mean",
     "time/generation_s", "time/training_s", "throughput/generated_tokens_per_s",
 )
 
 
-def reduce_metrics(strategy: Any, metrics: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
-    """Mean of each metric over ranks, in one collective (every rank must pass the same keys).
+def reduce_metrics(strategy: Any, metrics: Mapping[str, Pooled | Tensor | float]) -> dict[str, float]:
+    """Each metric over every rank, in one collective (every rank must pass the same keys).
+
+    A :class:`~lightning_rlhf.modules.pooled.Pooled` metric (token-weighted means, standard deviations) is
+    computed from its sums added over ranks: the statistic of the global batch. A plain value (a loss, a
+    time) is averaged over ranks.
 
     Args:
-        strategy: the trainer's strategy (its ``reduce`` averages across processes).
-        metrics: scalar tensors or floats by name.
+        strategy: the trainer's strategy (its ``reduce`` sums across processes).
+        metrics: :class:`Pooled` statistics, scalar tensors or floats by name.
     """
     names = sorted(metrics)
+    pooled = {n: m if isinstance(m, Pooled) else pooled_mean(float(m)) for n, m in metrics.items()}
+    sizes = [len(pooled[n].sums) for n in names]
     device = getattr(strategy, "root_device", torch.device("cpu"))
-    stacked = torch.stack([torch.as_tensor(metrics[n], dtype=torch.float32).detach().to(device).reshape(())
-                           for n in names])
-    reduced = strategy.reduce(stacked, reduce_op="mean")
-    return dict(zip(names, reduced.tolist()))
+    stacked = torch.cat([pooled[n].sums for n in names]).to(device)
+    totals = strategy.reduce(stacked, reduce_op="sum").cpu().split(sizes)
+    return {n: float(pooled[n].combine(total)) for n, total in zip(names, totals)}
+
+
+def rollout_metrics(
+    raw_scores: Tensor, rewards: Tensor, kl: Tensor, kl_coef: float, entropy: Tensor, values: Tensor,
+    advantages: Tensor, returns: Tensor, response_mask: Tensor, eos_found: Tensor,
+) -> dict[str, Pooled | float]:
+    """The curves of one rollout, as statistics of the global batch once reduced.
+
+    Args:
+        raw_scores: ``(B,)`` reward-model scores before normalisation and clipping.
+        rewards: ``(B, R)`` per-token rewards (KL penalty + score).
+        kl: this rank's mean KL per sequence.
+        kl_coef: the KL coefficient the rewards used.
+        entropy: ``(B, R)`` entropies of the sampling distributions.
+        values: ``(B, R)`` critic values at sampling time.
+        advantages: ``(B, R)`` advantages (before whitening).
+        returns: ``(B, R)`` value targets.
+        response_mask: ``(B, R)`` true on real response tokens.
+        eos_found: ``(B,)`` whether each response ended.
+    """
+    rows, totals = len(rewards), rewards.sum(-1)
+    return {
+        "ppo/reward_mean": pooled_mean(totals), "ppo/reward_std": pooled_std(totals),
+        "ppo/score_mean": pooled_mean(raw_scores), "ppo/kl": pooled_mean_of(kl, rows),
+        "ppo/kl_coef": kl_coef, "ppo/entropy": pooled_mean(entropy, response_mask),
+        "ppo/response_length": pooled_mean(response_mask.sum(1).float()),
+        "ppo/eos_fraction": pooled_mean(eos_found.float()),
+        "ppo/value_explained_variance": pooled_explained_variance(values, returns, response_mask),
+        "ppo/advantage_mean": pooled_mean(advantages, response_mask),
+        "ppo/return_mean": pooled_mean(returns, response_mask), "ppo/value_mean": pooled_mean(values, response_mask),
+    }
 
 
 def log_iteration(module: LightningModule, metrics: Mapping[str, float]) -> None:

@@ -107,6 +107,23 @@ def response_mask_from_tokens(responses: Tensor, eos_token_id: int | Sequence[in
     return ended_before == 0, eos_found
 
 
+def check_left_padded(prompt_mask: Tensor) -> None:
+    """Raise if any prompt row has padding after its tokens: ``generate`` appends each response at the row's end.
+
+    A right-padded prompt would be answered after its pad tokens, and the response layout (prompt ``P`` then
+    response) and the positions would be wrong for every row shorter than the longest.
+    """
+    mask = prompt_mask.bool()
+    bad = (mask[:, :-1] & ~mask[:, 1:]).any(dim=1) | (~mask[:, -1] & mask.any(dim=1))
+    if bad.any():
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(
+            f"PPO prompts must be left-padded, but prompt_attention_mask rows {rows[:8]} have padding after their "
+            f"tokens (right padding). Pad prompts on the left: set tokenizer.padding_side = 'left' before collating "
+            f"them (or use PreferenceDataModule(stage='ppo'), whose collator does)."
+        )
+
+
 def pad_right(tensors: list[Tensor], value: float) -> Tensor:
     """Concatenate ``(b_i, T_i)`` tensors along the batch, right-padding each to the longest ``T_i``."""
     width = max(t.shape[1] for t in tensors)
@@ -163,8 +180,19 @@ def policy_logprobs(
     return token_logprobs(logits, sequences[:, -response_length:], temperature, with_entropy)
 
 
-def critic_values(critic: nn.Module, sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
-    """Values ``(B, R)``: the critic's value of the state just before each response token."""
+def critic_values(
+    critic: nn.Module, sequences: Tensor, attention_mask: Tensor, response_length: int, score_mean: float = 0.0,
+    score_std: float = 1.0,
+) -> Tensor:
+    """Values ``(B, R)``: the critic's value of the state just before each response token.
+
+    ``(value - score_mean) / score_std``: a critic that starts from the reward model outputs the reward model's
+    units, so with normalised scores (``PPOModule(normalize_reward=True)``) its outputs are mapped the same way,
+    in the rollout and in the update alike, as OpenRLHF's critic does. Otherwise the returns it regresses to
+    would sit ``mean / std`` away from where it starts, which the value clip lets it close only slowly, and the
+    offset would bias every advantage by the response's length.
+    """
     values = token_values(critic, sequences, attention_mask)
     start = sequences.shape[1] - response_length
-    return values[:, start - 1 : -1]
+    values = values[:, start - 1 : -1]
+    return values if (score_mean, score_std) == (0.0, 1.0) else (values - score_mean) / score_std

@@ -60,7 +60,7 @@ def replica_name(source_name: str) -> str | None:
 
 
 def lora_delta(module: nn.Module) -> torch.Tensor | None:
-    """Sum of the active, unmerged LoRA adapters' weight deltas of a peft layer (None if not a LoRA layer)."""
+    """Sum of the active, unmerged LoRA adapters' weight deltas of a peft layer, float32 (None if not LoRA)."""
     if not hasattr(module, "get_delta_weight") or getattr(module, "disable_adapters", False):
         return None
     delta = None
@@ -73,7 +73,7 @@ def lora_delta(module: nn.Module) -> torch.Tensor | None:
                 f"generation_mode cannot merge DoRA or LoRA-bias adapter {adapter!r} of {type(module).__name__}; "
                 f"use plain LoRA adapters"
             )
-        step = module.get_delta_weight(adapter)
+        step = _float32_delta(module, adapter)
         delta = step if delta is None else delta + step
     return delta
 
@@ -91,6 +91,33 @@ class RefreshCount:
     groups_refreshed: int
     groups: int
     bytes_gathered: int
+
+
+def _float32_delta(module: nn.Module, adapter: str) -> torch.Tensor:
+    """One adapter's ``B @ A * scaling`` computed in float32 (peft's ``get_delta_weight`` returns, and on GPUs
+    computes, it in the layer's dtype: in bf16 its rounding alone would move the merged weight)."""
+    if adapter in getattr(module, "lora_embedding_A", {}):
+        a, b, transposed = module.lora_embedding_A[adapter], module.lora_embedding_B[adapter], True
+    else:
+        a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        transposed = getattr(module, "fan_in_fan_out", False)
+    if a.dim() != 2 or b.dim() != 2:  # convolutions: peft's own product, in the layer's dtype
+        return module.get_delta_weight(adapter).float()
+    delta = b.float() @ a.float()
+    return (delta.t() if transposed else delta) * module.scaling[adapter]
+
+
+def merged_weight(weight: torch.Tensor, lora_owner: nn.Module | None) -> torch.Tensor:
+    """``weight`` plus the active LoRA deltas of ``lora_owner``, summed in float32 and cast to ``weight``'s dtype once.
+
+    Why: the update forward runs the adapters unmerged; a bf16 replica that added a bf16-rounded delta to the
+    bf16 weight (two roundings) scored the rollout's tokens further from it than one rounding of the exact sum,
+    so the first PPO ratio was not 1.
+    """
+    delta = lora_delta(lora_owner) if lora_owner is not None else None
+    if delta is None:
+        return weight
+    return (weight.float() + delta).to(weight.dtype)
 
 
 @dataclass
@@ -291,10 +318,7 @@ class InferenceReplica:
         return params
 
     def _copy(self, slot: _Slot) -> None:
-        full = slot.source.data
-        delta = lora_delta(slot.lora_owner) if slot.lora_owner is not None else None
-        if delta is not None:
-            full = full + delta.to(full.dtype)
+        full = merged_weight(slot.source.data, slot.lora_owner)
         if slot.transpose:
             full = full.t()
         if slot.blocks > 1:

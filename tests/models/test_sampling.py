@@ -94,3 +94,53 @@ def test_generation_stops_at_a_model_end_of_turn_token(tiny_model_factory, tmp_p
     responses = generated.sequences[:, batch["prompt_input_ids"].shape[1]:]
     expected, _ = response_mask_from_tokens(responses, [AutoTokenizer.from_pretrained(path).eos_token_id, end_of_turn])
     assert torch.equal(generated.response_mask, expected)
+
+
+def big_vocab_model(vocab_size: int = 8192):
+    """A one-layer llama whose vocabulary dominates what a rollout holds (as a 128k vocabulary does)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=0)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = None  # every row runs to max_new_tokens
+    return model
+
+
+def sample(model, ids, new_tokens: int, **kwargs):
+    with torch.inference_mode():
+        return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.7,
+                              top_k=0, top_p=1.0, max_new_tokens=new_tokens, pad_token_id=0, **kwargs)
+
+
+def test_streamed_logprobs_equal_a_forward_pass_and_keep_one_step():
+    """Log-probs read as tokens are drawn equal a forward pass; what generation keeps alive does not grow with
+    the response length, where output_logits keeps every step's (B, V) float32 logits."""
+    from transformers import LogitsProcessorList
+
+    from lightning_rlhf.models.sampling import StreamedLogprobs
+    from lightning_rlhf.modules.rollout import policy_logprobs
+    from tests.helpers.measure import PeakTensorBytes
+
+    model, batch = big_vocab_model(), 4
+    ids = torch.randint(2, 1000, (batch, 5), generator=torch.Generator().manual_seed(0))
+    one_step = batch * model.config.vocab_size * 4  # one step's float32 distribution
+    peaks, kept_logits = {}, {}
+    for new_tokens in (4, 16):
+        stream = StreamedLogprobs(temperature=0.7)
+        torch.manual_seed(0)
+        with PeakTensorBytes() as peak:
+            sequences = sample(model, ids, new_tokens, logits_processor=LogitsProcessorList([stream]))
+            logprobs, entropy = stream.result(sequences[:, ids.shape[1]:])
+        peaks[new_tokens] = peak.bytes
+        with PeakTensorBytes() as peak:  # what rollouts did before: every step's logits, kept to the end
+            sample(model, ids, new_tokens, output_logits=True, return_dict_in_generate=True)
+        kept_logits[new_tokens] = peak.bytes
+    assert sequences.shape[1] == ids.shape[1] + 16
+    with torch.no_grad():
+        want, want_entropy = policy_logprobs(model, sequences, torch.ones_like(sequences), 16, 0.7, with_entropy=True)
+    torch.testing.assert_close(logprobs, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy, want_entropy, atol=1e-5, rtol=1e-5)
+    assert peaks[16] - peaks[4] < one_step, (peaks, one_step)  # 12 more steps, not one more distribution kept
+    assert kept_logits[16] - kept_logits[4] > 10 * one_step, kept_logits  # the measurement sees kept logits

@@ -188,3 +188,63 @@ def test_max_grad_norm_is_the_clip_hybrid_deepspeed_gives_each_trained_engine(pp
     assert module_gradient_clipping(make_module(ppo_paths, max_grad_norm=None)) is None
     with pytest.raises(ValueError, match="max_grad_norm must be >= 0 or None, got -1"):
         make_module(ppo_paths, max_grad_norm=-1.0)
+
+
+def test_16_mixed_clips_the_unscaled_gradients(tmp_path, ppo_paths):
+    """Under fp16 AMP (a real GradScaler, on CPU) the clip applies to the unscaled gradients the optimizer uses.
+
+    Lightning turns ``precision="16-mixed"`` on CPU into bf16, so the plugin is passed as it is built on a GPU.
+    Clipping before the unscale clipped gradients ``2**16`` times too large: the step then saw norms ~1e-5.
+    """
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    max_norm, seen = 1e-3, {"before_clip": [], "at_step": []}
+
+    def norm(optimizer) -> float:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+    class Record(Callback):  # callbacks' hook runs after the unscale and before the module's own
+        def on_fit_start(self, trainer, pl_module) -> None:
+            for optimizer in trainer.optimizers:
+                optimizer.register_step_pre_hook(lambda opt, *_: seen["at_step"].append(norm(opt)))
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            seen["before_clip"].append(norm(optimizer))
+
+    torch.manual_seed(0)
+    module = make_module(ppo_paths, ppo_epochs=1, max_grad_norm=max_norm)
+    plugin = MixedPrecision("16-mixed", "cpu")
+    trainer = make_trainer(tmp_path, plugins=[plugin], callbacks=[Record()], limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=make_data(ppo_paths))
+    assert plugin.scaler is not None and plugin.scaler.get_scale() > 1  # the loss really was scaled
+    assert len(seen["at_step"]) == len(seen["before_clip"]) == 4  # (actor + critic) x 2 mini-batches, none skipped
+    assert all(n > max_norm for n in seen["before_clip"]), seen  # the true gradients needed the clip ...
+    assert seen["at_step"] == pytest.approx([max_norm] * 4, rel=1e-3), seen  # ... and the step got exactly max_norm
+
+
+def test_bf16_lora_actor_first_ratio_is_one_under_the_hybrid_replica(tmp_path, ppo_paths):
+    """A bf16 actor with LoRA generates on the hybrid strategy's merged bf16 replica; the rollout's log-probs come
+    from the actor's forward, so the first mini-batch's ratio is exactly 1 (generation's were up to 0.3 nats off on
+    SmolLM2-135M)."""
+    from lightning_rlhf.models import LoraArgs
+    from lightning_rlhf.modules.rollout import policy_logprobs
+    from lightning_rlhf.strategies import HybridDeepSpeedStrategy
+
+    module = make_module(ppo_paths, actor_lora=LoraArgs(rank=4, alpha=8))
+    module.trainer = make_trainer(tmp_path, strategy=HybridDeepSpeedStrategy(stage=0), logger=False)
+    module.configure_model()
+    with torch.no_grad():  # adapters as after training (B starts at 0)
+        for name, param in module.actor.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05, generator=torch.Generator().manual_seed(0))
+    module.actor.to(torch.bfloat16)
+    assert module.hparams.logprobs_from_generation and not module.logprobs_from_generation()
+    data = make_data(ppo_paths)
+    data.setup("fit")
+    torch.manual_seed(0)
+    rollout, _, _ = module.make_experience(next(iter(data.train_dataloader())))
+    first = next(rollout.minibatches(module.hparams.train_batch_size, torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        new, _ = policy_logprobs(module.actor, first.sequences, first.attention_mask, first.response_mask.shape[1])
+    assert torch.equal(new[first.response_mask], first.logprobs[first.response_mask])

