@@ -230,7 +230,7 @@ def step_config(config: PipelineConfig, step: str, base: Path, require_exports: 
         model.setdefault("model", str(base))
     elif step == "dpo":
         if "model" not in model:
-            model["model"] = _require(_export_dir(config, "sft"), step, "the SFT model", "model")
+            model["model"] = _require(_export_dir(config, "sft"), step, "the SFT model", "model", check)
     elif step == "reward":
         if "model" in model:
             pass
