@@ -50,7 +50,7 @@ def test_example_pipeline_parses_and_each_step_validates(path, tmp_path):
         (tmp_path / fake / "hf" / "final" / "config.json").write_text("{}")
     for stage in STEPS:
         parsed = parse_only(stage, step_config(config, stage, Path("base")))
-        assert parsed.data.stage == stage
+        assert parsed.data.stage == STAGE_CLIS[stage].batch_stage()  # dpo reads the reward step's pairs
 
 
 def test_the_opt_13b_ppo_step_config_parses():

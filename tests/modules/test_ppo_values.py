@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lightning_rlhf.algorithms import masked_mean
+from lightning_rlhf.modules.pooled import Pooled
 from lightning_rlhf.modules.rollout import critic_values
 from tests.modules.test_ppo import make_data, make_module, make_trainer, ppo_paths  # noqa: F401 (fixture)
 
@@ -35,6 +36,7 @@ def test_values_are_normalised_like_the_scores_in_rollout_and_update(tmp_path, n
     with torch.no_grad():
         raw = critic_values(module.critic, rollout.sequences, rollout.attention_mask, length)
     torch.testing.assert_close(rollout.values[mask], ((raw - STATS["mean"]) / STATS["std"])[mask])
+    metrics = {name: float(m.combine(m.sums)) if isinstance(m, Pooled) else float(m) for name, m in metrics.items()}
     assert metrics["ppo/value_mean"] == pytest.approx(float(masked_mean(rollout.values, mask)))
     # the first values sit with the returns (scores normalised to about -6, clipped to -5), not 6 units above
     assert abs(metrics["ppo/value_mean"] - metrics["ppo/return_mean"]) < 1.0, metrics

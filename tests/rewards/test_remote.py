@@ -41,6 +41,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, status: int, payload: object) -> None:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self._done()  # before the reply: the client may send its next request as soon as it has read it
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -51,7 +52,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         data = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        server = self.server
+        server, self._counted_out = self.server, False
         with server.lock:
             server.requests.append({"path": self.path, **data})
             server.attempts[self.path] = server.attempts.get(self.path, 0) + 1
@@ -84,8 +85,14 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self._answer(200, b"<html>not json</html>")
         finally:
-            with server.lock:
-                server.in_flight -= 1
+            self._done()
+
+    def _done(self) -> None:
+        """Count this request out of flight, once."""
+        if not getattr(self, "_counted_out", False):
+            self._counted_out = True
+            with self.server.lock:
+                self.server.in_flight -= 1
 
 
 @pytest.fixture
