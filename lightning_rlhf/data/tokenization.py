@@ -125,7 +125,9 @@ class Encoder:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, settings: TokenizeSettings) -> None:
         self.tokenizer = tokenizer
         self.settings = settings
-        self.chat = bool(settings.use_chat_template and getattr(tokenizer, "chat_template", None))
+        template = getattr(tokenizer, "chat_template", None)
+        # an export of an earlier step carries :func:`plain_chat_template`: that is this format, not a chat model's
+        self.chat = bool(settings.use_chat_template and template and template != plain_chat_template(tokenizer))
         if settings.add_eos and tokenizer.eos_token_id is None:
             raise ValueError("add_eos=True but the tokenizer has no EOS token; set add_eos=False or add one")
 

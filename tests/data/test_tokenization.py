@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from lightning_rlhf.data import IGNORE_INDEX, Encoder, PPOCollator, RewardCollator, SFTCollator, TokenizeSettings
-from lightning_rlhf.data.tokenization import DROP_LONG_PROMPT, DROP_NO_PAIR, DROP_SAME_PAIR, dialogue_messages
+from lightning_rlhf.data.tokenization import (
+    DROP_LONG_PROMPT,
+    DROP_NO_PAIR,
+    DROP_SAME_PAIR,
+    dialogue_messages,
+    plain_chat_template,
+)
 
 RECORDS = [
     {"prompt": "3+4=", "response": " 8", "chosen": " 7", "rejected": " 8"},
@@ -122,3 +128,14 @@ def test_chat_template_is_used_when_present(task_tokenizer):
     ids = encoder.prompt_ids("3+4=")[0]
     assert ids.count(chat.bos_token_id) == 2  # the template's own BOS tokens, none added on top
     assert torch.tensor(encoder.response_ids(" 7"))[-1] == chat.eos_token_id
+
+
+def test_a_tokenizer_exported_with_the_plain_template_encodes_every_stage_as_before(task_tokenizer):
+    """The next step loads an export that carries :func:`plain_chat_template`: its batches must be the ones the
+    step before trained on (the template-less tokenizer's), responses with their leading space included. A
+    reward model fed responses stripped of the space scored a format the policy never produces, and PPO and
+    DPO after it stopped learning."""
+    exported = copy.deepcopy(task_tokenizer)
+    exported.chat_template = plain_chat_template(task_tokenizer)
+    for stage in ("sft", "reward", "ppo"):
+        assert _encode(exported, stage)[1] == _encode(task_tokenizer, stage)[1], stage
