@@ -44,7 +44,8 @@ def test_rerunning_ppo_keeps_the_other_summary_rows_and_the_previous_export(tmp_
     main(args)
     first = json.loads((tmp_path / "summary.json").read_text())
     first_weights = (tmp_path / "ppo" / "hf" / "final" / "model.safetensors").read_bytes()
-    main([*args, "--steps", "ppo", "--ppo.model.kl_coef", "0.5"])
+    # another actor learning rate: the first iteration's KL to the reference is 0, so kl_coef alone changes nothing
+    main([*args, "--steps", "ppo", "--ppo.model.actor_optimizer.learning_rate", "0.003"])
     second = json.loads((tmp_path / "summary.json").read_text())
     assert [row["step"] for row in second] == ["sft", "reward", "ppo"]
     assert second[:2] == first[:2], "the sft and reward rows are the first run's"
