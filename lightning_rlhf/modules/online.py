@@ -114,7 +114,8 @@ class OnlineRLModule(MultiEngineBackwardMixin, LightningModule):
         rollout, metrics, samples = self.make_experience(prompts)
         start = time.perf_counter()
         metrics.update(self.update(rollout, extra))
-        for scheduler in self.lr_schedulers() or []:
+        schedulers = self.lr_schedulers() or []  # one scheduler comes unwrapped, several as a list
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             scheduler.step()
         metrics["time/training_s"] = time.perf_counter() - start
         metrics = reduce_metrics(self.trainer.strategy, metrics)
