@@ -351,4 +351,21 @@ def _has_callables(reward_funcs: Sequence[RewardSpec] | None) -> bool:
     return any(callable(f) for f in reward_funcs or [])
 
 
-__all__ = ["GRPOModule", "GRPO_TAGS", "GRPO_OPTIMIZER"]
+
+
+
+#: prompts per rollout (the data module's ``batch_size``) that :func:`tiny_grpo_settings` was tuned with
+TINY_GRPO_ROLLOUT_PROMPTS = 16
+
+
+def tiny_grpo_settings() -> dict[str, Any]:
+    """``GRPOModule`` arguments for tiny models trained from scratch on the built-in task (CPU), with reward
+    functions and no reward model: the answer's last number right (1.0) plus the answer alone (0.5)."""
+    return dict(
+        reward_funcs=["answer_match", "answer_only_format"], reward_weights=[1.0, 0.5],
+        actor_optimizer=OptimizerArgs(learning_rate=3e-4, scheduler="constant"),
+        generation=GenerationArgs(max_new_tokens=4, temperature=1.0), num_generations=4, train_batch_size=64,
+        ppo_epochs=1,
+    )
+
+__all__ = ["GRPOModule", "GRPO_OPTIMIZER", "GRPO_TAGS", "TINY_GRPO_ROLLOUT_PROMPTS", "tiny_grpo_settings"]
