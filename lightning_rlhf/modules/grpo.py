@@ -34,9 +34,8 @@ from lightning_rlhf.modules.grpo_logging import GRPO_TAGS, group_rollout_metrics
 from lightning_rlhf.modules.online import OnlineRLModule, repeat_rows
 from lightning_rlhf.modules.pooled import pooled_mean, pooled_mean_of
 from lightning_rlhf.modules.ppo_config import GenerationArgs
-from lightning_rlhf.modules.ppo_logging import log_samples
-from lightning_rlhf.modules.rollout import Generated, Rollout, policy_logprobs
-from lightning_rlhf.rewards.combined import RewardSources, SampleRewards
+from lightning_rlhf.modules.rollout import Rollout, policy_logprobs
+from lightning_rlhf.rewards.combined import RewardSources
 from lightning_rlhf.rewards.resolve import RewardSpec
 from lightning_rlhf.strategies import frozen_models
 
@@ -214,16 +213,6 @@ class GRPOModule(OnlineRLModule):
                                           self.trainer)
 
     # -- the algorithm --------------------------------------------------------------------------------
-    def score(self, prompts: list[str], generated: Generated, responses: list[str],
-              columns: Mapping[str, list[Any]] | None) -> SampleRewards:
-        """Every answer's reward from the reward functions and the reward model."""
-        mask = generated.response_mask
-        ids = [row[keep].tolist() for row, keep in zip(generated.sequences[:, -mask.shape[1]:], mask)]
-        model_scores = None
-        if self.reward_model is not None:
-            model_scores = sequence_scores(self.reward_model, generated.sequences, generated.attention_mask)
-        return self.rewards.score(prompts, responses, columns, ids, model_scores)
-
     @torch.no_grad()
     def make_experience(self, batch: Mapping[str, Any]) -> tuple[Rollout, dict[str, Any], tuple]:
         """Sample ``num_generations`` answers per prompt, score them and compute group-relative advantages."""
@@ -244,14 +233,17 @@ class GRPOModule(OnlineRLModule):
         if self.reference is not None:
             ref_logprobs, _ = policy_logprobs(self.reference, sequences, attention_mask, length, temperature)
         responses = self.responses(generated)
-        rewards = self.score(prompts, generated, responses, columns)
+        model_scores = None
+        if self.reward_model is not None:
+            model_scores = sequence_scores(self.reward_model, sequences, attention_mask)
+        rewards = self.score(prompts, generated, responses, columns, model_scores)
         total = rewards.total.to(self.device)
         if hp.overlong_buffer_length is not None:
             total = total + overlong_penalty(response_mask.sum(1), self.generation.max_new_tokens,
                                              hp.overlong_buffer_length, hp.overlong_penalty_factor)
         advantages, loss_mask, counts = self.advantages(total, response_mask, generated.eos_found, logprobs,
                                                         ref_logprobs)
-        metrics = group_rollout_metrics(total.cpu(), rewards.per_source, group, counts["groups_without_signal"],
+        metrics = group_rollout_metrics(total.cpu(), rewards, group, counts["groups_without_signal"],
                                         response_mask, generated.eos_found, entropy, advantages, loss_mask)
         metrics.update(self.extra_metrics(response_mask, counts, logprobs, ref_logprobs))
         metrics.update({"time/generation_s": generation_s,
@@ -324,26 +316,6 @@ class GRPOModule(OnlineRLModule):
                 sums = {k: sums.get(k, 0.0) + v for k, v in step.items()}
                 count += 1
         return {k: v / count for k, v in sums.items()}
-
-    # -- validation -------------------------------------------------------------------------------------
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """Greedy answers to held-out prompts: mean reward (overall and per source) and task success."""
-        batch = batch["ppo"] if "ppo" in batch else batch
-        generated = self.generate(batch, greedy=True)
-        responses = self.responses(generated)
-        rewards = self.score(batch["prompts"], generated, responses, batch.get("columns"))
-        n = len(responses)
-        self.log("val/reward_mean", torch.nan_to_num(rewards.total).mean(), on_epoch=True, sync_dist=True,
-                 batch_size=n)
-        for name, values in rewards.per_source.items():
-            self.log(f"val/reward/{name}", torch.nan_to_num(values).mean(), on_epoch=True, sync_dist=True,
-                     batch_size=n)
-        success = self.task_success(batch["prompts"], responses)
-        if success is not None:
-            self.log("val/task_success", success.float().mean(), on_epoch=True, sync_dist=True, batch_size=n)
-        if batch_idx == 0:
-            log_samples(self, "val/samples", batch["prompts"], responses, torch.nan_to_num(rewards.total).tolist(),
-                        limit=self.hparams.num_samples_to_log)
 
 
 def _has_callables(reward_funcs: Sequence[RewardSpec] | None) -> bool:

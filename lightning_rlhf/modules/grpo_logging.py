@@ -8,13 +8,13 @@ low/high clip fractions show whether clip-higher is active.
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import torch
 from torch import Tensor
 
 from lightning_rlhf.algorithms.group_advantages import within_group_std
 from lightning_rlhf.modules.pooled import Pooled, pooled_mean, pooled_mean_of, pooled_std
+from lightning_rlhf.modules.ppo_logging import source_metrics
+from lightning_rlhf.rewards.combined import SampleRewards
 
 #: the curves every GRPO iteration logs (``grpo/reward/<source>`` per reward source, ``grpo/kl`` with a
 #: reference, ``grpo/task_success`` with a task checker, ``grpo/groups_filtered`` with dynamic sampling and
@@ -29,14 +29,14 @@ GRPO_TAGS: tuple[str, ...] = (
 
 
 def group_rollout_metrics(
-    total: Tensor, per_source: Mapping[str, Tensor], num_generations: int, groups_without_signal: int,
+    total: Tensor, rewards: SampleRewards, num_generations: int, groups_without_signal: int,
     response_mask: Tensor, eos_found: Tensor, entropy: Tensor, advantages: Tensor, loss_mask: Tensor,
 ) -> dict[str, Pooled | float]:
     """The rollout's curves, as statistics of the global batch once reduced over ranks.
 
     Args:
-        total: ``(B,)`` the reward of each answer (``nan`` where no source scored it).
-        per_source: each reward source's ``(B,)`` reward by name (``nan`` where it did not score).
+        total: ``(B,)`` the reward of each answer, shaped (``nan`` where no source scored it).
+        rewards: the sources' rewards (their curves, and the share of answers none scored).
         num_generations: answers per prompt.
         groups_without_signal: groups whose scored rewards were all equal (what dynamic sampling drops).
         response_mask: ``(B, R)`` true on the response tokens.
@@ -46,20 +46,18 @@ def group_rollout_metrics(
         loss_mask: ``(B, R)`` the tokens the update counts.
     """
     scored = ~total.isnan()
-    rewards = torch.nan_to_num(total)
+    values = torch.nan_to_num(total)
     lengths = response_mask.sum(1).float()
     groups = len(total) // num_generations
     metrics: dict[str, Pooled | float] = {
-        "grpo/reward_mean": pooled_mean(rewards, scored), "grpo/reward_std": pooled_std(rewards, scored),
+        "grpo/reward_mean": pooled_mean(values, scored), "grpo/reward_std": pooled_std(values, scored),
         "grpo/reward_group_std": pooled_mean_of(within_group_std(total, num_generations), groups),
         "grpo/groups_without_signal": pooled_mean_of(groups_without_signal / max(groups, 1), groups),
-        "grpo/unscored_fraction": pooled_mean((~scored).float()),
         "grpo/response_length": pooled_mean(lengths), "grpo/eos_fraction": pooled_mean(eos_found.float()),
         "grpo/entropy": pooled_mean(entropy, response_mask),
         "grpo/advantage_mean": pooled_mean(advantages, loss_mask),
     }
-    for name, values in per_source.items():
-        metrics[f"grpo/reward/{name}"] = pooled_mean(torch.nan_to_num(values), ~values.isnan())
+    metrics.update(source_metrics("grpo", rewards))
     return metrics
 
 

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from transformers import LogitsProcessorList
 
+from lightning_rlhf.models import sequence_scores
 from lightning_rlhf.models.context import check_context_length
 from lightning_rlhf.models.sampling import StreamedLogprobs, sampling_from_policy
 from lightning_rlhf.modules._common import rng_states, set_rng_states
@@ -32,6 +33,7 @@ from lightning_rlhf.modules.rollout import (
     pad_right,
     response_mask_from_tokens,
 )
+from lightning_rlhf.rewards.combined import SampleRewards
 from lightning_rlhf.strategies import MultiEngineBackwardMixin, generation_mode
 
 TaskChecker = Callable[[str, str], bool]
@@ -46,13 +48,18 @@ class OnlineRLModule(MultiEngineBackwardMixin, LightningModule):
     """Base of :class:`~lightning_rlhf.modules.ppo.PPOModule` and :class:`~lightning_rlhf.modules.grpo.GRPOModule`.
 
     Subclasses set, in ``__init__``: ``self.tokenizer``, ``self.generation`` (:class:`GenerationArgs`),
-    ``self.actor`` (built in ``configure_model``), ``self._shuffle`` (a seeded ``torch.Generator``) and call
-    :meth:`init_online`; they implement :meth:`make_experience`, :meth:`update` and :meth:`model_paths`, and
-    may override :meth:`on_iteration_end`, :meth:`extra_state` / :meth:`load_extra_state`.
+    ``self.rewards`` (:class:`~lightning_rlhf.rewards.combined.RewardSources`), ``self.actor`` and
+    ``self.reward_model`` (built in ``configure_model``; the reward model may stay None), ``self._shuffle`` (a
+    seeded ``torch.Generator``) and call :meth:`init_online`; they implement :meth:`make_experience`,
+    :meth:`update` and :meth:`model_paths`, and may override :meth:`on_iteration_end`, :meth:`extra_state` /
+    :meth:`load_extra_state`.
     """
 
     #: prefix of the curves (``ppo/reward_mean``, ``grpo/reward_mean``) and of the checkpoint state key
     metric_prefix: str = "ppo"
+    #: :class:`~lightning_rlhf.strategies.HybridDeepSpeedStrategy` gives every child its own engine (the actor
+    #: alone too), the layout its generation switch and checkpoints are built for
+    engine_per_child: bool = True
 
     def init_online(self) -> None:
         """State every online module has: manual optimization and no task checker yet."""
@@ -228,6 +235,37 @@ class OnlineRLModule(MultiEngineBackwardMixin, LightningModule):
         if self.task_checker is None:
             return None
         return torch.tensor([self.task_checker(p, r) for p, r in zip(prompts, responses)], device=self.device)
+
+    # -- rewards and validation -----------------------------------------------------------------------
+    def score(self, prompts: list[str], generated: Generated, responses: list[str],
+              columns: Mapping[str, list[Any]] | None, model_scores: Tensor | None) -> SampleRewards:
+        """Every answer's reward: the reward functions' weighted sum plus ``model_scores`` (the reward model's,
+        as the caller prepared them; None without a reward model)."""
+        mask = generated.response_mask
+        ids = [row[keep].tolist() for row, keep in zip(generated.sequences[:, -mask.shape[1]:], mask)]
+        return self.rewards.score(prompts, responses, columns, ids, model_scores)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """Greedy answers to held-out prompts: the mean reward (the reward model's raw score plus the reward
+        functions'), each reward function's mean, and task success."""
+        batch = batch["ppo"] if "ppo" in batch else batch
+        generated = self.generate(batch, greedy=True)
+        responses = self.responses(generated)
+        model_scores = None
+        if self.reward_model is not None:
+            model_scores = sequence_scores(self.reward_model, generated.sequences, generated.attention_mask)
+        rewards = self.score(batch["prompts"], generated, responses, batch.get("columns"), model_scores)
+        n, totals = len(responses), torch.nan_to_num(rewards.total)
+        self.log("val/reward_mean", totals.mean(), on_epoch=True, sync_dist=True, batch_size=n)
+        for name in self.rewards.names:
+            self.log(f"val/reward/{name}", torch.nan_to_num(rewards.per_source[name]).mean(), on_epoch=True,
+                     sync_dist=True, batch_size=n)
+        success = self.task_success(batch["prompts"], responses)
+        if success is not None:
+            self.log("val/task_success", success.float().mean(), on_epoch=True, sync_dist=True, batch_size=n)
+        if batch_idx == 0:
+            log_samples(self, "val/samples", batch["prompts"], responses, totals.tolist(),
+                        limit=self.hparams.num_samples_to_log)
 
     # -- checkpoint state beyond the weights ------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

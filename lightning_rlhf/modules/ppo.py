@@ -40,8 +40,10 @@ from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_co
 from lightning_rlhf.modules.online import OnlineRLModule
 from lightning_rlhf.modules.ppo_config import GenerationArgs
 from lightning_rlhf.modules.pooled import pooled_mean
-from lightning_rlhf.modules.ppo_logging import PPO_TAGS, log_samples, rollout_metrics
+from lightning_rlhf.modules.ppo_logging import PPO_TAGS, rollout_metrics, source_metrics
 from lightning_rlhf.modules.rollout import Rollout, critic_values, forward_kwargs, policy_logprobs
+from lightning_rlhf.rewards.combined import RewardSources
+from lightning_rlhf.rewards.resolve import RewardSpec
 from lightning_rlhf.strategies import frozen_models
 
 #: DeepSpeed-Chat's learning rates (tuned for 1B+ models); None for either argument means these
@@ -74,8 +76,9 @@ class PPOModule(OnlineRLModule):
 
     Args:
         actor: Hugging Face folder of the policy (the SFT output of step 1).
-        reward_model: folder of the reward model (step 2), frozen.
-        critic: folder the critic starts from; ``None`` uses ``reward_model`` (DeepSpeed-Chat's choice).
+        reward_model: folder of the reward model (step 2), frozen; None scores with ``reward_funcs`` only.
+        critic: folder the critic starts from; ``None`` uses ``reward_model`` (DeepSpeed-Chat's choice), or the
+            actor (with a fresh value head) without a reward model.
         reference: folder of the frozen reference policy; ``None`` uses ``actor``.
         tokenizer: tokenizer folder; ``None`` uses ``actor``. Actor, reference and reward model share it.
         actor_lora: LoRA settings of the actor (None: full fine-tuning).
@@ -119,12 +122,18 @@ class PPOModule(OnlineRLModule):
         num_samples_to_log: sample generations written to TensorBoard text.
         log_samples_every_n_steps: how often (in PPO iterations) samples are logged.
         seed: seed of the mini-batch shuffle.
+        reward_funcs: reward functions added to the reward model's score (or used alone): import paths
+            ``package.module:function``, built-in names, ``http(s)://`` URLs or callables, each
+            ``f(prompts, completions, **columns) -> list[float | None]`` (TRL's signature; see ``docs/rewards.md``).
+            The score is ``(rm - mean) / std + sum(weight * f)``, then ``missing_eos_penalty`` and the clip; an answer
+            no source scored is left out of the update and counted.
+        reward_weights: one weight per reward function (None: 1.0 each).
     """
 
     def __init__(
         self,
         actor: str,
-        reward_model: str,
+        reward_model: str | None = None,
         critic: str | None = None,
         reference: str | None = None,
         tokenizer: str | None = None,
@@ -158,11 +167,20 @@ class PPOModule(OnlineRLModule):
         num_samples_to_log: int = 4,
         log_samples_every_n_steps: int = 10,
         seed: int = 0,
+        reward_funcs: list[RewardSpec] | None = None,
+        reward_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["reward_funcs"] if any(callable(f) for f in reward_funcs or []) else None)
         self._validate()
         self.init_online()
+        self.rewards = RewardSources(reward_funcs, reward_weights)
+        if reward_model is None and not self.rewards:
+            raise ValueError("PPOModule needs a reward: a reward_model (step 2's export), reward_funcs "
+                             "(e.g. ['answer_match']), or both")
+        if normalize_reward and reward_model is None:
+            raise ValueError("PPOModule(normalize_reward=True) normalises the reward model's scores with its "
+                             "reward_stats.json, but no reward_model is given; set normalize_reward=False")
         # copies: the defaults in the signature are shared objects (they are there for --print_config to show)
         self.actor_optimizer = copy.copy(actor_optimizer or ACTOR_OPTIMIZER)
         self.critic_optimizer = copy.copy(critic_optimizer or CRITIC_OPTIMIZER)
@@ -236,14 +254,19 @@ class PPOModule(OnlineRLModule):
         with zero3_loading(ds_config):  # ZeRO-3: from_pretrained loads straight into partitions
             self.actor = load_causal_lm(hp.actor, lora=self.actor_lora, dropout=p, tokenizer=tok,
                                         gradient_checkpointing=hp.actor_gradient_checkpointing)
-            self.critic = load_value_model(hp.critic or hp.reward_model, lora=self.critic_lora, dropout=p,
-                                           tokenizer=tok, gradient_checkpointing=hp.critic_gradient_checkpointing)
+            critic = hp.critic or hp.reward_model or hp.actor
+            self.critic = load_value_model(critic, lora=self.critic_lora, dropout=p, tokenizer=tok,
+                                           gradient_checkpointing=hp.critic_gradient_checkpointing)
             with frozen_models(strategy):  # offload_frozen_models: their ZeRO-3 partitions are created on the CPU
                 self.reference = load_causal_lm(hp.reference or hp.actor, dropout=p, tokenizer=tok)
-                self.reward_model = load_value_model(hp.reward_model, dropout=p, tokenizer=tok)
-            self.reference.requires_grad_(False), self.reward_model.requires_grad_(False)
+                if hp.reward_model is not None:
+                    self.reward_model = load_value_model(hp.reward_model, dropout=p, tokenizer=tok)
         # from_pretrained returns eval mode; trained models need train mode (gradient checkpointing checks it)
-        self.actor.train(), self.critic.train(), self.reference.eval(), self.reward_model.eval()
+        self.actor.train(), self.critic.train()
+        for frozen in (self.reference, self.reward_model):
+            if frozen is not None:
+                frozen.requires_grad_(False)
+                frozen.eval()
 
     def configure_optimizers(self) -> list[dict[str, Any]]:
         """AdamW + schedule for the actor, then for the critic (one DeepSpeed engine each)."""
@@ -267,25 +290,39 @@ class PPOModule(OnlineRLModule):
             logprobs, entropy = policy_logprobs(self.actor, sequences, attention_mask, length, temperature, True)
         ref_logprobs, _ = policy_logprobs(self.reference, sequences, attention_mask, length, temperature)
         values = critic_values(self.critic, sequences, attention_mask, length, self.score_mean, self.score_std)
-        raw_scores = sequence_scores(self.reward_model, sequences, attention_mask)
-        scores = process_scores(raw_scores, eos_found, hp.missing_eos_penalty, self.score_mean, self.score_std,
-                                hp.clip_reward_value)
+        responses = self.responses(generated)
+        raw_scores, sample_rewards = self.rewards_of(batch, generated, responses)
+        scores = process_scores(torch.nan_to_num(sample_rewards.total).to(sequences.device), eos_found,
+                                hp.missing_eos_penalty, 0.0, 1.0, hp.clip_reward_value)
+        scored = ~sample_rewards.total.isnan().to(sequences.device)
+        response_mask = response_mask & scored.unsqueeze(1)  # an answer no source scored: out of the update
         kl_coef = self.kl_controller.value
         rewards, stats = kl_penalized_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef, hp.kl_estimator)
         advantages, returns = generalized_advantage_estimation(rewards, values, response_mask, hp.gamma, hp.lam)
         metrics = rollout_metrics(raw_scores, rewards, stats["kl"], kl_coef, entropy, values, advantages, returns,
                                   response_mask, eos_found)
+        if self.rewards:
+            metrics.update(source_metrics("ppo", sample_rewards))
         metrics.update({"time/generation_s": generation_s,
                         "throughput/generated_tokens_per_s": response_mask.sum().item() / max(generation_s, 1e-9)})
         if hp.whiten_advantages:
             advantages = masked_whiten(advantages, response_mask, sum_across=self.sum_across_ranks())
-        responses = self.responses(generated)
         success = self.task_success(batch["prompts"], responses)
         if success is not None:
             metrics["ppo/task_success"] = pooled_mean(success.float())
         rollout = Rollout(sequences, attention_mask, response_mask, logprobs, advantages, values=values,
                           returns=returns)
         return rollout, metrics, (batch["prompts"], responses, raw_scores.tolist())
+
+    def rewards_of(self, batch: Mapping[str, Any], generated: Any, responses: list[str]) -> tuple[Tensor, Any]:
+        """The raw reward-model scores (for ``ppo/score_mean``; the reward functions' total without a reward
+        model) and every answer's reward, the reward model's score normalised."""
+        normalised = raw = None
+        if self.reward_model is not None:
+            raw = sequence_scores(self.reward_model, generated.sequences, generated.attention_mask)
+            normalised = (raw.float() - self.score_mean) / self.score_std
+        rewards = self.score(batch["prompts"], generated, responses, batch.get("columns"), normalised)
+        return (raw if raw is not None else torch.nan_to_num(rewards.total)), rewards
 
     def update(self, rollout: Rollout, extra_batch: Any = None) -> dict[str, Any]:
         """The PPO update, then the ptx step (on ``extra_batch``, the batch's SFT part, or the next SFT batch)."""
@@ -335,22 +372,6 @@ class PPOModule(OnlineRLModule):
                                    "or batches of the form {'ppo': ..., 'ptx': ...}")
             self._ptx_iterator = reshuffled_passes(loader(self.hparams.ptx_batch_size))
         return self.transfer_batch_to_device(next(self._ptx_iterator), self.device, 0)
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """Greedy responses to held-out prompts: mean reward-model score and task success."""
-        batch = batch["ppo"] if "ppo" in batch else batch
-        generated = self.generate(batch, greedy=True)
-        sequences, response_mask = generated.sequences, generated.response_mask
-        scores = sequence_scores(self.reward_model, sequences, generated.attention_mask)
-        n = len(scores)
-        self.log("val/reward_mean", scores.mean(), on_epoch=True, sync_dist=True, batch_size=n)
-        responses = self.decode(sequences[:, -response_mask.shape[1]:], response_mask)
-        success = self.task_success(batch["prompts"], responses)
-        if success is not None:
-            self.log("val/task_success", success.float().mean(), on_epoch=True, sync_dist=True, batch_size=n)
-        if batch_idx == 0:
-            log_samples(self, "val/samples", batch["prompts"], responses, scores.tolist(),
-                        limit=self.hparams.num_samples_to_log)
 
 
 __all__ = ["GenerationArgs", "PPOModule", "PPO_TAGS"]

@@ -78,6 +78,20 @@ def rollout_metrics(
     }
 
 
+def source_metrics(prefix: str, rewards: Any) -> dict[str, Pooled]:
+    """Each reward source's mean over the answers it scored (``<prefix>/reward/<source>``) and the share of
+    answers no source scored (``<prefix>/unscored_fraction``).
+
+    Args:
+        prefix: the curves' prefix (``ppo``, ``grpo``).
+        rewards: a :class:`~lightning_rlhf.rewards.combined.SampleRewards`.
+    """
+    metrics = {f"{prefix}/reward/{name}": pooled_mean(torch.nan_to_num(values), ~values.isnan())
+               for name, values in rewards.per_source.items()}
+    metrics[f"{prefix}/unscored_fraction"] = pooled_mean(rewards.total.isnan().float())
+    return metrics
+
+
 def log_iteration(module: LightningModule, metrics: Mapping[str, float],
                   progress_bar_tags: Sequence[str] = PROGRESS_BAR_TAGS["ppo"]) -> None:
     """Record one PPO (or GRPO) iteration's metrics (already averaged over ranks by :func:`reduce_metrics`).
