@@ -173,14 +173,15 @@ class StageCLI(LightningCLI):
             config.trainer.enable_checkpointing = True
         if self.module_takes_seed() and config.model.seed != config.data.seed and config.trainer.logger is not False:
             raise ValueError(
-                f"`lightning-rlhf {self.stage}`: model.seed is {config.model.seed} but data.seed is {config.data.seed}; "
+                f"`lightning-rlhf {self.stage}`: model.seed is {config.model.seed} but data.seed is "
+                f"{config.data.seed}; "
                 f"Lightning logs the module's and the data module's hyperparameters together and refuses one name "
                 f"with two values, so set both to the same seed (e.g. --model.seed {config.data.seed})"
             )
 
     @classmethod
     def module_takes_seed(cls) -> bool:
-        """Whether the step's module has a ``seed`` of its own (PPO's mini-batch shuffle), which must equal ``data.seed``."""
+        """Whether the module has a ``seed`` of its own (PPO's mini-batch shuffle); it must equal ``data.seed``."""
         return "seed" in inspect.signature(cls.module_class()).parameters
 
     @classmethod
