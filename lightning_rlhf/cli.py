@@ -26,6 +26,7 @@ rank derived (see :func:`adapt_deepspeed_launcher`).
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from typing import Any, ClassVar, MutableMapping, Sequence
@@ -161,7 +162,8 @@ class StageCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Refuse a data ``stage`` that is not this step's (it would feed the wrong batch format); turn
-        checkpointing on when the config adds a checkpoint callback (the default is off)."""
+        checkpointing on when the config adds a checkpoint callback (the default is off); refuse a module ``seed``
+        that differs from ``data.seed`` before anything is built (Lightning would fail at ``fit``)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         stage, wanted = config.data.stage, self.batch_stage()
         if stage != wanted:
@@ -171,6 +173,18 @@ class StageCLI(LightningCLI):
             )
         if config.trainer.enable_checkpointing is False and _adds_checkpoint_callback(config.trainer.callbacks):
             config.trainer.enable_checkpointing = True
+        if self.module_takes_seed() and config.model.seed != config.data.seed and config.trainer.logger is not False:
+            raise ValueError(
+                f"`lightning-rlhf {self.stage}`: model.seed is {config.model.seed} but data.seed is "
+                f"{config.data.seed}; "
+                f"Lightning logs the module's and the data module's hyperparameters together and refuses one name "
+                f"with two values, so set both to the same seed (e.g. --model.seed {config.data.seed})"
+            )
+
+    @classmethod
+    def module_takes_seed(cls) -> bool:
+        """Whether the module has a ``seed`` of its own (PPO's mini-batch shuffle); it must equal ``data.seed``."""
+        return "seed" in inspect.signature(cls.module_class()).parameters
 
     @classmethod
     def batch_stage(cls) -> str:

@@ -82,7 +82,7 @@ class PipelineConfig:
             a later step alone reuses earlier exports found in ``output_dir`` (or the paths its
             section sets). ``sft,dpo`` trains the SFT policy with DPO instead of a reward model and PPO;
             ``sft,grpo`` with GRPO and the reward functions its section names.
-        seed: ``seed_everything`` of every step (unless its section sets one).
+        seed: ``seed_everything``, ``data.seed`` and the module's ``seed`` of each step unless its section sets them.
         base_model: Hugging Face folder of the pretrained policy (SFT starts here; DeepSpeed-Chat's
             ``--actor-model``). None builds a tiny model from scratch (see ``tiny``).
         reward_base_model: folder the reward model starts from (DeepSpeed-Chat's ``--reward-model``);
@@ -230,6 +230,8 @@ def step_config(config: PipelineConfig, step: str, base: Path, require_exports: 
     trainer.setdefault("default_root_dir", str(Path(config.output_dir) / step))
     section.setdefault("export", {})["dirpath"] = str(Path(config.output_dir) / step / "hf")
     model = section.setdefault("model", {})
+    if STAGE_CLIS[step].module_takes_seed():  # PPO's shuffle seed: Lightning refuses a `seed` hparam with two values
+        model.setdefault("seed", section["data"]["seed"])
     if step == "sft":
         model.setdefault("model", str(base))
     elif step == "dpo":

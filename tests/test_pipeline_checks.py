@@ -3,12 +3,14 @@ keeps the earlier results (summary rows of the other steps, the previous export 
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
 import yaml
 
-from lightning_rlhf.cli import main
+from lightning_rlhf.cli import STAGE_CLIS, main
+from lightning_rlhf.pipeline import STEPS, PipelineConfig, step_config
 from tests.test_pipeline import ONE_PROCESS, QUICK
 
 NO_BAR = [f"--{s}.trainer.enable_progress_bar=false" for s in ("sft", "reward", "ppo")]
@@ -19,6 +21,23 @@ def test_a_typo_in_the_ppo_section_is_reported_before_anything_trains(tmp_path):
                                          r"'kl_coeff'. Nothing has been trained"):
         main(["pipeline", "--output_dir", str(tmp_path / "out"), "--ppo.model.kl_coeff", "0.2"])
     assert not (tmp_path / "out").exists(), "not even the base model was built"
+
+
+def test_the_pipeline_seed_reaches_every_steps_data_and_module_seed(tmp_path):
+    """``--seed 1`` crashed PPO at fit ("Error while merging hparams ... seed"): data.seed became 1, PPO's own shuffle
+    seed stayed 0, and Lightning refuses one hparam name with two values."""
+    base = tmp_path / "base"
+    for step in STEPS:
+        section = step_config(PipelineConfig(output_dir=str(tmp_path), seed=1), step, base, require_exports=False)
+        assert section["seed_everything"] == 1 and section["data"]["seed"] == 1, step
+        if "seed" in inspect.signature(STAGE_CLIS[step].module_class()).parameters:  # PPO's mini-batch shuffle
+            assert section["model"]["seed"] == 1, step
+        STAGE_CLIS[step].check_config(section)
+    own = PipelineConfig(output_dir=str(tmp_path), seed=1, ppo={"data": {"seed": 5}})
+    assert step_config(own, "ppo", base, require_exports=False)["model"]["seed"] == 5, "a section's data seed"
+    with pytest.raises(ValueError, match=r"the `ppo` section is invalid: .*model.seed is 0 but data.seed is 1; .*"
+                                         r"--model.seed 1\). Nothing has been trained"):
+        main(["pipeline", "--output_dir", str(tmp_path / "out"), "--seed", "1", "--ppo.model.seed", "0"])
 
 
 def test_print_config_shows_section_flags_and_ckpt_path(capsys):

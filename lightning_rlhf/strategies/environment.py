@@ -87,6 +87,7 @@ def use_cpu_for_deepspeed() -> None:
         RuntimeError: DeepSpeed still reports another accelerator.
     """
     os.environ["DS_ACCELERATOR"] = "cpu"
+    skip_shared_memory_comm_build()
     from deepspeed.accelerator import get_accelerator, set_accelerator
 
     picked = get_accelerator().device_name()
@@ -101,6 +102,22 @@ def use_cpu_for_deepspeed() -> None:
             f"Trainer(accelerator='cpu') but DeepSpeed's accelerator is {get_accelerator().device_name()!r}, so ZeRO "
             "would place partitions there. Start the run with DS_ACCELERATOR=cpu in the environment."
         )
+
+
+def skip_shared_memory_comm_build() -> None:
+    """Keep DeepSpeed from compiling its shared-memory all-reduce op, which CPU runs of this package never call.
+
+    Why: on the CPU accelerator every ``deepspeed.init_distributed`` JIT-compiles ``deepspeed_shm_comm`` (two C++
+    files against torch's headers: about 2 minutes of both cores on a 2-core machine, once per
+    ``TORCH_EXTENSIONS_DIR``). Its only user is ``inference_all_reduce`` of DeepSpeed's own inference engine, which
+    this package runs on CUDA only; ZeRO's collectives go through ``torch.distributed`` (gloo) either way, and
+    ``inference_all_reduce`` falls back to it without the op. DeepSpeed reads the op's compatibility from the
+    ``deepspeed.ops.__compatible_ops__`` dict, probed once per process and kept for edits like this one.
+    """
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
 
 
 def check_positive(name: str, value: float) -> None:

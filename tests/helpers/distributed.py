@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 
 def free_port() -> int:
@@ -39,3 +40,26 @@ def run_distributed(
             f"--- stdout ---\n{proc.stdout[-8000:]}\n--- stderr ---\n{proc.stderr[-8000:]}"
         )
     return proc
+
+
+def run_once(tmp_path_factory, name: str, produce: Callable[[Path], None]) -> Path:
+    """``produce(folder)`` once per test session, even when the tests that read ``folder`` run on several
+    pytest-xdist workers; returns ``folder``.
+
+    Why: several tests that check the cases of one 2-process launch (each launch pays the start-up of two
+    DeepSpeed processes, 30-40 CPU-seconds) share it through a module fixture, but ``--dist load`` may hand them
+    to both workers. The first worker to get here runs the launch under a file lock in the session's shared
+    temporary folder; the others wait (the launch keeps both cores busy meanwhile) and read what it wrote. A
+    launch that fails leaves no ``.done`` marker, so every test that needs it fails with its own error.
+    """
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: <session>/popen-gwN
+    folder, done = shared / name, shared / name / ".done"
+    with FileLock(str(folder) + ".lock"):
+        if not done.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            produce(folder)
+            done.write_text("ok")
+    return folder

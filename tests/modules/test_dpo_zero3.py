@@ -8,17 +8,27 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.distributed import run_distributed
+from tests.helpers.distributed import run_distributed, run_once
 from tests.models.fixtures import tiny_folder
 
 WORKER = Path(__file__).parent / "scripts" / "dpo_zero3_worker.py"
 
 
+MODES = ["model", "adapters_off", "precomputed"]
+
+
+@pytest.fixture(scope="module")
+def dpo_runs(tmp_path_factory) -> Path:
+    """Every mode in one 2-process launch, once per session (the start-up of two DeepSpeed processes is paid once,
+    not per mode): ``<root>/<mode>/result-rank<R>.json``."""
+    return run_once(tmp_path_factory, "dpo_zero3", lambda root: run_distributed(
+        WORKER, ",".join(MODES), str(tiny_folder(root, "llama")), str(root), nprocs=2, timeout=900))
+
+
 @pytest.mark.distributed
-@pytest.mark.parametrize("mode", ["model", "adapters_off", "precomputed"])
-def test_zero3_two_processes_train_dpo_and_export_the_policy(tmp_path, mode):
-    run_distributed(WORKER, mode, str(tiny_folder(tmp_path, "llama")), str(tmp_path), nprocs=2, timeout=600)
-    ranks = [json.loads((tmp_path / f"result-rank{r}.json").read_text()) for r in (0, 1)]
+@pytest.mark.parametrize("mode", MODES)
+def test_zero3_two_processes_train_dpo_and_export_the_policy(dpo_runs, mode):
+    ranks = [json.loads((dpo_runs / mode / f"result-rank{r}.json").read_text()) for r in (0, 1)]
     for result in ranks:
         assert result["world_size"] == 2 and result["global_step"] == 4
         assert result["policy"]["partitioned"] and result["policy"]["local_numel"] == 0  # only ZeRO-3 shards

@@ -7,17 +7,32 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.distributed import run_distributed
+from tests.helpers.distributed import run_distributed, run_once
 from tests.models.fixtures import tiny_folder
 
 WORKER = Path(__file__).parent / "scripts" / "sft_reward_zero3_worker.py"
 
 
+CASES = [("sft", False), ("reward", False), ("sft", True)]
+
+
+def _case(stage: str, lora: bool) -> str:
+    return f"{stage}-lora" if lora else stage
+
+
+@pytest.fixture(scope="module")
+def zero3_runs(tmp_path_factory) -> Path:
+    """Every case in one 2-process launch, once per session (the start-up of two DeepSpeed processes is paid once,
+    not per case): ``<root>/<case>/result-rank<R>.json``."""
+    cases = ",".join(_case(stage, lora) for stage, lora in CASES)
+    return run_once(tmp_path_factory, "sft_reward_zero3", lambda root: run_distributed(
+        WORKER, cases, str(tiny_folder(root, "llama")), str(root), nprocs=2, timeout=900))
+
+
 @pytest.mark.distributed
-@pytest.mark.parametrize(("stage", "lora"), [("sft", False), ("reward", False), ("sft", True)])
-def test_zero3_two_processes_trains_and_exports_the_same_model(tmp_path, stage, lora):
-    model = tiny_folder(tmp_path, "llama")
-    run_distributed(WORKER, stage, str(model), str(tmp_path), *(["--lora"] if lora else []), nprocs=2, timeout=600)
+@pytest.mark.parametrize(("stage", "lora"), CASES)
+def test_zero3_two_processes_trains_and_exports_the_same_model(zero3_runs, stage, lora):
+    tmp_path = zero3_runs / _case(stage, lora)
     ranks = [json.loads((tmp_path / f"result-rank{r}.json").read_text()) for r in (0, 1)]
     for result in ranks:
         assert result["world_size"] == 2 and result["partitioned"]

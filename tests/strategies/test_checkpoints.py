@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lightning_rlhf.strategies.checkpoint import MARKER_FILE, read_marker
-from tests.helpers.distributed import run_distributed
+from tests.helpers.distributed import run_distributed, run_once
 
 WORKER = Path(__file__).parent / "scripts" / "checkpoint_worker.py"
 
@@ -19,11 +19,18 @@ def results(outdir: Path, name: str, world: int) -> list[dict]:
     return [json.loads((outdir / f"{name}-rank{r}.json").read_text()) for r in range(world)]
 
 
+@pytest.fixture(scope="module")
+def zero3_runs(tmp_path_factory) -> Path:
+    """The ``evaluate`` and ``plain`` scenarios and the first phase of ``ema``, in one 2-process launch per session
+    (the start-up of two DeepSpeed processes is paid once, not per scenario)."""
+    return run_once(tmp_path_factory, "checkpoints_zero3", lambda root: run_distributed(
+        WORKER, "evaluate,plain,ema", root, "--stage", "3", nprocs=2, timeout=900))
+
+
 @pytest.mark.distributed
-def test_validate_and_test_from_a_several_engine_checkpoint_load_every_saved_engine(tmp_path):
+def test_validate_and_test_from_a_several_engine_checkpoint_load_every_saved_engine(zero3_runs):
     """ZeRO-3 actor + critic + frozen child: validate/test(ckpt_path=...) score the saved weights, not fresh ones."""
-    run_distributed(WORKER, "evaluate", tmp_path, "--stage", "3", nprocs=2)
-    for out in results(tmp_path, "evaluate-stage3", 2):
+    for out in results(zero3_runs, "evaluate-stage3", 2):
         assert out["validate_best"] == pytest.approx(out["best_score"], abs=1e-6)
         assert out["test_best"] == pytest.approx(out["best_score"], abs=1e-6)
         # a fresh module validated from the checkpoint scores what the best epoch scored, not its random start
@@ -32,10 +39,9 @@ def test_validate_and_test_from_a_several_engine_checkpoint_load_every_saved_eng
 
 
 @pytest.mark.distributed
-def test_a_lightning_deepspeed_checkpoint_resumes_after_switching_the_strategy_string(tmp_path):
+def test_a_lightning_deepspeed_checkpoint_resumes_after_switching_the_strategy_string(zero3_runs, tmp_path):
     """Written by DeepSpeedStrategy's own save (no marker), resumed by "hybrid_deepspeed": the run continues exactly."""
-    run_distributed(WORKER, "plain", tmp_path, "--stage", "3", nprocs=2)
-    for out in results(tmp_path, "plain-stage3", 2):
+    for out in results(zero3_runs, "plain-stage3", 2):
         assert MARKER_FILE not in out["files"] and "latest" in out["files"]
         assert out["first"] == out["full"][:4]
         assert len(out["second"]) == 4 and out["second"] == pytest.approx(out["full"][4:], abs=1e-6)
@@ -77,14 +83,14 @@ def test_what_is_checked_in_a_lightning_deepspeed_checkpoint_instead_of_the_mark
 
 
 @pytest.mark.distributed
-def test_each_rank_resumes_its_own_ema_shard_under_zero3(tmp_path):
-    """EMA of the actor's ZeRO-3 partitions (actor + critic engines), 2 ranks, kill and resume in fresh processes:
+def test_each_rank_resumes_its_own_ema_shard_under_zero3(zero3_runs):
+    """EMA of the actor's ZeRO-3 partitions (actor + critic engines), 2 ranks, stop and resume in fresh processes:
     every rank gets back its own shard. (A single-engine module already did: DeepSpeed's ZeRO-3 model states are
-    per rank and carry Lightning's state; the several-engine layout wrote it once, from rank 0.)"""
-    for phase in ("first", "second"):
-        run_distributed(WORKER, "ema", tmp_path, "--stage", "3", "--phase", phase, nprocs=2)
-    saved = results(tmp_path, "ema-first-stage3", 2)
-    restored = results(tmp_path, "ema-second-stage3", 2)
+    per rank and carry Lightning's state; the several-engine layout wrote it once, from rank 0.) The first phase
+    ran in the shared launch (``zero3_runs``); the second starts two new processes from its checkpoint."""
+    run_distributed(WORKER, "ema", zero3_runs, "--stage", "3", "--phase", "second", nprocs=2)
+    saved = results(zero3_runs, "ema-first-stage3", 2)
+    restored = results(zero3_runs, "ema-second-stage3", 2)
     assert saved[0]["end"] != saved[1]["end"], "the ranks hold different partitions: the test would prove nothing"
     for rank in range(2):
         assert restored[rank]["start"].keys() == saved[rank]["end"].keys()

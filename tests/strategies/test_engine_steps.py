@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.distributed import run_distributed
+from tests.helpers.distributed import run_distributed, run_once
 
 WORKER = Path(__file__).parent / "scripts" / "optimizer_worker.py"
 TOLERANCE = 1e-5
@@ -22,9 +22,17 @@ def run(tmp_path: Path, scenario: str, *args: str, nprocs: int = 1) -> dict:
     return json.loads((tmp_path / f"{scenario}.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def one_process_runs(tmp_path_factory) -> Path:
+    """The ``clip`` and ``accum`` scenarios (one process each) in one launch per session, so the start-up of a
+    DeepSpeed process is paid once: ``<root>/<scenario>.json``."""
+    return run_once(tmp_path_factory, "engine_steps_one_process", lambda root: run_distributed(
+        WORKER, "clip,accum", root, "--stages", "0", "2", "3", nprocs=1, timeout=900))
+
+
 @pytest.mark.distributed
-def test_module_clip_settings_become_each_engines_gradient_clipping_at_stages_0_2_3(tmp_path):
-    out = run(tmp_path, "clip", "--stages", "0", "2", "3")
+def test_module_clip_settings_become_each_engines_gradient_clipping_at_stages_0_2_3(one_process_runs):
+    out = json.loads((one_process_runs / "clip.json").read_text())
     for stage in (0, 2, 3):
         two = out[f"two_engines_stage{stage}"]
         assert two["unclipped_would_differ"] > 1e-2  # the clip bites, so equality below means it was applied
@@ -35,8 +43,9 @@ def test_module_clip_settings_become_each_engines_gradient_clipping_at_stages_0_
 
 
 @pytest.mark.distributed
-def test_per_engine_gradient_accumulation_applies_the_mean_of_the_micro_batch_gradients_at_stages_0_2_3(tmp_path):
-    out = run(tmp_path, "accum", "--stages", "0", "2", "3")
+def test_per_engine_gradient_accumulation_applies_the_mean_of_the_micro_batch_gradients_at_stages_0_2_3(
+        one_process_runs):
+    out = json.loads((one_process_runs / "accum.json").read_text())
     for stage in (0, 2, 3):
         res = out[f"stage{stage}"]
         assert res["critic_untouched_after_first"] == 0.0, (stage, res)  # no update before the boundary

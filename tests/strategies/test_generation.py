@@ -21,7 +21,7 @@ from lightning_rlhf.strategies.tp_plans import (
     layout_modules,
     resolve_tp_plan,
 )
-from tests.helpers.distributed import run_distributed
+from tests.helpers.distributed import run_distributed, run_once
 from tests.helpers.families import save_tiny_family, tiny_family_config
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -45,27 +45,6 @@ def save_family(path: Path, family: str, tokenizer) -> Path:
     return path
 
 
-@pytest.mark.distributed
-def test_zero3_generation_matches_unsharded_copy(tiny_model_factory):
-    """Llama, OPT, GPT-2 under ZeRO-3 x TP 1/2 x LoRA or not: same greedy tokens and logits as a plain copy;
-    trained weights untouched; after an optimizer step the replica follows (refreshed, not rebuilt); sampling
-    draws what the plain copy draws (one seed per TP group); and once under ZeRO-2 (no gather)."""
-    paths = [tiny_model_factory(family, **SIZES) for family in ("llama", "opt", "gpt2")]
-    cases = [f"{family}:{tp}:{lora}" + (":step" if lora == "lora" else ":sample")
-             for family in ("llama", "opt", "gpt2") for tp in (1, 2) for lora in ("plain", "lora")]
-    cases.append("llama:2:lora:step:z2")
-    proc = run_distributed(SCRIPTS / "generation_worker.py", ",".join(cases), *paths)
-    assert passed_cases(proc.stdout) == cases, proc.stdout
-
-
-@pytest.mark.distributed
-def test_replica_refresh_gathers_only_what_changed(tiny_model_factory):
-    """ZeRO-3, 2 ranks: an entry without an optimizer step gathers nothing; after a step every changed layer group
-    is gathered again, and with LoRA the embeddings and head (no adapters) are not (counted in groups and bytes)."""
-    cases = ["llama:2:lora:step:refresh", "llama:1:plain:refresh"]
-    proc = run_distributed(SCRIPTS / "generation_worker.py", ",".join(cases), tiny_model_factory("llama", **SIZES))
-    assert passed_cases(proc.stdout) == cases, proc.stdout
-    print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("refresh ")))
 
 
 #: One family per transformers plan style (beyond llama's colwise/rowwise), generated with TP 2 under ZeRO-3.
@@ -80,17 +59,56 @@ STYLE_FAMILIES = {
 }
 
 
+#: the cases of the three 2-rank tests below, run in one launch (``generation_runs``)
+MATCH_CASES = [f"{family}:{tp}:{lora}" + (":step" if lora == "lora" else ":sample")
+               for family in ("llama", "opt", "gpt2") for tp in (1, 2) for lora in ("plain", "lora")]
+MATCH_CASES.append("llama:2:lora:step:z2")
+REFRESH_CASES = ["llama:2:lora:step:refresh", "llama:1:plain:refresh"]
+STYLE_CASES = ["bloom:2:lora", "gptj:2:lora", "gpt_neox:2:lora"] + [f"{family}:2:plain" for family in STYLE_FAMILIES]
+
+
+@pytest.fixture(scope="module")
+def generation_runs(tiny_model_factory, tiny_tokenizer, tmp_path_factory) -> str:
+    """The worker's output for every case of the three tests below, from one 2-process launch per session (the
+    start-up of two DeepSpeed processes is paid once, not per test); each test checks that its own cases passed,
+    in order."""
+    def launch(root: Path) -> None:
+        paths = [tiny_model_factory(family, **SIZES) for family in ("llama", "opt", "gpt2", "gpt_neox")]
+        paths += [save_family(root / f"{family}-causal_lm", family, tiny_tokenizer) for family in ("bloom", "gptj")]
+        paths += [save_tiny_family(root / f"{family}-causal_lm", family, tiny_tokenizer) for family in STYLE_FAMILIES]
+        cases = STYLE_CASES + MATCH_CASES + REFRESH_CASES
+        proc = run_distributed(SCRIPTS / "generation_worker.py", ",".join(cases), *paths, timeout=900)
+        (root / "stdout.txt").write_text(proc.stdout)
+
+    return (run_once(tmp_path_factory, "generation", launch) / "stdout.txt").read_text()
+
+
+def _cases_passed(stdout: str, cases: list[str]) -> bool:
+    return [case for case in passed_cases(stdout) if case in cases] == cases
+
+
+@pytest.mark.distributed
+def test_zero3_generation_matches_unsharded_copy(generation_runs):
+    """Llama, OPT, GPT-2 under ZeRO-3 x TP 1/2 x LoRA or not: same greedy tokens and logits as a plain copy;
+    trained weights untouched; after an optimizer step the replica follows (refreshed, not rebuilt); sampling
+    draws what the plain copy draws (one seed per TP group); and once under ZeRO-2 (no gather)."""
+    assert _cases_passed(generation_runs, MATCH_CASES), generation_runs
+
+
+@pytest.mark.distributed
+def test_replica_refresh_gathers_only_what_changed(generation_runs):
+    """ZeRO-3, 2 ranks: an entry without an optimizer step gathers nothing; after a step every changed layer group
+    is gathered again, and with LoRA the embeddings and head (no adapters) are not (counted in groups and bytes)."""
+    assert _cases_passed(generation_runs, REFRESH_CASES), generation_runs
+    print("\n".join(line for line in generation_runs.splitlines() if line.startswith("refresh ")))
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_tensor_parallel_plans_of_other_families(tiny_model_factory, tiny_tokenizer, tmp_path):
+def test_tensor_parallel_plans_of_other_families(generation_runs):
     """Our BLOOM (ALiBi sliced per rank) and GPT-J plans, transformers' GPT-NeoX plan (embedding_rowwise) with
     LoRA, and one family per other style transformers plans use: TP 2 generates what a plain copy generates."""
-    paths = [save_family(tmp_path / f"{family}-causal_lm", family, tiny_tokenizer) for family in ("bloom", "gptj")]
-    paths.append(tiny_model_factory("gpt_neox", **SIZES))
-    paths += [save_tiny_family(tmp_path / f"{family}-causal_lm", family, tiny_tokenizer) for family in STYLE_FAMILIES]
-    cases = ["bloom:2:lora", "gptj:2:lora", "gpt_neox:2:lora"] + [f"{family}:2:plain" for family in STYLE_FAMILIES]
-    proc = run_distributed(SCRIPTS / "generation_worker.py", ",".join(cases), *paths)
-    assert passed_cases(proc.stdout) == cases, proc.stdout
+    assert _cases_passed(generation_runs, STYLE_CASES), generation_runs
 
 
 def test_every_shipped_tp_plan_translates():

@@ -1,9 +1,10 @@
 """Worker for the DPO ZeRO-3 test; run by torchrun (2 ranks, gloo, CPU).
 
-Usage: dpo_zero3_worker.py {model,adapters_off,precomputed} MODEL_DIR OUTDIR. Validates, trains a few steps under
-``HybridDeepSpeedStrategy(stage=3)`` on the built-in task's pairs with HFExportCallback, validates again, and
-rank 0 compares the module's log-probs with the exported folder loaded by plain ``from_pretrained``. Each rank
-writes OUTDIR/result-rank<R>.json.
+Usage: dpo_zero3_worker.py MODES MODEL_DIR OUTDIR, MODES a comma-separated list of ``model``, ``adapters_off``,
+``precomputed``. For each mode (one after the other in the same two processes, so the start-up is paid once): validates,
+trains a few steps under ``HybridDeepSpeedStrategy(stage=3)`` on the built-in task's pairs with HFExportCallback,
+validates again, and rank 0 compares the module's log-probs with the exported folder loaded by plain
+``from_pretrained``. Each rank writes OUTDIR/<mode>/result-rank<R>.json.
 """
 
 from __future__ import annotations
@@ -61,21 +62,19 @@ class Inspect(Callback):
         (self.out / f"result-rank{trainer.global_rank}.json").write_text(json.dumps(result))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["model", "adapters_off", "precomputed"])
-    parser.add_argument("model_dir")
-    parser.add_argument("outdir")
-    args = parser.parse_args()
+MODES = ("model", "adapters_off", "precomputed")
+
+
+def run(mode: str, model_dir: str, out: Path) -> None:
+    """One mode's validate -> fit -> validate; writes ``out/result-rank<R>.json``."""
     seed_everything(0)
-    out = Path(args.outdir)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = PreferenceDataModule(tokenizer, stage="reward", task_size=300, batch_size=4, eval_fraction=0.1,
                                 max_length=32, max_prompt_length=16, cache_dir=str(out / "cache"))
     data.setup()
     batch = next(iter(data.val_dataloader()))
-    module = DPOModule(args.model_dir, lora=LoraArgs(rank=4) if args.mode == "adapters_off" else None,
-                       precompute_reference=args.mode == "precomputed",
+    module = DPOModule(model_dir, lora=LoraArgs(rank=4) if mode == "adapters_off" else None,
+                       precompute_reference=mode == "precomputed",
                        optimizer=OptimizerArgs(learning_rate=1e-2, warmup_steps=1))
     trainer = Trainer(
         strategy=HybridDeepSpeedStrategy(stage=3), accelerator="cpu", devices=2, max_steps=4,
@@ -90,6 +89,20 @@ def main() -> None:
     result = json.loads(path.read_text())
     result.update(before=before, after=after)
     path.write_text(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("modes", help=f"comma-separated, of {MODES}")
+    parser.add_argument("model_dir")
+    parser.add_argument("outdir")
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    if not set(modes) <= set(MODES):
+        parser.error(f"modes must be among {MODES}, got {modes}")
+    for mode in modes:
+        (Path(args.outdir) / mode).mkdir(parents=True, exist_ok=True)
+        run(mode, args.model_dir, Path(args.outdir) / mode)
 
 
 if __name__ == "__main__":

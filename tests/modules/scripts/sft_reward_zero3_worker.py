@@ -1,9 +1,10 @@
 """Worker for the SFT / reward ZeRO-3 tests; run by torchrun (2 ranks, gloo, CPU).
 
-Usage: sft_reward_zero3_worker.py {sft,reward} MODEL_DIR OUTDIR [--lora]. Trains a few steps under
-``HybridDeepSpeedStrategy(stage=3)`` on the built-in task with HFExportCallback, then (all ranks, inside
-fit) runs the module's forward on a fixed batch and rank 0 compares it with the exported folder loaded by
-plain ``from_pretrained``. Each rank writes OUTDIR/result-rank<R>.json.
+Usage: sft_reward_zero3_worker.py CASES MODEL_DIR OUTDIR, CASES a comma-separated list of ``sft``, ``reward``,
+``sft-lora``, ``reward-lora``. For each case (one after the other in the same two processes, so the start-up is
+paid once): trains a few steps under ``HybridDeepSpeedStrategy(stage=3)`` on the built-in task with
+HFExportCallback, then (all ranks, inside fit) runs the module's forward on a fixed batch and rank 0 compares it
+with the exported folder loaded by plain ``from_pretrained``. Each rank writes OUTDIR/<case>/result-rank<R>.json.
 """
 
 from __future__ import annotations
@@ -72,29 +73,37 @@ class CompareWithExport(Callback):
         (self.out / f"result-rank{trainer.global_rank}.json").write_text(json.dumps(result))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("stage", choices=["sft", "reward"])
-    parser.add_argument("model_dir")
-    parser.add_argument("outdir")
-    parser.add_argument("--lora", action="store_true")
-    args = parser.parse_args()
+def run(stage: str, lora: bool, model_dir: str, out: Path) -> None:
+    """One case: a few ZeRO-3 steps of ``stage`` (with LoRA adapters if ``lora``), checked against its export."""
     seed_everything(0)
-    out = Path(args.outdir)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    data = PreferenceDataModule(tokenizer, stage=args.stage, task_size=400, batch_size=4, eval_fraction=0.1,
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    data = PreferenceDataModule(tokenizer, stage=stage, task_size=400, batch_size=4, eval_fraction=0.1,
                                 max_length=48, max_prompt_length=24, cache_dir=str(out / "cache"))
-    module_cls = SFTModule if args.stage == "sft" else RewardModule
-    module = module_cls(args.model_dir, lora=LoraArgs(rank=4) if args.lora else None,
+    module_cls = SFTModule if stage == "sft" else RewardModule
+    module = module_cls(model_dir, lora=LoraArgs(rank=4) if lora else None,
                         optimizer=OptimizerArgs(learning_rate=1e-2, warmup_steps=1))
     export = HFExportCallback(dirpath=str(out / "hf"), monitor="val/loss")
     trainer = Trainer(
         strategy=HybridDeepSpeedStrategy(stage=3), accelerator="cpu", devices=2, max_steps=3,
         limit_val_batches=2, val_check_interval=3, num_sanity_val_steps=0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[export, CompareWithExport(args.stage, out / "hf" / "final", out)],
+        callbacks=[export, CompareWithExport(stage, out / "hf" / "final", out)],
     )
     trainer.fit(module, datamodule=data)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("cases", help="comma-separated: sft, reward, sft-lora, reward-lora")
+    parser.add_argument("model_dir")
+    parser.add_argument("outdir")
+    args = parser.parse_args()
+    for case in args.cases.split(","):
+        stage, _, lora = case.partition("-")
+        if stage not in ("sft", "reward") or lora not in ("", "lora"):
+            parser.error(f"unknown case {case!r}: use sft, reward, sft-lora or reward-lora")
+        (Path(args.outdir) / case).mkdir(parents=True, exist_ok=True)
+        run(stage, lora == "lora", args.model_dir, Path(args.outdir) / case)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Checkpoint scenarios of HybridDeepSpeedStrategy beyond resuming fit; run by torchrun (gloo, CPU).
 
-Usage: checkpoint_worker.py SCENARIO OUTDIR [--stage N]. Each rank writes OUTDIR/<scenario>-rank<R>.json.
+Usage: checkpoint_worker.py SCENARIOS OUTDIR [--stage N], SCENARIOS comma-separated (run one after the other in the
+same processes, so their start-up is paid once). Each rank writes OUTDIR/<scenario>-stage<N>-rank<R>.json.
 Scenarios:
   evaluate  fit a two-engine module with a frozen child, keep the best checkpoint, then validate/test from it
             (in the fitted trainer with ckpt_path="best", and in a fresh trainer on a fresh module)
@@ -14,6 +15,7 @@ Scenarios:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -131,17 +133,26 @@ def run_ema(args, world: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario")
+    scenarios = {"evaluate": run_evaluate, "plain": run_plain, "resume": run_resume, "ema": run_ema}
+    parser.add_argument("scenarios", help=f"comma-separated, of {sorted(scenarios)} (one after the other)")
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--stage", type=int, default=3)
     parser.add_argument("--ckpt")
     parser.add_argument("--phase", default="first")
     args = parser.parse_args()
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    scenarios = {"evaluate": run_evaluate, "plain": run_plain, "resume": run_resume, "ema": run_ema}
-    result = scenarios[args.scenario](args, world)
-    phase = f"-{args.phase}" if args.scenario == "ema" else ""
-    finish(args.outdir / f"{args.scenario}{phase}-stage{args.stage}-rank{rank}.json", result)
+    names = args.scenarios.split(",")
+    if not set(names) <= set(scenarios):
+        parser.error(f"scenarios must be among {sorted(scenarios)}, got {names}")
+    for i, name in enumerate(names):
+        result = scenarios[name](args, world)
+        phase = f"-{args.phase}" if name == "ema" else ""
+        path = args.outdir / f"{name}{phase}-stage{args.stage}-rank{rank}.json"
+        if i + 1 < len(names):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result))
+        else:
+            finish(path, result)  # the last one also leaves the process group
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
+from lightning_rlhf.strategies.environment import use_cpu_for_deepspeed
 from lightning_rlhf.strategies.generation import _CACHE, GenerationStats, _gather_rows, generation_mode
 
 LORA_TARGETS = {"llama": ["q_proj", "v_proj", "down_proj"], "opt": ["q_proj", "v_proj", "fc2"],
@@ -189,6 +190,8 @@ def main() -> None:
     paths = {Path(p).name.split("-")[0]: Path(p) for p in sys.argv[2:]}
     if DEVICE.type == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    if DEVICE.type == "cpu":
+        use_cpu_for_deepspeed()  # what HybridDeepSpeedStrategy does first on CPU (no unused shared-memory op build)
     deepspeed.init_distributed(dist_backend="gloo" if DEVICE.type == "cpu" else "nccl")
     for case in cases:
         start = time.perf_counter()

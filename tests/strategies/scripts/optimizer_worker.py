@@ -1,6 +1,7 @@
 """Worker for the optimizer-step tests of HybridDeepSpeedStrategy; run by torchrun (gloo, CPU).
 
-Usage: optimizer_worker.py SCENARIO OUTDIR [--stages ...]. Rank 0 writes OUTDIR/<scenario>.json.
+Usage: optimizer_worker.py SCENARIOS OUTDIR [--stages ...], SCENARIOS comma-separated (run one after the other in
+the same processes, so their start-up is paid once). Rank 0 writes OUTDIR/<scenario>.json for each.
 Scenarios (each compares the update DeepSpeed applied with a plain PyTorch loop on the same data):
   clip     gradient-norm clipping from the module's settings: several engines (``max_grad_norm``, one engine
            overridden by ``engine_configs``), a plain single-model module (``Trainer(gradient_clip_val)``) and a
@@ -258,15 +259,19 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], dict]] = {"clip": run_clip, 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("scenarios", help=f"comma-separated, of {sorted(SCENARIOS)}")
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 2, 3])
     parser.add_argument("--specs", default="{}")
     args = parser.parse_args()
-    result = SCENARIOS[args.scenario](args)
-    if int(os.environ["RANK"]) == 0:
-        args.outdir.mkdir(parents=True, exist_ok=True)
-        (args.outdir / f"{args.scenario}.json").write_text(json.dumps(result))
+    scenarios = args.scenarios.split(",")
+    if not set(scenarios) <= set(SCENARIOS):
+        parser.error(f"scenarios must be among {sorted(SCENARIOS)}, got {scenarios}")
+    for scenario in scenarios:
+        result = SCENARIOS[scenario](args)
+        if int(os.environ["RANK"]) == 0:
+            args.outdir.mkdir(parents=True, exist_ok=True)
+            (args.outdir / f"{scenario}.json").write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
