@@ -29,20 +29,13 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_rlhf.cli import STAGE_CLIS
 from lightning_rlhf.pipeline_resume import bare_resume_flag, finished_step_record, write_step_record
+from lightning_rlhf.pipeline_summary import SUMMARY_METRICS, StepResult, format_summary, merge_summary
 from lightning_rlhf.strategies.engines import deep_merge
 
 STEPS = ("sft", "reward", "ppo", "dpo", "grpo")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_pipeline.yaml"
 EXPORT_SUBDIR = Path("hf") / "final"
 
-# the metrics each step's summary row reports: (logged name, label)
-SUMMARY_METRICS: dict[str, list[tuple[str, str]]] = {
-    "sft": [("val/loss", "eval loss"), ("val/perplexity", "eval perplexity")],
-    "reward": [("val/accuracy", "pair accuracy"), ("val/margin", "chosen - rejected")],
-    "ppo": [("val/reward_mean", "reward"), ("val/task_success", "task success")],
-    "dpo": [("val/rewards/accuracies", "pair accuracy"), ("val/rewards/margins", "chosen - rejected reward")],
-    "grpo": [("val/reward_mean", "reward"), ("val/task_success", "task success")],
-}
 
 
 @dataclass
@@ -121,20 +114,6 @@ class PipelineConfig:
     resume: bool = False
     dpo: dict[str, Any] = field(default_factory=dict)
     grpo: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class StepResult:
-    """What one step did, for the summary."""
-
-    step: str
-    before: dict[str, float]
-    after: dict[str, float]
-    fit_seconds: float
-    total_seconds: float
-    model_dir: str
-    log_dir: str | None
-    generation: dict[str, float] | None = None  # the generation switch during fit (rank 0), if it ran
 
 
 def _generation_stats(trainer: Any) -> Any:
@@ -327,38 +306,6 @@ def run_or_reuse_steps(config: PipelineConfig, steps: Sequence[str], base: Path)
     return results
 
 
-def format_summary(results: Sequence[StepResult], output_dir: str) -> str:
-    """The end-of-run table: each step's metrics before and after, its time, and where its files are.
-
-    Args:
-        results: one entry per step that ran.
-        output_dir: the pipeline's output folder.
-    """
-    rows = [("step", "metric", "before", "after", "time")]
-    for r in results:
-        for name, label in SUMMARY_METRICS[r.step]:
-            if name not in r.after and name not in r.before:
-                continue
-            fmt = (lambda v: "-" if v is None else f"{v:.4g}")
-            rows.append((r.step, f"{label} ({name})", fmt(r.before.get(name)), fmt(r.after.get(name)),
-                         f"{r.total_seconds:.0f}s (fit {r.fit_seconds:.0f}s)"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("")
-    for r in results:
-        if r.generation:
-            g = r.generation
-            lines.append(f"{r.step:7s} generation switch (rank 0, during fit): {g['calls']} rollouts, gather "
-                         f"{g['gather_s']:.1f}s, generate {g['generate_s']:.1f}s, {g['new_tokens']} tokens, "
-                         f"{g['tokens_per_s']:.0f} tokens/s")
-    for r in results:
-        lines.append(f"{r.step:7s} model: {r.model_dir}")
-        lines.append(f"{'':7s} logs:  {r.log_dir}")
-    lines.append(f"TensorBoard: tensorboard --logdir {output_dir}")
-    return "\n".join(lines)
-
-
 def run_pipeline(config: PipelineConfig) -> list[StepResult]:
     """Run ``config.steps`` in order, print the summary and write ``<output_dir>/summary.json``.
 
@@ -378,7 +325,7 @@ def run_pipeline(config: PipelineConfig) -> list[StepResult]:
     summary = format_summary(results, config.output_dir)
     if _is_rank_zero():
         print("\n" + summary, flush=True)
-        (out / "summary.json").write_text(json.dumps(merge_summary(out / "summary.json", results), indent=2))
+        (out / "summary.json").write_text(json.dumps(merge_summary(out / "summary.json", results, STEPS), indent=2))
     return results
 
 
@@ -420,18 +367,6 @@ def keep_previous_export(config: PipelineConfig, step: str) -> Path | None:
         rank_zero_info(f"pipeline: step {step} runs again; its previous {current} is kept as {target}")
         moved = target if name == "final" else moved
     return moved
-
-
-def merge_summary(path: Path, results: Sequence[StepResult]) -> list[dict[str, Any]]:
-    """The rows of ``summary.json``: this run's steps replace their earlier rows, the other steps' rows stay.
-
-    Args:
-        path: the existing ``summary.json`` (read if present).
-        results: the steps this run completed.
-    """
-    rows = {row["step"]: row for row in (json.loads(path.read_text()) if path.is_file() else [])}
-    rows.update({r.step: asdict(r) for r in results})
-    return [rows[step] for step in STEPS if step in rows]
 
 
 def build_parser() -> Any:
