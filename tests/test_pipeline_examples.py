@@ -67,3 +67,8 @@ def test_the_smollm2_grpo_config_parses_with_its_reward_functions_and_chat_task(
     assert parsed.data.task.init_args.style == "chat" if hasattr(parsed.data.task, "init_args") else \
         parsed.data.task.style == "chat"
     assert parsed.trainer.strategy.init_args.stage == 3
+
+
+def test_the_smollm2_ppo_config_with_reward_functions_and_no_reward_model_parses():
+    parsed = parse_only("ppo", yaml.safe_load((EXAMPLES / "smollm2_grpo" / "ppo.yaml").read_text()))
+    assert parsed.model.reward_model is None and len(parsed.model.reward_funcs) == 2
