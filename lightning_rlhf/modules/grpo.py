@@ -59,6 +59,8 @@ class GRPOModule(OnlineRLModule):
             (``answer_match``, ``answer_match_shaped``, ``answer_only_format``, ``math_verify_match``),
             ``http(s)://`` URLs of remote scorers, or callables; each ``f(prompts, completions, **columns)``.
         reward_weights: one weight per reward function (None: 1.0 each).
+        reward_url: a remote scorer's ``http(s)://`` address (JSON batches over HTTP POST, see
+            :class:`~lightning_rlhf.rewards.RemoteScorer`), one more reward function after ``reward_funcs``.
         reward_model: folder of a frozen reward model whose score is added to the functions' (None: none).
         reward_model_weight: weight of the reward model's score.
         reference: folder of the frozen reference policy for the KL term; ``None`` uses ``actor``. Loaded only
@@ -105,6 +107,7 @@ class GRPOModule(OnlineRLModule):
         actor: str,
         reward_funcs: list[RewardSpec] | None = None,
         reward_weights: list[float] | None = None,
+        reward_url: str | None = None,
         reward_model: str | None = None,
         reward_model_weight: float = 1.0,
         reference: str | None = None,
@@ -142,7 +145,7 @@ class GRPOModule(OnlineRLModule):
         self.estimator = get_group_advantage_estimator(advantage_estimator)
         self.generation = copy.copy(generation or GenerationArgs())
         self._validate()
-        self.rewards = RewardSources(reward_funcs, reward_weights, reward_model_weight)
+        self.rewards = RewardSources(reward_funcs, reward_weights, reward_model_weight, reward_url)
         if not self.rewards and reward_model is None:
             raise ValueError("GRPOModule needs a reward: give reward_funcs (e.g. ['answer_match']), a reward_model, "
                              "or both")

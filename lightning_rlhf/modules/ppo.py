@@ -128,6 +128,7 @@ class PPOModule(OnlineRLModule):
             The score is ``(rm - mean) / std + sum(weight * f)``, then ``missing_eos_penalty`` and the clip; an answer
             no source scored is left out of the update and counted.
         reward_weights: one weight per reward function (None: 1.0 each).
+        reward_url: a remote scorer's ``http(s)://`` address, one more reward function after ``reward_funcs``.
     """
 
     def __init__(
@@ -169,12 +170,13 @@ class PPOModule(OnlineRLModule):
         seed: int = 0,
         reward_funcs: list[RewardSpec] | None = None,
         reward_weights: list[float] | None = None,
+        reward_url: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["reward_funcs"] if any(callable(f) for f in reward_funcs or []) else None)
         self._validate()
         self.init_online()
-        self.rewards = RewardSources(reward_funcs, reward_weights)
+        self.rewards = RewardSources(reward_funcs, reward_weights, reward_url=reward_url)
         if reward_model is None and not self.rewards:
             raise ValueError("PPOModule needs a reward: a reward_model (step 2's export), reward_funcs "
                              "(e.g. ['answer_match']), or both")

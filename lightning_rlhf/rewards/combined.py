@@ -45,13 +45,18 @@ class RewardSources:
             before any model loads.
         reward_weights: one weight per function (None: 1.0 each).
         reward_model_weight: the weight of the reward model's score, when the module has a reward model.
+        reward_url: a remote scorer's ``http(s)://`` address, scored as one more reward function after
+            ``reward_funcs`` (its weight last in ``reward_weights``); the same as listing the URL in ``reward_funcs``.
     """
 
     def __init__(self, reward_funcs: Sequence[RewardSpec] | None, reward_weights: Sequence[float] | None = None,
-                 reward_model_weight: float = 1.0) -> None:
-        if reward_funcs is None and reward_weights is not None:
+                 reward_model_weight: float = 1.0, reward_url: str | None = None) -> None:
+        specs = list(reward_funcs or []) + ([reward_url] if reward_url is not None else [])
+        if not specs and reward_weights is not None:
             raise ValueError("reward_weights is set but reward_funcs is not; give the functions the weights are for")
-        self.functions, self.weights = resolve_reward_functions(reward_funcs or [], reward_weights)
+        if reward_url is not None and not str(reward_url).startswith(("http://", "https://")):
+            raise ValueError(f"reward_url must start with http:// or https://, got {reward_url!r}")
+        self.functions, self.weights = resolve_reward_functions(specs, reward_weights)
         self.reward_model_weight = float(reward_model_weight)
 
     def __bool__(self) -> bool:

@@ -15,6 +15,7 @@ from lightning_rlhf.modules._common import OptimizerArgs
 from lightning_rlhf.modules.grpo import GRPO_TAGS, GRPOModule
 from lightning_rlhf.modules.ppo_config import GenerationArgs
 from lightning_rlhf.rewards import RewardError
+from tests.rewards.test_remote import server  # noqa: F401  (the scoring server on 127.0.0.1)
 
 SIZES = dict(hidden_size=32, num_layers=2, num_heads=4)
 CALLS: list[dict] = []
@@ -161,3 +162,19 @@ def test_grpo_resumes_from_an_iteration_checkpoint_with_its_shuffle_state(tmp_pa
     trainer2 = make_trainer(tmp_path / "resumed", max_epochs=2, limit_val_batches=0)
     trainer2.fit(resumed, datamodule=make_data(actor), ckpt_path=str(checkpoints[-1]))
     assert trainer2.global_step > trainer.global_step
+
+
+def test_reward_url_scores_every_answer_through_a_real_http_server(tmp_path, actor, server):
+    """``reward_url``: the rollout's answers are POSTed (with their prompt and answer column) to a scorer on the
+    loopback address, whose rewards (the answers' lengths here) are the ``grpo/reward/remote`` curve."""
+    module = make_module(actor, reward_funcs=None, reward_weights=None, reward_url=f"{server.url}/score")
+    trainer = make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=make_data(actor))
+    sent = [r for r in server.requests if r["path"] == "/score"]
+    rows = sum(len(r["completions"]) for r in sent)
+    assert rows == 4 * 4  # 4 prompts x 4 answers, one reward each
+    assert all(set(r) >= {"prompts", "completions", "answer"} for r in sent)
+    assert float(trainer.logged_metrics["grpo/reward/remote"]) == pytest.approx(
+        sum(len(c) for r in sent for c in r["completions"]) / rows)
+    with pytest.raises(ValueError, match="reward_url must start with http"):
+        make_module(actor, reward_funcs=None, reward_weights=None, reward_url="ftp://scorer")
