@@ -26,15 +26,15 @@ def load_pipeline():
 
 
 @pytest.mark.slow
-def test_ppo_lifts_heldout_reward_and_task_success_above_sft(tmp_path):
-    """SFT and reward once (their own learning claims are tested over seeds in test_sft / test_reward), then PPO
-    from that start on three seeds: the median lift must clear thresholds set from the measured seed spread."""
+def test_ppo_lifts_heldout_reward_and_task_success_above_sft(tmp_path, tiny_sft_start):
+    """SFT (shared with the GRPO test) and reward once (their own learning claims are tested over seeds in
+    test_sft / test_reward), then PPO from that start on three seeds: the median lift must clear thresholds set
+    from the measured seed spread."""
     pipeline = load_pipeline()
-    sft = pipeline.run_sft(pipeline.build_base(tmp_path), tmp_path)
-    reward = pipeline.run_reward(tmp_path / "sft" / "final", tmp_path)
-    print(f"SFT val loss {sft['val/loss']:.3f}; reward held-out accuracy {reward['val/accuracy']:.3f}")
+    reward = pipeline.run_reward(tiny_sft_start, tmp_path)
+    print(f"reward held-out accuracy {reward['val/accuracy']:.3f}")
     assert reward["val/accuracy"] >= 0.9
-    runs = {seed: pipeline.run_ppo(tmp_path / "sft" / "final", tmp_path / "reward" / "final",
+    runs = {seed: pipeline.run_ppo(tiny_sft_start, tmp_path / "reward" / "final",
                                    tmp_path / f"ppo-seed{seed}", seed=seed) for seed in SEEDS}
     lift = lambda key: lambda seed: runs[seed]["after"][key] - runs[seed]["before"][key]  # noqa: E731
     success_lift = median_over_seeds("PPO lift of held-out task success", lift("val/task_success"))
