@@ -31,13 +31,15 @@ SECTIONS: list[tuple[str, list[Entry]]] = [
               "`model:` of `lightning-rlhf reward`, pipeline section `reward.model`"),
         Entry("lightning_rlhf.modules.ppo.PPOModule", "`model:` of `lightning-rlhf ppo`, pipeline section `ppo.model`"),
         Entry("lightning_rlhf.modules.dpo.DPOModule", "`model:` of `lightning-rlhf dpo`, pipeline section `dpo.model`"),
+        Entry("lightning_rlhf.modules.grpo.GRPOModule",
+              "`model:` of `lightning-rlhf grpo`, pipeline section `grpo.model`"),
     ]),
     ("Nested settings", [
         Entry("lightning_rlhf.modules._common.OptimizerArgs",
-              "`model.optimizer` (SFT, reward, DPO), `model.actor_optimizer` / `model.critic_optimizer` (PPO)"),
-        Entry("lightning_rlhf.models.loading.LoraArgs", "`model.lora` (SFT, reward, DPO), `model.actor_lora` / "
+              "`model.optimizer` (SFT, reward, DPO), `model.actor_optimizer` (PPO, GRPO) / `model.critic_optimizer` (PPO)"),
+        Entry("lightning_rlhf.models.loading.LoraArgs", "`model.lora` (SFT, reward, DPO), `model.actor_lora` (PPO, GRPO) / "
               "`model.critic_lora` (PPO)"),
-        Entry("lightning_rlhf.modules.ppo_config.GenerationArgs", "`model.generation` (PPO)"),
+        Entry("lightning_rlhf.modules.ppo_config.GenerationArgs", "`model.generation` (PPO, GRPO)"),
     ]),
     ("Data (the `data:` section)", [
         Entry("lightning_rlhf.data.PreferenceDataModule",

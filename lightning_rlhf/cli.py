@@ -6,6 +6,7 @@
     lightning-rlhf reward fit --config reward.yaml    # step 2: RewardModule
     lightning-rlhf ppo fit --config ppo.yaml          # step 3: PPOModule
     lightning-rlhf dpo fit --config dpo.yaml          # step 2': DPOModule (instead of reward + PPO)
+    lightning-rlhf grpo fit --config grpo.yaml        # GRPO and its family with reward functions (no critic)
     lightning-rlhf pipeline [--config pipeline.yaml] [--steps sft,reward,ppo]
     lightning-rlhf generate runs/pipeline/ppo/hf/final [--prompts prompts.jsonl]   # answers, as trained
 
@@ -39,12 +40,13 @@ from lightning_rlhf.callbacks.export import HFExportCallback
 from lightning_rlhf.data import PreferenceDataModule
 from lightning_rlhf.log_noise import show_repeated_warnings_once
 
-USAGE = """usage: lightning-rlhf {sft,reward,ppo,dpo,pipeline,generate} ... | --version
+USAGE = """usage: lightning-rlhf {sft,reward,ppo,dpo,grpo,pipeline,generate} ... | --version
 
   sft {fit,validate} [--config FILE] [...]                  step 1: supervised fine-tuning
   reward {fit,validate} [--config FILE] [...]               step 2: reward model
   ppo {fit,validate} [--config FILE] [...]                  step 3: PPO
   dpo {fit,validate} [--config FILE] [...]                  step 2': DPO (and IPO, SLiC, SimPO) on pairs
+  grpo {fit,validate} [--config FILE] [...]                 GRPO, DAPO, RLOO, REINFORCE++ with reward functions
   pipeline [--config FILE] [--steps sft,reward,ppo] [...]   steps 1 -> 2 -> 3, each feeding the next
   generate MODEL_DIR [--prompts FILE.jsonl] [...]           answers from an exported model (stdin if no file)
 
@@ -56,7 +58,7 @@ def stage_trainer_defaults(stage: str) -> dict[str, Any]:
     """Trainer defaults of one step: logs and exports under ``runs/<stage>``, one epoch, CPU friendly.
 
     Args:
-        stage: ``sft``, ``reward``, ``ppo`` or ``dpo``.
+        stage: ``sft``, ``reward``, ``ppo``, ``dpo`` or ``grpo``.
     """
     return {
         "default_root_dir": f"runs/{stage}",
@@ -286,7 +288,23 @@ class DPOCLI(StageCLI):
         return DPOModule
 
 
-STAGE_CLIS: dict[str, type[StageCLI]] = {"sft": SFTCLI, "reward": RewardCLI, "ppo": PPOCLI, "dpo": DPOCLI}
+class GRPOCLI(StageCLI):
+    """``lightning-rlhf grpo``: :class:`~lightning_rlhf.modules.grpo.GRPOModule` on prompt batches; exports the actor."""
+
+    stage = "grpo"
+    data_stage = "ppo"
+    model_path_arg = "actor"
+    export_model_attr = "actor"
+
+    @classmethod
+    def module_class(cls) -> type[LightningModule]:
+        from lightning_rlhf.modules.grpo import GRPOModule
+
+        return GRPOModule
+
+
+STAGE_CLIS: dict[str, type[StageCLI]] = {"sft": SFTCLI, "reward": RewardCLI, "ppo": PPOCLI, "dpo": DPOCLI,
+                                         "grpo": GRPOCLI}
 
 
 def adapt_deepspeed_launcher(argv: Sequence[str], environ: MutableMapping[str, str]) -> list[str]:
@@ -348,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
         return generate_main(rest)
     if command not in STAGE_CLIS:
         print(USAGE, file=sys.stderr)
-        raise SystemExit(f"lightning-rlhf: unknown command {command!r}; choose one of sft, reward, ppo, dpo, "
+        raise SystemExit(f"lightning-rlhf: unknown command {command!r}; choose one of sft, reward, ppo, dpo, grpo, "
                          f"pipeline, generate")
     return STAGE_CLIS[command](args=rest)
 

@@ -31,7 +31,7 @@ from lightning_rlhf.cli import STAGE_CLIS
 from lightning_rlhf.pipeline_resume import bare_resume_flag, finished_step_record, write_step_record
 from lightning_rlhf.strategies.engines import deep_merge
 
-STEPS = ("sft", "reward", "ppo", "dpo")
+STEPS = ("sft", "reward", "ppo", "dpo", "grpo")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_pipeline.yaml"
 EXPORT_SUBDIR = Path("hf") / "final"
 
@@ -41,6 +41,7 @@ SUMMARY_METRICS: dict[str, list[tuple[str, str]]] = {
     "reward": [("val/accuracy", "pair accuracy"), ("val/margin", "chosen - rejected")],
     "ppo": [("val/reward_mean", "reward"), ("val/task_success", "task success")],
     "dpo": [("val/rewards/accuracies", "pair accuracy"), ("val/rewards/margins", "chosen - rejected reward")],
+    "grpo": [("val/reward_mean", "reward"), ("val/task_success", "task success")],
 }
 
 
@@ -77,9 +78,10 @@ class PipelineConfig:
     Attributes:
         output_dir: everything goes here: ``base/`` (a tiny model), ``<step>/hf/final`` (exported
             models), ``<step>/lightning_logs`` (TensorBoard), ``summary.json``.
-        steps: the steps to run (comma-separated or a list), always in the order sft, reward, ppo, dpo;
+        steps: the steps to run (comma-separated or a list), always in the order sft, reward, ppo, dpo, grpo;
             a later step alone reuses earlier exports found in ``output_dir`` (or the paths its
-            section sets). ``sft,dpo`` trains the SFT policy with DPO instead of a reward model and PPO.
+            section sets). ``sft,dpo`` trains the SFT policy with DPO instead of a reward model and PPO;
+            ``sft,grpo`` with GRPO and the reward functions its section names.
         seed: ``seed_everything``, ``data.seed`` and the module's ``seed`` of each step unless its section sets them.
         base_model: Hugging Face folder of the pretrained policy (SFT starts here; DeepSpeed-Chat's
             ``--actor-model``). None builds a tiny model from scratch (see ``tiny``).
@@ -96,6 +98,7 @@ class PipelineConfig:
         reward: config of step 2, as for ``lightning-rlhf reward fit``.
         ppo: config of step 3, as for ``lightning-rlhf ppo fit``.
         dpo: config of step 2' (DPO from the SFT model), as for ``lightning-rlhf dpo fit``.
+        grpo: config of the GRPO step (from the SFT model), as for ``lightning-rlhf grpo fit``.
         resume: continue an interrupted pipeline in ``output_dir``: the finished steps at the start
             (those with ``<step>/step_result.json``) are skipped and reused; the first unfinished step
             resumes from its newest ``last*.ckpt`` (``fit(ckpt_path="last")``: a checkpoint callback in its
@@ -117,6 +120,7 @@ class PipelineConfig:
     ppo: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
     dpo: dict[str, Any] = field(default_factory=dict)
+    grpo: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -211,7 +215,7 @@ def step_config(config: PipelineConfig, step: str, base: Path, require_exports: 
 
     Args:
         config: the pipeline settings.
-        step: ``sft``, ``reward``, ``ppo`` or ``dpo``.
+        step: ``sft``, ``reward``, ``ppo``, ``dpo`` or ``grpo``.
         base: the starting model folder (see :func:`prepare_base_model`).
         require_exports: refuse an earlier step's export that does not exist yet (False: name where it will be,
             to check a config before the earlier steps ran).
@@ -233,6 +237,9 @@ def step_config(config: PipelineConfig, step: str, base: Path, require_exports: 
     elif step == "dpo":
         if "model" not in model:
             model["model"] = _require(_export_dir(config, "sft"), step, "the SFT model", "model", check)
+    elif step == "grpo":
+        if "actor" not in model:
+            model["actor"] = _require(_export_dir(config, "sft"), step, "the SFT model", "actor", check)
     elif step == "reward":
         if "model" in model:
             pass
@@ -262,7 +269,7 @@ def run_step(config: PipelineConfig, step: str, base: Path) -> StepResult:
 
     Args:
         config: the pipeline settings.
-        step: ``sft``, ``reward``, ``ppo`` or ``dpo``.
+        step: ``sft``, ``reward``, ``ppo``, ``dpo`` or ``grpo``.
         base: the starting model folder.
     """
     start = time.perf_counter()
@@ -442,7 +449,7 @@ def build_parser() -> Any:
     return parser
 
 
-SECTIONS = ("data", "sft", "reward", "ppo", "dpo")
+SECTIONS = ("data", "sft", "reward", "ppo", "dpo", "grpo")
 
 
 def split_section_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:

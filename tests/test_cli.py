@@ -55,11 +55,11 @@ def test_version_is_printed(capsys, flag):
 
 
 def test_unknown_command_names_the_choices(capsys):
-    with pytest.raises(SystemExit, match="unknown command 'train'; choose one of sft, reward, ppo, dpo, pipeline, "
+    with pytest.raises(SystemExit, match="unknown command 'train'; choose one of sft, reward, ppo, dpo, grpo, pipeline, "
                                          "generate"):
         main(["train"])
     assert main([]) is None
-    assert "lightning-rlhf {sft,reward,ppo,dpo,pipeline,generate}" in capsys.readouterr().out
+    assert "lightning-rlhf {sft,reward,ppo,dpo,grpo,pipeline,generate}" in capsys.readouterr().out
 
 
 def _fit_args(root: Path, *extra: str) -> list[str]:

@@ -111,15 +111,18 @@ def test_unsupported_flags_say_why():
 
 def test_reference_documents_every_argument_of_the_user_facing_classes():
     page = _load("gen_reference").render()
-    for name in ("SFTModule", "RewardModule", "PPOModule", "DPOModule", "PreferenceDataModule", "HybridDeepSpeedStrategy",
+    for name in ("SFTModule", "RewardModule", "PPOModule", "DPOModule", "GRPOModule", "PreferenceDataModule",
+                 "HybridDeepSpeedStrategy",
                  "HFExportCallback", "PipelineConfig", "OptimizerArgs", "LoraArgs", "GenerationArgs"):
         assert f"### {name}" in page
+    from lightning_rlhf.modules.grpo import GRPOModule
     from lightning_rlhf.modules.ppo import PPOModule
     import inspect
 
-    for arg in inspect.signature(PPOModule.__init__).parameters:
-        if arg != "self":
-            assert f"| `{arg}` |" in page, f"PPOModule.{arg} missing from the reference"
+    for module in (PPOModule, GRPOModule):
+        for arg in inspect.signature(module.__init__).parameters:
+            if arg != "self":
+                assert f"| `{arg}` |" in page, f"{module.__name__}.{arg} missing from the reference"
 
 
 def test_ppo_figure_is_drawn_from_a_real_event_file(tmp_path):

@@ -26,7 +26,8 @@ def test_steps_are_validated_and_ordered():
     assert parse_steps("ppo, sft") == ["sft", "ppo"]
     assert parse_steps(["reward"]) == ["reward"]
     assert parse_steps("dpo,sft") == ["sft", "dpo"]
-    with pytest.raises(ValueError, match=r"subset of \['sft', 'reward', 'ppo', 'dpo'\], got \['sft', 'rm'\]"):
+    assert parse_steps("grpo,sft") == ["sft", "grpo"]
+    with pytest.raises(ValueError, match=r"subset of \['sft', 'reward', 'ppo', 'dpo', 'grpo'\], got \['sft', 'rm'\]"):
         parse_steps("sft,rm")
 
 
@@ -70,6 +71,8 @@ def test_each_step_starts_from_the_previous_export(tmp_path):
     assert ppo["data"] == {"task_size": 50, "seed": 3}, "a step's own data values override the shared ones"
     dpo = step_config(config, "dpo", base)
     assert dpo["model"] == {"model": str(sft_dir)} and dpo["export"]["dirpath"] == str(tmp_path / "dpo" / "hf")
+    grpo = step_config(config, "grpo", base)
+    assert grpo["model"] == {"actor": str(sft_dir)} and grpo["export"]["dirpath"] == str(tmp_path / "grpo" / "hf")
     explicit = PipelineConfig(output_dir=str(tmp_path), ppo={"model": {"actor": "/my/actor"}})
     assert step_config(explicit, "ppo", base)["model"]["actor"] == "/my/actor"
 
@@ -97,7 +100,7 @@ QUICK = [
     "--ppo.trainer.max_epochs", "1", "--ppo.trainer.limit_train_batches", "1",
     "--data.task_size", "400", "--ppo.data.batch_size", "8", "--ppo.model.train_batch_size", "8",
 ]
-STEPS = ("sft", "reward", "ppo", "dpo")
+STEPS = ("sft", "reward", "ppo", "dpo", "grpo")
 # the embedded default runs 2 ranks under hybrid_deepspeed; inside this pytest process: one rank, plain Lightning
 ONE_PROCESS = [f"--{s}.trainer.{k}={v}" for s in STEPS for k, v in (("devices", 1), ("strategy", "auto"))]
 
@@ -134,6 +137,21 @@ def test_quick_sft_then_dpo_run(tmp_path, capsys):
     assert (tmp_path / "dpo" / "hf" / "final" / "model.safetensors").exists()
     assert not (tmp_path / "reward").exists() and not (tmp_path / "ppo").exists()
     assert "pair accuracy (val/rewards/accuracies)" in capsys.readouterr().out
+
+
+def test_quick_sft_then_grpo_run(tmp_path, capsys):
+    """``--steps sft,grpo``: GRPO starts from the SFT export with the built-in config's reward functions (no reward
+    model), trains on prompt batches and exports."""
+    quick = QUICK[:4] + ["--grpo.trainer.max_epochs", "1", "--grpo.trainer.limit_train_batches", "2",
+                         "--data.task_size", "400", "--grpo.trainer.enable_progress_bar=false"]
+    results = main(["pipeline", "--output_dir", str(tmp_path), "--tiny.hidden_size", "32", "--steps", "sft,grpo",
+                    *quick, *ONE_PROCESS, "--sft.trainer.enable_progress_bar=false"])
+    assert [r.step for r in results] == ["sft", "grpo"]
+    grpo = results[1]
+    assert {"val/reward_mean", "val/task_success"} <= set(grpo.before) and set(grpo.before) == set(grpo.after)
+    assert (tmp_path / "grpo" / "hf" / "final" / "model.safetensors").exists()
+    assert not (tmp_path / "reward").exists() and not (tmp_path / "ppo").exists()
+    assert "task success (val/task_success)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -58,3 +58,12 @@ def test_the_opt_13b_ppo_step_config_parses():
     assert parsed.trainer.strategy.init_args.inference_tp_size == 2
     checkpoint = parsed.trainer.callbacks[0]
     assert checkpoint.class_path == "lightning_rlhf.callbacks.IterationCheckpoint", "the long run can resume"
+
+
+def test_the_smollm2_grpo_config_parses_with_its_reward_functions_and_chat_task():
+    parsed = parse_only("grpo", yaml.safe_load((EXAMPLES / "smollm2_grpo" / "grpo.yaml").read_text()))
+    assert parsed.model.reward_funcs == ["lightning_rlhf.rewards.builtin:answer_match",
+                                         "lightning_rlhf.rewards.builtin:answer_only_format"]
+    assert parsed.data.task.init_args.style == "chat" if hasattr(parsed.data.task, "init_args") else \
+        parsed.data.task.style == "chat"
+    assert parsed.trainer.strategy.init_args.stage == 3 and parsed.trainer.strategy.init_args.inference_tp_size == 2

@@ -12,6 +12,9 @@ name                fields                                      notes
 ``hh_rlhf``         ``chosen``, ``rejected``                    whole HH-RLHF dialogues; the prompt is their
                                                                 shared prefix through the last "Assistant:"
 ``sft``             ``prompt``, ``response``                    single-response SFT data (no pair)
+``prompts``         ``prompt`` (+ any reference columns)        prompt-only data for GRPO / PPO with reward
+                                                                functions; the other fields (``answer``, ...)
+                                                                reach the reward functions by name
 ==================  ==========================================  ===============================================
 
 ``format="auto"`` picks the first registered format whose detector accepts the first row. Users add
@@ -20,6 +23,7 @@ their own with :func:`register_adapter`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -28,6 +32,9 @@ from lightning_rlhf.data.records import FieldError, require_text
 Row = Mapping[str, Any]
 Record = dict[str, Any]
 AdapterFn = Callable[[Row], Record]
+
+#: keyword arguments the trainer itself passes to reward functions: a data column may not take these names
+RESERVED_COLUMNS = frozenset({"prompts", "completions", "completion_ids"})
 
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
@@ -153,7 +160,25 @@ def _looks_like_hh(row: Row) -> bool:
     return "prompt" not in row and _has("chosen", "rejected")(row)
 
 
+def _prompts(row: Row) -> Record:
+    """A prompt-only record (GRPO, PPO with reward functions): every other field is a reference column
+    (``answer``, ``solution``, ...) handed to the reward functions by name."""
+    prompt = require_text(row, "prompt")
+    columns = {key: value for key, value in row.items() if key != "prompt"}
+    reserved = sorted(set(columns) & RESERVED_COLUMNS)
+    if reserved:
+        raise FieldError(reserved[0], f"is a name reward functions receive from the trainer "
+                                      f"({sorted(RESERVED_COLUMNS)}); rename the column")
+    return {"prompt": prompt, "response": None, "chosen": None, "rejected": None,
+            "columns": json.dumps(columns, default=str)}
+
+
+def _looks_like_prompts(row: Row) -> bool:
+    return "prompt" in row and not any(field in row for field in ("response", "chosen", "rejected"))
+
+
 register_adapter("rm_static", _rm_static, _has("prompt", "response", "chosen", "rejected"))
 register_adapter("pairs", _pairs, _has("prompt", "chosen", "rejected"))
 register_adapter("hh_rlhf", _hh_rlhf, _looks_like_hh)
 register_adapter("sft", _sft, _has("prompt", "response"))
+register_adapter("prompts", _prompts, _looks_like_prompts)

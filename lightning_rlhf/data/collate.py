@@ -6,11 +6,13 @@
   ``rejected_attention_mask`` (right-padded) and ``prompt_lengths`` (the prompt tokens both responses start
   with, for DPO, which scores only the responses).
 * PPO: ``prompt_input_ids``, ``prompt_attention_mask`` (LEFT-padded, so generation continues right
-  after the last prompt token) and ``prompts``, the raw prompt texts.
+  after the last prompt token), ``prompts``, the raw prompt texts, and ``columns`` (the records' reference
+  columns by name, e.g. ``answer``, when they have any) for reward functions.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 import torch
@@ -89,7 +91,19 @@ class PPOCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         ids, mask = pad([e["prompt_input_ids"] for e in examples], self.pad_id, left=True)
-        return {"prompt_input_ids": ids, "prompt_attention_mask": mask, "prompts": [e["prompt"] for e in examples]}
+        batch = {"prompt_input_ids": ids, "prompt_attention_mask": mask, "prompts": [e["prompt"] for e in examples]}
+        columns = reference_columns(examples)
+        if columns:
+            batch["columns"] = columns
+        return batch
+
+
+def reference_columns(examples: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The records' reference columns (``answer``, ...) by name, one entry per example (``None`` where a record
+    lacks the column), for the reward functions; empty when no record has any."""
+    decoded = [json.loads(e.get("columns") or "{}") for e in examples]
+    names = list(dict.fromkeys(name for columns in decoded for name in columns))
+    return {name: [columns.get(name) for columns in decoded] for name in names}
 
 
 COLLATORS = {"sft": SFTCollator, "reward": RewardCollator, "ppo": PPOCollator}

@@ -37,7 +37,8 @@ from lightning_rlhf.data.tokenization import (
 from lightning_rlhf.models.loading import TOKENIZER_FILES, check_local_folder
 
 TASK_SOURCE = "<synthetic task>"
-_KEEP_COLUMNS = {"prompt", "source", "record"}
+#: record fields kept beside the token ids: ``columns`` holds a prompt-only record's reference columns (JSON)
+_KEEP_COLUMNS = {"prompt", "source", "record", "columns"}
 
 
 class PreferenceDataModule(LightningDataModule):

@@ -15,16 +15,24 @@ beside the learned reward), and built so that RLHF has something to add, as in I
 
 A response succeeds when, stripped of surrounding whitespace (and decoded without special tokens),
 it is exactly the decimal sum: ``" 12"`` passes, ``" 2"``, ``" 12 12"`` and ``" 12 Human:"`` fail.
+
+``style="chat"`` asks the same sums as an instruction for chat models (``"What is 3 + 4? Answer with the number
+only."``), the form GRPO with reward functions trains a pretrained instruct model on. Every record also carries
+its ``answer`` as a reference column, which reward functions (``answer_match``, ...) receive by name.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
-_PROMPT = re.compile(r"(\d+)\s*\+\s*(\d+)\s*=")
+#: ``a+b=`` (plain) or ``What is a + b?`` (chat)
+_PROMPT = re.compile(r"(\d+)\s*\+\s*(\d+)\s*(?:=|\?)")
+#: the chat style's question
+CHAT_PROMPT = "What is {a} + {b}? Answer with the number only."
 
 
 @dataclass(frozen=True)
@@ -36,12 +44,15 @@ class SyntheticTask:
         max_operand: operands are drawn from ``0..max_operand`` (9 gives 100 distinct prompts).
         easy_error_rate: probability that a demonstration of a sum without carry is a mistake.
         hard_error_rate: probability that a demonstration of a sum with a carry drops the carry.
+        style: ``plain`` prompts (``"3+4="``, for tiny models trained from scratch) or ``chat`` instructions
+            (``"What is 3 + 4? Answer with the number only."``, for instruct models).
     """
 
     seed: int = 0
     max_operand: int = 9
     easy_error_rate: float = 0.2
     hard_error_rate: float = 0.6
+    style: Literal["plain", "chat"] = "plain"
 
     def __post_init__(self) -> None:
         if self.max_operand < 1:
@@ -49,16 +60,22 @@ class SyntheticTask:
         for name in ("easy_error_rate", "hard_error_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.style not in ("plain", "chat"):
+            raise ValueError(f"style must be 'plain' or 'chat', got {self.style!r}")
 
     # -- prompts and answers -------------------------------------------------------------------
     def prompts(self) -> list[str]:
         """Every distinct prompt of the task, in a fixed order."""
         span = range(self.max_operand + 1)
-        return [f"{a}+{b}=" for a in span for b in span]
+        return [self.question(a, b) for a in span for b in span]
+
+    def question(self, a: int, b: int) -> str:
+        """The prompt asking ``a + b`` in this task's style."""
+        return CHAT_PROMPT.format(a=a, b=b) if self.style == "chat" else f"{a}+{b}="
 
     @staticmethod
     def operands(prompt: str) -> tuple[int, int] | None:
-        """The two operands of ``prompt`` (raw ``"3+4="`` or formatted ``"Human: 3+4= Assistant:"``).
+        """The two operands of ``prompt`` (raw ``"3+4="``, formatted ``"Human: 3+4= Assistant:"``, or chat).
 
         Returns ``None`` when the prompt holds no ``a+b=`` question. The last question wins, so a
         dialogue prompt is read at its final turn.
@@ -112,7 +129,8 @@ class SyntheticTask:
         return rng.choice(options[1:] if a + b >= 10 else options)
 
     def records(self, n: int) -> list[dict[str, str]]:
-        """``n`` records with ``prompt``, ``response`` (a demonstration), ``chosen`` and ``rejected``.
+        """``n`` records with ``prompt``, ``response`` (a demonstration), ``chosen``, ``rejected`` and ``columns``
+        (the reference ``answer``, JSON, as prompt-only data carries it).
 
         Args:
             n: number of records; prompts are drawn uniformly with replacement.
@@ -129,7 +147,8 @@ class SyntheticTask:
             else:
                 response = correct
             rejected = self._mistake(a, b, rng, prefer_carry=0.5)
-            out.append({"prompt": f"{a}+{b}=", "response": response, "chosen": correct, "rejected": rejected})
+            out.append({"prompt": self.question(a, b), "response": response, "chosen": correct, "rejected": rejected,
+                        "columns": json.dumps({"answer": str(a + b)})})
         return out
 
     def corpus(self) -> list[str]:

@@ -14,13 +14,11 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from transformers import LogitsProcessorList
 
 from lightning_rlhf.algorithms import (
     AdaptiveKLController,
@@ -37,32 +35,16 @@ from lightning_rlhf.algorithms import (
 )
 from lightning_rlhf.data.datamodule import reshuffled_passes
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
-from lightning_rlhf.models.context import check_context_length
 from lightning_rlhf.models.loading import zero3_loading
-from lightning_rlhf.models.sampling import StreamedLogprobs, sampling_from_policy
-from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config, rng_states, set_rng_states
+from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
+from lightning_rlhf.modules.online import OnlineRLModule
 from lightning_rlhf.modules.ppo_config import GenerationArgs
 from lightning_rlhf.modules.pooled import pooled_mean
-from lightning_rlhf.modules.ppo_logging import (
-    PPO_TAGS,
-    log_iteration,
-    log_samples,
-    reduce_metrics,
-    rollout_metrics,
-)
-from lightning_rlhf.modules.rollout import (
-    Generated,
-    Rollout,
-    check_left_padded,
-    critic_values,
-    forward_kwargs,
-    pad_right,
-    policy_logprobs,
-    response_mask_from_tokens,
-)
-from lightning_rlhf.strategies import MultiEngineBackwardMixin, frozen_models, generation_mode
-
-TaskChecker = Callable[[str, str], bool]
+from lightning_rlhf.modules.ppo_logging import PPO_TAGS, rollout_metrics, source_metrics
+from lightning_rlhf.modules.rollout import Rollout, critic_values, forward_kwargs, policy_logprobs
+from lightning_rlhf.rewards.combined import RewardSources
+from lightning_rlhf.rewards.resolve import RewardSpec
+from lightning_rlhf.strategies import frozen_models
 
 #: DeepSpeed-Chat's learning rates (tuned for 1B+ models); None for either argument means these
 ACTOR_OPTIMIZER = OptimizerArgs(learning_rate=9.65e-6)
@@ -72,7 +54,7 @@ CRITIC_OPTIMIZER = OptimizerArgs(learning_rate=5e-6)
 torch.serialization.add_safe_globals([GenerationArgs, LoraArgs, OptimizerArgs])
 
 
-class PPOModule(MultiEngineBackwardMixin, LightningModule):
+class PPOModule(OnlineRLModule):
     """PPO with a KL penalty against a frozen reference, scored by a frozen reward model.
 
     Defaults follow DeepSpeed-Chat (actor lr 9.65e-6, critic lr 5e-6, KL coefficient 0.1, reward clip 5,
@@ -94,8 +76,9 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
 
     Args:
         actor: Hugging Face folder of the policy (the SFT output of step 1).
-        reward_model: folder of the reward model (step 2), frozen.
-        critic: folder the critic starts from; ``None`` uses ``reward_model`` (DeepSpeed-Chat's choice).
+        reward_model: folder of the reward model (step 2), frozen; None scores with ``reward_funcs`` only.
+        critic: folder the critic starts from; ``None`` uses ``reward_model`` (DeepSpeed-Chat's choice), or the
+            actor (with a fresh value head) without a reward model.
         reference: folder of the frozen reference policy; ``None`` uses ``actor``.
         tokenizer: tokenizer folder; ``None`` uses ``actor``. Actor, reference and reward model share it.
         actor_lora: LoRA settings of the actor (None: full fine-tuning).
@@ -139,12 +122,18 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         num_samples_to_log: sample generations written to TensorBoard text.
         log_samples_every_n_steps: how often (in PPO iterations) samples are logged.
         seed: seed of the mini-batch shuffle.
+        reward_funcs: reward functions added to the reward model's score (or used alone): import paths
+            ``package.module:function``, built-in names, ``http(s)://`` URLs or callables, each
+            ``f(prompts, completions, **columns) -> list[float | None]`` (TRL's signature; see ``docs/rewards.md``).
+            The score is ``(rm - mean) / std + sum(weight * f)``, then ``missing_eos_penalty`` and the clip; an answer
+            no source scored is left out of the update and counted.
+        reward_weights: one weight per reward function (None: 1.0 each).
     """
 
     def __init__(
         self,
         actor: str,
-        reward_model: str,
+        reward_model: str | None = None,
         critic: str | None = None,
         reference: str | None = None,
         tokenizer: str | None = None,
@@ -178,11 +167,20 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         num_samples_to_log: int = 4,
         log_samples_every_n_steps: int = 10,
         seed: int = 0,
+        reward_funcs: list[RewardSpec] | None = None,
+        reward_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["reward_funcs"] if any(callable(f) for f in reward_funcs or []) else None)
         self._validate()
-        self.automatic_optimization = False
+        self.init_online()
+        self.rewards = RewardSources(reward_funcs, reward_weights)
+        if reward_model is None and not self.rewards:
+            raise ValueError("PPOModule needs a reward: a reward_model (step 2's export), reward_funcs "
+                             "(e.g. ['answer_match']), or both")
+        if normalize_reward and reward_model is None:
+            raise ValueError("PPOModule(normalize_reward=True) normalises the reward model's scores with its "
+                             "reward_stats.json, but no reward_model is given; set normalize_reward=False")
         # copies: the defaults in the signature are shared objects (they are there for --print_config to show)
         self.actor_optimizer = copy.copy(actor_optimizer or ACTOR_OPTIMIZER)
         self.critic_optimizer = copy.copy(critic_optimizer or CRITIC_OPTIMIZER)
@@ -194,7 +192,6 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
             FixedKLController(kl_coef) if kl_target is None else AdaptiveKLController(kl_coef, kl_target, kl_horizon)
         )
         self.score_mean, self.score_std = self._reward_stats() if normalize_reward else (0.0, 1.0)
-        self.task_checker: TaskChecker | None = None
         self.actor = self.critic = self.reference = self.reward_model = None
         self._shuffle = torch.Generator().manual_seed(seed)
         self._ptx_iterator: Iterator[Any] | None = None
@@ -228,10 +225,23 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
             raise ValueError(f"{path}: 'std' must be > 0, got {stats.get('std')}")
         return float(stats["mean"]), float(stats["std"])
 
-    @property
-    def max_grad_norm(self) -> float | None:
-        """The gradient-norm clip; DeepSpeed applies it inside ``engine.step``, so the strategy reads it from here."""
-        return self.hparams.max_grad_norm
+    def model_paths(self) -> Sequence[str]:
+        """Actor, reference, critic and reward model folders (each must hold a prompt plus a response)."""
+        hp = self.hparams
+        return [p for p in (hp.actor, hp.reference, hp.critic, hp.reward_model) if p]
+
+    def on_iteration_end(self, metrics: Mapping[str, float], rows: int) -> None:
+        """Adapt the KL coefficient (a no-op for the fixed controller) to the iteration's KL."""
+        self.kl_controller.update(metrics["ppo/kl"], n_steps=rows * self.trainer.world_size)
+
+    def extra_state(self) -> dict[str, Any]:
+        """The KL coefficient (the adaptive controller's state), saved in checkpoints."""
+        return {"kl_controller": self.kl_controller.state_dict()}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore the KL coefficient."""
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        rank_zero_info(f"PPOModule: restored KL coefficient {self.kl_controller.value:.6g}")
 
     # -- models and optimizers ------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -244,14 +254,19 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         with zero3_loading(ds_config):  # ZeRO-3: from_pretrained loads straight into partitions
             self.actor = load_causal_lm(hp.actor, lora=self.actor_lora, dropout=p, tokenizer=tok,
                                         gradient_checkpointing=hp.actor_gradient_checkpointing)
-            self.critic = load_value_model(hp.critic or hp.reward_model, lora=self.critic_lora, dropout=p,
-                                           tokenizer=tok, gradient_checkpointing=hp.critic_gradient_checkpointing)
+            critic = hp.critic or hp.reward_model or hp.actor
+            self.critic = load_value_model(critic, lora=self.critic_lora, dropout=p, tokenizer=tok,
+                                           gradient_checkpointing=hp.critic_gradient_checkpointing)
             with frozen_models(strategy):  # offload_frozen_models: their ZeRO-3 partitions are created on the CPU
                 self.reference = load_causal_lm(hp.reference or hp.actor, dropout=p, tokenizer=tok)
-                self.reward_model = load_value_model(hp.reward_model, dropout=p, tokenizer=tok)
-            self.reference.requires_grad_(False), self.reward_model.requires_grad_(False)
+                if hp.reward_model is not None:
+                    self.reward_model = load_value_model(hp.reward_model, dropout=p, tokenizer=tok)
         # from_pretrained returns eval mode; trained models need train mode (gradient checkpointing checks it)
-        self.actor.train(), self.critic.train(), self.reference.eval(), self.reward_model.eval()
+        self.actor.train(), self.critic.train()
+        for frozen in (self.reference, self.reward_model):
+            if frozen is not None:
+                frozen.requires_grad_(False)
+                frozen.eval()
 
     def configure_optimizers(self) -> list[dict[str, Any]]:
         """AdamW + schedule for the actor, then for the critic (one DeepSpeed engine each)."""
@@ -259,53 +274,7 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
         return [lightning_optimizer_config(self.actor, self.actor_optimizer, total, self.trainer),
                 lightning_optimizer_config(self.critic, self.critic_optimizer, total, self.trainer)]
 
-    def setup(self, stage: str) -> None:
-        """Pick up the task checker of the data module's built-in task; check that sequences fit the models."""
-        task = getattr(getattr(self.trainer, "datamodule", None), "task", None)
-        if self.task_checker is None and callable(getattr(task, "check", None)):
-            self.task_checker = task.check
-        self.check_context_length()
-
-    def check_context_length(self) -> None:
-        """Refuse, before training, a prompt limit + ``max_new_tokens`` longer than any model's positions."""
-        settings = getattr(getattr(self.trainer, "datamodule", None), "settings", None)
-        prompt = getattr(settings, "max_prompt_length", None)
-        if prompt is None:
-            return  # a foreign data module: :meth:`generate` checks each batch instead
-        hp, new = self.hparams, self.generation.max_new_tokens
-        what = f"data.max_prompt_length ({prompt}) + model.generation.max_new_tokens ({new})"
-        for path in dict.fromkeys(p for p in (hp.actor, hp.reference, hp.critic, hp.reward_model) if p):
-            check_context_length(path, prompt + new, what, "data.max_prompt_length or model.generation.max_new_tokens")
-
     # -- the algorithm --------------------------------------------------------------------------------
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """One PPO iteration: rollout -> score -> rewards -> advantages -> update -> ptx -> log."""
-        prompts, ptx_batch = (batch["ppo"], batch.get("ptx")) if "ppo" in batch else (batch, None)
-        rollout, metrics, samples = self.make_experience(prompts)
-        start = time.perf_counter()
-        metrics.update(self.ppo_update(rollout))
-        if self.hparams.ptx_coef > 0:
-            metrics["ppo/ptx_loss"] = self.ptx_step(ptx_batch if ptx_batch is not None else self.next_ptx_batch())
-        for scheduler in self.lr_schedulers() or []:
-            scheduler.step()
-        metrics["time/training_s"] = time.perf_counter() - start
-        metrics = reduce_metrics(self.trainer.strategy, metrics)
-        self.kl_controller.update(metrics["ppo/kl"], n_steps=len(rollout) * self.trainer.world_size)
-        log_iteration(self, metrics)
-        if batch_idx % self.hparams.log_samples_every_n_steps == 0:
-            log_samples(self, "ppo/samples", *samples, limit=self.hparams.num_samples_to_log)
-
-    def logprobs_from_generation(self) -> bool:
-        """Whether this rollout takes its log-probs from ``generate``: asked for, and the actor in float32.
-
-        In bf16/fp16 (parameters or autocast) generation's KV-cache arithmetic and a merged-LoRA replica score
-        the sampled tokens up to 0.3 nats away from the update's forward (SmolLM2-135M, bf16, LoRA), so the
-        first PPO ratio would not be 1; the actor's own forward makes it exactly 1.
-        """
-        low_precision = next(self.actor.parameters()).dtype != torch.float32 or torch.is_autocast_enabled(
-            self.device.type)
-        return self.hparams.logprobs_from_generation and not low_precision
-
     @torch.no_grad()
     def make_experience(self, batch: Mapping[str, Any]) -> tuple[Rollout, dict[str, Any], tuple]:
         """Generate responses, score them, and turn the scores into advantages (the rollout buffer)."""
@@ -321,24 +290,46 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
             logprobs, entropy = policy_logprobs(self.actor, sequences, attention_mask, length, temperature, True)
         ref_logprobs, _ = policy_logprobs(self.reference, sequences, attention_mask, length, temperature)
         values = critic_values(self.critic, sequences, attention_mask, length, self.score_mean, self.score_std)
-        raw_scores = sequence_scores(self.reward_model, sequences, attention_mask)
-        scores = process_scores(raw_scores, eos_found, hp.missing_eos_penalty, self.score_mean, self.score_std,
-                                hp.clip_reward_value)
+        responses = self.responses(generated)
+        raw_scores, sample_rewards = self.rewards_of(batch, generated, responses)
+        scores = process_scores(torch.nan_to_num(sample_rewards.total).to(sequences.device), eos_found,
+                                hp.missing_eos_penalty, 0.0, 1.0, hp.clip_reward_value)
+        scored = ~sample_rewards.total.isnan().to(sequences.device)
+        response_mask = response_mask & scored.unsqueeze(1)  # an answer no source scored: out of the update
         kl_coef = self.kl_controller.value
         rewards, stats = kl_penalized_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef, hp.kl_estimator)
         advantages, returns = generalized_advantage_estimation(rewards, values, response_mask, hp.gamma, hp.lam)
         metrics = rollout_metrics(raw_scores, rewards, stats["kl"], kl_coef, entropy, values, advantages, returns,
                                   response_mask, eos_found)
+        if self.rewards:
+            metrics.update(source_metrics("ppo", sample_rewards))
         metrics.update({"time/generation_s": generation_s,
                         "throughput/generated_tokens_per_s": response_mask.sum().item() / max(generation_s, 1e-9)})
         if hp.whiten_advantages:
-            advantages = masked_whiten(advantages, response_mask, sum_across=self._sum_across_ranks())
-        responses = self.decode(sequences[:, -length:], response_mask)
+            advantages = masked_whiten(advantages, response_mask, sum_across=self.sum_across_ranks())
         success = self.task_success(batch["prompts"], responses)
         if success is not None:
             metrics["ppo/task_success"] = pooled_mean(success.float())
-        rollout = Rollout(sequences, attention_mask, response_mask, logprobs, values, advantages, returns)
+        rollout = Rollout(sequences, attention_mask, response_mask, logprobs, advantages, values=values,
+                          returns=returns)
         return rollout, metrics, (batch["prompts"], responses, raw_scores.tolist())
+
+    def rewards_of(self, batch: Mapping[str, Any], generated: Any, responses: list[str]) -> tuple[Tensor, Any]:
+        """The raw reward-model scores (for ``ppo/score_mean``; the reward functions' total without a reward
+        model) and every answer's reward, the reward model's score normalised."""
+        normalised = raw = None
+        if self.reward_model is not None:
+            raw = sequence_scores(self.reward_model, generated.sequences, generated.attention_mask)
+            normalised = (raw.float() - self.score_mean) / self.score_std
+        rewards = self.score(batch["prompts"], generated, responses, batch.get("columns"), normalised)
+        return (raw if raw is not None else torch.nan_to_num(rewards.total)), rewards
+
+    def update(self, rollout: Rollout, extra_batch: Any = None) -> dict[str, Any]:
+        """The PPO update, then the ptx step (on ``extra_batch``, the batch's SFT part, or the next SFT batch)."""
+        metrics = self.ppo_update(rollout)
+        if self.hparams.ptx_coef > 0:
+            metrics["ppo/ptx_loss"] = self.ptx_step(extra_batch if extra_batch is not None else self.next_ptx_batch())
+        return metrics
 
     def ppo_update(self, rollout: Rollout) -> dict[str, Tensor]:
         """``ppo_epochs`` passes over shuffled mini-batches of the buffer: actor step, then critic step."""
@@ -381,131 +372,6 @@ class PPOModule(MultiEngineBackwardMixin, LightningModule):
                                    "or batches of the form {'ppo': ..., 'ptx': ...}")
             self._ptx_iterator = reshuffled_passes(loader(self.hparams.ptx_batch_size))
         return self.transfer_batch_to_device(next(self._ptx_iterator), self.device, 0)
-
-    def optimizer_step(self, optimizer: Any, loss: Tensor) -> None:
-        """Backward, step (clipping in :meth:`on_before_optimizer_step`) and zero the gradients of one model."""
-        self.manual_backward(loss, optimizer)
-        optimizer.step()
-        optimizer.zero_grad()
-
-    def on_before_optimizer_step(self, optimizer: Any) -> None:
-        """Clip at ``max_grad_norm`` here: inside ``optimizer.step()``, after ``16-mixed``'s scaler unscaled the
-        gradients (clipping before would clip the loss-scaled gradients, i.e. almost always, by ~the scale).
-
-        Under DeepSpeed ``clip_gradients`` does nothing: the engine clips at ``max_grad_norm`` inside ``step``.
-        """
-        if self.hparams.max_grad_norm is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
-
-    def _sum_across_ranks(self) -> Callable[[Tensor], Tensor] | None:
-        """An all-reduce sum over the data-parallel ranks, so whitening sees the global batch (None alone)."""
-        if self.trainer.world_size <= 1:
-            return None
-        return lambda tensor: self.trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
-
-    # -- generation, decoding, validation ---------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, batch: Mapping[str, Any], greedy: bool, with_logprobs: bool = False) -> Generated:
-        """Responses to the prompts, in chunks of ``generation_batch_size``.
-
-        Args:
-            batch: a prompt batch (``prompt_input_ids``, ``prompt_attention_mask``).
-            greedy: decode greedily (validation) instead of with the rollout's sampling settings.
-            with_logprobs: also return the sampled tokens' log-probabilities and entropies from the
-                logits ``generate`` computed (skipped when the generator is tensor-parallel).
-        """
-        input_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
-        check_left_padded(prompt_mask)
-        tok, prompt_length = self.tokenizer, input_ids.shape[1]
-        chunk = self.hparams.generation_batch_size or len(input_ids)
-        new = self.generation.max_new_tokens
-        check_context_length(self.actor, prompt_length + new,
-                             f"the prompt batch ({prompt_length} tokens wide) + "
-                             f"model.generation.max_new_tokens ({new})",
-                             "the prompts or model.generation.max_new_tokens")
-        responses, logprobs, entropies = [], [], []
-        with generation_mode(self.trainer.strategy, self.actor) as policy, \
-                sampling_from_policy(policy, tok) as stop_ids:
-            kwargs = self.generation.generate_kwargs(tok.pad_token_id, stop_ids, greedy=greedy)
-            # a tensor-parallel replica returns token ids only
-            with_logits = with_logprobs and getattr(policy, "tp_group", None) is None
-            for start in range(0, len(input_ids), chunk):
-                prompt = input_ids[start : start + chunk]
-                stream = StreamedLogprobs(self.generation.logprob_temperature) if with_logits else None
-                extra = {"logits_processor": LogitsProcessorList([stream])} if with_logits else {}
-                # inference mode: no autograd bookkeeping per op (decoding a tiny OPT on one CPU thread took 38 ms
-                # against 42-46 under no_grad: benchmarks/ppo_step_parts.py); outputs are cloned into normal
-                # tensors before they go near autograd
-                with torch.inference_mode():
-                    sequences = policy.generate(input_ids=prompt, attention_mask=prompt_mask[start : start + chunk],
-                                                **kwargs, **extra).clone()
-                if sequences.shape[1] <= prompt_length or not torch.equal(sequences[:, :prompt_length], prompt):
-                    raise RuntimeError(f"generate returned shape {tuple(sequences.shape)} that does not start with "
-                                       f"the {tuple(prompt.shape)} prompts; expected prompt + response rows")
-                responses.append(sequences[:, prompt_length:])
-                if stream is not None:
-                    step_logprobs, step_entropy = stream.result(responses[-1])
-                    logprobs.append(step_logprobs.clone())
-                    entropies.append(step_entropy.clone())
-        responses = pad_right(responses, tok.pad_token_id)
-        response_mask, eos_found = response_mask_from_tokens(responses, stop_ids)
-        sequences = torch.cat([input_ids, responses], dim=1)
-        attention_mask = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
-        if not logprobs:
-            return Generated(sequences, attention_mask, response_mask, eos_found)
-        return Generated(sequences, attention_mask, response_mask, eos_found,
-                         pad_right(logprobs, 0.0), pad_right(entropies, 0.0))
-
-    def decode(self, responses: Tensor, response_mask: Tensor) -> list[str]:
-        """Response texts without special tokens (masked positions dropped)."""
-        return [self.tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(responses, response_mask)]
-
-    def task_success(self, prompts: list[str], responses: list[str]) -> Tensor | None:
-        """Per-sample success ``(B,)`` under the task checker, or None without one."""
-        if self.task_checker is None:
-            return None
-        return torch.tensor([self.task_checker(p, r) for p, r in zip(prompts, responses)], device=self.device)
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """Greedy responses to held-out prompts: mean reward-model score and task success."""
-        batch = batch["ppo"] if "ppo" in batch else batch
-        generated = self.generate(batch, greedy=True)
-        sequences, response_mask = generated.sequences, generated.response_mask
-        scores = sequence_scores(self.reward_model, sequences, generated.attention_mask)
-        n = len(scores)
-        self.log("val/reward_mean", scores.mean(), on_epoch=True, sync_dist=True, batch_size=n)
-        responses = self.decode(sequences[:, -response_mask.shape[1]:], response_mask)
-        success = self.task_success(batch["prompts"], responses)
-        if success is not None:
-            self.log("val/task_success", success.float().mean(), on_epoch=True, sync_dist=True, batch_size=n)
-        if batch_idx == 0:
-            log_samples(self, "val/samples", batch["prompts"], responses, scores.tolist(),
-                        limit=self.hparams.num_samples_to_log)
-
-    # -- checkpoint state beyond the weights ------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the KL coefficient, the mini-batch shuffle state and the sampling RNG (rank 0's).
-
-        With the data position the loader saves, a run resumed from an iteration's checkpoint draws the same
-        rollouts as the uninterrupted run would have (on one rank, same threads: the same curve).
-        """
-        checkpoint["ppo_state"] = {"kl_controller": self.kl_controller.state_dict(),
-                                   "shuffle_rng": self._shuffle.get_state(), "rng": rng_states()}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore what :meth:`on_save_checkpoint` saved."""
-        state = checkpoint.get("ppo_state")
-        if state is not None:
-            self.kl_controller.load_state_dict(state["kl_controller"])
-            self._shuffle.set_state(state["shuffle_rng"])
-            self._rng_to_restore = state.get("rng")
-            rank_zero_info(f"PPOModule: restored KL coefficient {self.kl_controller.value:.6g}")
-
-    def on_train_start(self) -> None:
-        """Set the sampling RNG a checkpoint saved, now that model building and engine setup are done."""
-        if getattr(self, "_rng_to_restore", None) is not None:
-            set_rng_states(self._rng_to_restore)
-            self._rng_to_restore = None
 
 
 __all__ = ["GenerationArgs", "PPOModule", "PPO_TAGS"]

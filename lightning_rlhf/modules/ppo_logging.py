@@ -11,8 +11,11 @@ from torch import Tensor
 
 from lightning_rlhf.modules.pooled import Pooled, pooled_explained_variance, pooled_mean, pooled_mean_of, pooled_std
 
-#: the curves the progress bar shows (when logged): what tells at a glance whether PPO is learning
-PROGRESS_BAR_TAGS: tuple[str, ...] = ("ppo/reward_mean", "ppo/kl", "ppo/task_success")
+#: the curves the progress bar shows (when logged), by curve prefix: what tells at a glance whether it learns
+PROGRESS_BAR_TAGS: dict[str, tuple[str, ...]] = {
+    "ppo": ("ppo/reward_mean", "ppo/kl", "ppo/task_success"),
+    "grpo": ("grpo/reward_mean", "grpo/kl", "grpo/task_success"),
+}
 
 #: the curves every PPO iteration logs (``ppo/task_success`` is added when a task checker is known)
 PPO_TAGS: tuple[str, ...] = (
@@ -75,11 +78,26 @@ def rollout_metrics(
     }
 
 
-def log_iteration(module: LightningModule, metrics: Mapping[str, float]) -> None:
-    """Record one PPO iteration's metrics (already averaged over ranks by :func:`reduce_metrics`).
+def source_metrics(prefix: str, rewards: Any) -> dict[str, Pooled]:
+    """Each reward source's mean over the answers it scored (``<prefix>/reward/<source>``) and the share of
+    answers no source scored (``<prefix>/unscored_fraction``).
+
+    Args:
+        prefix: the curves' prefix (``ppo``, ``grpo``).
+        rewards: a :class:`~lightning_rlhf.rewards.combined.SampleRewards`.
+    """
+    metrics = {f"{prefix}/reward/{name}": pooled_mean(torch.nan_to_num(values), ~values.isnan())
+               for name, values in rewards.per_source.items()}
+    metrics[f"{prefix}/unscored_fraction"] = pooled_mean(rewards.total.isnan().float())
+    return metrics
+
+
+def log_iteration(module: LightningModule, metrics: Mapping[str, float],
+                  progress_bar_tags: Sequence[str] = PROGRESS_BAR_TAGS["ppo"]) -> None:
+    """Record one PPO (or GRPO) iteration's metrics (already averaged over ranks by :func:`reduce_metrics`).
 
     Every iteration they go into ``trainer.callback_metrics`` (for ``ModelCheckpoint(monitor=...)``, early
-    stopping and callbacks) and ``trainer.logged_metrics``, and :data:`PROGRESS_BAR_TAGS` into the progress
+    stopping and callbacks) and ``trainer.logged_metrics``, and ``progress_bar_tags`` into the progress
     bar; every ``Trainer(log_every_n_steps=...)``
     iterations (and when the trainer stops) to every logger, at the step Lightning uses for its own curves
     (the count of PPO iterations). That is what ``self.log_dict(on_step=True)`` does, minus its cost: Lightning's
@@ -90,13 +108,14 @@ def log_iteration(module: LightningModule, metrics: Mapping[str, float]) -> None
     Args:
         module: the PPO module (its trainer and loggers are used).
         metrics: metric name -> value, identical on every rank.
+        progress_bar_tags: the metrics shown in the progress bar (one of :data:`PROGRESS_BAR_TAGS`).
     """
     trainer = module.trainer
     scalars = {name: float(value) for name, value in metrics.items()}
     values = {name: torch.tensor(value) for name, value in scalars.items()}
     trainer.callback_metrics.update(values)
     trainer.logged_metrics.update(values)
-    trainer.progress_bar_metrics.update({name: scalars[name] for name in PROGRESS_BAR_TAGS if name in scalars})
+    trainer.progress_bar_metrics.update({name: scalars[name] for name in progress_bar_tags if name in scalars})
     if not trainer.loggers or trainer.log_every_n_steps == 0:
         return
     loop = trainer.fit_loop.epoch_loop

@@ -27,18 +27,21 @@ class Rollout:
         attention_mask: ``(B, P + R)`` 1 on real prompt and response tokens.
         response_mask: ``(B, R)`` bool, true on real response tokens (through the first EOS).
         logprobs: ``(B, R)`` actor log-probabilities at sampling time.
-        values: ``(B, R)`` critic values at sampling time.
         advantages: ``(B, R)`` (whitened) advantages.
-        returns: ``(B, R)`` value targets.
+        values: ``(B, R)`` critic values at sampling time (None without a critic: GRPO and its family).
+        returns: ``(B, R)`` value targets (None without a critic).
+        ref_logprobs: ``(B, R)`` reference log-probabilities, kept when the update's loss needs them (GRPO's
+            KL in the loss); None otherwise.
     """
 
     sequences: Tensor
     attention_mask: Tensor
     response_mask: Tensor
     logprobs: Tensor
-    values: Tensor
     advantages: Tensor
-    returns: Tensor
+    values: Tensor | None = None
+    returns: Tensor | None = None
+    ref_logprobs: Tensor | None = None
 
     @property
     def prompt_length(self) -> int:
@@ -49,8 +52,9 @@ class Rollout:
         return self.sequences.shape[0]
 
     def select(self, index: Tensor) -> "Rollout":
-        """The rows ``index`` of every tensor."""
-        return replace(self, **{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        """The rows ``index`` of every tensor (absent ones stay None)."""
+        return replace(self, **{f.name: getattr(self, f.name)[index] for f in fields(self)
+                                if getattr(self, f.name) is not None})
 
     def minibatches(self, size: int, generator: torch.Generator | None = None) -> Iterator["Rollout"]:
         """Shuffled mini-batches of ``size`` rows (the last may be smaller).

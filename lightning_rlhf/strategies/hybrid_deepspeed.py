@@ -238,8 +238,12 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         module = self.lightning_module
         fitting = module.trainer is not None and module.trainer.state.fn == TrainerFn.FITTING
         # One rule for fit and validate/test/predict, so a checkpoint's layout matches the module's in every stage:
-        # a manual-optimization module with several parameterised children gets one engine per child.
-        several = not module.automatic_optimization and len(_parameterised_children(module)) > 1
+        # a manual-optimization module with several parameterised children gets one engine per child, and so does
+        # one that asks for it (``engine_per_child = True``: GRPO without a reference has the actor alone, and the
+        # generation switch and the export gather that child as PPO's; inside one engine around the whole module
+        # ZeRO-3's prefetch left the child's parameters in flight when the export gathered them).
+        several = not module.automatic_optimization and (
+            len(_parameterised_children(module)) > 1 or getattr(module, "engine_per_child", False))
         self._configured_optimizers = None
         if fitting and "optimizer" not in self.config:
             self._configured_optimizers = _init_optimizers_and_lr_schedulers(module)
@@ -335,10 +339,10 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
 
     @override
     def backward(self, closure_loss: torch.Tensor, optimizer: Optional[Any], *args: Any, **kwargs: Any) -> torch.Tensor:
-        if not self._engines:
-            return super().backward(closure_loss, optimizer, *args, **kwargs)
         if optimizer is None and args and isinstance(args[0], (Optimizer, LightningOptimizer)):
-            optimizer, args = args[0], args[1:]
+            optimizer, args = args[0], args[1:]  # manual_backward(loss, opt): the engine to step, not a backward arg
+        if not self._engines:  # one engine around the whole module: the optimizer names nothing more
+            return super().backward(closure_loss, optimizer, *args, **kwargs)
         engine = self._engine_for(optimizer)
         module = self.lightning_module
         closure_loss = self.precision_plugin.pre_backward(closure_loss, module)

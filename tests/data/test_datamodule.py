@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -18,7 +20,7 @@ def test_builtin_task_feeds_every_stage_with_contract_batches(task_tokenizer_dir
         "sft": {"input_ids", "attention_mask", "labels"},
         "reward": {"chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask",
                    "prompt_lengths"},
-        "ppo": {"prompt_input_ids", "prompt_attention_mask", "prompts"},
+        "ppo": {"prompt_input_ids", "prompt_attention_mask", "prompts", "columns"},
     }
     for stage, keys in expected.items():
         dm = _module(str(task_tokenizer_dir), tmp_path, stage=stage, task_size=500, batch_size=4, eval_batch_size=5)
@@ -26,12 +28,15 @@ def test_builtin_task_feeds_every_stage_with_contract_batches(task_tokenizer_dir
         dm.setup("fit")
         train, val = next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
         assert set(train) == set(val) == keys
-        assert len(train[sorted(keys)[0]]) == 4 and len(val[sorted(keys)[0]]) == 5
+        first = sorted(keys - {"columns"})[0]
+        assert len(train[first]) == 4 and len(val[first]) == 5
         assert dm.report["split"] == {"sft": {"train": 95, "eval": 5}, "reward": {"train": 190, "eval": 10},
                                       "ppo": {"train": 190, "eval": 10}}
         assert isinstance(dm.task, SyntheticTask)
     # PPO: prompts the task can check, and an SFT loader for the pretraining mix
     assert all(dm.task.answer(p) is not None for p in train["prompts"])
+    # the reference answer column reward functions read, row by row
+    assert train["columns"]["answer"] == [dm.task.answer(p) for p in train["prompts"]]
     ptx = next(iter(dm.ptx_dataloader(batch_size=2)))
     assert set(ptx) == expected["sft"] and ptx["input_ids"].shape[0] == 2
 
@@ -163,3 +168,38 @@ def test_ptx_batches_reshuffle_every_pass_and_tell_the_sampler():
     assert sampler.epoch == 1 and first != second and len(first) == len(second) == 8
     with pytest.raises(ValueError, match="yields no batch"):
         next(reshuffled_passes(DataLoader([], batch_size=4)))
+
+
+def test_prompt_only_records_reach_the_batch_with_their_reference_columns(task_tokenizer, tmp_path):
+    """GRPO's data: ``prompt`` plus any columns (jsonl here), the columns handed on by name, row by row."""
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": f"{i}+1=", "answer": i + 1, "level": "easy" if i % 2 else None} for i in range(60)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    dm = _module(task_tokenizer, tmp_path, stage="ppo", sources=[str(path)], split="0,0,1", eval_fraction=0.1,
+                 batch_size=6)
+    dm.setup("fit")
+    assert dm.report["sources"][0].format == "prompts"
+    batch = next(iter(dm.train_dataloader()))
+    by_prompt = {r["prompt"]: r for r in rows}
+    assert set(batch["columns"]) == {"answer", "level"}
+    assert batch["columns"]["answer"] == [by_prompt[p]["answer"] for p in batch["prompts"]]
+    assert batch["columns"]["level"] == [by_prompt[p]["level"] for p in batch["prompts"]]
+
+
+def test_a_prompt_only_column_named_like_a_reward_argument_is_refused_with_its_record(task_tokenizer, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "1+1=", "answer": 2}, {"prompt": "2+2=", "completions": 4}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(ValueError, match=r"prompts.jsonl.*record 2.*completions.*rename the column"):
+        _module(task_tokenizer, tmp_path, stage="ppo", sources=[str(path)], split="0,0,1").setup("fit")
+
+
+def test_the_chat_style_task_asks_instructions_and_checks_the_same_sums():
+    task = SyntheticTask(style="chat")
+    record = task.records(1)[0]
+    assert record["prompt"].startswith("What is ") and record["prompt"].endswith("Answer with the number only.")
+    a, b = task.operands(record["prompt"])
+    assert json.loads(record["columns"]) == {"answer": str(a + b)}
+    assert task.check(record["prompt"], f" {a + b}") and not task.check(record["prompt"], f"The answer is {a + b}.")
+    with pytest.raises(ValueError, match="style"):
+        SyntheticTask(style="poem")

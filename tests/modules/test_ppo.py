@@ -27,7 +27,7 @@ def ppo_paths(tiny_model_factory) -> dict[str, Path]:
 
 def make_module(paths: dict[str, Path], **overrides) -> PPOModule:
     kwargs = dict(
-        actor=str(paths["actor"]), reward_model=str(paths["reward_model"]),
+        actor=str(paths["actor"]), reward_model=str(paths["reward_model"]) if paths.get("reward_model") else None,
         actor_optimizer=OptimizerArgs(learning_rate=1e-3, scheduler="constant"),
         critic_optimizer=OptimizerArgs(learning_rate=1e-3, scheduler="constant"),
         generation=GenerationArgs(max_new_tokens=6), generation_batch_size=2, train_batch_size=2,

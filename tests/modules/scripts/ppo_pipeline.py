@@ -1,6 +1,6 @@
 """The tiny end-to-end RLHF run on the built-in addition task: tokenizer -> tiny llama -> SFT -> reward -> PPO.
 
-Usage: python tests/modules/scripts/ppo_pipeline.py OUTDIR [--steps sft,reward,ppo] [--ppo-epochs N]
+Usage: python tests/modules/scripts/ppo_pipeline.py OUTDIR [--steps sft,reward,ppo,grpo] [--ppo-epochs N]
 
 Each step exports a Hugging Face folder (``OUTDIR/<step>/final``) that the next one starts from, so a later
 step alone reuses earlier ones (handy when tuning PPO). PPO validates the SFT policy on the held-out prompts
@@ -25,6 +25,7 @@ from lightning_rlhf.data import PreferenceDataModule
 from lightning_rlhf.data.task import default_task
 from lightning_rlhf.models import save_tiny_model, train_tokenizer
 from lightning_rlhf.modules import OptimizerArgs, RewardModule, SFTModule
+from lightning_rlhf.modules.grpo import TINY_GRPO_ROLLOUT_PROMPTS, GRPOModule, tiny_grpo_settings
 from lightning_rlhf.modules.ppo import PPOModule
 from lightning_rlhf.modules.ppo_config import TINY_PPO_ROLLOUT_SIZE, tiny_ppo_settings
 
@@ -72,9 +73,22 @@ def run_ppo(sft: Path, reward: Path, root: Path, epochs: int = 3, seed: int = 0,
     """Validate the SFT policy, train PPO for ``epochs`` passes over the prompts (28 rollouts each), validate again."""
     seed_everything(seed)
     module = PPOModule(actor=str(sft), reward_model=str(reward), **{**tiny_ppo_settings(), **overrides})
-    dm = data(str(sft), "ppo", root, TINY_PPO_ROLLOUT_SIZE)
-    tr = trainer(root, "ppo", max_epochs=epochs,
-                 callbacks=[HFExportCallback(dirpath=str(root / "ppo"), model_attr="actor")])
+    return run_online(module, "ppo", sft, root, epochs, TINY_PPO_ROLLOUT_SIZE)
+
+
+def run_grpo(sft: Path, root: Path, epochs: int = 1, seed: int = 0, **overrides: Any) -> dict[str, Any]:
+    """Validate the SFT policy, train GRPO with reward functions (no reward model) for ``epochs`` passes over the
+    prompts, validate again."""
+    seed_everything(seed)
+    module = GRPOModule(actor=str(sft), **{**tiny_grpo_settings(), **overrides})
+    return run_online(module, "grpo", sft, root, epochs, TINY_GRPO_ROLLOUT_PROMPTS)
+
+
+def run_online(module: Any, name: str, sft: Path, root: Path, epochs: int, prompts: int) -> dict[str, Any]:
+    """Validate, fit for ``epochs`` passes over the prompt part (``prompts`` per rollout), validate; export the actor."""
+    dm = data(str(sft), "ppo", root, prompts)
+    tr = trainer(root, name, max_epochs=epochs,
+                 callbacks=[HFExportCallback(dirpath=str(root / name), model_attr="actor")])
     before = tr.validate(module, datamodule=dm, verbose=False)[0]
     tr.fit(module, datamodule=dm)
     after = tr.validate(module, datamodule=dm, verbose=False)[0]
@@ -88,6 +102,9 @@ def main() -> None:
     parser.add_argument("--steps", default="sft,reward,ppo")
     parser.add_argument("--ppo-epochs", type=int, default=3)
     parser.add_argument("--ppo-overrides", default="{}", help="JSON of PPOModule arguments (scalars)")
+    parser.add_argument("--grpo-epochs", type=int, default=1)
+    parser.add_argument("--grpo-overrides", default="{}", help="JSON of GRPOModule arguments (scalars)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the GRPO run")
     args = parser.parse_args()
     root = Path(args.outdir)
     summary_path = root / "summary.json"
@@ -102,6 +119,9 @@ def main() -> None:
         elif step == "ppo":
             summary["ppo"] = run_ppo(root / "sft" / "final", root / "reward" / "final", root,
                                      args.ppo_epochs, **json.loads(args.ppo_overrides))
+        elif step == "grpo":
+            summary["grpo"] = run_grpo(root / "sft" / "final", root, args.grpo_epochs, args.seed,
+                                       **json.loads(args.grpo_overrides))
         summary[step]["seconds"] = time.perf_counter() - start
         summary_path.write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))

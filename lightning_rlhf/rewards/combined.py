@@ -1,0 +1,100 @@
+"""One reward per sampled answer from several sources: reward functions and a reward model's scores.
+
+Why a separate step: PPO and GRPO both accept reward functions, a reward model, or both (a learned preference
+score plus a checkable format rule is a common recipe), and they must add them up the same way. A source that
+does not score a row (a function returning ``None``) is left out of that row's sum; a row no source scored
+stays ``nan`` and the loop masks it out and counts it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from lightning_rlhf.rewards.resolve import RewardSpec, resolve_reward_functions
+from lightning_rlhf.rewards.scoring import compute_rewards
+
+#: the curve name of the reward model's (weighted) score among the per-source rewards
+REWARD_MODEL_SOURCE = "reward_model"
+
+
+@dataclass(frozen=True)
+class SampleRewards:
+    """The rewards of one batch of answers.
+
+    Attributes:
+        total: ``(batch,)`` the sum over the sources that scored each row (weights applied); ``nan`` where none did.
+        per_source: each source's unweighted reward ``(batch,)`` by curve name (``nan`` where it did not score).
+        num_unscored: rows no source scored.
+    """
+
+    total: Tensor
+    per_source: dict[str, Tensor]
+    num_unscored: int
+
+
+class RewardSources:
+    """Reward functions (TRL's signature) and optionally a reward model's scores, weighted and added.
+
+    Args:
+        reward_funcs: import paths ``package.module:function``, built-in names, ``http(s)://`` URLs or callables
+            (see :func:`~lightning_rlhf.rewards.resolve.resolve_reward_function`); resolved now, so a typo fails
+            before any model loads.
+        reward_weights: one weight per function (None: 1.0 each).
+        reward_model_weight: the weight of the reward model's score, when the module has a reward model.
+    """
+
+    def __init__(self, reward_funcs: Sequence[RewardSpec] | None, reward_weights: Sequence[float] | None = None,
+                 reward_model_weight: float = 1.0) -> None:
+        if reward_funcs is None and reward_weights is not None:
+            raise ValueError("reward_weights is set but reward_funcs is not; give the functions the weights are for")
+        self.functions, self.weights = resolve_reward_functions(reward_funcs or [], reward_weights)
+        self.reward_model_weight = float(reward_model_weight)
+
+    def __bool__(self) -> bool:
+        return bool(self.functions)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The functions' curve names."""
+        return tuple(f.name for f in self.functions)
+
+    def score(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[str],
+        columns: Mapping[str, Sequence[Any]] | None = None,
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        model_scores: Tensor | None = None,
+    ) -> SampleRewards:
+        """Call every function on the batch and add the reward model's scores (when given).
+
+        Args:
+            prompts: one prompt per answer (a group's prompt repeated for each of its answers).
+            completions: the answers' texts.
+            columns: the records' reference columns by name, one entry per answer.
+            completion_ids: the answers' token ids (passed to the functions as ``completion_ids``).
+            model_scores: ``(batch,)`` the reward model's scores, or None without one.
+        """
+        per_source: dict[str, Tensor] = {}
+        parts: list[Tensor] = []
+        if self.functions:
+            scores = compute_rewards(self.functions, self.weights, prompts, completions, columns, completion_ids)
+            per_source.update({name: column for name, column in zip(scores.names, scores.per_function.T)})
+            parts.append(scores.total)
+        if model_scores is not None:
+            model_scores = model_scores.detach().float().cpu()
+            per_source[REWARD_MODEL_SOURCE] = model_scores
+            parts.append(self.reward_model_weight * model_scores)
+        if not parts:
+            raise ValueError("no reward source: give reward_funcs, a reward_model, or both")
+        stacked = torch.stack(parts)
+        scored = ~stacked.isnan()
+        total = torch.where(scored.any(0), torch.nansum(stacked, 0), float("nan"))
+        return SampleRewards(total, per_source, int((~scored.any(0)).sum()))
+
+
+__all__ = ["REWARD_MODEL_SOURCE", "RewardSources", "SampleRewards"]

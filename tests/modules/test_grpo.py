@@ -1,0 +1,163 @@
+"""GRPOModule on tiny models, one process: every curve in TensorBoard, the variants, rewards, errors, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_rlhf.data import PreferenceDataModule
+from lightning_rlhf.modules._common import OptimizerArgs
+from lightning_rlhf.modules.grpo import GRPO_TAGS, GRPOModule
+from lightning_rlhf.modules.ppo_config import GenerationArgs
+from lightning_rlhf.rewards import RewardError
+
+SIZES = dict(hidden_size=32, num_layers=2, num_heads=4)
+CALLS: list[dict] = []
+
+
+def recording_reward(prompts, completions, answer, **kwargs):
+    """A reward that records what it was given (by import path: ``tests.modules.test_grpo:recording_reward``)."""
+    CALLS.append({"prompts": list(prompts), "completions": list(completions), "answer": list(answer), **kwargs})
+    return [float(len(c) % 3) for c in completions]
+
+
+def failing_on_third_row(prompts, completions, **kwargs):
+    return [1.0, 1.0, "oops"] + [1.0] * (len(completions) - 3)
+
+
+@pytest.fixture()
+def actor(tiny_model_factory) -> Path:
+    return tiny_model_factory("llama", "causal_lm", seed=0, **SIZES)
+
+
+def make_module(actor: Path, **overrides) -> GRPOModule:
+    kwargs = dict(
+        actor=str(actor), reward_funcs=["answer_match_shaped", "answer_only_format"], reward_weights=[1.0, 0.5],
+        actor_optimizer=OptimizerArgs(learning_rate=1e-3, scheduler="constant"),
+        generation=GenerationArgs(max_new_tokens=5), num_generations=4, train_batch_size=8, ppo_epochs=2,
+        log_samples_every_n_steps=1,
+    )
+    kwargs.update(overrides)
+    return GRPOModule(**kwargs)
+
+
+def make_data(actor: Path, **overrides) -> PreferenceDataModule:
+    kwargs = dict(tokenizer=str(actor), stage="ppo", task_size=200, batch_size=4, eval_fraction=0.1,
+                  max_prompt_length=32, max_length=64)
+    kwargs.update(overrides)
+    return PreferenceDataModule(**kwargs)
+
+
+def make_trainer(root: Path, **overrides) -> Trainer:
+    kwargs = dict(
+        accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, limit_val_batches=1, log_every_n_steps=1,
+        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        logger=TensorBoardLogger(str(root), name="grpo", version=0), default_root_dir=str(root),
+    )
+    kwargs.update(overrides)
+    return Trainer(**kwargs)
+
+
+def scalars(trainer: Trainer) -> EventAccumulator:
+    events = EventAccumulator(trainer.logger.log_dir, size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def test_grpo_logs_every_curve_per_function_and_samples_without_a_reference(tmp_path, actor):
+    torch.manual_seed(0)
+    module = make_module(actor, dynamic_sampling=True, filter_truncated=True, overlong_buffer_length=2)
+    trainer = make_trainer(tmp_path)
+    trainer.fit(module, datamodule=make_data(actor))
+    assert module.reference is None and module.reward_model is None  # KL off: no reference engine at all
+    events = scalars(trainer)
+    tags = set(events.Tags()["scalars"])
+    expected = set(GRPO_TAGS) | {
+        "grpo/reward/answer_match_shaped", "grpo/reward/answer_only_format", "grpo/task_success",
+        "grpo/groups_filtered", "grpo/truncated_filtered",
+        "val/reward_mean", "val/reward/answer_match_shaped", "val/reward/answer_only_format", "val/task_success"}
+    assert expected <= tags, f"missing: {sorted(expected - tags)}"
+    for tag in GRPO_TAGS:  # one point per iteration
+        assert len(events.Scalars(tag)) == 2, tag
+    # 2 iterations x 2 epochs x (4 prompts x 4 answers / 8 rows per mini-batch) actor steps
+    assert trainer.global_step == 2 * 2 * 2
+    assert {"grpo/samples/text_summary", "val/samples/text_summary"} <= set(events.Tags()["tensors"])
+    assert events.Scalars("grpo/response_length_max")[0].value <= 5
+    assert 0.0 <= events.Scalars("grpo/groups_without_signal")[0].value <= 1.0
+
+
+def test_reward_functions_by_import_path_receive_the_repeated_prompts_and_the_answer_column(tmp_path, actor):
+    CALLS.clear()
+    module = make_module(actor, reward_funcs=["tests.modules.test_grpo:recording_reward"], reward_weights=None,
+                         num_generations=3)
+    trainer = make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=make_data(actor))
+    call = CALLS[0]
+    assert len(call["completions"]) == 4 * 3
+    # prompt-major groups: each prompt and its answer column repeated num_generations times in a row
+    assert call["prompts"][0:3] == [call["prompts"][0]] * 3 and call["answer"][3:6] == [call["answer"][3]] * 3
+    task = trainer.datamodule.task
+    assert call["answer"] == [task.answer(p) for p in call["prompts"]]
+    assert len(call["completion_ids"]) == 12 and all(isinstance(i, int) for i in call["completion_ids"][0])
+
+
+def test_a_reward_function_returning_a_non_number_fails_the_step_naming_it_and_the_row(tmp_path, actor):
+    module = make_module(actor, reward_funcs=["tests.modules.test_grpo:failing_on_third_row"], reward_weights=None)
+    with pytest.raises(RewardError, match=r"tests.modules.test_grpo:failing_on_third_row.*row 2"):
+        make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0).fit(module, datamodule=make_data(actor))
+
+
+@pytest.mark.parametrize("estimator,aggregation,kl", [
+    ("dr_grpo", "seq_mean_token_sum_norm", {"beta": 0.05, "kl_estimator": "k3"}),
+    ("rloo", "token_mean", {"clip_range_high": 0.28}),
+    ("reinforce_pp", "token_mean", {"beta": 0.05, "kl_in_reward": True, "kl_estimator": "k1"}),
+    ("reinforce_pp_baseline", "seq_mean_token_mean", {}),
+])
+def test_every_estimator_trains_with_its_aggregation_and_kl_placement(tmp_path, actor, estimator, aggregation, kl):
+    torch.manual_seed(0)
+    module = make_module(actor, advantage_estimator=estimator, loss_aggregation=aggregation, ppo_epochs=1, **kl)
+    trainer = make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=make_data(actor))
+    assert (module.reference is not None) == (kl.get("beta", 0) > 0)
+    metrics = trainer.logged_metrics
+    assert torch.isfinite(metrics["grpo/policy_loss"])
+    if module.reference is not None:  # one iteration from the reference's own weights: the KL is ~0
+        assert "grpo/kl" in metrics and abs(float(metrics["grpo/kl"])) < 1e-3
+
+
+def test_bad_settings_fail_at_construction_with_what_to_do(actor):
+    with pytest.raises(ValueError, match="needs a reward"):
+        GRPOModule(actor=str(actor))
+    with pytest.raises(ValueError, match="num_generations must be >= 2.*reinforce_pp"):
+        make_module(actor, num_generations=1)
+    with pytest.raises(ValueError, match="unknown advantage estimator 'gpro'"):
+        make_module(actor, advantage_estimator="gpro")
+    with pytest.raises(ValueError, match="cannot import module 'no_such_pkg.rewards'"):
+        make_module(actor, reward_funcs=["no_such_pkg.rewards:f"], reward_weights=None)
+    with pytest.raises(ValueError, match="reward_weights has 1 entries for 2"):
+        make_module(actor, reward_weights=[1.0])
+    with pytest.raises(ValueError, match="overlong_buffer_length"):
+        make_module(actor, overlong_buffer_length=50)
+
+
+def test_grpo_resumes_from_an_iteration_checkpoint_with_its_shuffle_state(tmp_path, actor):
+    from lightning_rlhf.callbacks import IterationCheckpoint
+
+    torch.manual_seed(0)
+    module = make_module(actor)
+    trainer = make_trainer(tmp_path, enable_checkpointing=True, limit_val_batches=0,
+                           callbacks=[IterationCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_iterations=1)])
+    trainer.fit(module, datamodule=make_data(actor))
+    checkpoints = sorted((tmp_path / "ckpt").glob("*.ckpt"))
+    assert checkpoints
+    state = torch.load(checkpoints[0], weights_only=False)
+    assert "grpo_state" in state and "shuffle_rng" in state["grpo_state"]
+    resumed = make_module(actor)
+    trainer2 = make_trainer(tmp_path / "resumed", max_epochs=2, limit_val_batches=0)
+    trainer2.fit(resumed, datamodule=make_data(actor), ckpt_path=str(checkpoints[-1]))
+    assert trainer2.global_step > trainer.global_step
