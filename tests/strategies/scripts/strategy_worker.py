@@ -1,9 +1,10 @@
 """Worker for the HybridDeepSpeedStrategy tests; run by torchrun (1 or 2 ranks, gloo, CPU).
 
-Usage: strategy_worker.py SCENARIO OUTDIR [options]. Each rank writes OUTDIR/<scenario>-rank<R>.json.
+Usage: strategy_worker.py SCENARIOS OUTDIR [options], SCENARIOS comma-separated (run one after the other in the same
+processes, so their start-up is paid once). Each rank writes OUTDIR/<scenario>-rank<R>.json.
 Scenarios:
-  dropin       plain single-model LightningModule, automatic optimization, vs a raw DeepSpeed loop
-  two_engines  actor + critic engines learn, a frozen child stays bit-identical
+  dropin       plain single-model LightningModule, automatic optimization, vs a raw DeepSpeed loop, at each --stages
+  two_engines  actor + critic engines learn, a frozen child stays bit-identical (at the highest of --stages)
   resume       two-engine module: --phase full|first|second, checkpoints under OUTDIR
 """
 
@@ -167,7 +168,7 @@ def run_dropin(args, world: int) -> dict:
 def run_two_engines(args, world: int) -> dict:
     seed_everything(0)
     model = TwoEngines()
-    tr = trainer(args.stages[0], 9, args.precision, args.outdir, max_epochs=-1)
+    tr = trainer(max(args.stages), 9, args.precision, args.outdir, max_epochs=-1)
     frozen_before = None
 
     class Snapshot(Callback):
@@ -221,16 +222,26 @@ def run_resume(args, world: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario")
+    scenarios = {"dropin": run_dropin, "two_engines": run_two_engines, "resume": run_resume}
+    parser.add_argument("scenarios", help=f"comma-separated, of {sorted(scenarios)} (one after the other)")
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--stages", type=int, nargs="+", default=[3])
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--phase", default="full")
     args = parser.parse_args()
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    result = {"dropin": run_dropin, "two_engines": run_two_engines, "resume": run_resume}[args.scenario](args, world)
-    suffix = f"-{args.phase}" if args.scenario == "resume" else ""
-    finish(args.outdir / f"{args.scenario}{suffix}-rank{rank}.json", result)
+    names = args.scenarios.split(",")
+    if not set(names) <= set(scenarios):
+        parser.error(f"scenarios must be among {sorted(scenarios)}, got {names}")
+    for i, name in enumerate(names):
+        result = scenarios[name](args, world)
+        suffix = f"-{args.phase}" if name == "resume" else ""
+        path = args.outdir / f"{name}{suffix}-rank{rank}.json"
+        if i + 1 < len(names):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result))
+        else:
+            finish(path, result)  # the last one also leaves the process group
 
 
 def finish(path: Path, result: dict) -> None:
