@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -230,18 +231,24 @@ def main():
     parser.add_argument("--phase", default="full")
     args = parser.parse_args()
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    run_scenarios(parser, scenarios, args, world,
+                  lambda name: args.outdir / f"{name}{f'-{args.phase}' if name == 'resume' else ''}-rank{rank}.json")
+
+
+def run_scenarios(parser: argparse.ArgumentParser, scenarios: dict, args: argparse.Namespace, world: int,
+                  path_of: Callable[[str], Path]) -> None:
+    """Run the comma-separated ``args.scenarios`` one after the other; each rank writes its result of scenario
+    ``name`` to ``path_of(name)``, and after the last one leaves the process group (:func:`finish`)."""
     names = args.scenarios.split(",")
     if not set(names) <= set(scenarios):
         parser.error(f"scenarios must be among {sorted(scenarios)}, got {names}")
     for i, name in enumerate(names):
         result = scenarios[name](args, world)
-        suffix = f"-{args.phase}" if name == "resume" else ""
-        path = args.outdir / f"{name}{suffix}-rank{rank}.json"
         if i + 1 < len(names):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result))
+            path_of(name).parent.mkdir(parents=True, exist_ok=True)
+            path_of(name).write_text(json.dumps(result))
         else:
-            finish(path, result)  # the last one also leaves the process group
+            finish(path_of(name), result)
 
 
 def finish(path: Path, result: dict) -> None:
