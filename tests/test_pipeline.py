@@ -72,7 +72,7 @@ def test_each_step_starts_from_the_previous_export(tmp_path):
     dpo = step_config(config, "dpo", base)
     assert dpo["model"] == {"model": str(sft_dir)} and dpo["export"]["dirpath"] == str(tmp_path / "dpo" / "hf")
     grpo = step_config(config, "grpo", base)
-    assert grpo["model"] == {"actor": str(sft_dir), "seed": 3}
+    assert grpo["model"] == {"actor": str(sft_dir), "seed": 3}  # GRPO's own mini-batch seed follows data.seed too
     assert grpo["export"]["dirpath"] == str(tmp_path / "grpo" / "hf")
     explicit = PipelineConfig(output_dir=str(tmp_path), ppo={"model": {"actor": "/my/actor"}})
     assert step_config(explicit, "ppo", base)["model"]["actor"] == "/my/actor"

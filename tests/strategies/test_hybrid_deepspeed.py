@@ -14,7 +14,7 @@ from lightning import LightningModule, Trainer
 import lightning_rlhf  # noqa: F401
 from lightning_rlhf.strategies import HybridDeepSpeedStrategy
 from lightning_rlhf.strategies.checkpoint import MARKER_FILE, consolidated_state_dict, read_marker, staging_path
-from tests.helpers.distributed import run_distributed
+from tests.helpers.distributed import run_distributed, run_once
 
 WORKER = Path(__file__).parent / "scripts" / "strategy_worker.py"
 
@@ -125,10 +125,17 @@ def test_transformers_from_config_in_configure_model_is_partitioned_under_zero3(
     assert "partitioned True" in proc.stdout and "ok 2" in proc.stdout
 
 
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory) -> Path:
+    """``dropin`` at ZeRO 0/2/3 and ``two_engines`` (ZeRO-3, fp32) on 2 ranks, in one launch per session (the
+    start-up of two DeepSpeed processes is paid once): ``<root>/<scenario>-rank<R>.json``."""
+    return run_once(tmp_path_factory, "strategy_two_ranks", lambda root: run_distributed(
+        WORKER, "dropin,two_engines", root, "--stages", "0", "2", "3", nprocs=2, timeout=900))
+
+
 @pytest.mark.distributed
-def test_dropin_two_processes_by_registered_name(tmp_path):
-    run_distributed(WORKER, "dropin", tmp_path, "--stages", "0", "2", "3", nprocs=2)
-    ranks = results(tmp_path, "dropin", 2)
+def test_dropin_two_processes_by_registered_name(two_rank_runs):
+    ranks = results(two_rank_runs, "dropin", 2)
     for stage in ("stage0", "stage2", "stage3"):
         losses = [r[stage]["losses"] for r in ranks]
         assert all(len(l) == 6 for l in losses)
@@ -140,8 +147,11 @@ def test_dropin_two_processes_by_registered_name(tmp_path):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize(("nprocs", "precision"), [(1, "bf16-mixed"), (2, "32-true")])
-def test_two_engines_learn_and_frozen_child_is_untouched(tmp_path, nprocs, precision):
-    run_distributed(WORKER, "two_engines", tmp_path, "--stages", "3", "--precision", precision, nprocs=nprocs)
+def test_two_engines_learn_and_frozen_child_is_untouched(request, tmp_path, nprocs, precision):
+    if nprocs == 2:  # ZeRO-3 fp32 on 2 ranks: in the shared launch
+        tmp_path = request.getfixturevalue("two_rank_runs")
+    else:
+        run_distributed(WORKER, "two_engines", tmp_path, "--stages", "3", "--precision", precision, nprocs=nprocs)
     for out in results(tmp_path, "two_engines", nprocs):
         assert out["engines"] == ["actor", "critic", "frozen"]
         assert out["frozen_identical"] is True

@@ -15,7 +15,6 @@ Scenarios:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from lightning_rlhf.callbacks.ema import EMACallback
 from lightning_rlhf.strategies import HybridDeepSpeedStrategy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from strategy_worker import Regressor, StopAt, TwoEngines, finish, loader, trainer  # noqa: E402
+from strategy_worker import Regressor, StopAt, TwoEngines, loader, run_scenarios, trainer  # noqa: E402
 
 
 class Evaluated(TwoEngines):
@@ -141,18 +140,8 @@ def main():
     parser.add_argument("--phase", default="first")
     args = parser.parse_args()
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    names = args.scenarios.split(",")
-    if not set(names) <= set(scenarios):
-        parser.error(f"scenarios must be among {sorted(scenarios)}, got {names}")
-    for i, name in enumerate(names):
-        result = scenarios[name](args, world)
-        phase = f"-{args.phase}" if name == "ema" else ""
-        path = args.outdir / f"{name}{phase}-stage{args.stage}-rank{rank}.json"
-        if i + 1 < len(names):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result))
-        else:
-            finish(path, result)  # the last one also leaves the process group
+    run_scenarios(parser, scenarios, args, world, lambda name: args.outdir / (
+        f"{name}{f'-{args.phase}' if name == 'ema' else ''}-stage{args.stage}-rank{rank}.json"))
 
 
 if __name__ == "__main__":

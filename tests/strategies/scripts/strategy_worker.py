@@ -1,9 +1,10 @@
 """Worker for the HybridDeepSpeedStrategy tests; run by torchrun (1 or 2 ranks, gloo, CPU).
 
-Usage: strategy_worker.py SCENARIO OUTDIR [options]. Each rank writes OUTDIR/<scenario>-rank<R>.json.
+Usage: strategy_worker.py SCENARIOS OUTDIR [options], SCENARIOS comma-separated (run one after the other in the same
+processes, so their start-up is paid once). Each rank writes OUTDIR/<scenario>-rank<R>.json.
 Scenarios:
-  dropin       plain single-model LightningModule, automatic optimization, vs a raw DeepSpeed loop
-  two_engines  actor + critic engines learn, a frozen child stays bit-identical
+  dropin       plain single-model LightningModule, automatic optimization, vs a raw DeepSpeed loop, at each --stages
+  two_engines  actor + critic engines learn, a frozen child stays bit-identical (at the highest of --stages)
   resume       two-engine module: --phase full|first|second, checkpoints under OUTDIR
 """
 
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -167,7 +169,7 @@ def run_dropin(args, world: int) -> dict:
 def run_two_engines(args, world: int) -> dict:
     seed_everything(0)
     model = TwoEngines()
-    tr = trainer(args.stages[0], 9, args.precision, args.outdir, max_epochs=-1)
+    tr = trainer(max(args.stages), 9, args.precision, args.outdir, max_epochs=-1)
     frozen_before = None
 
     class Snapshot(Callback):
@@ -221,16 +223,32 @@ def run_resume(args, world: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario")
+    scenarios = {"dropin": run_dropin, "two_engines": run_two_engines, "resume": run_resume}
+    parser.add_argument("scenarios", help=f"comma-separated, of {sorted(scenarios)} (one after the other)")
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--stages", type=int, nargs="+", default=[3])
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--phase", default="full")
     args = parser.parse_args()
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    result = {"dropin": run_dropin, "two_engines": run_two_engines, "resume": run_resume}[args.scenario](args, world)
-    suffix = f"-{args.phase}" if args.scenario == "resume" else ""
-    finish(args.outdir / f"{args.scenario}{suffix}-rank{rank}.json", result)
+    run_scenarios(parser, scenarios, args, world,
+                  lambda name: args.outdir / f"{name}{f'-{args.phase}' if name == 'resume' else ''}-rank{rank}.json")
+
+
+def run_scenarios(parser: argparse.ArgumentParser, scenarios: dict, args: argparse.Namespace, world: int,
+                  path_of: Callable[[str], Path]) -> None:
+    """Run the comma-separated ``args.scenarios`` one after the other; each rank writes its result of scenario
+    ``name`` to ``path_of(name)``, and after the last one leaves the process group (:func:`finish`)."""
+    names = args.scenarios.split(",")
+    if not set(names) <= set(scenarios):
+        parser.error(f"scenarios must be among {sorted(scenarios)}, got {names}")
+    for i, name in enumerate(names):
+        result = scenarios[name](args, world)
+        if i + 1 < len(names):
+            path_of(name).parent.mkdir(parents=True, exist_ok=True)
+            path_of(name).write_text(json.dumps(result))
+        else:
+            finish(path_of(name), result)
 
 
 def finish(path: Path, result: dict) -> None:
