@@ -42,7 +42,8 @@ _PAIR_KEYS = ("chosen_input_ids", "chosen_attention_mask", "rejected_input_ids",
 #: ``PreferenceStats`` field -> logged name (TRL's, under ``train/`` and ``val/``)
 DPO_METRICS = {"rewards_chosen": "rewards/chosen", "rewards_rejected": "rewards/rejected",
                "rewards_accuracies": "rewards/accuracies", "rewards_margins": "rewards/margins",
-               "logps_chosen": "logps/chosen", "logps_rejected": "logps/rejected"}
+               "logps_chosen": "logps/chosen", "logps_rejected": "logps/rejected",
+               "logps_accuracies": "logps/accuracies"}
 _CACHE_KEY = "dpo_reference_logps"
 
 
@@ -61,9 +62,11 @@ class DPOModule(HFModelModule):
       ZeRO-3 partitioned like the policy, and offloaded with it).
 
     Logs ``train/loss`` and ``train/rewards/{chosen,rejected,accuracies,margins}``,
-    ``train/logps/{chosen,rejected}`` (TRL's names) every step, and the same under ``val/`` on the held-out
-    pairs (weighted by pairs, synchronised across ranks). A tie (as at the start, where policy = reference)
-    counts 0.5 in the accuracy. The exported model is the policy (LoRA merged).
+    ``train/logps/{chosen,rejected}`` (TRL's names) and ``train/logps/accuracies`` (the policy's own ranking of
+    the pair by log-prob, no reference) every step, and the same under ``val/`` on the held-out pairs (weighted
+    by pairs, synchronised across ranks). A tie (as at the start, where policy = reference) counts 0.5 in the
+    accuracies; so before training ``val/rewards/accuracies`` is 0.5 by construction and
+    ``val/logps/accuracies`` is the real starting measurement (the reference's preference). The exported model is the policy (LoRA merged).
 
     Args:
         model: a Hugging Face causal-LM folder (the SFT output), or a built ``PreTrainedModel``.
