@@ -213,8 +213,9 @@ class DPOModule(HFModelModule):
         """Fill the reference cache from the current policy over ``loaders`` (every rank its shard, then gathered).
 
         Collective: every rank calls it with loaders of the same number of batches. A batch whose pairs are all
-        cached already (the validation pairs after a validation before ``fit``) is not run again. Returns the
-        cache size.
+        cached already on every rank (the validation pairs after a validation before ``fit``) is not run again
+        (its cached values are gathered instead); the ranks decide together, as a forward under ZeRO-3 is
+        collective. Returns the cache size.
         """
         all_gather = self.all_gather if self.trainer.world_size > 1 else None
         with _eval_mode(self.model):
@@ -224,9 +225,13 @@ class DPOModule(HFModelModule):
                 for batch in in_fixed_order(loader):
                     batch = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, Tensor)}
                     batch_keys = pair_keys(batch)
-                    if self.reference_cache.missing(batch_keys):
-                        keys.append(batch_keys.to(self.device))
-                        values.append(torch.stack(self.pair_logps(self.model, batch), dim=1))
+                    missing = torch.tensor(self.reference_cache.missing(batch_keys), device=self.device)
+                    if (missing if all_gather is None else all_gather(missing)).sum() > 0:
+                        logps = self.pair_logps(self.model, batch)
+                    else:  # still gathered: every rank ends with every rank's pairs
+                        logps = self.reference_cache.lookup(batch_keys, self.device)
+                    keys.append(batch_keys.to(self.device))
+                    values.append(torch.stack(logps, dim=1))
                 keys_all, values_all = gather_rows(torch.cat(keys), all_gather), gather_rows(torch.cat(values),
                                                                                              all_gather)
                 self.reference_cache.add(keys_all, values_all[:, 0], values_all[:, 1])
