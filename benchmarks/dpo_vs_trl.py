@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HH_RLHF, corpus_texts, machine, median, run_worker, set_threads  # noqa: E402
+from _common import (  # noqa: E402
+    HH_RLHF, add_comparison_args, chosen_systems, corpus_texts, interleaved_runs, machine, median, set_threads,
+)
 
 SYSTEMS = ("ours", "trl")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,15 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=24, help="optimizer steps per run")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (linear decay to 0)")
     p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per system")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="which systems to run")
-    p.add_argument("--trl-python", default=sys.executable, help="interpreter that imports trl's DPOTrainer")
-    p.add_argument("--out", type=Path, default=RESULTS / "dpo_vs_trl.json", help="JSON of every run")
-    p.add_argument("--plot", type=Path, default=RESULTS / "dpo_vs_trl.png")
-    p.add_argument("--report-only", action="store_true", help="print the report and redraw the PNG from --out")
-    p.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
-    p.add_argument("--assets", help=argparse.SUPPRESS)
+    add_comparison_args(p, SYSTEMS, RESULTS / "dpo_vs_trl.json", RESULTS / "dpo_vs_trl.png",
+                        "interpreter that imports trl's DPOTrainer")
     return p.parse_args(argv)
 
 
@@ -256,19 +251,11 @@ def trl_version(python: str) -> str:
 # -- the comparison ------------------------------------------------------------------------------------------
 def measure(args: argparse.Namespace, assets: Path, systems: list[str], save: Any) -> list[dict[str, Any]]:
     """Every (repeat, system) run, the order alternating per repeat; ``save(runs)`` after every run."""
-    script, runs = Path(__file__).resolve(), []
     common = ["--assets", str(assets), "--threads", str(args.threads), "--steps", str(args.steps), "--batch",
               str(args.batch), "--lr", str(args.lr), "--beta", str(args.beta)]
-    for repeat in range(args.repeats):
-        for system in (systems if repeat % 2 == 0 else systems[::-1]):
-            python = args.trl_python if system == "trl" else sys.executable
-            run = run_worker(script, ["--worker", system, *common], python)
-            run["repeat"] = repeat
-            runs.append(run)
-            save(runs)
-            print(f"  repeat={repeat} {system:<5} {run['pairs_per_s']:7.2f} pairs/s "
-                  f"({run['pairs'] / run['loop_cpu_s']:.2f} per CPU-s), final loss {run['loss'][-1]:.4f}", flush=True)
-    return runs
+    return interleaved_runs(Path(__file__).resolve(), systems, args.repeats, common, args.trl_python, save,
+                            lambda run: f"{run['pairs_per_s']:7.2f} pairs/s ({run['pairs'] / run['loop_cpu_s']:.2f} "
+                                        f"per CPU-s), final loss {run['loss'][-1]:.4f}")
 
 
 def report(runs: list[dict[str, Any]], systems: list[str]) -> dict[str, Any]:
@@ -297,8 +284,9 @@ def report(runs: list[dict[str, Any]], systems: list[str]) -> dict[str, Any]:
     for system in systems:
         curves = [r for r in by[system].values()]
         if curves:
-            print(f"{system:<5} loss first {curves[0]['loss'][0]:.4f} last {median([c['loss'][-1] for c in curves]):.4f}"
-                  f"  accuracy last {median([c['accuracy'][-1] for c in curves]):.3f}")
+            print(f"{system:<5} loss first {curves[0]['loss'][0]:.4f} last "
+                  f"{median([c['loss'][-1] for c in curves]):.4f}  accuracy last "
+                  f"{median([c['accuracy'][-1] for c in curves]):.3f}")
     return summary
 
 
@@ -329,9 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.worker:
         return worker_main(args)
-    systems = [s for s in args.systems.split(",") if s]
-    if set(systems) - set(SYSTEMS):
-        raise SystemExit(f"--systems: unknown {sorted(set(systems) - set(SYSTEMS))}; choose from {SYSTEMS}")
+    systems = chosen_systems(args.systems, SYSTEMS)
     if args.report_only:
         saved = json.loads(args.out.read_text())
         print(f"{saved['date']} | {saved['machine']} | trl {saved['trl']}\nargs: {' '.join(saved['argv'])}")
