@@ -8,6 +8,7 @@ ids) and time ``PPOModule`` the same way (training loop only, from the first tra
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import os
@@ -18,7 +19,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 HH_RLHF = Path("/work/shared/data/hh-rlhf-harmless-base-test-a.jsonl.gz")
 
@@ -198,6 +199,47 @@ def trl_unavailable(python: str) -> str | None:
 
 
 # -- processes and statistics ---------------------------------------------------------------------------
+def add_comparison_args(p: argparse.ArgumentParser, systems: Sequence[str], out: Path, plot: Path,
+                        trl_help: str) -> None:
+    """The arguments of an interleaved ours-vs-TRL comparison: repeats, threads, which systems, the TRL
+    interpreter, where the JSON and PNG go, ``--report-only``, and the hidden ``--worker`` / ``--assets``."""
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per system")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--systems", default=",".join(systems), help="which systems to run")
+    p.add_argument("--trl-python", default=sys.executable, help=trl_help)
+    p.add_argument("--out", type=Path, default=out, help="JSON of every run")
+    p.add_argument("--plot", type=Path, default=plot)
+    p.add_argument("--report-only", action="store_true", help="print the report and redraw the PNG from --out")
+    p.add_argument("--worker", choices=systems, help=argparse.SUPPRESS)
+    p.add_argument("--assets", help=argparse.SUPPRESS)
+
+
+def interleaved_runs(script: Path, systems: Sequence[str], repeats: int, worker_args: list[str], trl_python: str,
+                     save: Callable[[list[dict[str, Any]]], None],
+                     describe: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:
+    """Every (repeat, system) run of ``script --worker SYSTEM *worker_args`` in a fresh interpreter (TRL's
+    systems in ``trl_python``), the order alternating per repeat; ``save(runs)`` and one printed line
+    (``describe(run)``) after every run, so a comparison cut short keeps its complete pairs."""
+    runs: list[dict[str, Any]] = []
+    for repeat in range(repeats):
+        for system in (list(systems) if repeat % 2 == 0 else list(systems)[::-1]):
+            python = trl_python if system.startswith("trl") else sys.executable
+            runs.append({**run_worker(script, ["--worker", system, *worker_args], python), "repeat": repeat})
+            save(runs)
+            print(f"  repeat={repeat} {system:<5} {describe(runs[-1])}", flush=True)
+    return runs
+
+
+def chosen_systems(spec: str, known: Sequence[str]) -> list[str]:
+    """The systems of a comma-separated ``--systems`` value, refusing unknown names."""
+    systems = [s for s in spec.split(",") if s]
+    unknown = sorted(set(systems) - set(known))
+    if unknown:
+        raise SystemExit(f"--systems: unknown {unknown}; choose from {tuple(known)}")
+    return systems
+
+
+
 def set_threads(threads: int) -> None:
     """Use ``threads`` intra-op threads (set before heavy imports via the environment, and in torch)."""
     import torch

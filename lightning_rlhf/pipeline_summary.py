@@ -12,7 +12,8 @@ SUMMARY_METRICS: dict[str, list[tuple[str, str]]] = {
     "sft": [("val/loss", "eval loss"), ("val/perplexity", "eval perplexity")],
     "reward": [("val/accuracy", "pair accuracy"), ("val/margin", "chosen - rejected")],
     "ppo": [("val/reward_mean", "reward"), ("val/task_success", "task success")],
-    "dpo": [("val/rewards/accuracies", "pair accuracy"), ("val/rewards/margins", "chosen - rejected reward")],
+    "dpo": [("val/rewards/accuracies", "pair accuracy"), ("val/rewards/margins", "chosen - rejected reward"),
+            ("val/logps/accuracies", "log-prob pair accuracy")],
     "grpo": [("val/reward_mean", "reward"), ("val/task_success", "task success")],
 }
 

@@ -1,8 +1,9 @@
-"""Smoke tests of the PPO benchmarks: they run with tiny settings and print the lines the README quotes.
+"""Smoke tests of the PPO and DPO benchmarks: they run with tiny settings and print the lines the README quotes.
 
 The script runs launch fresh interpreters per measurement, so they are marked slow; the timing helper
 they share is tested in-process. The TRL comparison needs ``trl==1.12.0`` (the ``bench`` extra) in this
-interpreter or in ``$BENCH_PYTHON``; without it that test is skipped. The DeepSpeed-Chat harness needs a
+interpreter or in ``$BENCH_PYTHON``; without it that test is skipped (the DPO comparison takes any release with
+``DPOTrainer`` from the same places). The DeepSpeed-Chat harness needs a
 checkout of DeepSpeedExamples' ``applications/DeepSpeed-Chat`` named by ``$DS_CHAT_DIR`` (CI has none, so
 those tests are skipped there).
 """
@@ -90,6 +91,45 @@ def test_ppo_vs_trl_script_compares_with_trl(tmp_path):
     runs = json.loads(out.read_text())["runs"]
     assert {r["system"] for r in runs} == {"ours", "trl", "trl-compute"}
     assert all(len(r["scores"]) == 2 and r["episodes"] == 16 for r in runs)
+
+
+# -- DPO: benchmarks/dpo_vs_trl.py (TRL's DPOTrainer, any recent release) ------------------------------------------
+DPO_TINY = ["--hidden", "32", "--layers", "2", "--vocab", "320", "--steps", "3", "--batch", "4", "--repeats", "1",
+            "--threads", "1"]
+
+
+def dpo_trl_python() -> str | None:
+    """An interpreter that imports TRL's DPOTrainer ($BENCH_PYTHON, then this one), or None."""
+    for python in filter(None, [os.environ.get("BENCH_PYTHON"), sys.executable]):
+        if subprocess.run([python, "-c", "from trl import DPOConfig, DPOTrainer"], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+@pytest.mark.slow
+def test_dpo_vs_trl_script_runs_ours(tmp_path):
+    out, plot = tmp_path / "runs.json", tmp_path / "curves.png"
+    stdout = run_script("dpo_vs_trl.py", *DPO_TINY, "--systems", "ours", "--out", str(out), "--plot", str(plot))
+    assert "ours  pairs/s median" in stdout and "ours  loss first 0.6931" in stdout  # policy = reference: log 2
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["system"] == "ours" and run["pairs"] == 12 and len(run["loss"]) == len(run["accuracy"]) == 3
+    assert run["pairs_per_s"] == pytest.approx(12 / run["loop_s"]) and plot.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_dpo_vs_trl_script_compares_with_trl(tmp_path):
+    """Same model, ids, order and settings: TRL's per-step losses follow ours (the first is log 2 in both)."""
+    python = dpo_trl_python()
+    if python is None:
+        pytest.skip("trl's DPOTrainer not importable here (pip install trl, or set BENCH_PYTHON to a venv with it)")
+    out = tmp_path / "runs.json"
+    stdout = run_script("dpo_vs_trl.py", *DPO_TINY, "--out", str(out), "--plot", str(tmp_path / "c.png"),
+                        "--trl-python", python)
+    assert "ratio ours / trl per pair" in stdout, stdout
+    runs = {r["system"]: r for r in json.loads(out.read_text())["runs"]}
+    assert set(runs) == {"ours", "trl"} and all(len(r["loss"]) == 3 for r in runs.values())
+    assert runs["ours"]["loss"][0] == pytest.approx(math.log(2), abs=1e-5) == runs["trl"]["loss"][0]
+    assert runs["ours"]["loss"] == pytest.approx(runs["trl"]["loss"], abs=2e-3)
 
 
 @pytest.mark.slow

@@ -33,7 +33,8 @@ def parse_only(stage: str, config: dict) -> dict:
 
 def test_every_example_is_covered():
     names = {p.parent.name for p in PIPELINES}
-    assert {"tiny_cpu", "hh_rlhf", "smollm2_cpu", "opt_1.3b_1gpu", "opt_13b_8gpu", "llama2_7b_lora"} <= names
+    assert {"tiny_cpu", "hh_rlhf", "smollm2_cpu", "opt_1.3b_1gpu", "opt_13b_8gpu", "llama2_7b_lora",
+            "hh_rlhf_dpo"} <= names
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.parent.name)

@@ -152,6 +152,15 @@ class PreferenceStats(TypedDict):
     logps_chosen: Tensor
     #: policy log-probability of the rejected responses
     logps_rejected: Tensor
+    #: fraction of pairs whose chosen log-prob is above the rejected one (a tie counts 0.5): the policy's own
+    #: ranking, no reference. Why: at the start the implicit rewards are all 0 (policy = reference), so
+    #: ``rewards_accuracies`` is 0.5 by construction; this is the starting (reference) model's real preference
+    logps_accuracies: Tensor
+
+
+def pair_accuracy(chosen: Tensor, rejected: Tensor) -> Tensor:
+    """Fraction of pairs with ``chosen > rejected``, a tie counting 0.5 (detached scalar)."""
+    return ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().detach()
 
 
 def implicit_rewards(logps: Tensor, ref_logps: Tensor | None, beta: float) -> Tensor:
@@ -196,9 +205,10 @@ def preference_loss(
     stats = PreferenceStats(
         rewards_chosen=chosen_rewards.mean().detach(),
         rewards_rejected=rejected_rewards.mean().detach(),
-        rewards_accuracies=((margins > 0).float() + 0.5 * (margins == 0).float()).mean().detach(),
+        rewards_accuracies=pair_accuracy(chosen_rewards, rejected_rewards),
         rewards_margins=margins.mean().detach(),
         logps_chosen=chosen_logps.detach().float().mean(),
         logps_rejected=rejected_logps.detach().float().mean(),
+        logps_accuracies=pair_accuracy(chosen_logps.float(), rejected_logps.float()),
     )
     return loss, stats

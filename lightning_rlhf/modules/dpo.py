@@ -42,7 +42,8 @@ _PAIR_KEYS = ("chosen_input_ids", "chosen_attention_mask", "rejected_input_ids",
 #: ``PreferenceStats`` field -> logged name (TRL's, under ``train/`` and ``val/``)
 DPO_METRICS = {"rewards_chosen": "rewards/chosen", "rewards_rejected": "rewards/rejected",
                "rewards_accuracies": "rewards/accuracies", "rewards_margins": "rewards/margins",
-               "logps_chosen": "logps/chosen", "logps_rejected": "logps/rejected"}
+               "logps_chosen": "logps/chosen", "logps_rejected": "logps/rejected",
+               "logps_accuracies": "logps/accuracies"}
 _CACHE_KEY = "dpo_reference_logps"
 
 
@@ -61,9 +62,11 @@ class DPOModule(HFModelModule):
       ZeRO-3 partitioned like the policy, and offloaded with it).
 
     Logs ``train/loss`` and ``train/rewards/{chosen,rejected,accuracies,margins}``,
-    ``train/logps/{chosen,rejected}`` (TRL's names) every step, and the same under ``val/`` on the held-out
-    pairs (weighted by pairs, synchronised across ranks). A tie (as at the start, where policy = reference)
-    counts 0.5 in the accuracy. The exported model is the policy (LoRA merged).
+    ``train/logps/{chosen,rejected}`` (TRL's names) and ``train/logps/accuracies`` (the policy's own ranking of
+    the pair by log-prob, no reference) every step, and the same under ``val/`` on the held-out pairs (weighted
+    by pairs, synchronised across ranks). A tie (as at the start, where policy = reference) counts 0.5 in the
+    accuracies; so before training ``val/rewards/accuracies`` is 0.5 by construction and
+    ``val/logps/accuracies`` is the real starting measurement (the reference's preference). The exported model is the policy (LoRA merged).
 
     Args:
         model: a Hugging Face causal-LM folder (the SFT output), or a built ``PreTrainedModel``.
@@ -172,8 +175,16 @@ class DPOModule(HFModelModule):
         return sequence_logprobs(logits, ids, response, average=self.variant.length_normalized).chunk(2)
 
     @torch.no_grad()
-    def reference_logps(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
-        """``(chosen, rejected)`` reference log-probs ``(B,)``, or ``(None, None)`` for a reference-free loss."""
+    def reference_logps(self, batch: dict[str, Tensor],
+                        policy_logps: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """``(chosen, rejected)`` reference log-probs ``(B,)``, or ``(None, None)`` for a reference-free loss.
+
+        Args:
+            batch: a reward-stage batch.
+            policy_logps: the policy's ``(chosen, rejected)`` log-probs of ``batch`` from an eval-mode forward,
+                if already computed: with ``precompute_reference`` the untrained policy is the reference, so a
+                cache miss before training stores these instead of running the same forward again.
+        """
         mode = self.reference_mode
         if mode == "none":
             return None, None
@@ -191,28 +202,39 @@ class DPOModule(HFModelModule):
                     f"precomputed reference log-probs, and the policy has been trained since, so it cannot stand in "
                     f"for the reference. Precomputation covers the training and validation data of the fit; "
                     f"evaluate other data with precompute_reference=False and a reference folder")
-            with _eval_mode(self.model):  # the untrained policy is the reference: cache what it says now
-                self.reference_cache.add(keys, *self.pair_logps(self.model, batch))
+            if policy_logps is None:
+                with _eval_mode(self.model):  # the untrained policy is the reference: cache what it says now
+                    policy_logps = self.pair_logps(self.model, batch)
+            self.reference_cache.add(keys, *(logps.detach() for logps in policy_logps))
         return self.reference_cache.lookup(keys, self.device)
 
     @torch.no_grad()
     def precompute(self, loaders: Iterable[Iterable[dict[str, Tensor]]]) -> int:
         """Fill the reference cache from the current policy over ``loaders`` (every rank its shard, then gathered).
 
-        Collective: every rank calls it with loaders of the same number of batches. Returns the cache size.
+        Collective: every rank calls it with loaders of the same number of batches. A batch whose pairs are all
+        cached already on every rank (the validation pairs after a validation before ``fit``) is not run again
+        (its cached values are gathered instead); the ranks decide together, as a forward under ZeRO-3 is
+        collective. Returns the cache size.
         """
         all_gather = self.all_gather if self.trainer.world_size > 1 else None
         with _eval_mode(self.model):
             for loader in loaders:
-                keys, values = [], []
+                keys = [torch.zeros(0, dtype=torch.int64, device=self.device)]
+                values = [torch.zeros(0, 2, device=self.device)]
                 for batch in in_fixed_order(loader):
                     batch = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, Tensor)}
-                    keys.append(pair_keys(batch).to(self.device))
-                    values.append(torch.stack(self.pair_logps(self.model, batch), dim=1))
-                if keys:
-                    keys_all, values_all = gather_rows(torch.cat(keys), all_gather), gather_rows(torch.cat(values),
-                                                                                                 all_gather)
-                    self.reference_cache.add(keys_all, values_all[:, 0], values_all[:, 1])
+                    batch_keys = pair_keys(batch)
+                    missing = torch.tensor(self.reference_cache.missing(batch_keys), device=self.device)
+                    if (missing if all_gather is None else all_gather(missing)).sum() > 0:
+                        logps = self.pair_logps(self.model, batch)
+                    else:  # still gathered: every rank ends with every rank's pairs
+                        logps = self.reference_cache.lookup(batch_keys, self.device)
+                    keys.append(batch_keys.to(self.device))
+                    values.append(torch.stack(logps, dim=1))
+                keys_all, values_all = gather_rows(torch.cat(keys), all_gather), gather_rows(torch.cat(values),
+                                                                                             all_gather)
+                self.reference_cache.add(keys_all, values_all[:, 0], values_all[:, 1])
         return len(self.reference_cache)
 
     def on_train_start(self) -> None:
@@ -230,8 +252,8 @@ class DPOModule(HFModelModule):
     # -- training and validation -------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, PreferenceStats]:
         """The preference loss of a reward-stage batch and its statistics."""
-        ref_chosen, ref_rejected = self.reference_logps(batch)
         chosen, rejected = self.pair_logps(self.model, batch)
+        ref_chosen, ref_rejected = self.reference_logps(batch, None if self.model.training else (chosen, rejected))
         return preference_loss(chosen, rejected, ref_chosen, ref_rejected, self.loss_type, self.beta,
                                self.label_smoothing, self.gamma)
 

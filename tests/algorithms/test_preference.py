@@ -117,6 +117,8 @@ def test_each_loss_matches_loop_from_logits(seed, name, beta, eps):
     assert stats["rewards_accuracies"].item() == pytest.approx(accuracy)
     assert stats["logps_chosen"].item() == pytest.approx(sum(r[3] for r in rows) / n, abs=1e-5)
     assert stats["logps_rejected"].item() == pytest.approx(sum(r[4] for r in rows) / n, abs=1e-5)
+    ranked = sum(1.0 if r[3] > r[4] else 0.5 if r[3] == r[4] else 0.0 for r in rows) / n
+    assert stats["logps_accuracies"].item() == pytest.approx(ranked)
     loss.backward()
     assert torch.isfinite(seqs[0][0].grad).all()
 

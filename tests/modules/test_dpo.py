@@ -105,6 +105,30 @@ def test_precomputed_reference_trains_exactly_as_a_reference_copy(tmp_path):
     assert runs[True] == pytest.approx(runs[False], abs=1e-6)
 
 
+def test_precomputed_reference_runs_no_forward_twice_around_a_validation_before_fit(tmp_path):
+    """validate then fit (the pipeline's order) with ``precompute_reference``: before training the policy is the
+    reference, so validation runs one forward per batch (not two), and the precomputation at the start of fit
+    runs the training batches only (the validation pairs are cached already). Same numbers as a reference copy."""
+    results, forwards = {}, {}
+    for precompute in (False, True):
+        seed_everything(0)
+        module = DPOModule(str(tiny_folder(tmp_path)), optimizer=OptimizerArgs(learning_rate=1e-2),
+                           precompute_reference=precompute)
+        module.configure_model()
+        calls = []
+        module.model.register_forward_hook(lambda *args: calls.append(1))
+        data = _data(tmp_path)
+        trainer = _trainer(tmp_path, max_steps=1, check_val_every_n_epoch=100)
+        results[precompute] = trainer.validate(module, datamodule=data, verbose=False)[0]
+        before_fit = len(calls)
+        trainer.fit(module, datamodule=data)
+        forwards[precompute] = (before_fit, len(calls) - before_fit)
+    val_batches, train_batches = len(data.val_dataloader()), len(data.train_dataloader())
+    assert results[True] == pytest.approx(results[False], abs=1e-6)
+    assert results[True]["val/rewards/accuracies"] == 0.5 and 0 < results[True]["val/logps/accuracies"] < 1
+    assert forwards[True] == (val_batches, train_batches + 1)  # precompute the training pairs, then one step
+
+
 def test_fit_logs_trl_metrics_and_exports_the_policy(tmp_path):
     seed_everything(0)
     module = DPOModule(str(tiny_folder(tmp_path)), optimizer=OptimizerArgs(learning_rate=1e-2))
