@@ -124,16 +124,18 @@ def prompt_loader(prompts: list[list[int]], pad_id: int, batch_size: int, seed: 
                       generator=torch.Generator().manual_seed(seed))
 
 
-def loop_timer() -> Any:
+#: the curves :func:`loop_timer` keeps for PPO
+PPO_TIMER_KEYS = ("ppo/score_mean", "ppo/reward_mean", "time/generation_s", "time/training_s", "ppo/response_length")
+
+
+def loop_timer(keys: Sequence[str] = PPO_TIMER_KEYS) -> Any:
     """A Lightning callback timing the training loop (first training batch to the end of ``fit``).
 
-    It keeps, per PPO iteration, the step seconds and the logged ``ppo/score_mean``, ``ppo/reward_mean``,
-    ``time/generation_s``, ``time/training_s`` and ``ppo/response_length``; and the process CPU seconds
-    of the loop (all threads), a measure of work that load from other processes barely changes.
+    It keeps, per iteration, the step seconds and the logged values of ``keys`` (PPO's score, reward,
+    generation / training seconds and response length by default); and the process CPU seconds of the loop
+    (all threads), a measure of work that load from other processes barely changes.
     """
     from lightning.pytorch import Callback
-
-    keys = ("ppo/score_mean", "ppo/reward_mean", "time/generation_s", "time/training_s", "ppo/response_length")
 
     class LoopTimer(Callback):
         def __init__(self) -> None:
