@@ -199,6 +199,42 @@ def trl_unavailable(python: str) -> str | None:
     return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
 
 
+def timed(function: Any, totals: dict[str, float], key: str = "s") -> Any:
+    """``function`` wrapped so that every call adds its wall seconds to ``totals[key]`` (a peer's generation time)."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            totals[key] = totals.get(key, 0.0) + time.perf_counter() - start
+
+    return wrapper
+
+
+def save_figure(fig: Any, path: Path, what: str) -> None:
+    """Write ``fig`` to ``path`` (folders made) and say where ``what`` went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    print(f"{what}: {path}")
+
+
+def add_comparison_arguments(parser: Any, systems: Sequence[str], out: Path, plot: Path, trl_python: str) -> None:
+    """The arguments every side-by-side script shares: repeats, threads, systems, TRL's interpreter, outputs,
+    and the hidden ones of a worker (one measurement in a fresh interpreter)."""
+    import argparse
+
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--systems", default=",".join(systems), help="which systems to run")
+    parser.add_argument("--trl-python", default=sys.executable,
+                        help=f"interpreter with {trl_python} for the TRL workers")
+    parser.add_argument("--out", type=Path, default=out, help="JSON of every run")
+    parser.add_argument("--plot", type=Path, default=plot)
+    parser.add_argument("--report-only", action="store_true", help="print the report and redraw the PNG from --out")
+    parser.add_argument("--worker", choices=systems, help=argparse.SUPPRESS)
+    parser.add_argument("--assets", help=argparse.SUPPRESS)
+
+
 # -- processes and statistics ---------------------------------------------------------------------------
 def set_threads(threads: int) -> None:
     """Use ``threads`` intra-op threads (set before heavy imports via the environment, and in torch)."""

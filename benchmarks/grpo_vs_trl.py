@@ -61,7 +61,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import loop_timer, machine, median, run_worker, set_threads  # noqa: E402
+from _common import (  # noqa: E402
+    add_comparison_arguments, loop_timer, machine, median, run_worker, save_figure, set_threads, timed,
+)
 
 SYSTEMS = ("ours", "trl")
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,15 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank on q_proj/v_proj (0: full fine-tuning)")
     p.add_argument("--held-out", type=int, default=36, help="distinct questions kept for the greedy evaluation")
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs per system")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="which systems to run")
-    p.add_argument("--trl-python", default=sys.executable, help="interpreter with the latest trl and peft")
-    p.add_argument("--out", type=Path, default=RESULTS / "grpo_vs_trl.json", help="JSON of every run")
-    p.add_argument("--plot", type=Path, default=RESULTS / "grpo_vs_trl.png")
-    p.add_argument("--report-only", action="store_true", help="print the report and redraw the PNG from --out")
-    p.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
-    p.add_argument("--assets", help=argparse.SUPPRESS)
+    add_comparison_arguments(p, SYSTEMS, RESULTS / "grpo_vs_trl.json", RESULTS / "grpo_vs_trl.png",
+                             "the latest trl and peft")
     return p.parse_args(argv)
 
 
@@ -278,16 +274,7 @@ def worker_trl(args: argparse.Namespace, assets: dict[str, Any]) -> dict[str, An
                           callbacks=[recorder])
     trainer.remove_callback(PrinterCallback), trainer.remove_callback(ProgressCallback)  # no per-step printing
     generation = {"s": 0.0}
-    generate = trainer._generate_single_turn
-
-    def timed_generate(*a: Any, **k: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return generate(*a, **k)
-        finally:
-            generation["s"] += time.perf_counter() - start
-
-    trainer._generate_single_turn = timed_generate
+    trainer._generate_single_turn = timed(trainer._generate_single_turn, generation)
     torch.manual_seed(args.seed)
     trainer.train()
     loop_s, episodes = recorder.end - recorder.start, args.batch * group * len(recorder.logs)
@@ -380,9 +367,7 @@ def plot(data: dict[str, Any], systems: list[str], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    print(f"curves: {path}")
+    save_figure(fig, path, "curves")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -162,8 +162,8 @@ def test_grpo_vs_trl_accuracy_is_one_function_for_both(tiny_tokenizer):
 
         def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
             assert kwargs["do_sample"] is False and attention_mask[:, -1].all()  # greedy, left-padded
-            rows = [(tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] * max_new_tokens)[:max_new_tokens]
-                    for a in self.answers]
+            eos = [tok.eos_token_id] * max_new_tokens
+            rows = [(tok(a, add_special_tokens=False)["input_ids"] + eos)[:max_new_tokens] for a in self.answers]
             return torch.cat([input_ids, torch.tensor(rows)], 1)
 
     side = tok.padding_side
@@ -174,9 +174,8 @@ def test_grpo_vs_trl_accuracy_is_one_function_for_both(tiny_tokenizer):
 
 @pytest.mark.slow
 def test_grpo_vs_trl_script_compares_with_trl(tmp_path):
-    python = latest_trl_python()
-    if python is None:
-        pytest.skip("TRL's GRPOTrainer and peft not importable (set TRL_LATEST_PYTHON to an environment with them)")
+    python = latest_trl_python() or pytest.skip(
+        "TRL's GRPOTrainer and peft not importable (set TRL_LATEST_PYTHON to an environment with them)")
     out = tmp_path / "grpo.json"
     stdout = run_script("grpo_vs_trl.py", *GRPO_TINY, "--out", str(out), "--plot", str(tmp_path / "g.png"),
                         "--trl-python", python)
