@@ -125,16 +125,18 @@ def prompt_loader(prompts: list[list[int]], pad_id: int, batch_size: int, seed: 
                       generator=torch.Generator().manual_seed(seed))
 
 
-def loop_timer() -> Any:
+#: the curves :func:`loop_timer` keeps for PPO
+PPO_TIMER_KEYS = ("ppo/score_mean", "ppo/reward_mean", "time/generation_s", "time/training_s", "ppo/response_length")
+
+
+def loop_timer(keys: Sequence[str] = PPO_TIMER_KEYS) -> Any:
     """A Lightning callback timing the training loop (first training batch to the end of ``fit``).
 
-    It keeps, per PPO iteration, the step seconds and the logged ``ppo/score_mean``, ``ppo/reward_mean``,
-    ``time/generation_s``, ``time/training_s`` and ``ppo/response_length``; and the process CPU seconds
-    of the loop (all threads), a measure of work that load from other processes barely changes.
+    It keeps, per iteration, the step seconds and the logged values of ``keys`` (PPO's score, reward,
+    generation / training seconds and response length by default); and the process CPU seconds of the loop
+    (all threads), a measure of work that load from other processes barely changes.
     """
     from lightning.pytorch import Callback
-
-    keys = ("ppo/score_mean", "ppo/reward_mean", "time/generation_s", "time/training_s", "ppo/response_length")
 
     class LoopTimer(Callback):
         def __init__(self) -> None:
@@ -196,6 +198,42 @@ def trl_unavailable(python: str) -> str | None:
     proc = subprocess.run([python, "-c", code], capture_output=True, text=True,
                           env={"TRL_EXPERIMENTAL_SILENCE": "1", "PATH": "/usr/bin:/bin"})
     return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+
+
+def timed(function: Any, totals: dict[str, float], key: str = "s") -> Any:
+    """``function`` wrapped so that every call adds its wall seconds to ``totals[key]`` (a peer's generation time)."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            totals[key] = totals.get(key, 0.0) + time.perf_counter() - start
+
+    return wrapper
+
+
+def save_figure(fig: Any, path: Path, what: str) -> None:
+    """Write ``fig`` to ``path`` (folders made) and say where ``what`` went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    print(f"{what}: {path}")
+
+
+def add_comparison_arguments(parser: Any, systems: Sequence[str], out: Path, plot: Path, trl_python: str) -> None:
+    """The arguments every side-by-side script shares: repeats, threads, systems, TRL's interpreter, outputs,
+    and the hidden ones of a worker (one measurement in a fresh interpreter)."""
+    import argparse
+
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--systems", default=",".join(systems), help="which systems to run")
+    parser.add_argument("--trl-python", default=sys.executable,
+                        help=f"interpreter with {trl_python} for the TRL workers")
+    parser.add_argument("--out", type=Path, default=out, help="JSON of every run")
+    parser.add_argument("--plot", type=Path, default=plot)
+    parser.add_argument("--report-only", action="store_true", help="print the report and redraw the PNG from --out")
+    parser.add_argument("--worker", choices=systems, help=argparse.SUPPRESS)
+    parser.add_argument("--assets", help=argparse.SUPPRESS)
 
 
 # -- processes and statistics ---------------------------------------------------------------------------

@@ -37,7 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    Assets, build_assets, machine, median, run_ours, run_worker, set_threads, trl_unavailable,
+    Assets, add_comparison_arguments, build_assets, machine, median, run_ours, run_worker, set_threads, timed,
+    trl_unavailable,
 )
 
 SYSTEMS = ("ours", "trl", "trl-compute")
@@ -61,14 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", default="1,4", help="PPO epochs settings, comma-separated")
     p.add_argument("--lr", type=float, default=3e-4, help="learning rate of policy and critic (both systems)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs per system and setting")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="which systems to run")
-    p.add_argument("--trl-python", default=sys.executable, help="interpreter with trl==1.12.0 for the TRL workers")
-    p.add_argument("--out", type=Path, default=RESULTS / "ppo_vs_trl.json", help="JSON of every run")
-    p.add_argument("--plot", type=Path, default=RESULTS / "ppo_vs_trl.png")
-    p.add_argument("--report-only", action="store_true", help="print the report and redraw the PNG from --out")
-    p.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
-    p.add_argument("--assets", help=argparse.SUPPRESS)
+    add_comparison_arguments(p, SYSTEMS, RESULTS / "ppo_vs_trl.json", RESULTS / "ppo_vs_trl.png", "trl==1.12.0")
     p.add_argument("--ppo-epochs", type=int, default=1, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -100,16 +94,7 @@ def worker_trl(args: argparse.Namespace, assets: Assets, compute_only: bool) -> 
     if compute_only:  # only TRL's PPO loop sees the no-op; the interpreter's gc module is untouched
         trl_ppo.gc = types.SimpleNamespace(collect=lambda *a, **k: 0)
     generation = {"s": 0.0}
-    batch_generation = trl_ppo.batch_generation
-
-    def timed_generation(*a: Any, **k: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return batch_generation(*a, **k)
-        finally:
-            generation["s"] += time.perf_counter() - start
-
-    trl_ppo.batch_generation = timed_generation
+    trl_ppo.batch_generation = timed(trl_ppo.batch_generation, generation)
 
     class Recorder(TrainerCallback):
         def __init__(self) -> None:

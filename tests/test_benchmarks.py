@@ -42,6 +42,14 @@ def run_script(name: str, *args: str, python: str = sys.executable) -> str:
     return proc.stdout
 
 
+def latest_trl_python() -> str | None:
+    """An interpreter that imports TRL's ``GRPOTrainer`` and peft (``$TRL_LATEST_PYTHON``, this one), or None."""
+    for python in filter(None, [os.environ.get("TRL_LATEST_PYTHON"), sys.executable]):
+        if subprocess.run([python, "-c", "import peft, trl; trl.GRPOTrainer"], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
 def trl_python() -> str | None:
     """An interpreter that imports trl 1.12.0's PPO trainer, or None."""
     for python in filter(None, [os.environ.get("BENCH_PYTHON"), sys.executable]):
@@ -144,6 +152,79 @@ def test_deepspeed_chat_config_script(tmp_path):
     assert 460_000 < saved["params"]["actor"] < 475_000  # DS-Chat's 467K-parameter OPT
     again = run_script("ppo_deepspeed_chat_config.py", "--report-only", "--out", str(out))
     assert "deepspeed0 32-true" in again
+
+
+GRPO_TINY = ["--hidden", "32", "--layers", "2", "--vocab", "320", "--steps", "2", "--repeats", "1", "--threads", "1",
+             "--response", "6", "--held-out", "8"]
+
+
+@pytest.mark.slow
+def test_grpo_vs_trl_script_runs_ours(tmp_path):
+    """Our side of the GRPO comparison: two steps of 8 prompts x 4 completions, timed, with both reward curves
+    and the held-out evaluation before and after; the report re-prints from the JSON."""
+    out, plot = tmp_path / "grpo.json", tmp_path / "grpo.png"
+    stdout = run_script("grpo_vs_trl.py", *GRPO_TINY, "--systems", "ours", "--out", str(out), "--plot", str(plot))
+    assert "ours  episodes/s median" in stdout and "held-out greedy accuracy before" in stdout, stdout
+    data = json.loads(out.read_text())
+    (run,) = data["runs"]
+    assert run["system"] == "ours" and run["episodes"] == 2 * 8 * 4
+    assert run["episodes_per_s"] == pytest.approx(run["episodes"] / run["loop_s"])
+    assert 0 < run["generation_s"] < run["loop_s"] and 0 < run["training_s"] < run["loop_s"]
+    # the weighted reward is answer_match_shaped (<= 1) + 0.5 x answer_only_format (<= 1)
+    assert len(run["rewards"]) == 2 and all(0.0 <= r <= 1.5 for r in run["rewards"])
+    assert all(1 <= n <= 6 for n in run["response_length"])
+    for result in (data["before"], run["after"]):
+        assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["format_rate"] <= 1.0
+    assert data["summary"]["ours"]["episodes_per_s"] == run["episodes_per_s"] and plot.stat().st_size > 0
+    again = run_script("grpo_vs_trl.py", "--report-only", "--systems", "ours", "--out", str(out), "--plot", str(plot))
+    assert "ours  episodes/s median" in again
+
+
+def test_grpo_vs_trl_accuracy_is_one_function_for_both(tiny_tokenizer):
+    """The held-out evaluation both systems run: the last number of the greedy answer is checked against
+    ``answer`` and the exact-format rate counts answers that are the number alone."""
+    import torch
+
+    load_common()
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("benchmarks_grpo_vs_trl", BENCHMARKS / "grpo_vs_trl.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tok = tiny_tokenizer
+    records = [{"prompt": "Human: What is 3 + 4? Assistant:", "answer": "7"},
+               {"prompt": "Human: What is 5 + 7? Assistant:", "answer": "12"},
+               {"prompt": "Human: What is 1 + 1? Assistant:", "answer": "2"}]
+
+    class Policy(torch.nn.Module):  # answers with ``answers[i]`` then EOS
+        def __init__(self, answers):
+            super().__init__()
+            self.answers = answers
+
+        def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
+            assert kwargs["do_sample"] is False and attention_mask[:, -1].all()  # greedy, left-padded
+            eos = [tok.eos_token_id] * max_new_tokens
+            rows = [(tok(a, add_special_tokens=False)["input_ids"] + eos)[:max_new_tokens] for a in self.answers]
+            return torch.cat([input_ids, torch.tensor(rows)], 1)
+
+    side = tok.padding_side
+    result = bench.greedy_accuracy(Policy([" 7", " the sum is 12", " 3 apples"]), tok, records, max_new_tokens=12)
+    assert result["accuracy"] == pytest.approx(2 / 3) and result["format_rate"] == pytest.approx(1 / 3)
+    assert result["samples"][1].strip() == "the sum is 12" and tok.padding_side == side  # padding side restored
+
+
+@pytest.mark.slow
+def test_grpo_vs_trl_script_compares_with_trl(tmp_path):
+    python = latest_trl_python() or pytest.skip(
+        "TRL's GRPOTrainer and peft not importable (set TRL_LATEST_PYTHON to an environment with them)")
+    out = tmp_path / "grpo.json"
+    stdout = run_script("grpo_vs_trl.py", *GRPO_TINY, "--out", str(out), "--plot", str(tmp_path / "g.png"),
+                        "--trl-python", python)
+    assert "ratio ours / trl per pair" in stdout, stdout
+    runs = {r["system"]: r for r in json.loads(out.read_text())["runs"]}
+    assert set(runs) == {"ours", "trl"}
+    # the same work on both sides: 2 optimizer steps of 8 x 4 completions, one logged reward per step
+    assert all(r["episodes"] == 64 and len(r["rewards"]) == 2 for r in runs.values())
+    assert all(1 <= n <= 6 for r in runs.values() for n in r["response_length"])
 
 
 # -- quality mode (--task addition): benchmarks/quality.py ------------------------------------------------------
