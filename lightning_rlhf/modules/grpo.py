@@ -31,7 +31,7 @@ from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load
 from lightning_rlhf.models.loading import zero3_loading
 from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
 from lightning_rlhf.modules.grpo_logging import GRPO_TAGS, group_rollout_metrics
-from lightning_rlhf.modules.online import OnlineRLModule, repeat_rows
+from lightning_rlhf.modules.online import OnlineRLModule, freeze, repeat_rows, unsaved_reward_funcs
 from lightning_rlhf.modules.pooled import pooled_mean, pooled_mean_of
 from lightning_rlhf.modules.ppo_config import GenerationArgs
 from lightning_rlhf.modules.rollout import Rollout, policy_logprobs
@@ -140,7 +140,7 @@ class GRPOModule(OnlineRLModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["reward_funcs"] if _has_callables(reward_funcs) else None)
+        self.save_hyperparameters(ignore=unsaved_reward_funcs(reward_funcs))
         self.init_online()
         self.estimator = get_group_advantage_estimator(advantage_estimator)
         self.generation = copy.copy(generation or GenerationArgs())
@@ -205,10 +205,7 @@ class GRPOModule(OnlineRLModule):
                 if hp.reward_model is not None:
                     self.reward_model = load_value_model(hp.reward_model, dropout=p, tokenizer=tok)
         self.actor.train()
-        for frozen in (self.reference, self.reward_model):
-            if frozen is not None:
-                frozen.requires_grad_(False)
-                frozen.eval()
+        freeze(self.reference, self.reward_model)
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW + schedule for the actor (stepped once per iteration)."""
@@ -319,11 +316,6 @@ class GRPOModule(OnlineRLModule):
                 sums = {k: sums.get(k, 0.0) + v for k, v in step.items()}
                 count += 1
         return {k: v / count for k, v in sums.items()}
-
-
-def _has_callables(reward_funcs: Sequence[RewardSpec] | None) -> bool:
-    """Callables cannot be saved as hyperparameters (checkpoints load with ``weights_only``): leave them out."""
-    return any(callable(f) for f in reward_funcs or [])
 
 
 

@@ -39,6 +39,20 @@ from lightning_rlhf.strategies import MultiEngineBackwardMixin, generation_mode
 TaskChecker = Callable[[str, str], bool]
 
 
+def unsaved_reward_funcs(reward_funcs: Sequence[Any] | None) -> list[str] | None:
+    """``save_hyperparameters(ignore=...)`` for a module with ``reward_funcs``: callables cannot be saved as
+    hyperparameters (checkpoints load with ``weights_only``), so a list holding one is left out."""
+    return ["reward_funcs"] if any(callable(f) for f in reward_funcs or []) else None
+
+
+def freeze(*models: Any) -> None:
+    """Put the frozen children (reference, reward model; None where absent) in eval mode without gradients."""
+    for model in models:
+        if model is not None:
+            model.requires_grad_(False)
+            model.eval()
+
+
 def repeat_rows(values: Sequence[Any], times: int) -> list[Any]:
     """Each entry ``times`` times in a row (prompt-major, as ``Tensor.repeat_interleave``): the layout of a group."""
     return [value for value in values for _ in range(times)]
@@ -293,4 +307,4 @@ class OnlineRLModule(MultiEngineBackwardMixin, LightningModule):
             self._rng_to_restore = None
 
 
-__all__ = ["GenerationArgs", "OnlineRLModule", "repeat_rows"]
+__all__ = ["GenerationArgs", "OnlineRLModule", "freeze", "repeat_rows", "unsaved_reward_funcs"]

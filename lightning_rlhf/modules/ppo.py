@@ -37,7 +37,7 @@ from lightning_rlhf.data.datamodule import reshuffled_passes
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
 from lightning_rlhf.models.loading import zero3_loading
 from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
-from lightning_rlhf.modules.online import OnlineRLModule
+from lightning_rlhf.modules.online import OnlineRLModule, freeze, unsaved_reward_funcs
 from lightning_rlhf.modules.ppo_config import GenerationArgs
 from lightning_rlhf.modules.pooled import pooled_mean
 from lightning_rlhf.modules.ppo_logging import PPO_TAGS, rollout_metrics, source_metrics
@@ -173,7 +173,7 @@ class PPOModule(OnlineRLModule):
         reward_url: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["reward_funcs"] if any(callable(f) for f in reward_funcs or []) else None)
+        self.save_hyperparameters(ignore=unsaved_reward_funcs(reward_funcs))
         self._validate()
         self.init_online()
         self.rewards = RewardSources(reward_funcs, reward_weights, reward_url=reward_url)
@@ -265,10 +265,7 @@ class PPOModule(OnlineRLModule):
                     self.reward_model = load_value_model(hp.reward_model, dropout=p, tokenizer=tok)
         # from_pretrained returns eval mode; trained models need train mode (gradient checkpointing checks it)
         self.actor.train(), self.critic.train()
-        for frozen in (self.reference, self.reward_model):
-            if frozen is not None:
-                frozen.requires_grad_(False)
-                frozen.eval()
+        freeze(self.reference, self.reward_model)
 
     def configure_optimizers(self) -> list[dict[str, Any]]:
         """AdamW + schedule for the actor, then for the critic (one DeepSpeed engine each)."""
