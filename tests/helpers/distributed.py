@@ -1,8 +1,10 @@
-"""Launch a test script on several CPU processes (gloo) with ``torch.distributed.run``.
+"""Launch a test script on several CPU processes (gloo), as ``torch.distributed.run`` would.
 
-Why a real launcher rather than ``mp.spawn`` inside pytest: Lightning and DeepSpeed read the
-torchelastic environment (RANK, WORLD_SIZE, MASTER_ADDR, ...) exactly as they do in a user's run,
-and a hung rank is killed by the timeout instead of freezing the suite.
+Why a launcher rather than ``mp.spawn`` inside pytest: Lightning and DeepSpeed read the torchelastic
+environment (RANK, WORLD_SIZE, MASTER_ADDR, ...) exactly as they do in a user's run, and a hung rank is killed
+by the timeout instead of freezing the suite. The ranks are forked from a zygote that has the heavy libraries
+imported already (``tests.helpers.zygote``: a third of the suite's CPU time was those imports);
+``LIGHTNING_RLHF_TEST_LAUNCHER=torchrun`` launches every script with ``torch.distributed.run`` itself.
 """
 
 from __future__ import annotations
@@ -14,11 +16,20 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from tests.helpers.zygote import IMPORT_TIME_ENV, Zygote
+
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def use_zygote(env: dict) -> bool:
+    """Fork the ranks from the preloaded zygote unless told otherwise or the launch changes import-time state."""
+    if os.environ.get("LIGHTNING_RLHF_TEST_LAUNCHER", "zygote") == "torchrun":
+        return False
+    return not set(env) & set(IMPORT_TIME_ENV)
 
 
 def run_distributed(
@@ -29,11 +40,15 @@ def run_distributed(
     full_env.update(env or {})
     repo_root = str(Path(__file__).resolve().parents[2])
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, full_env.get("PYTHONPATH")]))
+    port = free_port()
     cmd = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nprocs}",
-        "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), *map(str, args),
+        "--master_addr=127.0.0.1", f"--master_port={port}", str(script), *map(str, args),
     ]
-    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if use_zygote(env or {}):
+        proc = Zygote.get(full_env).launch(cmd, str(script), list(map(str, args)), nprocs, full_env, timeout, port)
+    else:
+        proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(
             f"distributed run failed (exit {proc.returncode}): {' '.join(cmd)}\n"
