@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -241,6 +241,7 @@ class DPOModule(HFModelModule):
         """With ``precompute_reference``, compute the training and validation pairs' reference log-probs now."""
         if self.reference_mode != "precomputed" or self._restored:
             return
+        self._warn_if_precomputing_unseen_pairs()
         loaders = [self.trainer.train_dataloader]
         val_loop = self.trainer.fit_loop.epoch_loop.val_loop
         val_loop.setup_data()
@@ -248,6 +249,25 @@ class DPOModule(HFModelModule):
         loaders += [] if val is None else list(val) if isinstance(val, (list, tuple)) else [val]
         size = self.precompute(loader for loader in loaders if loader is not None)
         rank_zero_info(f"DPOModule: precomputed the reference log-probs of {size} pairs")
+
+    def _warn_if_precomputing_unseen_pairs(self) -> None:
+        """Say so when the run trains on fewer batches than precomputation will run (it covers every pair)."""
+        trainer = self.trainer
+        loader = trainer.train_dataloader
+        try:
+            total = len(loader)
+        except TypeError:
+            return
+        seen = trainer.num_training_batches * max(trainer.max_epochs or 1, 1)
+        if trainer.max_steps and trainer.max_steps > 0:
+            seen = min(seen, trainer.max_steps * trainer.accumulate_grad_batches)
+        if seen < total:
+            rank_zero_warn(
+                f"DPOModule(precompute_reference=True) computes the reference log-probs of all {total} training "
+                f"batches, but this run trains on {seen} (limit_train_batches / max_steps). "
+                + ("With LoRA, precompute_reference=False uses the adapter-free policy as the reference and runs it "
+                   "only on the batches trained on." if self.lora is not None else
+                   "A reference folder (reference=) runs the reference only on the batches trained on."))
 
     # -- training and validation -------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, PreferenceStats]:

@@ -4,6 +4,7 @@ kill and resume."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -121,8 +122,13 @@ def test_precomputed_reference_runs_no_forward_twice_around_a_validation_before_
         trainer = _trainer(tmp_path, max_steps=1, check_val_every_n_epoch=100)
         results[precompute] = trainer.validate(module, datamodule=data, verbose=False)[0]
         before_fit = len(calls)
-        trainer.fit(module, datamodule=data)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(module, datamodule=data)
         forwards[precompute] = (before_fit, len(calls) - before_fit)
+        # max_steps=1 trains on one batch: precomputation's cost over every training pair is said, with the way out
+        said = [str(w.message) for w in caught if "precompute_reference=True) computes" in str(w.message)]
+        assert len(said) == int(precompute) and (not said or "but this run trains on 1 " in said[0]), said
     val_batches, train_batches = len(data.val_dataloader()), len(data.train_dataloader())
     assert results[True] == pytest.approx(results[False], abs=1e-6)
     assert results[True]["val/rewards/accuracies"] == 0.5 and 0 < results[True]["val/logps/accuracies"] < 1
