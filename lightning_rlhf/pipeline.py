@@ -6,8 +6,8 @@ with the same LightningCLI classes as ``lightning-rlhf sft|reward|ppo fit``: the
 in what connects them (model folders, output folders, the shared ``data`` section, the seed). ``--steps sft,dpo``
 runs DeepSpeed-Chat's other route: SFT, then DPO on the reward part's pairs (``lightning-rlhf dpo fit``).
 
-For every step it validates before training (so the summary shows a baseline), fits, validates again,
-and records the time and the exported folder (``<output_dir>/<step>/hf/final``). At the end it prints a
+For every step it validates before training (so the summary shows a baseline), fits, validates again
+(or takes the metrics of the validation that ended the fit, on the same model), and records the time and the exported folder (``<output_dir>/<step>/hf/final``). At the end it prints a
 summary table and writes it to ``<output_dir>/summary.json``.
 
 With no ``--config`` it runs the built-in tiny config (``lightning_rlhf/configs/tiny_pipeline.yaml``): the
@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_rlhf.cli import STAGE_CLIS
 from lightning_rlhf.pipeline_resume import bare_resume_flag, finished_step_record, write_step_record
-from lightning_rlhf.pipeline_summary import SUMMARY_METRICS, StepResult, format_summary, merge_summary
+from lightning_rlhf.pipeline_summary import SUMMARY_METRICS, FitValidation, StepResult, format_summary, merge_summary
 from lightning_rlhf.strategies.engines import deep_merge
 
 STEPS = ("sft", "reward", "ppo", "dpo", "grpo")
@@ -261,10 +261,13 @@ def run_step(config: PipelineConfig, step: str, base: Path) -> StepResult:
         stats.reset()  # count the switch during fit only, not the validation passes around it
     fit_start = time.perf_counter()
     ckpt_path = getattr(config, step).get("ckpt_path") or ("last" if config.resume else None)
+    fit_validation = FitValidation()
+    trainer.callbacks.append(fit_validation)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - fit_start
     generation = asdict(stats) if stats is not None and stats.calls else None
-    after = _metrics(trainer.validate(module, datamodule=data, verbose=False), step)
+    final = fit_validation.final_metrics(trainer)  # fit ended with a validation: not run twice
+    after = _metrics([final] if final is not None else trainer.validate(module, datamodule=data, verbose=False), step)
     log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
     result = StepResult(
         step, before, after, fit_seconds, time.perf_counter() - start, str(_export_dir(config, step)), log_dir,

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from lightning.pytorch import Callback, LightningModule, Trainer
+
 # the metrics each step's summary row reports: (logged name, label)
 SUMMARY_METRICS: dict[str, list[tuple[str, str]]] = {
     "sft": [("val/loss", "eval loss"), ("val/perplexity", "eval perplexity")],
@@ -16,6 +18,29 @@ SUMMARY_METRICS: dict[str, list[tuple[str, str]]] = {
             ("val/logps/accuracies", "log-prob pair accuracy")],
     "grpo": [("val/reward_mean", "reward"), ("val/task_success", "task success")],
 }
+
+
+class FitValidation(Callback):
+    """The ``val/*`` metrics of the last validation inside ``fit`` and the global step it ran at.
+
+    Why: a step's fit usually ends with a validation (end of the last epoch), on exactly the model the pipeline
+    then validates for its "after" column; running it twice costs a full pass (with generation, for PPO and
+    GRPO). When that validation ran at the final global step, the pipeline takes its metrics instead.
+    """
+
+    def __init__(self) -> None:
+        self.global_step: int | None = None
+        self.metrics: dict[str, float] = {}
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self.global_step = trainer.global_step
+        self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    def final_metrics(self, trainer: Trainer) -> dict[str, float] | None:
+        """The metrics of a validation at the end of fit (same step, model untouched since), else None."""
+        return self.metrics if self.metrics and self.global_step == trainer.global_step else None
 
 
 @dataclass

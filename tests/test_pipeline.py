@@ -125,6 +125,25 @@ def test_quick_three_step_run_prints_and_writes_the_summary(tmp_path, capsys):
     assert "task success (val/task_success)" in out and f"tensorboard --logdir {tmp_path}" in out
 
 
+@pytest.mark.parametrize("fit_ends_with_validation", [True, False])
+def test_the_after_column_reuses_the_validation_that_ended_fit(tmp_path, fit_ends_with_validation):
+    """A fit that ends with a validation (the last epoch's) is not followed by a second one on the same model;
+    a fit that does not is. Either way the summary's "after" is the last validation's metrics."""
+    log = tmp_path / "validations.jsonl"
+    callback = json.dumps([{"class_path": "tests.helpers.validation_log.ValidationLog",
+                            "init_args": {"path": str(log)}}])
+    every = 1 if fit_ends_with_validation else 100
+    main(["pipeline", "--output_dir", str(tmp_path), "--steps", "sft", "--tiny.hidden_size", "32", *QUICK[:4],
+          "--data.task_size", "200", *ONE_PROCESS[:2], "--sft.trainer.enable_progress_bar=false",
+          f"--sft.trainer.callbacks={callback}", f"--sft.trainer.check_val_every_n_epoch={every}"])
+    runs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["fn"] for r in runs] == ["validate", "fit" if fit_ends_with_validation else "validate"]
+    assert runs[1]["global_step"] == 2 and runs[1]["metrics"]["val/loss"] < runs[0]["metrics"]["val/loss"]
+    (summary,) = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["before"] == {k: runs[0]["metrics"][k] for k in summary["before"]}
+    assert summary["after"] == {k: runs[1]["metrics"][k] for k in summary["after"]}
+
+
 def test_quick_sft_then_dpo_run(tmp_path, capsys):
     """``--steps sft,dpo``: DPO starts from the SFT export, trains on the reward part's pairs and exports."""
     quick = QUICK[:4] + ["--dpo.trainer.max_epochs", "1", "--dpo.trainer.limit_train_batches", "3",
