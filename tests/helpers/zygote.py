@@ -32,7 +32,9 @@ from pathlib import Path
 IMPORT_TIME_ENV = ("DS_ACCELERATOR", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
                    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "PYTHONPATH")
 PRELOAD = ("torch", "torch.distributed", "lightning.pytorch", "deepspeed", "transformers", "peft",
-           "lightning_rlhf.modules", "lightning_rlhf.strategies", "lightning_rlhf.cli")
+           "lightning_rlhf.modules", "lightning_rlhf.strategies", "lightning_rlhf.cli",
+           # imported by every ZeRO optimizer's init (DeepSpeed 0.19), pulling in torch.compile's machinery
+           "deepspeed.runtime.zero.muon.muon_optimizer")
 GRACE_AFTER_FAILURE = 5.0
 
 
@@ -190,7 +192,10 @@ def serve() -> None:
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)  # nothing an import prints can corrupt the protocol
     for name in PRELOAD:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:  # another release of a dependency: the ranks import it themselves
+            pass
     for counter, line in enumerate(sys.stdin):
         reply = _launch(json.loads(line), counter)
         protocol.write(json.dumps(reply) + "\n")
