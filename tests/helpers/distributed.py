@@ -45,13 +45,15 @@ def run_distributed(
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nprocs}",
         "--master_addr=127.0.0.1", f"--master_port={port}", str(script), *map(str, args),
     ]
-    if use_zygote(env or {}):
+    zygote = use_zygote(env or {})
+    if zygote:
         proc = Zygote.get(full_env).launch(cmd, str(script), list(map(str, args)), nprocs, full_env, timeout, port)
     else:
         proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
+        how = " (ranks forked from the test zygote; LIGHTNING_RLHF_TEST_LAUNCHER=torchrun runs this)" if zygote else ""
         raise AssertionError(
-            f"distributed run failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+            f"distributed run failed (exit {proc.returncode}): {' '.join(cmd)}{how}\n"
             f"--- stdout ---\n{proc.stdout[-8000:]}\n--- stderr ---\n{proc.stderr[-8000:]}"
         )
     return proc

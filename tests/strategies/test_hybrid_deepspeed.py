@@ -296,3 +296,12 @@ def test_cpu_accelerator_keeps_zero_partitions_on_the_cpu_when_deepspeed_picked_
     (out,) = results(tmp_path, "dropin", 1)
     assert out["stage3"]["sharded_at_init"] is True
     assert out["stage3"]["losses"] == pytest.approx(out["stage3"]["raw_losses"], abs=1e-6)
+
+
+@pytest.mark.distributed
+def test_manual_backward_with_the_optimizer_frees_the_graph_under_one_engine():
+    """``manual_backward(loss, opt)`` with one engine: the optimizer is not handed to DeepSpeed's backward as
+    ``retain_graph`` (which kept every step's graph alive), and the step still trains."""
+    proc = run_distributed(Path(__file__).parent / "scripts" / "manual_backward_worker.py", nprocs=1)
+    assert "graph freed after manual_backward: True" in proc.stdout, proc.stdout[-2000:]
+    assert "weights moved: True" in proc.stdout
