@@ -8,7 +8,8 @@ runs DeepSpeed-Chat's other route: SFT, then DPO on the reward part's pairs (``l
 
 For every step it validates before training (so the summary shows a baseline), fits, validates again
 (or takes the metrics of the validation that ended the fit, on the same model), and records the time and the
-exported folder (``<output_dir>/<step>/hf/final``). At the end it prints a summary table and writes it to ``<output_dir>/summary.json``.
+exported folder (``<output_dir>/<step>/hf/final``). At the end it prints a summary table and writes it to
+``<output_dir>/summary.json``.
 
 With no ``--config`` it runs the built-in tiny config (``lightning_rlhf/configs/tiny_pipeline.yaml``): the
 built-in addition task, a tokenizer trained locally on the task's texts and a tiny Llama-style model
