@@ -55,8 +55,8 @@ class GRPOModule(OnlineRLModule):
 
     Args:
         actor: Hugging Face folder of the policy (an SFT or instruct model).
-        reward_funcs: reward functions: import paths ``package.module:function``, built-in names
-            (``answer_match``, ``answer_match_shaped``, ``answer_only_format``, ``math_verify_match``),
+        reward_funcs: reward functions: import paths ``package.module:function``, built-in names (``answer_match``,
+            ``answer_match_shaped``, ``answer_only_format``, ``exact_answer``, ``math_verify_match``),
             ``http(s)://`` URLs of remote scorers, or callables; each ``f(prompts, completions, **columns)``.
         reward_weights: one weight per reward function (None: 1.0 each).
         reward_url: a remote scorer's ``http(s)://`` address (JSON batches over HTTP POST, see

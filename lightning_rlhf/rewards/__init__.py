@@ -15,6 +15,7 @@ from lightning_rlhf.rewards.builtin import (
     answer_match_shaped,
     answer_only_format,
     completion_text,
+    exact_answer,
     math_verify_match,
 )
 from lightning_rlhf.rewards.remote import RemoteScorer
@@ -41,6 +42,7 @@ __all__ = [
     "answer_only_format",
     "completion_text",
     "compute_rewards",
+    "exact_answer",
     "math_verify_match",
     "resolve_reward_function",
     "resolve_reward_functions",

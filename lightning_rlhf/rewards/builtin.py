@@ -88,6 +88,22 @@ def answer_match_shaped(prompts: Sequence[Any], completions: Sequence[Any], answ
     return rewards
 
 
+def exact_answer(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[Any], **kwargs: Any
+                 ) -> list[float | None]:
+    """1.0 where the completion is the answer's number alone (``" 42."`` for 42), else 0.0: the right number in
+    the right format, both at once.
+
+    Why beside :func:`answer_match` + :data:`answer_only_format`: a format reward paid for any bare number
+    pays a policy to drop the words it computed with ("The answer is ...") before it answers right in the new
+    form; measured on SmolLM2 with the two weighted 1:1, the format rate went 0 -> 1.0 while held-out accuracy
+    fell 0.34 -> 0.22. Paid only for the right number, the format is learned from correct answers. Args as
+    :func:`answer_match`.
+    """
+    matches = answer_match(prompts, completions, answer)
+    formats = answer_only_format(prompts, completions)
+    return [None if match is None else match * fmt for match, fmt in zip(matches, formats)]
+
+
 class FormatReward:
     """1.0 where the whole completion matches a regular expression, else 0.0 (``re.fullmatch``, ``DOTALL``).
 
@@ -145,5 +161,6 @@ BUILTIN_REWARD_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
     "answer_match": answer_match,
     "answer_match_shaped": answer_match_shaped,
     "answer_only_format": answer_only_format,
+    "exact_answer": exact_answer,
     "math_verify_match": math_verify_match,
 }

@@ -12,6 +12,7 @@ from lightning_rlhf.rewards import (
     answer_match_shaped,
     answer_only_format,
     compute_rewards,
+    exact_answer,
     math_verify_match,
     resolve_reward_function,
     resolve_reward_functions,
@@ -38,11 +39,13 @@ def test_answer_rewards(completion, answer, exact, shaped, fmt):
     assert answer_match(["p"], [completion], [answer]) == [exact]
     assert answer_match_shaped(["p"], [completion], [answer]) == [pytest.approx(shaped)]
     assert answer_only_format(["p"], [completion]) == [fmt]
+    assert exact_answer(["p"], [completion], [answer]) == [exact * fmt]  # right number, alone
 
 
 def test_rows_without_a_reference_number_are_not_applicable():
     assert answer_match(["p", "p"], ["7", "7"], [None, "no number here"]) == [None, None]
     assert answer_match_shaped(["p"], ["7"], [None]) == [None]
+    assert exact_answer(["p", "p"], ["7", "8"], [None, "8"]) == [None, 1.0]
 
 
 def test_conversational_completions_are_read():
