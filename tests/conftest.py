@@ -81,3 +81,10 @@ def pytest_collection_modifyitems(config, items):
     otherwise the collection order (a stable sort); a stale :data:`LONGEST_FIRST` only changes the order.
     """
     items.sort(key=lambda item: (-LONGEST_FIRST.get(item.originalname, 0), item.get_closest_marker("slow") is None))
+
+
+def pytest_configure(config):
+    """``LIGHTNING_RLHF_TEST_CPU_LOG=FILE`` logs each test's CPU seconds (``tests/helpers/cpu_account.py``)."""
+    from tests.helpers.cpu_account import register
+
+    register(config)
