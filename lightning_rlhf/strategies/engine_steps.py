@@ -9,7 +9,8 @@ only calls them.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import contextlib
+from typing import Any, Iterator, Optional
 
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
@@ -165,14 +166,46 @@ def offload_ready_optimizer(optimizer: Optional[Optimizer], config: dict[str, An
                          f"the {name} the module builds, or do not offload.")
     defaults = optimizer.defaults
     try:
-        return DeepSpeedCPUAdam(
-            optimizer.param_groups, lr=float(defaults["lr"]), betas=tuple(defaults["betas"]), eps=defaults["eps"],
-            weight_decay=defaults["weight_decay"], bias_correction=True,
-            adamw_mode=bool(defaults.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW))),
-        )
+        with cpu_info_asked_once():
+            return DeepSpeedCPUAdam(
+                optimizer.param_groups, lr=float(defaults["lr"]), betas=tuple(defaults["betas"]),
+                eps=defaults["eps"], weight_decay=defaults["weight_decay"], bias_correction=True,
+                adamw_mode=bool(defaults.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW))),
+            )
     except RuntimeError as err:
         raise RuntimeError(
             f"offload_optimizer needs DeepSpeedCPUAdam, whose CPU kernel DeepSpeed JIT-builds with a C++ compiler "
             f"({err}). Install g++ (build-essential), or set \"zero_force_ds_cpu_optimizer\": false in the DeepSpeed "
             f"config to step the module's {name} on the CPU instead (slower)."
         ) from err
+
+
+_CPU_INFO: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def cpu_info_asked_once() -> Iterator[None]:
+    """While building ``DeepSpeedCPUAdam``, answer ``cpuinfo.get_cpu_info()`` from this process's first answer.
+
+    Why: py-cpuinfo runs a Python subprocess on every call (about 1.5 s), and DeepSpeed asks twice per
+    ``DeepSpeedCPUAdam`` (its vendor check and its op builder's SIMD check): 3 s per offloaded engine, 6 s for an
+    offloaded actor and critic, on every rank. The CPU does not change within a process. Outside this block
+    ``cpuinfo`` is left as it was.
+    """
+    try:
+        import cpuinfo
+    except ImportError:  # DeepSpeed falls back to lscpu itself
+        yield
+        return
+    original = cpuinfo.get_cpu_info
+
+    def asked_once() -> dict[str, Any]:
+        if not _CPU_INFO:
+            _CPU_INFO.update(original())
+        return dict(_CPU_INFO)
+
+    cpuinfo.get_cpu_info = asked_once
+    try:
+        yield
+    finally:
+        cpuinfo.get_cpu_info = original

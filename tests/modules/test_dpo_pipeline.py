@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.scripts import load_script
-from tests.helpers.seeds import SEEDS, median_over_seeds
+from tests.helpers.seeds import SEEDS, SeededRuns, median_clears
 
 SCRIPT = Path(__file__).parent / "scripts" / "dpo_pipeline.py"
 
@@ -31,15 +31,13 @@ def test_dpo_lifts_heldout_task_success_above_sft(tmp_path):
     """
     script = load_script(SCRIPT)
     sft = script.run_sft(tmp_path)
-    runs = {seed: script.run_dpo(sft, tmp_path / f"seed{seed}", seed) for seed in SEEDS}
+    runs = SeededRuns(lambda seed: script.run_dpo(sft, tmp_path / f"seed{seed}", seed))
     before = runs[SEEDS[0]]["success_before"]
     print(f"held-out task success of the SFT policy: {before:.3f}")
-    lift = median_over_seeds("DPO lift of held-out task success",
-                             lambda seed: runs[seed]["success_after"] - runs[seed]["success_before"])
-    accuracy = median_over_seeds("held-out implicit-reward accuracy after DPO",
-                                 lambda seed: runs[seed]["val"]["val/rewards/accuracies"])
-    assert lift >= MIN_SUCCESS_LIFT
-    assert accuracy >= MIN_PAIR_ACCURACY
-    for seed, run in runs.items():
+    assert median_clears("DPO lift of held-out task success",
+                         lambda seed: runs[seed]["success_after"] - runs[seed]["success_before"], MIN_SUCCESS_LIFT)
+    assert median_clears("held-out implicit-reward accuracy after DPO",
+                         lambda seed: runs[seed]["val"]["val/rewards/accuracies"], MIN_PAIR_ACCURACY)
+    for seed, run in runs.done.items():
         assert run["val"]["val/rewards/margins"] > 0, f"seed {seed}: chosen not above rejected on held-out pairs"
         assert (tmp_path / f"seed{seed}" / "dpo" / "final" / "model.safetensors").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lightning_rlhf.modules.ppo import PPO_TAGS
-from tests.helpers.seeds import SEEDS, median_over_seeds
+from tests.helpers.seeds import SeededRuns, median_clears
 from tests.modules.test_ppo import read_events
 
 SCRIPT = Path(__file__).parent / "scripts" / "ppo_pipeline.py"
@@ -34,16 +34,14 @@ def test_ppo_lifts_heldout_reward_and_task_success_above_sft(tmp_path, tiny_sft_
     reward = pipeline.run_reward(tiny_sft_start, tmp_path)
     print(f"reward held-out accuracy {reward['val/accuracy']:.3f}")
     assert reward["val/accuracy"] >= 0.9
-    runs = {seed: pipeline.run_ppo(tiny_sft_start, tmp_path / "reward" / "final",
-                                   tmp_path / f"ppo-seed{seed}", seed=seed) for seed in SEEDS}
+    runs = SeededRuns(lambda seed: pipeline.run_ppo(tiny_sft_start, tmp_path / "reward" / "final",
+                                                    tmp_path / f"ppo-seed{seed}", seed=seed))
     lift = lambda key: lambda seed: runs[seed]["after"][key] - runs[seed]["before"][key]  # noqa: E731
-    success_lift = median_over_seeds("PPO lift of held-out task success", lift("val/task_success"))
-    reward_lift = median_over_seeds("PPO lift of held-out reward", lift("val/reward_mean"))
+    assert median_clears("PPO lift of held-out task success", lift("val/task_success"), 0.15)
+    assert median_clears("PPO lift of held-out reward", lift("val/reward_mean"), 1.0)
     print("task success before PPO:", runs[0]["before"]["val/task_success"])
-    assert success_lift >= 0.15
-    assert reward_lift >= 1.0
 
-    for seed, ppo in runs.items():
+    for seed, ppo in runs.done.items():
         events = read_events(ppo["log_dir"])
         expected = set(PPO_TAGS) | {"ppo/task_success", "val/reward_mean", "val/task_success"}
         assert expected <= set(events.Tags()["scalars"]), sorted(expected - set(events.Tags()["scalars"]))
@@ -56,4 +54,4 @@ def test_ppo_lifts_heldout_reward_and_task_success_above_sft(tmp_path, tiny_sft_
         success = [e.value for e in read_events(runs[seed]["log_dir"]).Scalars("ppo/task_success")]
         return sum(success[-20:]) / 20 - sum(success[:5]) / 5
 
-    assert median_over_seeds("sampled rollouts' task success, last 20 - first 5", rollout_success_gain) > 0.1
+    assert median_clears("sampled rollouts' task success, last 20 - first 5", rollout_success_gain, 0.1, strict=True)

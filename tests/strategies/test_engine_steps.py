@@ -128,3 +128,24 @@ def test_offloaded_optimizer_becomes_cpu_adam_over_the_same_param_groups_or_a_cl
         offload_ready_optimizer(torch.optim.SGD(params, lr=0.1), offload)
     with pytest.raises(ValueError, match="DeepSpeedCPUAdam has no amsgrad"):
         offload_ready_optimizer(torch.optim.AdamW(params, amsgrad=True), offload)
+
+
+def test_building_cpu_adam_runs_py_cpuinfo_once_per_process(monkeypatch):
+    """py-cpuinfo spawns a Python subprocess per call (~1.5 s); DeepSpeed asks twice per DeepSpeedCPUAdam."""
+    import cpuinfo
+    import torch
+
+    from lightning_rlhf.strategies import engine_steps
+
+    calls = []
+    real = cpuinfo.get_cpu_info
+    counting = lambda: calls.append(1) or real()  # noqa: E731
+    monkeypatch.setattr(cpuinfo, "get_cpu_info", counting)
+    monkeypatch.setattr(engine_steps, "_CPU_INFO", {})
+    offload = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}
+    for _ in range(2):
+        params = [torch.nn.Parameter(torch.ones(3))]
+        optimizer = engine_steps.offload_ready_optimizer(torch.optim.AdamW(params, lr=1e-3), offload)
+        assert type(optimizer).__name__ == "DeepSpeedCPUAdam"
+    assert len(calls) == 1
+    assert cpuinfo.get_cpu_info is counting  # restored after each build
