@@ -45,9 +45,11 @@ DEVICE = torch.device(os.environ.get("GENERATION_DEVICE", "cpu"))  # "cuda": the
 
 def zero_engine(model: torch.nn.Module, stage: int):
     params = [p for p in model.parameters() if p.requires_grad]
-    # no clipping (DeepSpeed's default is 1.0): the reference loop does not clip either
+    # no clipping (DeepSpeed's default is 1.0): the reference loop does not clip either; no persistent parameters
+    # (by default those under 1e5 elements, i.e. all of a tiny model, stay whole on every rank): every gather is real
+    zero = {"stage": stage, **({"stage3_param_persistence_threshold": 0} if stage == 3 else {})}
     config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "gradient_clipping": 0.0,
-              "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True}
+              "zero_optimization": zero, "zero_allow_untested_optimizer": True}
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(params, lr=5e-3), config=config)
     return engine
 
