@@ -48,6 +48,8 @@ class GenerationStats:
         groups_refreshed: gather groups copied into the replica because their weights changed.
         groups_skipped: gather groups left as they were (unchanged since the previous switch).
         bytes_gathered: bytes of ZeRO-3 partitioned weights all-gathered for the refreshes.
+        groups_adapters_only: of ``groups_refreshed``, those refreshed from their LoRA adapters alone (the frozen
+            base weights not gathered again).
     """
 
     gather_s: float = 0.0
@@ -58,6 +60,7 @@ class GenerationStats:
     groups_refreshed: int = 0
     groups_skipped: int = 0
     bytes_gathered: int = 0
+    groups_adapters_only: int = 0
 
     def add(self, gather_s: float = 0.0, generate_s: float = 0.0, new_tokens: int = 0, calls: int = 0) -> None:
         """Accumulate one measurement and update ``tokens_per_s``."""
@@ -73,11 +76,13 @@ class GenerationStats:
         self.groups_refreshed += count.groups_refreshed
         self.groups_skipped += count.groups - count.groups_refreshed
         self.bytes_gathered += count.bytes_gathered
+        self.groups_adapters_only += count.groups_adapters_only
 
     def reset(self) -> None:
         """Zero every counter (e.g. at the start of a logging interval)."""
         self.gather_s = self.generate_s = self.tokens_per_s = 0.0
         self.new_tokens = self.calls = self.groups_refreshed = self.groups_skipped = self.bytes_gathered = 0
+        self.groups_adapters_only = 0
 
 
 def _clock(device: torch.device) -> float:
@@ -327,7 +332,9 @@ def generation_mode(
     entry = _CACHE.get(model)
     if entry is None or entry.key != key:
         _CACHE.pop(model, None)
-        entry = _CacheEntry(key, InferenceReplica(model, device, mesh, tp_plan, tp_gather_partition_size))
+        replica = InferenceReplica(model, device, mesh, tp_plan, tp_gather_partition_size,
+                                   keep_lora_base=not release_inference_cache)  # base shards only if refreshed again
+        entry = _CacheEntry(key, replica)
         _CACHE[model] = entry
     stats.add_refresh(entry.replica.refresh())
     entry.replica.module.generation_config = copy.deepcopy(unwrap_model(model).generation_config)

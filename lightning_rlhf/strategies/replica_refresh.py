@@ -1,12 +1,13 @@
-"""Which gather groups of a generation replica changed since its last refresh, from each rank's own shards.
+"""Which parameters behind a generation replica changed since its last refresh, from each rank's own shards.
 
 Why: entering ``generation_mode`` copies the model into its replica, and under ZeRO-3 that means all-gathering
 every partition (2 bytes x parameters per rank over the network, ``tp_gather_partition_size`` layers at a time).
 Between two entries without an optimizer step (every validation batch, several rollouts per step) nothing
 changed, and a LoRA-trained model changes only in the layers whose adapters moved. A fingerprint of what each
 rank holds locally (its partitions, or the whole tensor without ZeRO-3) costs one read of those bytes and no
-communication; one flag per group is then all-reduced, so every rank re-gathers exactly the groups that changed
-on any rank (the gather is a collective). The fingerprint is the float64 sum and sum of squares of each tensor:
+communication; one flag per parameter is then all-reduced, so every rank decides alike which groups to re-gather
+and what of them (the gather is a collective): a group whose only changes are LoRA adapters gathers just those
+(:mod:`.lora_refresh`). The fingerprint is the float64 sum and sum of squares of each tensor:
 an optimizer step, a checkpoint load or an EMA swap changes them.
 """
 
@@ -35,29 +36,36 @@ def fingerprint(params: Sequence[nn.Parameter]) -> torch.Tensor:
     return torch.stack([v.cpu() for v in values]) if values else torch.zeros(0, dtype=torch.float64)
 
 
-class ChangedGroups:
-    """Remembers each group's fingerprint at the last refresh and says which groups changed since."""
+class ChangedParameters:
+    """Remembers each parameter's fingerprint at the last refresh and says which parameters changed since."""
 
     def __init__(self) -> None:
         self._seen: list[Optional[torch.Tensor]] = []
         self._pending: list[torch.Tensor] = []
 
-    def changed(self, groups: Sequence[Sequence[nn.Parameter]], device: torch.device) -> list[bool]:
-        """One flag per group, the same on every rank (collective when any parameter is ZeRO-3 partitioned).
+    def changed(self, groups: Sequence[Sequence[nn.Parameter]], device: torch.device) -> list[list[bool]]:
+        """One flag per parameter of each group, the same on every rank (collective when any parameter is ZeRO-3
+        partitioned: one all-reduce of all the flags).
 
         Args:
-            groups: the source parameters (with their LoRA adapters) of each gather group, in a fixed order.
+            groups: the parameters (sources and their LoRA adapters) of each gather group, in a fixed order.
             device: where the flags are all-reduced (the replica's device, which the process group can reach).
         """
         self._pending = [fingerprint(group) for group in groups]
         seen = self._seen if len(self._seen) == len(groups) else [None] * len(groups)
-        flags = torch.tensor([old is None or not torch.equal(old, new) for old, new in zip(seen, self._pending)],
-                             dtype=torch.int32, device=device)
+        flags = [torch.ones(len(group), dtype=torch.bool) if old is None or old.shape != new.shape
+                 else (old != new).view(-1, 2).any(dim=1) for group, old, new in zip(groups, seen, self._pending)]
+        flat = torch.cat(flags).to(device=device, dtype=torch.int32) if flags else torch.zeros(0, dtype=torch.int32)
         partitioned = any(is_partitioned(p) for group in groups for p in group)
         if partitioned and dist.is_available() and dist.is_initialized():
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return [bool(f) for f in flags.tolist()]
+            dist.all_reduce(flat, op=dist.ReduceOp.MAX)
+        values = [bool(f) for f in flat.tolist()]
+        bounds = [0]
+        for group in groups:
+            bounds.append(bounds[-1] + len(group))
+        return [values[a:b] for a, b in zip(bounds, bounds[1:])]
 
     def refreshed(self) -> None:
-        """The groups were copied into the replica: their fingerprints from :meth:`changed` become the reference."""
+        """The changed parameters were copied into the replica: their fingerprints from :meth:`changed` become the
+        reference."""
         self._seen = self._pending

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lightning_rlhf.strategies.replica_refresh import ChangedGroups
+from lightning_rlhf.strategies.lora_refresh import GroupSources
+from lightning_rlhf.strategies.replica_refresh import ChangedParameters
 from lightning_rlhf.strategies.tp_plans import (
     FamilyTPPlan,
     Split,
@@ -83,14 +84,17 @@ class RefreshCount:
     """What one :meth:`InferenceReplica.refresh` did.
 
     Attributes:
-        groups_refreshed: gather groups whose parameters changed, gathered and copied.
+        groups_refreshed: gather groups whose parameters changed and were refreshed (either way below).
         groups: gather groups of the replica.
         bytes_gathered: bytes of ZeRO-3 partitioned parameters all-gathered (the full tensors' size).
+        groups_adapters_only: of ``groups_refreshed``, those where only LoRA adapters changed: their merged weights
+            were recomputed from the kept base shards and the gathered adapters, the frozen base not gathered.
     """
 
     groups_refreshed: int
     groups: int
     bytes_gathered: int
+    groups_adapters_only: int = 0
 
 
 def _float32_delta(module: nn.Module, adapter: str) -> torch.Tensor:
@@ -107,16 +111,14 @@ def _float32_delta(module: nn.Module, adapter: str) -> torch.Tensor:
     return (delta.t() if transposed else delta) * module.scaling[adapter]
 
 
-def merged_weight(weight: torch.Tensor, lora_owner: nn.Module | None) -> torch.Tensor:
-    """``weight`` plus the active LoRA deltas of ``lora_owner``, summed in float32 and cast to ``weight``'s dtype once.
+def add_delta(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``weight + delta`` summed in float32 and cast to ``weight``'s dtype once (``delta``: float32, same shape).
 
     Why: the update forward runs the adapters unmerged; a bf16 replica that added a bf16-rounded delta to the
     bf16 weight (two roundings) scored the rollout's tokens further from it than one rounding of the exact sum,
-    so the first PPO ratio was not 1.
+    so the first PPO ratio was not 1. Elementwise, so adding this rank's shard of the delta to its shard of the
+    weight gives the same bits as sharding the merged whole.
     """
-    delta = lora_delta(lora_owner) if lora_owner is not None else None
-    if delta is None:
-        return weight
     return (weight.float() + delta).to(weight.dtype)
 
 
@@ -130,6 +132,7 @@ class _Slot:
     transpose: bool  # GPT-2 Conv1D -> Linear
     blocks: int  # fused [q|k|v] blocks to interleave per rank
     local_dim: int | None = None  # a bare parameter (attention sinks) sliced along this dim per rank
+    base: torch.Tensor | None = None  # this rank's shard of the frozen weight, kept to re-merge new adapters
 
 
 class InferenceReplica:
@@ -141,6 +144,10 @@ class InferenceReplica:
         tp_mesh: a 1-D ``DeviceMesh`` over this rank's tensor-parallel group, or None for no split.
         tp_plan: explicit ``module pattern -> style`` plan (see :mod:`.tp_plans`); None picks the family's.
         gather_partition_size: layers gathered at once when refreshing from ZeRO-3 shards.
+        keep_lora_base: keep, beside the replica, this rank's shard of every ZeRO-3 partitioned weight that has
+            LoRA adapters (in the replica's layout and dtype), so that a refresh after an optimizer step gathers
+            only the adapters (see :meth:`refresh`). Costs the LoRA-targeted weights' bytes divided by the tensor-
+            parallel size; worth it only for a replica that is refreshed again, not one built for a single use.
     """
 
     def __init__(
@@ -150,6 +157,7 @@ class InferenceReplica:
         tp_mesh=None,
         tp_plan: dict[str, str] | None = None,
         gather_partition_size: int = 8,
+        keep_lora_base: bool = False,
     ) -> None:
         self.base = unwrap_model(model)  # only during construction: the cache must not keep the model alive
         self.device = torch.device(device)
@@ -157,6 +165,7 @@ class InferenceReplica:
         self.tp_size = tp_mesh.size() if tp_mesh is not None else 1
         self.tp_rank = tp_mesh.get_local_rank() if tp_mesh is not None else 0
         self.gather_partition_size = gather_partition_size
+        self.keep_lora_base = keep_lora_base
         plan = None
         self._converted: set[str] = set()  # replica modules that were GPT-2 Conv1D layers
         self._blocks: dict[str, int] = {}  # replica modules with fused [q|k|v] outputs
@@ -168,7 +177,8 @@ class InferenceReplica:
             self.module = self._build(plan)
         self.slots = self._map_parameters(plan)
         self.groups = self._gather_groups()
-        self._changed = ChangedGroups()
+        self._sources = [GroupSources.of(group) for group in self.groups]
+        self._changed = ChangedParameters()
         self.last_refresh = RefreshCount(0, len(self.groups), 0)
         del self.base
 
@@ -285,55 +295,67 @@ class InferenceReplica:
     def refresh(self) -> "RefreshCount":
         """Copy the model's current weights (LoRA merged) into the replica, gathering ZeRO-3 shards by groups.
 
-        Only the groups whose parameters changed since the last refresh are gathered and copied (see
-        :mod:`.replica_refresh`): none when no optimizer step happened since (e.g. between validation batches).
-        With LoRA the groups of layers without adapters (embeddings, head) are skipped; a group with adapters is
-        gathered whole, its frozen base weights too, because the merged weight is computed from them. Collective
-        under ZeRO-3: every rank calls it together.
+        Only the groups whose parameters changed since the last refresh are refreshed (see :mod:`.replica_refresh`):
+        none when no optimizer step happened since (e.g. between validation batches). With LoRA the groups of
+        layers without adapters (embeddings, head) are skipped, and where only adapters changed (the usual LoRA
+        step) only they are gathered and added to the kept base shards (``keep_lora_base``; the same bits as a
+        full merge); any other change gathers and copies the group whole and re-takes its base shards (see
+        :mod:`.lora_refresh`). Collective under ZeRO-3: every rank calls it together, and every rank makes the
+        same gathers because they are decided from all-reduced flags only.
 
         Always outside ``torch.inference_mode``: Lightning validates under it by default, and a replica built or
         refreshed there would hold inference tensors that no later refresh (during ``fit``) may update in place.
         """
-        sources = [self._sources(group) for group in self.groups]
-        changed = self._changed.changed(sources, self.device)
-        gathered = 0
-        for group, params, stale in zip(self.groups, sources, changed):
-            if not stale:
+        flags = self._changed.changed([sources.params for sources in self._sources], self.device)
+        gathered = refreshed = adapters_only = 0
+        for group, sources, changed in zip(self.groups, self._sources, flags):
+            if not any(changed):
                 continue
+            refreshed += 1
+            merge = sources.adapter_only(changed, [slot.base is not None for slot in group])
+            params = sources.params if merge is None else sources.adapters_of(merge)
+            adapters_only += merge is not None
             partitioned = [p for p in params if is_zero3_param(p)]
             gathered += sum(p.ds_numel * p.element_size() for p in partitioned)
             with _gathered(partitioned):
-                for slot in group:
-                    self._copy(slot)
+                if merge is None:
+                    for slot in group:
+                        self._copy(slot)
+                else:
+                    for index in merge:
+                        self._write(group[index], group[index].base)
         self._changed.refreshed()
-        self.last_refresh = RefreshCount(sum(changed), len(changed), gathered)
+        self.last_refresh = RefreshCount(refreshed, len(self.groups), gathered, adapters_only)
         return self.last_refresh
 
-    @staticmethod
-    def _sources(group: list[_Slot]) -> list[nn.Parameter]:
-        """The model parameters a group's copy reads: the sources and their LoRA adapters."""
-        params = [s.source for s in group]
-        params += [p for s in group if s.lora_owner is not None for p in s.lora_owner.parameters()
-                   if p is not s.source]
-        return params
-
     def _copy(self, slot: _Slot) -> None:
-        full = merged_weight(slot.source.data, slot.lora_owner)
+        """Copy one gathered source into the replica (LoRA merged), keeping its base shard if ``keep_lora_base``."""
+        base = self._local(slot, slot.source.data)
+        if slot.lora_owner is not None and self.keep_lora_base and is_zero3_param(slot.source):
+            slot.base = base.clone(memory_format=torch.contiguous_format)  # a view of the gathered tensor otherwise
+        self._write(slot, base)
+
+    def _write(self, slot: _Slot, base: torch.Tensor) -> None:
+        """Write ``base`` (this rank's shard of the slot's weight) plus the shard of the current LoRA delta."""
+        delta = lora_delta(slot.lora_owner) if slot.lora_owner is not None else None
+        target = slot.target.to_local() if getattr(slot.target, "placements", None) is not None else slot.target
+        target.copy_(base if delta is None else add_delta(base, self._local(slot, delta)))
+
+    def _local(self, slot: _Slot, full: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a full-size tensor shaped like the slot's source (the weight, or its LoRA delta), laid
+        out as the replica's target. Pure data movement: merging before or after it gives the same bits."""
         if slot.transpose:
             full = full.t()
         if slot.blocks > 1:
             # [q | k | v] -> [q_0 k_0 v_0 | q_1 k_1 v_1 | ...] so that rank r's contiguous shard holds its heads
             rest = full.shape[1:]
             full = full.reshape(slot.blocks, self.tp_size, -1, *rest).transpose(0, 1).reshape(-1, *rest)
-        target = slot.target
         if slot.local_dim is not None:
             full = full.chunk(self.tp_size, dim=slot.local_dim)[self.tp_rank]
-        placements = getattr(target, "placements", None)
-        if placements is not None:
-            target = target.to_local()
-            if placements[0].is_shard():
-                full = full.chunk(self.tp_size, dim=placements[0].dim)[self.tp_rank]
-        target.copy_(full)
+        placements = getattr(slot.target, "placements", None)
+        if placements is not None and placements[0].is_shard():
+            full = full.chunk(self.tp_size, dim=placements[0].dim)[self.tp_rank]
+        return full
 
 
 def parallel_style(split: Split, embedding: bool):

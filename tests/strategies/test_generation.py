@@ -63,7 +63,7 @@ STYLE_FAMILIES = {
 MATCH_CASES = [f"{family}:{tp}:{lora}" + (":step" if lora == "lora" else ":sample")
                for family in ("llama", "opt", "gpt2") for tp in (1, 2) for lora in ("plain", "lora")]
 MATCH_CASES.append("llama:2:lora:step:z2")
-REFRESH_CASES = ["llama:2:lora:step:refresh", "llama:1:plain:refresh"]
+REFRESH_CASES = ["llama:2:lora:step:refresh:base", "llama:1:lora:step:refresh", "llama:1:plain:step:refresh"]
 STYLE_CASES = ["bloom:2:lora", "gptj:2:lora", "gpt_neox:2:lora"] + [f"{family}:2:plain" for family in STYLE_FAMILIES]
 
 

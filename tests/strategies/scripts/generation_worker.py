@@ -1,13 +1,16 @@
 """2-rank worker: generation_mode on ZeRO-3 engines matches plain unsharded copies token for token.
 
 Usage: ``generation_worker.py CHECKS MODEL_DIR...`` where CHECKS is a comma-separated list of
-``family:tp:plain|lora[:step][:sample][:z2][:refresh]`` cases (e.g. ``llama:2:lora:step``) and each MODEL_DIR is a
-saved tiny model whose folder name starts with its family. Each case builds a real DeepSpeed ZeRO-3
+``family:tp:plain|lora[:step][:sample][:z2][:refresh][:base]`` cases (e.g. ``llama:2:lora:step``) and each
+MODEL_DIR is a saved tiny model whose folder name starts with its family. Each case builds a real DeepSpeed ZeRO-3
 (``z2``: ZeRO-2) engine (gloo, CPU) and a plain reference copy of the same weights (LoRA merged), then
 checks, on ragged per-rank prompts: greedy generation inside ``generation_mode`` equals the reference's,
 forward logits agree, trained weights are untouched after exit, (``step``) after one optimizer step on
 both they still agree, and (``sample``) top-p sampling draws what the reference draws with the same seed
-(with tensor parallelism: the group shares one seed over the gathered batch).
+(with tensor parallelism: the group shares one seed over the gathered batch). ``refresh`` counts what each entry
+gathers (nothing without a change; after a LoRA step the adapters' bytes only) and checks the refreshed replica
+against a freshly built one bit for bit; ``base`` then changes a frozen base weight under LoRA (as a checkpoint
+load would): its layer group is gathered and copied whole again.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
 from lightning_rlhf.strategies.environment import use_cpu_for_deepspeed
-from lightning_rlhf.strategies.generation import _CACHE, GenerationStats, _gather_rows, generation_mode
+from lightning_rlhf.strategies.generation import (
+    _CACHE,
+    GenerationReplica,
+    GenerationStats,
+    _gather_rows,
+    generation_mode,
+)
+from lightning_rlhf.strategies.tensor_parallel import InferenceReplica
 
 LORA_TARGETS = {"llama": ["q_proj", "v_proj", "down_proj"], "opt": ["q_proj", "v_proj", "fc2"],
                 "gpt2": ["c_attn", "c_fc"], "gpt_neox": ["query_key_value"],
@@ -35,8 +45,11 @@ DEVICE = torch.device(os.environ.get("GENERATION_DEVICE", "cpu"))  # "cuda": the
 
 def zero_engine(model: torch.nn.Module, stage: int):
     params = [p for p in model.parameters() if p.requires_grad]
-    config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
-              "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True}
+    # no clipping (DeepSpeed's default is 1.0): the reference loop does not clip either; no persistent parameters
+    # (by default those under 1e5 elements, i.e. all of a tiny model, stay whole on every rank): every gather is real
+    zero = {"stage": stage, **({"stage3_param_persistence_threshold": 0} if stage == 3 else {})}
+    config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "gradient_clipping": 0.0,
+              "zero_optimization": zero, "zero_allow_untested_optimizer": True}
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(params, lr=5e-3), config=config)
     return engine
 
@@ -141,6 +154,62 @@ def optimizer_step(engine, reference, ref_opt) -> None:
             ref_opt.zero_grad()
 
 
+def partitioned_bytes(model: torch.nn.Module, name_part: str) -> int:
+    """Full size of the ZeRO-3 parameters whose names contain ``name_part`` (what gathering them moves)."""
+    return sum(p.ds_numel * p.element_size() for n, p in model.named_parameters() if name_part in n)
+
+
+def same_as_fresh(model, replica: InferenceReplica, ids, mask, tag: str) -> None:
+    """The refreshed replica holds exactly what a replica built and fully merged now holds (weights and logits)."""
+    fresh = InferenceReplica(model, DEVICE, replica.tp_mesh, None, replica.gather_partition_size)
+    fresh.refresh()
+    local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # noqa: E731
+    kept, new = dict(replica.module.named_parameters()), dict(fresh.module.named_parameters())
+    differ = [n for n in new if not torch.equal(local(kept[n]), local(new[n]))]
+    assert not differ, f"{tag}: refreshed replica differs from a fresh one in {differ}"
+    group = replica.tp_mesh.get_group() if replica.tp_mesh is not None else None
+    logits = [GenerationReplica(r.module, GenerationStats(), group)(ids, mask).logits for r in (replica, fresh)]
+    assert torch.equal(*logits), f"{tag}: refreshed replica's logits differ from a fresh one's"
+
+
+def change_base_weight(engine, reference) -> None:
+    """Add 0.05 to layer 0's frozen q_proj base weight in both models, as a checkpoint load would change it."""
+    name = next(n for n, _ in engine.module.named_parameters() if ".layers.0.self_attn.q_proj.base_layer.weight" in n)
+    param, ref = dict(engine.module.named_parameters())[name], dict(reference.named_parameters())[name]
+    with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
+        param.add_(0.05)
+    with torch.no_grad():
+        ref.add_(0.05)
+
+
+def check_refresh_after_step(engine, reference, ids, mask, case: str, stats: GenerationStats, first: tuple) -> None:
+    """After an optimizer step: LoRA gathers exactly its adapters' bytes (the frozen base stays out), full fine-tuning
+    every group whole; either way the replica equals a fresh one. ``base``: a changed frozen weight under LoRA
+    gathers and copies its group whole."""
+    family, tp, lora, *flags = case.split(":")
+    replica = _CACHE[engine.module].replica
+    refreshed, gathered = stats.groups_refreshed - first[0], stats.bytes_gathered - first[2]
+    if lora == "lora":  # every layer group (not the embeddings') refreshed from its adapters alone
+        expected = (first[0] - 1, partitioned_bytes(engine.module, "lora_"), first[0] - 1)
+    else:
+        expected = (first[0], first[2], 0)
+    assert (refreshed, gathered, stats.groups_adapters_only) == expected, \
+        f"{case}: after the step {refreshed} groups / {gathered} bytes / {stats.groups_adapters_only} adapter-only " \
+        f"refreshed, expected {expected}; first {first}"
+    same_as_fresh(engine.module, replica, ids, mask, f"{case} after step")
+    print(f"refresh {case}: first {first[0]} groups {first[2]} bytes, after step {refreshed} groups "
+          f"{gathered} bytes ({stats.groups_adapters_only} adapter-only), unchanged entry 0 bytes", flush=True)
+    if "base" in flags:
+        before = (stats.groups_refreshed, stats.bytes_gathered, stats.groups_adapters_only)
+        change_base_weight(engine, reference)
+        check(engine.module, reference, ids, mask, int(tp), f"{case} after base change", stats)
+        got = (stats.groups_refreshed - before[0], stats.bytes_gathered - before[1],
+               stats.groups_adapters_only - before[2])
+        assert got == (1, partitioned_bytes(engine.module, ".layers.0."), 0), \
+            f"{case}: a changed base weight refreshed {got} (groups, bytes, adapter-only), not its layer whole"
+        same_as_fresh(engine.module, replica, ids, mask, f"{case} after base change")
+
+
 def run_case(case: str, paths: dict[str, Path]) -> None:
     family, tp, lora, *flags = case.split(":")
     tp, lora, tag = int(tp), lora == "lora", case
@@ -171,13 +240,8 @@ def run_case(case: str, paths: dict[str, Path]) -> None:
         new_logits = check(engine.module, reference, ids, mask, tp, f"{tag} after step", stats)
         assert (new_logits - logits).abs().max() > 1e-3, f"{tag}: the optimizer step did not reach the replica"
         assert _CACHE[engine.module].replica is replica, f"{tag}: replica rebuilt instead of refreshed"
-        if "refresh" in flags:  # after the step: every changed group again; LoRA leaves embeddings and head out
-            refreshed, gathered = stats.groups_refreshed - first[0], stats.bytes_gathered - first[2]
-            expected = first[0] - 1 if lora else first[0]
-            assert refreshed == expected and (gathered < first[2] if lora else gathered == first[2]), \
-                f"{tag}: after the step {refreshed} groups / {gathered} bytes refreshed, first {first}"
-            print(f"refresh {tag}: first {first[0]} groups {first[2]} bytes, after step {refreshed} groups "
-                  f"{gathered} bytes, unchanged entry 0 bytes", flush=True)
+        if "refresh" in flags:
+            check_refresh_after_step(engine, reference, ids, mask, case, stats, first)
     with generation_mode(engine.module, inference_tp_size=tp, release_inference_cache=True):
         pass
     assert engine.module not in _CACHE, f"{tag}: release_inference_cache kept the replica"
