@@ -36,6 +36,7 @@ from lightning_rlhf.modules.dpo_reference import (
     pair_keys,
 )
 from lightning_rlhf.modules.reward import stack_pairs
+from lightning_rlhf.strategies import frozen_models
 
 _PAIR_KEYS = ("chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask",
               "prompt_lengths")
@@ -58,8 +59,9 @@ class DPOModule(HFModelModule):
     * a cache filled once before training from the starting policy (``precompute_reference=True``): no
       second model and no reference forward per step; the cache is saved in checkpoints;
     * the policy itself with its LoRA adapters disabled (``lora`` set, ``reference`` None): no second copy;
-    * a frozen copy of ``reference`` (default: ``model``) placed beside the policy by the strategy (under
-      ZeRO-3 partitioned like the policy, and offloaded with it).
+    * a frozen copy of ``reference`` (default: ``model``); under ``HybridDeepSpeedStrategy`` an inference-only
+      DeepSpeed engine of its own beside the policy's (ZeRO-3 partitioned, on the CPU with
+      ``offload_frozen_models``, never in checkpoints).
 
     Logs ``train/loss`` and ``train/rewards/{chosen,rejected,accuracies,margins}``,
     ``train/logps/{chosen,rejected}`` (TRL's names) and ``train/logps/accuracies`` (the policy's own ranking of
@@ -150,13 +152,20 @@ class DPOModule(HFModelModule):
             self.reference = copy.deepcopy(built)  # before LoRA or training touch the built model
         super().configure_model()
         if self.reference_mode == "model" and self.reference is None:
-            with self.loading_context():
+            # offload_frozen_models: its ZeRO-3 partitions are created on the CPU by a zero.Init of its own
+            with self.loading_context(), frozen_models(self._trainer.strategy if self._trainer is not None else None):
                 self.reference = load_causal_lm(self.reference_path or self.model_path, dropout=self.dropout,
                                                 torch_dtype=self.torch_dtype, tokenizer=self.tokenizer,
                                                 trust_remote_code=self.trust_remote_code)
         if self.reference is not None:
             self.reference.requires_grad_(False).eval()
         rank_zero_info(f"DPOModule: loss {self.loss_type}, beta {self.beta}, reference: {self.reference_mode}")
+
+    @property
+    def engine_per_child(self) -> bool:
+        """With a reference model, :class:`~lightning_rlhf.strategies.HybridDeepSpeedStrategy` gives it a frozen
+        inference engine of its own (ZeRO-3 partitioned, offloadable, not in checkpoints) beside the policy's."""
+        return self.reference_mode == "model"
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Policy logits ``(B, T, V)``."""

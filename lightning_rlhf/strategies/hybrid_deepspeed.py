@@ -64,8 +64,9 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         release_inference_cache: free the generation replica after every :meth:`generation_mode` exit instead
             of keeping it for the next rollout (saves memory, costs a rebuild).
         offload_frozen_models: keep frozen children (reference, reward model) ZeRO-3 partitioned on the CPU. Under
-            ZeRO-3 this needs the module to build them inside :meth:`frozen_models_context` (PPOModule does);
-            children built elsewhere keep their partitions where the training ``zero.Init`` put them.
+            ZeRO-3 this needs the module to build them inside :meth:`frozen_models_context` (PPOModule, GRPOModule
+            and DPOModule do); children built elsewhere keep their partitions where the training ``zero.Init`` put
+            them.
         generation_backend: ``"native"`` (PyTorch tensor parallel + ``transformers.generate``, CPU and CUDA) or
             ``"deepspeed"`` (DeepSpeed's fused inference kernels, CUDA only).
         engine_configs: per-child DeepSpeed config overrides, keyed by the child's attribute name, e.g.
@@ -239,11 +240,13 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         fitting = module.trainer is not None and module.trainer.state.fn == TrainerFn.FITTING
         # One rule for fit and validate/test/predict, so a checkpoint's layout matches the module's in every stage:
         # a manual-optimization module with several parameterised children gets one engine per child, and so does
-        # one that asks for it (``engine_per_child = True``: GRPO without a reference has the actor alone, and the
-        # generation switch and the export gather that child as PPO's; inside one engine around the whole module
-        # ZeRO-3's prefetch left the child's parameters in flight when the export gathered them).
-        several = not module.automatic_optimization and (
-            len(_parameterised_children(module)) > 1 or getattr(module, "engine_per_child", False))
+        # any module that asks for it (``engine_per_child = True``): GRPO without a reference has the actor alone,
+        # and the generation switch and the export gather that child as PPO's (inside one engine around the whole
+        # module ZeRO-3's prefetch left the child's parameters in flight when the export gathered them); DPO's
+        # frozen reference becomes an inference engine of its own under automatic optimization (not saved,
+        # offloadable) instead of a frozen part of the policy's engine.
+        several = getattr(module, "engine_per_child", False) or (
+            not module.automatic_optimization and len(_parameterised_children(module)) > 1)
         self._configured_optimizers = None
         if fitting and "optimizer" not in self.config:
             self._configured_optimizers = _init_optimizers_and_lr_schedulers(module)
