@@ -82,6 +82,24 @@ def _child_of_optimizer(index: int, optimizer: Optimizer, owners: Mapping[int, s
     return names.pop()
 
 
+def engine_per_child(module: nn.Module) -> bool:
+    """Whether a LightningModule gets one DeepSpeed engine per parameterised child (else one around it all).
+
+    One rule for fit and validate/test/predict, so a checkpoint's layout matches the module's in every stage: a
+    manual-optimization module with several parameterised children gets one engine per child, and so does any
+    module that asks for it with ``engine_per_child = True``, under manual or automatic optimization. GRPO without a
+    reference asks for it so that the generation switch and the export gather its actor as PPO's (inside one engine
+    around the whole module ZeRO-3's prefetch left the child's parameters in flight when the export gathered them);
+    DPO with a reference model asks for it so that the frozen reference is an inference engine of its own
+    (offloadable, never saved), not a frozen part of the policy's engine. Several optimizers also mean several
+    engines; the strategy adds that in fit, where the optimizers exist.
+    """
+    if getattr(module, "engine_per_child", False):
+        return True
+    parameterised = [name for name, child in module.named_children() if any(True for _ in child.parameters())]
+    return not getattr(module, "automatic_optimization", True) and len(parameterised) > 1
+
+
 def plan_engines(
     module: nn.Module,
     optimizers: list[Optimizer],

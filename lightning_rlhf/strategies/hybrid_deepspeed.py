@@ -38,7 +38,13 @@ from lightning_rlhf.strategies.engine_steps import (
     keep_accumulated_gradients,
     offload_ready_optimizer,
 )
-from lightning_rlhf.strategies.engines import EnginePlan, inference_config, plan_engines, skip_lone_allreduce
+from lightning_rlhf.strategies.engines import (
+    EnginePlan,
+    engine_per_child,
+    inference_config,
+    plan_engines,
+    skip_lone_allreduce,
+)
 from lightning_rlhf.strategies.environment import (
     check_accelerator_and_precision,
     check_positive,
@@ -238,15 +244,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         self._destroy_engines()
         module = self.lightning_module
         fitting = module.trainer is not None and module.trainer.state.fn == TrainerFn.FITTING
-        # One rule for fit and validate/test/predict, so a checkpoint's layout matches the module's in every stage:
-        # a manual-optimization module with several parameterised children gets one engine per child, and so does
-        # any module that asks for it (``engine_per_child = True``): GRPO without a reference has the actor alone,
-        # and the generation switch and the export gather that child as PPO's (inside one engine around the whole
-        # module ZeRO-3's prefetch left the child's parameters in flight when the export gathered them); DPO's
-        # frozen reference becomes an inference engine of its own under automatic optimization (not saved,
-        # offloadable) instead of a frozen part of the policy's engine.
-        several = getattr(module, "engine_per_child", False) or (
-            not module.automatic_optimization and len(_parameterised_children(module)) > 1)
+        several = engine_per_child(module)  # the same in fit and validate/test/predict
         self._configured_optimizers = None
         if fitting and "optimizer" not in self.config:
             self._configured_optimizers = _init_optimizers_and_lr_schedulers(module)
@@ -414,7 +412,3 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         }
         for name, (description, params) in presets.items():
             strategy_registry.register(name, cls, description=description, override=True, **params)
-
-
-def _parameterised_children(module: nn.Module) -> list[str]:
-    return [name for name, child in module.named_children() if any(True for _ in child.parameters())]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_rlhf.strategies.engines import deep_merge, inference_config, plan_engines
+from lightning_rlhf.strategies.engines import deep_merge, engine_per_child, inference_config, plan_engines
 
 
 class Holder(nn.Module):
@@ -79,3 +79,20 @@ def test_module_clip_goes_into_the_config_unless_the_user_set_one():
     assert config["gradient_clipping"] == 0.3
     with pytest.raises(ValueError, match="max_grad_norm must be a number >= 0 or None"):
         apply_module_clipping({}, SimpleNamespace(automatic_optimization=False, max_grad_norm="1"), explicit=False)
+
+
+def test_engine_per_child_is_asked_for_or_follows_from_manual_optimization_with_several_children():
+    class Module(nn.Module):
+        def __init__(self, automatic: bool, children: int, ask: bool = False) -> None:
+            super().__init__()
+            self.automatic_optimization = automatic
+            self.engine_per_child = ask
+            for index in range(children):
+                self.add_module(f"child{index}", nn.Linear(2, 2))
+            self.metrics = nn.ModuleDict()  # no parameters: never counts
+
+    assert engine_per_child(Module(automatic=False, children=2))
+    assert not engine_per_child(Module(automatic=False, children=1))
+    assert not engine_per_child(Module(automatic=True, children=2)), "automatic: one engine unless asked"
+    assert engine_per_child(Module(automatic=True, children=2, ask=True)), "DPO with a reference asks"
+    assert engine_per_child(Module(automatic=False, children=1, ask=True)), "GRPO without a reference asks"
