@@ -64,6 +64,8 @@ def test_zero3_dpo_reference_is_a_frozen_engine_of_its_own_offloaded_and_never_s
         assert result["engines"] == ["model", "reference"]
         assert result["reference_in_policy_engine"] is False
         assert result["reference_max_abs_diff"] == 0.0  # the reference still computes the starting model's log-probs
+        # the policy is partitioned here (empty 1-d placeholders): its weight matrices still go in the decay group
+        assert result["policy_weight_decays"] == [0.1, 0.0]
         assert all(math.isfinite(loss) for loss in result["losses"])
         assert result["after"]["val/logps/chosen"] != result["before"]["val/logps/chosen"]  # the policy trained
         if mode == "model":  # partitioned with the training zero.Init's device, not offloaded

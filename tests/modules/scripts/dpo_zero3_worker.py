@@ -25,6 +25,7 @@ from lightning_rlhf.callbacks import HFExportCallback
 from lightning_rlhf.data import PreferenceDataModule
 from lightning_rlhf.models import LoraArgs
 from lightning_rlhf.modules import DPOModule, OptimizerArgs
+from lightning_rlhf.modules._common import parameter_groups
 from lightning_rlhf.strategies import HybridDeepSpeedStrategy
 
 
@@ -64,6 +65,9 @@ def _engines(trainer: Trainer, pl_module: DPOModule, model_dir: str, batch: dict
         mine = torch.stack(pl_module.pair_logps(pl_module.reference, batch))
         fresh = torch.stack(pl_module.pair_logps(AutoModelForCausalLM.from_pretrained(model_dir).eval(), batch))
     result["reference_max_abs_diff"] = (mine - fresh).abs().max().item()
+    # AdamW groups of the partitioned policy (as a resumed run builds them): weights decay, norms do not
+    result["policy_weight_decays"] = [g["weight_decay"] for g in parameter_groups(pl_module.model,
+                                                                                  OptimizerArgs(weight_decay=0.1))]
     return result
 
 
