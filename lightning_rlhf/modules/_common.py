@@ -73,7 +73,8 @@ def parameter_groups(model: nn.Module, args: OptimizerArgs) -> list[dict[str, An
         # a ZeRO-3 partitioned parameter is an empty 1-d placeholder: its real shape is ds_shape (else every
         # weight fell in the no-decay group whenever the parameters were not gathered, and the group count, which a
         # resumed optimizer must match, depended on it)
-        no_decay = len(getattr(param, "ds_shape", param.shape)) < 2 or any(marker in lowered for marker in _NO_DECAY_MARKERS)
+        dims = len(getattr(param, "ds_shape", param.shape))
+        no_decay = dims < 2 or any(marker in lowered for marker in _NO_DECAY_MARKERS)
         is_lora = "lora_" in lowered
         groups.setdefault((no_decay, is_lora), []).append(param)
     if not groups:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Union
 
 from lightning.pytorch.trainer.states import TrainerFn
 
