@@ -3,24 +3,29 @@
 # then run the whole suite (fast tests, 2-process gloo tests, slow end-to-end runs; GPU tests skip
 # with their reason on a machine without CUDA). Extra arguments go to pytest.
 #
-# The suite runs on TEST_WORKERS pytest-xdist workers (default 2; 0 runs it in this process, as plain pytest
-# does), each with OMP_NUM_THREADS=1 unless set: much of the suite is process start-up, imports and 2-rank
-# gloo runs that leave a core idle, so two workers of one thread each finish sooner than one of two threads.
+# The suite runs on TEST_WORKERS pytest-xdist workers (default 3; 0 runs it in this process, as plain pytest
+# does), each with OMP_NUM_THREADS=1 unless set: much of the suite is process start-up, imports, 2-rank gloo runs
+# and waits (a rank timing out on purpose) that leave a core idle, and a third worker fills those gaps.
+# --maxschedchunk 1: each worker is handed one more test whenever it finishes one. xdist's default hands every
+# worker a quarter of its share up front (about 70 consecutive tests), which put all the longest tests, sorted
+# first (tests/conftest.py), on one worker one after another while the others ran out of work.
 # The 30 slowest tests are listed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 VENV="${VENV:-.venv}"
-WORKERS="${TEST_WORKERS:-2}"
+WORKERS="${TEST_WORKERS:-3}"
 if [ "$WORKERS" = 0 ]; then
     PARALLEL=()
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 else
-    PARALLEL=(-n "$WORKERS")
+    PARALLEL=(-n "$WORKERS" --maxschedchunk 1)
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 fi
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # DeepSpeed JIT-builds a small CPU communication op on first use; keep its build cache with this environment so
 # another environment's build (different include paths) never forces a rebuild in the middle of the suite.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/$VENV/torch_extensions}"
+# The first offloaded optimizer JIT-compiles DeepSpeed's CPU Adam (~110 CPU-s): without debug info, see the script.
+export CXX="${CXX:-$PWD/scripts/cxx_without_debug_info}"
 exec "$VENV/bin/python" -m pytest -rs --durations=30 "${PARALLEL[@]}" "$@"

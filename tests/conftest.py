@@ -59,26 +59,29 @@ def smollm2_folder(request, tmp_path_factory) -> Path:
                             else tmp_path_factory.mktemp("smollm2"))
 
 
-#: the longest tests of the fresh-clone CI run of 2026-12-02 (seconds, 2 cores), started before everything else
+#: the longest tests (CPU-seconds of the whole process tree, measured with LIGHTNING_RLHF_TEST_CPU_LOG on a fresh
+#: clone, 2026-12-02; the hung-rank test by wall time, as it mostly waits), started before everything else
 LONGEST_FIRST = {
-    "test_embedded_default_pipeline_runs_two_ranks_under_the_hybrid_strategy_and_improves_the_policy": 264,
-    "test_smollm2_sft_reward_ppo_under_zero3_with_lora": 232,
-    "test_every_preset_and_example_strategy_performs_a_real_optimizer_step": 228,
-    "test_reward_model_on_builtin_task_reaches_90_percent_heldout_accuracy": 193,
-    "test_ppo_lifts_heldout_reward_and_task_success_above_sft": 163,
-    "test_a_hung_rank_makes_the_other_fail_within_the_timeout_and_is_stopped": 160,
-    "test_zero3_tp2_logs_every_curve_and_resumes_after_a_crash": 129,
-    "test_quality_mode_runs_ours": 123,
+    "test_smollm2_sft_reward_ppo_under_zero3_with_lora": 306,
+    "test_embedded_default_pipeline_runs_two_ranks_under_the_hybrid_strategy_and_improves_the_policy": 260,
+    # the first DeepSpeedCPUAdam of the run JIT-compiles its kernel (~170 CPU-s): start it early
+    "test_offloaded_optimizer_becomes_cpu_adam_over_the_same_param_groups_or_a_clear_error": 222,
+    "test_a_hung_rank_makes_the_other_fail_within_the_timeout_and_is_stopped": 158,
+    "test_ppo_lifts_heldout_reward_and_task_success_above_sft": 115,
+    "test_zero3_generation_matches_unsharded_copy": 115,
+    "test_quality_mode_runs_ours": 85,
+    "test_reward_model_on_builtin_task_reaches_90_percent_heldout_accuracy": 80,
 }
 
 
 def pytest_collection_modifyitems(config, items):
     """Run the longest tests first, then the other slow end-to-end tests, then the rest.
 
-    Why: the suite runs on two pytest-xdist workers (``scripts/test.sh``); a several-minute test that starts
-    last leaves the other worker idle while it finishes (the embedded pipeline, 264 s, started 28 minutes into
-    a 32-minute run). Started first, longest first, the short tests fill in around them. The order is
-    otherwise the collection order (a stable sort); a stale :data:`LONGEST_FIRST` only changes the order.
+    Why: the suite runs on several pytest-xdist workers, each handed one test at a time (``scripts/test.sh``); a
+    several-minute test that starts last leaves the other workers idle while it finishes (the embedded pipeline,
+    264 s, once started 28 minutes into a 32-minute run). Started first, longest first, the short tests fill in
+    around them. The order is otherwise the collection order (a stable sort); a stale :data:`LONGEST_FIRST` only
+    changes the order.
     """
     items.sort(key=lambda item: (-LONGEST_FIRST.get(item.originalname, 0), item.get_closest_marker("slow") is None))
 
