@@ -40,7 +40,8 @@ def tree_cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + _zygote_cpu()
 
 
-def _wrap(path: str):
+def _plugin(path: str):
+    """The pytest plugin: each test's whole protocol (setup, call, teardown) timed, one JSON line appended."""
     import pytest
 
     class _Plugin:
@@ -60,10 +61,11 @@ def register(config) -> None:
     """Add the plugin when ``LIGHTNING_RLHF_TEST_CPU_LOG`` names a file."""
     path = os.environ.get(ENV)
     if path:
-        config.pluginmanager.register(_wrap(path), "lightning_rlhf_cpu_account")
+        config.pluginmanager.register(_plugin(path), "lightning_rlhf_cpu_account")
 
 
 def summary(path: str, top: int = 40) -> str:
+    """The total and the ``top`` tests by CPU-seconds, from a log written by the plugin."""
     records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     records.sort(key=lambda r: -r["cpu_s"])
     total = sum(r["cpu_s"] for r in records)
