@@ -24,3 +24,25 @@ def test_median_clears_decides_the_median_of_three_exactly_and_skips_a_seed_that
     assert "not needed" in capsys.readouterr().out
     with pytest.raises(ValueError, match="odd number of seeds"):
         median_clears("claim", float, 1.0, seeds=(0, 1))
+
+
+def test_cpu_log_counts_the_cpu_of_a_child_process_each_test_waits_for(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "test_burn.py").write_text(
+        "import subprocess, sys\n"
+        "def test_idle():\n    pass\n"
+        "def test_child_burns():\n"
+        "    subprocess.run([sys.executable, '-c', 'sum(i * i for i in range(6_000_000))'], check=True)\n")
+    log = tmp_path / "cpu.jsonl"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "LIGHTNING_RLHF_TEST_CPU_LOG": str(log), "PYTHONPATH": str(repo)}
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
+                    str(tmp_path / "test_burn.py")], cwd=tmp_path, env=env, check=True, capture_output=True)
+    records = {r["test"].rsplit("::", 1)[1]: r for r in map(json.loads, log.read_text().splitlines())}
+    assert set(records) == {"test_idle", "test_child_burns"}
+    assert records["test_child_burns"]["cpu_s"] > 0.2 > records["test_idle"]["cpu_s"]
