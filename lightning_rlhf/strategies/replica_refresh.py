@@ -59,11 +59,7 @@ class ChangedParameters:
         partitioned = any(is_partitioned(p) for group in groups for p in group)
         if partitioned and dist.is_available() and dist.is_initialized():
             dist.all_reduce(flat, op=dist.ReduceOp.MAX)
-        values = [bool(f) for f in flat.tolist()]
-        bounds = [0]
-        for group in groups:
-            bounds.append(bounds[-1] + len(group))
-        return [values[a:b] for a, b in zip(bounds, bounds[1:])]
+        return [[bool(f) for f in part.tolist()] for part in flat.split([len(group) for group in groups])]
 
     def refreshed(self) -> None:
         """The changed parameters were copied into the replica: their fingerprints from :meth:`changed` become the

@@ -3,11 +3,11 @@
 Why: every 2-rank launch through ``torch.distributed.run`` starts three interpreters (the agent and two ranks),
 and each rank spends ~12 CPU-seconds importing torch, Lightning, DeepSpeed, transformers and this package
 before the test does anything: about 27 CPU-seconds per launch (measured on a 2-core machine; with this and
-two smaller cuts the suite's CPU time fell from 73 to 41 minutes). A zygote imports them once per pytest worker and forks the ranks from that state: each rank is still
-its own process with its own gloo connection and the torchelastic environment a real launch gives it
-(RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, TORCHELASTIC_RUN_ID, ...), so Lightning and DeepSpeed see what
-they see under ``torchrun``; only the imports are shared. As ``torchrun`` does, a failing rank ends the others
-and a launch past its timeout is killed.
+two smaller cuts the suite's CPU time fell from 73 to 41 minutes). A zygote imports them once per pytest worker
+and forks the ranks from that state: each rank is still its own process with its own gloo connection and the
+torchelastic environment a real launch gives it (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, TORCHELASTIC_RUN_ID,
+...), so Lightning and DeepSpeed see what they see under ``torchrun``; only the imports are shared. As ``torchrun``
+does, a failing rank ends the others and a launch past its timeout is killed.
 
 Not for launches whose environment changes what those imports decided (``DS_ACCELERATOR``,
 ``OMP_NUM_THREADS``, ...): ``tests.helpers.distributed.run_distributed`` sends those to ``torchrun``, as it does
