@@ -86,6 +86,22 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: (-LONGEST_FIRST.get(item.originalname, 0), item.get_closest_marker("slow") is None))
 
 
+@pytest.fixture(autouse=True)
+def no_process_group_left_behind():
+    """Destroy a default process group a test left initialised in this pytest process.
+
+    Why: Lightning and DeepSpeed initialise a world-of-one group for an in-process ``Trainer`` and never destroy
+    it, so every later test on that xdist worker saw ``torch.distributed`` initialised: which tests broke depended
+    on the order the scheduler dealt them (``test_bad_arguments_fail_clearly`` failed in CI, 2026-12-02). Every
+    several-rank run in this suite happens in child processes, so no test relies on a group from an earlier one.
+    """
+    yield
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def pytest_configure(config):
     """``LIGHTNING_RLHF_TEST_CPU_LOG=FILE`` logs each test's CPU seconds (``tests/helpers/cpu_account.py``)."""
     from tests.helpers.cpu_account import register

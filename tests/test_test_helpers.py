@@ -46,3 +46,21 @@ def test_cpu_log_counts_the_cpu_of_a_child_process_each_test_waits_for(tmp_path)
     records = {r["test"].rsplit("::", 1)[1]: r for r in map(json.loads, log.read_text().splitlines())}
     assert set(records) == {"test_idle", "test_child_burns"}
     assert records["test_child_burns"]["cpu_s"] > 0.2 > records["test_idle"]["cpu_s"]
+
+
+def test_a_process_group_one_test_leaves_initialised_is_gone_before_the_next(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "test_order.py").write_text(
+        "import torch.distributed as dist\n"
+        "def test_leaves_a_group():\n"
+        f"    dist.init_process_group('gloo', init_method='file://{tmp_path / 'rendezvous'}', rank=0, world_size=1)\n"
+        "def test_sees_none():\n    assert not dist.is_initialized()\n")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
+                           str(tmp_path / "test_order.py")], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repo)},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout[-2000:]
