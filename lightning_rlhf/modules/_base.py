@@ -19,8 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_rlhf.models import LoraArgs, count_parameters, load_tokenizer
 from lightning_rlhf.models.context import check_context_length
-from lightning_rlhf.models.loading import zero3_loading
-from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
+from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config, sharded_loading
 
 # the typed arguments kept in ``hparams`` (now with real defaults) must unpickle under ``weights_only`` on resume
 torch.serialization.add_safe_globals([LoraArgs, OptimizerArgs])
@@ -104,8 +103,7 @@ class HFModelModule(LightningModule):
 
     def loading_context(self) -> Any:
         """Under ZeRO-3 the strategy's ``zero3_loading`` (models built inside are partitioned as created), else a no-op."""
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        return zero3_loading(getattr(strategy, "config", None) if getattr(strategy, "zero_stage_3", False) else None)
+        return sharded_loading(self)
 
     def configure_model(self) -> None:
         """Build ``self.model`` once, inside the strategy's (possibly ZeRO-3 sharded) context."""

@@ -16,6 +16,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from lightning_rlhf.models.loading import zero3_loading
+
 _NO_DECAY_MARKERS = ("bias", "norm", "ln_", "layernorm", "ln_f")
 
 
@@ -185,3 +187,16 @@ def set_rng_states(states: dict[str, Any]) -> None:
     cuda = states.get("cuda")
     if cuda is not None and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
         torch.cuda.set_rng_state_all(cuda)
+
+
+def attached_strategy(module: Any) -> Any:
+    """The strategy of the Trainer ``module`` is attached to; None for a module used without a Trainer."""
+    trainer = getattr(module, "_trainer", None)
+    return trainer.strategy if trainer is not None else None
+
+
+def sharded_loading(module: Any) -> Any:
+    """Where ``module``'s models are built: under a ZeRO-3 strategy its ``zero3_loading`` (each model built inside
+    is partitioned as it is created, so a rank never holds a whole copy), else a no-op."""
+    strategy = attached_strategy(module)
+    return zero3_loading(getattr(strategy, "config", None) if getattr(strategy, "zero_stage_3", False) else None)

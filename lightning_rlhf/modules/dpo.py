@@ -27,7 +27,7 @@ from lightning_rlhf.algorithms import (
 )
 from lightning_rlhf.models import LoraArgs, load_causal_lm
 from lightning_rlhf.modules._base import HFModelModule
-from lightning_rlhf.modules._common import OptimizerArgs
+from lightning_rlhf.modules._common import OptimizerArgs, attached_strategy
 from lightning_rlhf.modules.dpo_reference import (
     ReferenceLogpsCache,
     ReferenceMode,
@@ -153,7 +153,7 @@ class DPOModule(HFModelModule):
         super().configure_model()
         if self.reference_mode == "model" and self.reference is None:
             # offload_frozen_models: its ZeRO-3 partitions are created on the CPU by a zero.Init of its own
-            with self.loading_context(), frozen_models(self._trainer.strategy if self._trainer is not None else None):
+            with self.loading_context(), frozen_models(attached_strategy(self)):
                 self.reference = load_causal_lm(self.reference_path or self.model_path, dropout=self.dropout,
                                                 torch_dtype=self.torch_dtype, tokenizer=self.tokenizer,
                                                 trust_remote_code=self.trust_remote_code)

@@ -28,8 +28,8 @@ from lightning_rlhf.algorithms.dapo import dynamic_sampling, mask_truncated, ove
 from lightning_rlhf.algorithms.group_advantages import get_group_advantage_estimator
 from lightning_rlhf.algorithms.grpo_loss import grpo_policy_loss
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
-from lightning_rlhf.models.loading import zero3_loading
-from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
+from lightning_rlhf.modules._common import (
+    OptimizerArgs, attached_strategy, lightning_optimizer_config, sharded_loading)
 from lightning_rlhf.modules.grpo_logging import GRPO_TAGS, group_rollout_metrics
 from lightning_rlhf.modules.online import OnlineRLModule, freeze, repeat_rows, unsaved_reward_funcs
 from lightning_rlhf.modules.pooled import pooled_mean, pooled_mean_of
@@ -194,12 +194,10 @@ class GRPOModule(OnlineRLModule):
         if self.actor is not None:
             return
         hp, tok, p = self.hparams, self.tokenizer, self.hparams.dropout
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        ds_config = getattr(strategy, "config", None) if getattr(strategy, "zero_stage_3", False) else None
-        with zero3_loading(ds_config):
+        with sharded_loading(self):
             self.actor = load_causal_lm(hp.actor, lora=self.actor_lora, dropout=p, tokenizer=tok,
                                         gradient_checkpointing=hp.actor_gradient_checkpointing)
-            with frozen_models(strategy):
+            with frozen_models(attached_strategy(self)):
                 if self.uses_reference:
                     self.reference = load_causal_lm(hp.reference or hp.actor, dropout=p, tokenizer=tok)
                 if hp.reward_model is not None:

@@ -35,8 +35,8 @@ from lightning_rlhf.algorithms import (
 )
 from lightning_rlhf.data.datamodule import reshuffled_passes
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
-from lightning_rlhf.models.loading import zero3_loading
-from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
+from lightning_rlhf.modules._common import (
+    OptimizerArgs, attached_strategy, lightning_optimizer_config, sharded_loading)
 from lightning_rlhf.modules.online import OnlineRLModule, freeze, unsaved_reward_funcs
 from lightning_rlhf.modules.ppo_config import GenerationArgs
 from lightning_rlhf.modules.pooled import pooled_mean
@@ -251,15 +251,14 @@ class PPOModule(OnlineRLModule):
         if self.actor is not None:
             return
         hp, tok, p = self.hparams, self.tokenizer, self.hparams.dropout
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        ds_config = getattr(strategy, "config", None) if getattr(strategy, "zero_stage_3", False) else None
-        with zero3_loading(ds_config):  # ZeRO-3: from_pretrained loads straight into partitions
+        with sharded_loading(self):  # ZeRO-3: from_pretrained loads straight into partitions
             self.actor = load_causal_lm(hp.actor, lora=self.actor_lora, dropout=p, tokenizer=tok,
                                         gradient_checkpointing=hp.actor_gradient_checkpointing)
             critic = hp.critic or hp.reward_model or hp.actor
             self.critic = load_value_model(critic, lora=self.critic_lora, dropout=p, tokenizer=tok,
                                            gradient_checkpointing=hp.critic_gradient_checkpointing)
-            with frozen_models(strategy):  # offload_frozen_models: their ZeRO-3 partitions are created on the CPU
+            # offload_frozen_models: their ZeRO-3 partitions are created on the CPU
+            with frozen_models(attached_strategy(self)):
                 self.reference = load_causal_lm(hp.reference or hp.actor, dropout=p, tokenizer=tok)
                 if hp.reward_model is not None:
                     self.reward_model = load_value_model(hp.reward_model, dropout=p, tokenizer=tok)
