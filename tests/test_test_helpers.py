@@ -26,43 +26,42 @@ def test_median_clears_decides_the_median_of_three_exactly_and_skips_a_seed_that
         median_clears("claim", float, 1.0, seeds=(0, 1))
 
 
-def test_cpu_log_counts_the_cpu_of_a_child_process_each_test_waits_for(tmp_path):
-    import json
+def run_inner_pytest(tmp_path, source: str, **env: str):
+    """Run ``source`` as a test file in a fresh pytest session that loads this suite's ``tests/conftest.py`` as a
+    plugin, in ``tmp_path``; returns the finished process (its output as text)."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    (tmp_path / "test_burn.py").write_text(
-        "import subprocess, sys\n"
-        "def test_idle():\n    pass\n"
-        "def test_child_burns():\n"
-        "    subprocess.run([sys.executable, '-c', 'sum(i * i for i in range(6_000_000))'], check=True)\n")
-    log = tmp_path / "cpu.jsonl"
+    (tmp_path / "test_inner.py").write_text(source)
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "LIGHTNING_RLHF_TEST_CPU_LOG": str(log), "PYTHONPATH": str(repo)}
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
-                    str(tmp_path / "test_burn.py")], cwd=tmp_path, env=env, check=True, capture_output=True)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
+                           str(tmp_path / "test_inner.py")], cwd=tmp_path,
+                          env={**os.environ, **env, "PYTHONPATH": str(repo)}, capture_output=True, text=True)
+
+
+def test_cpu_log_counts_the_cpu_of_a_child_process_each_test_waits_for(tmp_path):
+    import json
+
+    log = tmp_path / "cpu.jsonl"
+    burn = "subprocess.run([sys.executable, '-c', 'sum(i * i for i in range(6_000_000))'], check=True)"
+    proc = run_inner_pytest(tmp_path, "import subprocess, sys\n"
+                                      "def test_idle():\n    pass\n"
+                                      f"def test_child_burns():\n    {burn}\n",
+                            LIGHTNING_RLHF_TEST_CPU_LOG=str(log))
+    assert proc.returncode == 0, proc.stdout[-2000:]
     records = {r["test"].rsplit("::", 1)[1]: r for r in map(json.loads, log.read_text().splitlines())}
     assert set(records) == {"test_idle", "test_child_burns"}
     assert records["test_child_burns"]["cpu_s"] > 0.2 > records["test_idle"]["cpu_s"]
 
 
 def test_a_process_group_one_test_leaves_initialised_is_gone_before_the_next(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    (tmp_path / "test_order.py").write_text(
-        "import torch.distributed as dist\n"
-        "def test_leaves_a_group():\n"
-        f"    dist.init_process_group('gloo', init_method='file://{tmp_path / 'rendezvous'}', rank=0, world_size=1)\n"
-        "def test_sees_none():\n    assert not dist.is_initialized()\n")
-    repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
-                           str(tmp_path / "test_order.py")], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repo)},
-                          capture_output=True, text=True)
+    proc = run_inner_pytest(tmp_path, "import torch.distributed as dist\n"
+                                      "def test_leaves_a_group():\n"
+                                      f"    dist.init_process_group('gloo', init_method='file://{tmp_path / 'rdv'}',"
+                                      " rank=0, world_size=1)\n"
+                                      "def test_sees_none():\n    assert not dist.is_initialized()\n")
     assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout[-2000:]
 
 
