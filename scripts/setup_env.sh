@@ -27,7 +27,7 @@ fi
 # Byte-compile the environment and this repository on every core. Not left to first import: where
 # PYTHONDONTWRITEBYTECODE is set (CI sandboxes set it) Python never writes bytecode, so every interpreter compiled
 # torch, Lightning and transformers from source again: `import lightning_rlhf.modules` took 25 CPU-seconds instead
-# of 8 (measured, 2-core EPYC), and the test suite starts hundreds of interpreters. Already compiled files are only
+# of 8.5 (measured, 2-core EPYC), and the test suite starts hundreds of interpreters. Already compiled files are only
 # checked. A failure is not fatal, as in pip: some dependencies ship files for newer Pythons
 # (torch/testing/_internal/py312_intrinsics.py), which nothing here imports.
 SITE_PACKAGES="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"

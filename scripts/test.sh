@@ -26,6 +26,7 @@ export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # DeepSpeed JIT-builds a small CPU communication op on first use; keep its build cache with this environment so
 # another environment's build (different include paths) never forces a rebuild in the middle of the suite.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/$VENV/torch_extensions}"
-# The first offloaded optimizer JIT-compiles DeepSpeed's CPU Adam (~110 CPU-s): at -O0 without debug info, see the script.
+# The first offloaded optimizer JIT-compiles DeepSpeed's CPU Adam: at -O0 without debug info (~80 CPU-s), see
+# the script.
 export CXX="${CXX:-$PWD/scripts/cxx_quick_build}"
 exec "$VENV/bin/python" -m pytest -rs --durations=30 "${PARALLEL[@]}" "$@"

@@ -68,7 +68,7 @@ def test_a_process_group_one_test_leaves_initialised_is_gone_before_the_next(tmp
 def test_the_environment_is_byte_compiled_so_no_interpreter_compiles_its_imports_again():
     """``scripts/setup_env.sh`` byte-compiles the environment: where ``PYTHONDONTWRITEBYTECODE`` is set (CI
     sandboxes set it), a module without its ``.pyc`` is compiled from source by every interpreter that imports it,
-    and ``import lightning_rlhf.modules`` cost 25 CPU-seconds instead of 8."""
+    and ``import lightning_rlhf.modules`` cost 25 CPU-seconds instead of 8.5."""
     import importlib
     import importlib.util
     from pathlib import Path
