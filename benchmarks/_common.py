@@ -286,16 +286,43 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+RESULT_FILE_ENV = "LIGHTNING_RLHF_BENCH_RESULT"
+
+
 def run_worker(script: Path, args: list[str], python: str | None = None, timeout: float = 1800) -> dict[str, Any]:
-    """Run ``script --worker ...`` in a fresh interpreter and return the JSON object it prints last."""
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([python or sys.executable, str(script), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"worker {script.name} {' '.join(args)} failed (exit {proc.returncode}):\n"
-                           f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return json.loads(lines[-1])
+    """Run ``script --worker ...`` in a fresh interpreter and return the JSON object it reports.
+
+    The worker hands its result over in a file (``report_result``), not on stdout: a worker that runs a several-rank
+    Lightning fit has every rank execute the worker's code (Lightning's launcher starts the other ranks by running
+    the same command again), so stdout carries one result per rank, and two long lines written at once can
+    interleave into one that is not JSON (a CI run failed on exactly that)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench-worker-") as folder:
+        result_file = Path(folder) / "result.json"
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore",
+               RESULT_FILE_ENV: str(result_file)}
+        proc = subprocess.run([python or sys.executable, str(script), *args], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+        if proc.returncode != 0 or not result_file.is_file():
+            raise RuntimeError(f"worker {script.name} {' '.join(args)} failed (exit {proc.returncode}"
+                               f"{'' if proc.returncode else ', no result reported'}):\n"
+                               f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        return json.loads(result_file.read_text())
+
+
+def report_result(result: dict[str, Any]) -> None:
+    """A worker's last act, on the first rank only: print ``result`` as JSON and write it where ``run_worker``
+    reads it (the file named by ``$LIGHTNING_RLHF_BENCH_RESULT``; written whole, then renamed into place)."""
+    text = json.dumps(result)
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+        return
+    print(text, flush=True)
+    target = os.environ.get(RESULT_FILE_ENV)
+    if target:
+        partial = Path(f"{target}.partial")
+        partial.write_text(text)
+        partial.replace(target)
 
 
 def median(values: Sequence[float]) -> float:

@@ -74,7 +74,6 @@ our ``ppo/response_length``) and ``valid_answer_length`` (its non-pad count).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -84,7 +83,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Assets, set_threads  # noqa: E402
+from _common import Assets, report_result, set_threads  # noqa: E402
 
 #: DeepSpeed-Chat dtype for each of our Lightning precisions
 DTYPES = {"32-true": "fp32", "bf16-mixed": "bf16"}
@@ -350,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads)
     result = run_ds_chat(args.ds_chat_dir, Assets.load(args.assets), args.dtype, args.batch, args.steps,
                          args.prompt, args.answer, args.seed)
-    print(json.dumps(result))
+    report_result(result)
 
 
 if __name__ == "__main__":

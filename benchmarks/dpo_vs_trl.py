@@ -36,7 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    HH_RLHF, add_comparison_args, chosen_systems, corpus_texts, interleaved_runs, machine, median, set_threads,
+    HH_RLHF, add_comparison_args, chosen_systems, corpus_texts, interleaved_runs, machine, median, report_result,
+    set_threads,
 )
 
 SYSTEMS = ("ours", "trl")
@@ -232,8 +233,8 @@ def worker_main(args: argparse.Namespace) -> None:
     assets = json.loads(Path(args.assets).read_text())
     result = worker_ours(args, assets) if args.worker == "ours" else worker_trl(args, assets)
     pairs = args.steps * args.batch
-    print(json.dumps({"system": args.worker, "pairs": pairs, "pairs_per_s": pairs / result["loop_s"],
-                      "step_pairs_per_s": args.batch / median(result["step_s"]), **result}))
+    report_result({"system": args.worker, "pairs": pairs, "pairs_per_s": pairs / result["loop_s"],
+                   "step_pairs_per_s": args.batch / median(result["step_s"]), **result})
 
 
 def trl_unavailable(python: str) -> str | None:

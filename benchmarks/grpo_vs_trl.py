@@ -62,7 +62,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    add_comparison_arguments, loop_timer, machine, median, run_worker, save_figure, set_threads, timed,
+    add_comparison_arguments, loop_timer, machine, median, report_result, run_worker, save_figure, set_threads,
+    timed,
 )
 
 SYSTEMS = ("ours", "trl")
@@ -291,7 +292,7 @@ def worker_main(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     assets = json.loads(Path(args.assets).read_text())
     result = (worker_ours if args.worker == "ours" else worker_trl)(args, assets)
-    print(json.dumps({"system": args.worker, **result}))
+    report_result({"system": args.worker, **result})
 
 
 # -- the comparison ------------------------------------------------------------------------------------------

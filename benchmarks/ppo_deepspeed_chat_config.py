@@ -45,7 +45,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Assets, build_assets, machine, median, run_ours, run_worker, set_threads  # noqa: E402
+from _common import (  # noqa: E402
+    Assets, build_assets, machine, median, report_result, run_ours, run_worker, set_threads,
+)
 from deepspeed_chat_step3 import DTYPES  # noqa: E402
 
 #: DeepSpeed-Chat step 3 on this CPU as quoted in issue 8 (median of 8, training loop only); --ds-chat-dir measures it
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         set_threads(args.threads)
         result = run_ours(Assets.load(args.assets), module_kwargs(args), args.batch, args.steps,
                           strategy=make_strategy(args.strategies), precision=args.precisions, seed=args.seed)
-        print(json.dumps(result))
+        report_result(result)
         return
     if args.report_only:
         saved = json.loads(args.out.read_text())

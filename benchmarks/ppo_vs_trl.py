@@ -37,7 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    Assets, add_comparison_arguments, build_assets, machine, median, run_ours, run_worker, set_threads, timed,
+    Assets, add_comparison_arguments, build_assets, machine, median, report_result, run_ours, run_worker, set_threads,
+    timed,
     trl_unavailable,
 )
 
@@ -148,7 +149,7 @@ def worker_main(args: argparse.Namespace) -> None:
         result = worker_ours(args, assets)
     else:
         result = worker_trl(args, assets, compute_only=args.worker == "trl-compute")
-    print(json.dumps({"system": args.worker, "ppo_epochs": args.ppo_epochs, **result}))
+    report_result({"system": args.worker, "ppo_epochs": args.ppo_epochs, **result})
 
 
 # -- the comparison ------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import collate_prompts, machine, run_worker, set_threads, trl_unavailable  # noqa: E402
+from _common import collate_prompts, machine, report_result, run_worker, set_threads, trl_unavailable  # noqa: E402
 
 SYSTEMS = ("ours", "trl")
 NAMES = {"ours": "lightning-rlhf PPOModule", "trl": "TRL 1.12.0 PPO (compute-only)"}
@@ -320,7 +320,7 @@ def worker_main(args: argparse.Namespace) -> None:
     """Entry of a fresh interpreter: build the assets, or run one system with one seed."""
     set_threads(args.threads)
     if args.worker == "build":
-        print(json.dumps(build_worker(Path(args.assets_dir), json.loads(args.build))))
+        report_result(build_worker(Path(args.assets_dir), json.loads(args.build)))
         return
     assets = QualityAssets.load(Path(args.assets_dir) / ASSETS_FILE)
     settings = Settings(**{**json.loads(args.settings), "betas": tuple(json.loads(args.settings)["betas"])})
@@ -328,7 +328,7 @@ def worker_main(args: argparse.Namespace) -> None:
 
     before = evaluate_all(AutoModelForCausalLM.from_pretrained(assets.actor), assets, settings)  # the SFT start
     result = (worker_ours if args.worker == "ours" else worker_trl)(assets, settings, args.seed)
-    print(json.dumps({"system": args.worker, "seed": args.seed, "before": before, **result}))
+    report_result({"system": args.worker, "seed": args.seed, "before": before, **result})
 
 
 # -- the comparison ------------------------------------------------------------------------------------------

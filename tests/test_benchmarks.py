@@ -77,6 +77,43 @@ def test_run_ours_times_the_training_loop(tmp_path):
     assert result["generation_s"] + result["training_s"] < result["loop_s"] and result["other_s"] > 0
 
 
+SEVERAL_RANK_WORKER = """
+import os, subprocess, sys, time
+from pathlib import Path
+sys.path.insert(0, {benchmarks!r})
+from _common import report_result
+
+rank = int(os.environ.get("LOCAL_RANK", "0"))
+go = Path({go!r})
+if rank == 0:  # start the second rank the way Lightning's launcher does: the same command, LOCAL_RANK set
+    other = subprocess.Popen([sys.executable, *sys.argv], env={{**os.environ, "LOCAL_RANK": "1"}})
+    report_result({{"rank": 0, "payload": "x" * 20000}})
+    go.touch()  # the second rank finishes after the first
+    sys.exit(other.wait())
+while not go.exists():
+    time.sleep(0.05)
+report_result({{"rank": 1, "payload": "y" * 20000}})
+"""
+
+
+def test_run_worker_takes_the_first_ranks_result_when_every_rank_runs_the_worker(tmp_path):
+    """A worker running a several-rank Lightning fit has each rank run the worker's code to its end; the result
+    comes from the first rank, whatever the others print (a CI run failed on two ranks' JSON lines)."""
+    common = load_common()
+    script = tmp_path / "worker.py"
+    script.write_text(SEVERAL_RANK_WORKER.format(benchmarks=str(BENCHMARKS), go=str(tmp_path / "go")))
+    result = common.run_worker(script, ["--worker"])
+    assert result["rank"] == 0 and result["payload"] == "x" * 20000
+
+
+def test_run_worker_says_when_a_worker_reports_nothing(tmp_path):
+    common = load_common()
+    script = tmp_path / "silent.py"
+    script.write_text("print('done, but no result')\n")
+    with pytest.raises(RuntimeError, match="silent.py --worker failed \\(exit 0, no result reported\\)"):
+        common.run_worker(script, ["--worker"])
+
+
 @pytest.mark.slow
 def test_ppo_vs_trl_script_runs_ours(tmp_path):
     out, plot = tmp_path / "runs.json", tmp_path / "curves.png"
