@@ -59,6 +59,9 @@ class GRPOModule(OnlineRLModule):
             ``answer_match_shaped``, ``answer_only_format``, ``exact_answer``, ``math_verify_match``),
             ``http(s)://`` URLs of remote scorers, or callables; each ``f(prompts, completions, **columns)``.
         reward_weights: one weight per reward function (None: 1.0 each).
+        reward_start_iterations: one iteration per reward function from which its weight counts (0 before; it is
+            still computed and logged): a schedule, e.g. ``[0, 20]`` pays correctness first and the format from
+            iteration 20. None: every weight from the start. Validation outside ``fit`` uses every weight.
         reward_url: a remote scorer's ``http(s)://`` address (JSON batches over HTTP POST, see
             :class:`~lightning_rlhf.rewards.RemoteScorer`), one more reward function after ``reward_funcs``.
         reward_model: folder of a frozen reward model whose score is added to the functions' (None: none).
@@ -138,6 +141,7 @@ class GRPOModule(OnlineRLModule):
         num_samples_to_log: int = 4,
         log_samples_every_n_steps: int = 10,
         seed: int = 0,
+        reward_start_iterations: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=unsaved_reward_funcs(reward_funcs))
@@ -145,7 +149,8 @@ class GRPOModule(OnlineRLModule):
         self.estimator = get_group_advantage_estimator(advantage_estimator)
         self.generation = copy.copy(generation or GenerationArgs())
         self._validate()
-        self.rewards = RewardSources(reward_funcs, reward_weights, reward_model_weight, reward_url)
+        self.rewards = RewardSources(reward_funcs, reward_weights, reward_model_weight, reward_url,
+                                     reward_start_iterations)
         if not self.rewards and reward_model is None:
             raise ValueError("GRPOModule needs a reward: give reward_funcs (e.g. ['answer_match']), a reward_model, "
                              "or both")

@@ -257,7 +257,14 @@ class OnlineRLModule(MultiEngineBackwardMixin, LightningModule):
         as the caller prepared them; None without a reward model)."""
         mask = generated.response_mask
         ids = [row[keep].tolist() for row, keep in zip(generated.sequences[:, -mask.shape[1]:], mask)]
-        return self.rewards.score(prompts, responses, columns, ids, model_scores)
+        return self.rewards.score(prompts, responses, columns, ids, model_scores, self.training_iteration())
+
+    def training_iteration(self) -> int | None:
+        """The iteration ``fit`` is at (restored on resume; the reward schedule follows it), None outside ``fit``."""
+        trainer = self._trainer
+        if trainer is None or not trainer.state.fn or trainer.state.fn != "fit":
+            return None
+        return max(trainer.fit_loop.epoch_loop.total_batch_idx, 0)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         """Greedy answers to held-out prompts: the mean reward (the reward model's raw score plus the reward

@@ -128,6 +128,9 @@ class PPOModule(OnlineRLModule):
             The score is ``(rm - mean) / std + sum(weight * f)``, then ``missing_eos_penalty`` and the clip; an answer
             no source scored is left out of the update and counted.
         reward_weights: one weight per reward function (None: 1.0 each).
+        reward_start_iterations: one iteration per reward function from which its weight counts (0 before; it is
+            still computed and logged): a schedule, e.g. ``[0, 20]`` pays correctness first and the format from
+            iteration 20. None: every weight from the start. Validation outside ``fit`` uses every weight.
         reward_url: a remote scorer's ``http(s)://`` address, one more reward function after ``reward_funcs``.
     """
 
@@ -171,12 +174,14 @@ class PPOModule(OnlineRLModule):
         reward_funcs: list[RewardSpec] | None = None,
         reward_weights: list[float] | None = None,
         reward_url: str | None = None,
+        reward_start_iterations: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=unsaved_reward_funcs(reward_funcs))
         self._validate()
         self.init_online()
-        self.rewards = RewardSources(reward_funcs, reward_weights, reward_url=reward_url)
+        self.rewards = RewardSources(reward_funcs, reward_weights, reward_url=reward_url,
+                                     reward_start_iterations=reward_start_iterations)
         if reward_model is None and not self.rewards:
             raise ValueError("PPOModule needs a reward: a reward_model (step 2's export), reward_funcs "
                              "(e.g. ['answer_match']), or both")

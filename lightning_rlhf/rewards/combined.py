@@ -47,10 +47,13 @@ class RewardSources:
         reward_model_weight: the weight of the reward model's score, when the module has a reward model.
         reward_url: a remote scorer's ``http(s)://`` address, scored as one more reward function after
             ``reward_funcs`` (its weight last in ``reward_weights``); the same as listing the URL in ``reward_funcs``.
+        reward_start_iterations: one iteration per function from which its weight counts; before it the function
+            is still called and its curve logged, but it adds nothing (None: every weight from the start).
     """
 
     def __init__(self, reward_funcs: Sequence[RewardSpec] | None, reward_weights: Sequence[float] | None = None,
-                 reward_model_weight: float = 1.0, reward_url: str | None = None) -> None:
+                 reward_model_weight: float = 1.0, reward_url: str | None = None,
+                 reward_start_iterations: Sequence[int] | None = None) -> None:
         specs = list(reward_funcs or []) + ([reward_url] if reward_url is not None else [])
         if not specs and reward_weights is not None:
             raise ValueError("reward_weights is set but reward_funcs is not; give the functions the weights are for")
@@ -58,9 +61,16 @@ class RewardSources:
             raise ValueError(f"reward_url must start with http:// or https://, got {reward_url!r}")
         self.functions, self.weights = resolve_reward_functions(specs, reward_weights)
         self.reward_model_weight = float(reward_model_weight)
+        self.start_iterations = checked_start_iterations(reward_start_iterations, len(self.functions))
 
     def __bool__(self) -> bool:
         return bool(self.functions)
+
+    def weights_at(self, iteration: int | None) -> list[float]:
+        """The functions' weights at ``iteration`` (0 for a function whose start is later; None: every weight,
+        as a validation outside ``fit`` sees the schedule's end)."""
+        return [w if iteration is None or iteration >= start else 0.0
+                for w, start in zip(self.weights, self.start_iterations)]
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -74,6 +84,7 @@ class RewardSources:
         columns: Mapping[str, Sequence[Any]] | None = None,
         completion_ids: Sequence[Sequence[int]] | None = None,
         model_scores: Tensor | None = None,
+        iteration: int | None = None,
     ) -> SampleRewards:
         """Call every function on the batch and add the reward model's scores (when given).
 
@@ -83,11 +94,13 @@ class RewardSources:
             columns: the records' reference columns by name, one entry per answer.
             completion_ids: the answers' token ids (passed to the functions as ``completion_ids``).
             model_scores: ``(batch,)`` the reward model's scores, or None without one.
+            iteration: the training iteration, for ``reward_start_iterations`` (None: every weight counts).
         """
         per_source: dict[str, Tensor] = {}
         parts: list[Tensor] = []
         if self.functions:
-            scores = compute_rewards(self.functions, self.weights, prompts, completions, columns, completion_ids)
+            scores = compute_rewards(self.functions, self.weights_at(iteration), prompts, completions, columns,
+                                     completion_ids)
             per_source.update({name: column for name, column in zip(scores.names, scores.per_function.T)})
             parts.append(scores.total)
         if model_scores is not None:
@@ -100,6 +113,20 @@ class RewardSources:
         scored = ~stacked.isnan()
         total = torch.where(scored.any(0), torch.nansum(stacked, 0), float("nan"))
         return SampleRewards(total, per_source, int((~scored.any(0)).sum()))
+
+
+def checked_start_iterations(starts: Sequence[int] | None, num_functions: int) -> list[int]:
+    """``reward_start_iterations`` validated: one non-negative integer per reward function (None: all 0)."""
+    if starts is None:
+        return [0] * num_functions
+    starts = list(starts)
+    if len(starts) != num_functions:
+        raise ValueError(f"reward_start_iterations has {len(starts)} entries for {num_functions} reward functions; "
+                         "give one iteration per function (0: from the start)")
+    bad = [s for s in starts if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise ValueError(f"reward_start_iterations must be integers >= 0, got {bad}")
+    return starts
 
 
 __all__ = ["REWARD_MODEL_SOURCE", "RewardSources", "SampleRewards"]

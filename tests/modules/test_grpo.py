@@ -178,3 +178,15 @@ def test_reward_url_scores_every_answer_through_a_real_http_server(tmp_path, act
         sum(len(c) for r in sent for c in r["completions"]) / rows)
     with pytest.raises(ValueError, match="reward_url must start with http"):
         make_module(actor, reward_funcs=None, reward_weights=None, reward_url="ftp://scorer")
+
+
+def test_a_reward_schedule_pays_a_function_from_its_start_iteration(tmp_path, actor):
+    """``reward_start_iterations=[0, 2]``: the second function is logged from the first iteration but weighs in
+    from the third (constant functions, 1 and 2, weights 1 and 0.5: the reward is 1, 1, 2, 2)."""
+    module = make_module(actor, reward_funcs=["tests.rewards.test_scoring:ones", "tests.rewards.test_scoring:twos"],
+                         reward_weights=[1.0, 0.5], reward_start_iterations=[0, 2], ppo_epochs=1)
+    trainer = make_trainer(tmp_path, limit_train_batches=4, limit_val_batches=0)
+    trainer.fit(module, datamodule=make_data(actor))
+    events = scalars(trainer)
+    assert [e.value for e in events.Scalars("grpo/reward_mean")] == [1.0, 1.0, 2.0, 2.0]
+    assert [e.value for e in events.Scalars("grpo/reward/twos")] == [2.0] * 4  # logged before it counts

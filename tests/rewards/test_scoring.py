@@ -18,6 +18,7 @@ from lightning_rlhf.rewards import (
     resolve_reward_function,
     resolve_reward_functions,
 )
+from lightning_rlhf.rewards.combined import RewardSources
 
 PROMPTS = ["What is 3 + 4?", "What is 1 + 1?", "What is 2 + 2?", "What is 5 + 0?"]
 COMPLETIONS = ["7", "The answer is 2.", "5", "five"]
@@ -134,3 +135,28 @@ def test_tensor_returns_and_column_checks():
         score(["answer_match"], answer=["7", "2", "4"])
     with pytest.raises(ValueError, match="data column 'completion_ids' clashes"):
         score(["answer_match"], completion_ids=[[1]] * 4)
+
+
+def ones(completions, **kwargs):
+    return [1.0] * len(completions)
+
+
+def twos(completions, **kwargs):
+    return [2.0] * len(completions)
+
+
+def test_a_reward_schedule_counts_each_function_from_its_start_iteration_and_still_logs_it():
+    sources = RewardSources([ones, twos], [1.0, 0.5], reward_start_iterations=[0, 3])
+    before, after = (sources.score(["p"] * 2, ["a", "b"], iteration=i) for i in (2, 3))
+    assert before.total.tolist() == [1.0, 1.0] and after.total.tolist() == [2.0, 2.0]
+    assert before.per_source["twos"].tolist() == [2.0, 2.0]  # computed and logged before its start
+    assert sources.score(["p"], ["a"]).total.tolist() == [2.0]  # no iteration (validate alone): every weight
+
+
+@pytest.mark.parametrize("starts,message", [
+    ([0], "1 entries for 2 reward functions"), ([0, -1], r"integers >= 0, got \[-1\]"),
+    ([0, 1.5], r"integers >= 0, got \[1.5\]"),
+])
+def test_a_bad_reward_schedule_fails_at_construction(starts, message):
+    with pytest.raises(ValueError, match=message):
+        RewardSources([ones, twos], reward_start_iterations=starts)
