@@ -190,3 +190,22 @@ def test_a_reward_schedule_pays_a_function_from_its_start_iteration(tmp_path, ac
     events = scalars(trainer)
     assert [e.value for e in events.Scalars("grpo/reward_mean")] == [1.0, 1.0, 2.0, 2.0]
     assert [e.value for e in events.Scalars("grpo/reward/twos")] == [2.0] * 4  # logged before it counts
+
+
+def test_a_run_resumed_before_a_reward_start_continues_the_schedule(tmp_path, actor):
+    from lightning_rlhf.callbacks import IterationCheckpoint
+
+    def schedule_module():
+        return make_module(actor, reward_funcs=["tests.rewards.test_scoring:ones", "tests.rewards.test_scoring:twos"],
+                           reward_weights=[1.0, 0.5], reward_start_iterations=[0, 2], ppo_epochs=1)
+
+    callback = IterationCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_iterations=1, save_top_k=-1)
+    # stopped inside the epoch after one iteration (two optimizer steps: 16 answers in mini-batches of 8)
+    make_trainer(tmp_path / "first", limit_train_batches=4, max_steps=2, limit_val_batches=0,
+                 enable_checkpointing=True, callbacks=[callback]).fit(schedule_module(), datamodule=make_data(actor))
+    checkpoints = sorted((tmp_path / "ckpt").glob("*.ckpt"))
+    assert checkpoints, "no checkpoint written"
+    checkpoint = checkpoints[0]  # after iteration 1 of 4
+    resumed = make_trainer(tmp_path / "resumed", limit_train_batches=4, limit_val_batches=0)
+    resumed.fit(schedule_module(), datamodule=make_data(actor), ckpt_path=str(checkpoint))
+    assert [e.value for e in scalars(resumed).Scalars("grpo/reward_mean")] == [1.0, 2.0, 2.0]
