@@ -16,6 +16,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -296,8 +297,6 @@ def run_worker(script: Path, args: list[str], python: str | None = None, timeout
     Lightning fit has every rank execute the worker's code (Lightning's launcher starts the other ranks by running
     the same command again), so stdout carries one result per rank, and two long lines written at once can
     interleave into one that is not JSON (a CI run failed on exactly that)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as folder:
         result_file = Path(folder) / "result.json"
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore",
@@ -314,9 +313,9 @@ def run_worker(script: Path, args: list[str], python: str | None = None, timeout
 def report_result(result: dict[str, Any]) -> None:
     """A worker's last act, on the first rank only: print ``result`` as JSON and write it where ``run_worker``
     reads it (the file named by ``$LIGHTNING_RLHF_BENCH_RESULT``; written whole, then renamed into place)."""
-    text = json.dumps(result)
     if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
         return
+    text = json.dumps(result)
     print(text, flush=True)
     target = os.environ.get(RESULT_FILE_ENV)
     if target:

@@ -262,7 +262,7 @@ class OnlineRLModule(MultiEngineBackwardMixin, LightningModule):
     def training_iteration(self) -> int | None:
         """The iteration ``fit`` is at (restored on resume; the reward schedule follows it), None outside ``fit``."""
         trainer = self._trainer
-        if trainer is None or not trainer.state.fn or trainer.state.fn != "fit":
+        if trainer is None or trainer.state.fn != "fit":
             return None
         return max(trainer.fit_loop.epoch_loop.total_batch_idx, 0)
 
