@@ -1,0 +1,75 @@
+"""How often a model samples each answer form on the addition task, at several temperatures.
+
+Why: GRPO can only reinforce what the policy samples. Before choosing rewards and a temperature for
+``grpo.yaml``, this counts, per sampling setting, the answers that end with the right number, the bare numbers
+(the format ``answer_only_format`` pays), the right bare numbers, and the answers with no number at all
+(off-topic text). Plain ``transformers``: works on the converted SmolLM2 folder or on an exported policy.
+
+    python examples/smollm2_grpo/sample_forms.py --model checkpoints/smollm2-135m-instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lightning_rlhf.rewards.builtin import ANSWER_ONLY_PATTERN
+
+SETTINGS = {  # name -> generate() sampling arguments
+    "t0.7": {"temperature": 0.7},
+    "t1.0": {"temperature": 1.0},
+    "t1.0_p0.9": {"temperature": 1.0, "top_p": 0.9},
+    "t1.3_k20": {"temperature": 1.3, "top_k": 20},
+}
+
+
+def count_forms(answers: list[str], sums: list[int]) -> dict[str, float]:
+    """Shares of ``answers`` that end with the right number, are a bare number, both, or hold no number."""
+    counts = {"right": 0, "bare": 0, "right_bare": 0, "no_number": 0}
+    for answer, expected in zip(answers, sums):
+        numbers = re.findall(r"-?\d+", answer)
+        right = bool(numbers) and int(numbers[-1]) == expected
+        bare = re.fullmatch(ANSWER_ONLY_PATTERN, answer, flags=re.DOTALL) is not None
+        counts["right"] += right
+        counts["bare"] += bare
+        counts["right_bare"] += right and bare
+        counts["no_number"] += not numbers
+    return {name: count / max(len(answers), 1) for name, count in counts.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="checkpoints/smollm2-135m-instruct", help="Hugging Face folder")
+    parser.add_argument("--prompts", type=int, default=40, help="distinct sums asked (operands 0-9)")
+    parser.add_argument("--samples", type=int, default=8, help="answers sampled per prompt")
+    parser.add_argument("--max_new_tokens", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(args.model).eval()
+    pairs = [(a, b) for a in range(10) for b in range(10)]
+    random.Random(args.seed).shuffle(pairs)
+    pairs = pairs[:args.prompts]
+    texts = [tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"What is {a} + {b}? Answer with the number only."}],
+        tokenize=False, add_generation_prompt=True) for a, b in pairs]
+    sums = [a + b for a, b in pairs for _ in range(args.samples)]
+    encoded = tokenizer(texts, return_tensors="pt", padding=True)
+    for name, sampling in SETTINGS.items():
+        with torch.no_grad():
+            out = model.generate(**encoded, do_sample=True, max_new_tokens=args.max_new_tokens,
+                                 num_return_sequences=args.samples, top_k=sampling.get("top_k", 0),
+                                 **{k: v for k, v in sampling.items() if k != "top_k"})
+        answers = tokenizer.batch_decode(out[:, encoded.input_ids.shape[1]:], skip_special_tokens=True)
+        shares = count_forms(answers, sums)
+        print(name, " ".join(f"{key} {value:.2f}" for key, value in shares.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
