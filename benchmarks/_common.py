@@ -312,8 +312,12 @@ def run_worker(script: Path, args: list[str], python: str | None = None, timeout
 
 def report_result(result: dict[str, Any]) -> None:
     """A worker's last act, on the first rank only: print ``result`` as JSON and write it where ``run_worker``
-    reads it (the file named by ``$LIGHTNING_RLHF_BENCH_RESULT``; written whole, then renamed into place)."""
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+    reads it (the file named by ``$LIGHTNING_RLHF_BENCH_RESULT``; written whole, then renamed into place).
+
+    The rank is ``LOCAL_RANK`` before ``RANK``: Lightning's launcher starts the other ranks with ``LOCAL_RANK`` set
+    and the parent's environment otherwise, so a ``RANK=0`` already in that environment (left by an earlier
+    in-process DeepSpeed run, as in the test suite) would make every rank the first one."""
+    if int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) != 0:
         return
     text = json.dumps(result)
     print(text, flush=True)

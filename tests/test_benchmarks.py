@@ -96,9 +96,12 @@ report_result({{"rank": 1, "payload": "y" * 20000}})
 """
 
 
-def test_run_worker_takes_the_first_ranks_result_when_every_rank_runs_the_worker(tmp_path):
+def test_run_worker_takes_the_first_ranks_result_when_every_rank_runs_the_worker(tmp_path, monkeypatch):
     """A worker running a several-rank Lightning fit has each rank run the worker's code to its end; the result
-    comes from the first rank, whatever the others print (a CI run failed on two ranks' JSON lines)."""
+    comes from the first rank, whatever the others print (a CI run failed on two ranks' JSON lines). ``RANK=0``
+    in the parent's environment, which the second rank inherits, as an earlier in-process DeepSpeed test leaves
+    it (a later CI run took rank 1's result that way)."""
+    monkeypatch.setenv("RANK", "0")
     common = load_common()
     script = tmp_path / "worker.py"
     script.write_text(SEVERAL_RANK_WORKER.format(benchmarks=str(BENCHMARKS), go=str(tmp_path / "go")))
