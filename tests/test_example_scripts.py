@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from lightning_rlhf.rewards.builtin import answer_match, answer_only_format
+from tests.helpers.scripts import load_script
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def _load(relative: str):
-    spec = importlib.util.spec_from_file_location(Path(relative).stem, EXAMPLES / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_sample_forms_counts_what_the_reward_functions_pay():
-    count_forms = _load("smollm2_grpo/sample_forms.py").count_forms
+    count_forms = load_script(EXAMPLES / "smollm2_grpo" / "sample_forms.py").count_forms
     answers = ["7", "The answer is 7.", "3 + 4 = 8", "8.", "Let me think about it", " 12 "]
     sums = [7, 7, 7, 7, 7, 12]
     shares = count_forms(answers, sums)

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lightning_rlhf.rewards.builtin import ANSWER_ONLY_PATTERN
+from lightning_rlhf.rewards.builtin import _numbers, answer_match, answer_only_format
 
 SETTINGS = {  # name -> generate() sampling arguments
     "t0.7": {"temperature": 0.7},
@@ -28,16 +27,13 @@ SETTINGS = {  # name -> generate() sampling arguments
 
 
 def count_forms(answers: list[str], sums: list[int]) -> dict[str, float]:
-    """Shares of ``answers`` that end with the right number, are a bare number, both, or hold no number."""
-    counts = {"right": 0, "bare": 0, "right_bare": 0, "no_number": 0}
-    for answer, expected in zip(answers, sums):
-        numbers = re.findall(r"-?\d+", answer)
-        right = bool(numbers) and int(numbers[-1]) == expected
-        bare = re.fullmatch(ANSWER_ONLY_PATTERN, answer, flags=re.DOTALL) is not None
-        counts["right"] += right
-        counts["bare"] += bare
-        counts["right_bare"] += right and bare
-        counts["no_number"] += not numbers
+    """Shares of ``answers`` that end with the right number, are a bare number, both, or hold no number: the first
+    two as ``answer_match`` and ``answer_only_format`` pay them."""
+    prompts = [""] * len(answers)
+    right = answer_match(prompts, answers, sums)
+    bare = answer_only_format(prompts, answers)
+    counts = {"right": sum(right), "bare": sum(bare), "right_bare": sum(r * b for r, b in zip(right, bare)),
+              "no_number": sum(not _numbers(answer) for answer in answers)}
     return {name: count / max(len(answers), 1) for name, count in counts.items()}
 
 
