@@ -10,9 +10,10 @@ ranks other than 0 skip the known per-call deprecations, whose text rank 0 alrea
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any, TextIO
+
+from lightning_rlhf.ranks import process_rank
 
 #: warnings that library code under our strategy raises on every call: (message regex, category)
 REPEATED_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
@@ -20,14 +21,6 @@ REPEATED_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
 )
 
 _shown: set[tuple[str, type[Warning]]] = set()
-
-
-def process_rank() -> int:
-    """This process's global rank from the launcher's environment (0 when not launched distributed)."""
-    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
 
 
 def _show_once(show: Any) -> Any:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_rlhf.cli import STAGE_CLIS
 from lightning_rlhf.pipeline_resume import bare_resume_flag, finished_step_record, write_step_record
 from lightning_rlhf.pipeline_summary import SUMMARY_METRICS, FitValidation, StepResult, format_summary, merge_summary
+from lightning_rlhf.ranks import process_rank
 from lightning_rlhf.strategies.engines import deep_merge
 
 STEPS = ("sft", "reward", "ppo", "dpo", "grpo")
@@ -136,7 +136,8 @@ def parse_steps(steps: str | Sequence[str]) -> list[str]:
 
 
 def _is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+    """Whether this process writes the pipeline's files (see ``process_rank`` for why not ``RANK`` alone)."""
+    return process_rank() == 0
 
 
 def _tokenizer_corpus(config: PipelineConfig) -> list[str]:

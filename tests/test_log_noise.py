@@ -14,7 +14,7 @@ from tests.helpers.distributed import run_distributed
 LOG_NOISE = Path(__file__).resolve().parents[1] / "lightning_rlhf" / "log_noise.py"
 REPEAT = """
 import importlib.util, sys, warnings
-spec = importlib.util.spec_from_file_location("log_noise", sys.argv[1])  # without the package's heavy imports
+spec = importlib.util.spec_from_file_location("log_noise", sys.argv[1])
 log_noise = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(log_noise)
 log_noise.show_repeated_warnings_once()
@@ -56,3 +56,12 @@ def test_two_rank_ppo_log_shows_each_warning_and_data_line_once(tmp_path, tiny_m
     data_lines = [line for line in log if line.startswith("[data]")]
     assert len(data_lines) == 4 and len(set(data_lines)) == 4, data_lines  # source, train, eval, ptx: once each
     assert (tmp_path / "run" / "hf" / "final" / "model.safetensors").exists()
+
+
+def test_rank_comes_from_the_process_group_when_the_environment_is_stale(tmp_path):
+    """Failed before the fix: with ``RANK=0`` inherited, rank 1 also took itself for rank 0 and wrote the
+    pipeline's records and summary a second time."""
+    script = Path(__file__).parent / "scripts" / "stale_rank_env.py"
+    run_distributed(script, str(tmp_path / "rank"), nprocs=2, timeout=120)
+    reports = {rank: (tmp_path / f"rank.{rank}").read_text().split() for rank in (0, 1)}
+    assert reports == {0: ["0", "1"], 1: ["1", "0"]}
