@@ -8,8 +8,9 @@ LoRA weights, linear warmup then cosine decay), and a copy per module would drif
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -200,3 +201,14 @@ def sharded_loading(module: Any) -> Any:
     is partitioned as it is created, so a rank never holds a whole copy), else a no-op."""
     strategy = attached_strategy(module)
     return zero3_loading(getattr(strategy, "config", None) if getattr(strategy, "zero_stage_3", False) else None)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the block (no dropout in reference passes), the previous mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

@@ -9,8 +9,7 @@ log-probs come from (policy, reference) and logs.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -27,7 +26,7 @@ from lightning_rlhf.algorithms import (
 )
 from lightning_rlhf.models import LoraArgs, load_causal_lm
 from lightning_rlhf.modules._base import HFModelModule
-from lightning_rlhf.modules._common import OptimizerArgs, attached_strategy
+from lightning_rlhf.modules._common import OptimizerArgs, attached_strategy, eval_mode
 from lightning_rlhf.modules.dpo_reference import (
     ReferenceLogpsCache,
     ReferenceMode,
@@ -200,7 +199,7 @@ class DPOModule(HFModelModule):
         if mode == "model":
             return self.pair_logps(self.reference, batch)
         if mode == "adapters_off":
-            with self.model.disable_adapter(), _eval_mode(self.model):
+            with self.model.disable_adapter(), eval_mode(self.model):
                 return self.pair_logps(self.model, batch)
         keys = pair_keys(batch)
         missing = self.reference_cache.missing(keys)
@@ -212,7 +211,7 @@ class DPOModule(HFModelModule):
                     f"for the reference. Precomputation covers the training and validation data of the fit; "
                     f"evaluate other data with precompute_reference=False and a reference folder")
             if policy_logps is None:
-                with _eval_mode(self.model):  # the untrained policy is the reference: cache what it says now
+                with eval_mode(self.model):  # the untrained policy is the reference: cache what it says now
                     policy_logps = self.pair_logps(self.model, batch)
             self.reference_cache.add(keys, *(logps.detach() for logps in policy_logps))
         return self.reference_cache.lookup(keys, self.device)
@@ -227,7 +226,7 @@ class DPOModule(HFModelModule):
         collective. Returns the cache size.
         """
         all_gather = self.all_gather if self.trainer.world_size > 1 else None
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             for loader in loaders:
                 keys = [torch.zeros(0, dtype=torch.int64, device=self.device)]
                 values = [torch.zeros(0, 2, device=self.device)]
@@ -324,14 +323,3 @@ class DPOModule(HFModelModule):
                 raise ValueError("DPOModule(precompute_reference=True): the checkpoint holds no precomputed reference "
                                  "log-probs (it was saved with another reference setting)")
             self.reference_cache.load_state_dict(checkpoint[_CACHE_KEY])
-
-
-@contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode for the block (no dropout in reference passes), the previous mode restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)

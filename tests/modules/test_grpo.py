@@ -11,9 +11,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_rlhf.data import PreferenceDataModule
+from lightning_rlhf.models import LoraArgs
 from lightning_rlhf.modules._common import OptimizerArgs
 from lightning_rlhf.modules.grpo import GRPO_TAGS, GRPOModule
 from lightning_rlhf.modules.ppo_config import GenerationArgs
+from lightning_rlhf.modules.rollout import policy_logprobs
 from lightning_rlhf.rewards import RewardError
 from tests.rewards.test_remote import server  # noqa: F401  (the scoring server on 127.0.0.1)
 
@@ -129,6 +131,33 @@ def test_every_estimator_trains_with_its_aggregation_and_kl_placement(tmp_path, 
     assert torch.isfinite(metrics["grpo/policy_loss"])
     if module.reference is not None:  # one iteration from the reference's own weights: the KL is ~0
         assert "grpo/kl" in metrics and abs(float(metrics["grpo/kl"])) < 1e-3
+
+
+def test_with_lora_the_kl_reference_is_the_actor_with_its_adapters_off(tmp_path, actor):
+    """No second model: after training (the adapters no longer zero) the adapter-free actor scores responses
+    exactly as a frozen copy loaded from the same folder, while the trained actor scores them differently."""
+    torch.manual_seed(0)
+    lora = LoraArgs(rank=4, alpha=8)
+    module = make_module(actor, actor_lora=lora, beta=0.05, ppo_epochs=1)
+    assert module.loads_reference is False and list(module.model_paths()) == [str(actor)]
+    trainer = make_trainer(tmp_path, limit_train_batches=2, limit_val_batches=0)
+    trainer.fit(module, datamodule=make_data(actor))
+    assert module.reference is None
+    kl = scalars(trainer).Scalars("grpo/kl")
+    assert abs(kl[0].value) < 1e-6  # the first rollout: actor and reference are the same policy
+
+    copy = make_module(actor, actor_lora=lora, beta=0.05, reference=str(actor))
+    copy.configure_model()
+    assert copy.loads_reference and copy.reference is not None
+    sequences = torch.randint(3, 60, (4, 12))
+    attention_mask = torch.ones_like(sequences)
+    from_adapters_off = module.reference_logprobs(sequences, attention_mask, 5, 1.0)
+    from_copy = copy.reference_logprobs(sequences, attention_mask, 5, 1.0)
+    torch.testing.assert_close(from_adapters_off, from_copy, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        from_actor = policy_logprobs(module.actor, sequences, attention_mask, 5)[0]
+    assert (from_actor - from_copy).abs().max() > 1e-4  # the trained adapters are on outside the reference pass
+    assert module.actor.training  # the reference pass put the actor's mode back
 
 
 def test_bad_settings_fail_at_construction_with_what_to_do(actor):

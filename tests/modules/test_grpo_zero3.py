@@ -1,5 +1,5 @@
 """``lightning-rlhf grpo fit`` as a user runs it: 2 CPU ranks, HybridDeepSpeedStrategy ZeRO-3 with the generation
-switch (tensor-parallel replica over both ranks), a LoRA actor, a KL term (a frozen, partitioned reference), reward
+switch (tensor-parallel replica over both ranks), a LoRA actor, a KL term (the reference: the actor with its adapters off), reward
 functions by name; the exported folder loads in plain transformers."""
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def test_grpo_fit_on_two_ranks_under_zero3_with_the_generation_switch_and_export
     expected = set(GRPO_TAGS) | {"grpo/kl", "grpo/reward/answer_match", "val/reward_mean", "val/task_success"}
     assert expected <= tags, sorted(expected - tags)
     assert len(events.Scalars("grpo/reward_mean")) == 2  # one point per iteration
+    assert abs(events.Scalars("grpo/kl")[0].value) < 1e-5  # adapters off under ZeRO-3 = the starting policy
     assert all(e.value > 0 for e in events.Scalars("throughput/generated_tokens_per_s"))
 
     export = tmp_path / "run" / "hf" / "final"
