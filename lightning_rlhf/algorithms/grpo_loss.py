@@ -9,6 +9,9 @@ and differ only in the clip ranges, the KL term and how tokens are averaged, so 
   ``beta * KL_t`` per token with the k3 estimator; ``beta = 0`` (TRL's default and DAPO's) drops it, and
   then no reference log-probabilities are needed at all.
 - Clip-higher and token-level averaging: DAPO (https://arxiv.org/abs/2503.14476), sections 3.1 and 3.3.
+- Entropy bonus: PPO's ``c2 * H`` term (Schulman et al. 2017, https://arxiv.org/abs/1707.06347, equation 9),
+  ``entropy_coef`` here as veRL's ``entropy_coeff``: a group whose answers all earn the same reward gives the
+  surrogate no gradient, and only this term still widens a collapsed distribution so that later groups differ.
 """
 
 from __future__ import annotations
@@ -52,8 +55,11 @@ def grpo_policy_loss(
     ref_logprobs: Tensor | None = None,
     beta: float = 0.0,
     kl_estimator: str = "k3",
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> tuple[Tensor, GRPOLossStats]:
-    """``aggregate(max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)) + beta * KL_t)`` over the masked tokens.
+    """``aggregate(max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)) + beta * KL_t - c H_t)`` over the masked
+    tokens.
 
     Args:
         logprobs: ``(batch, seq)`` log-probabilities of the sampled tokens under the current policy
@@ -71,20 +77,27 @@ def grpo_policy_loss(
             ``beta > 0``, optional otherwise (then the KL is only reported).
         beta: coefficient of the per-token KL in the loss; 0 turns the term off.
         kl_estimator: a name in :data:`~lightning_rlhf.algorithms.kl.KL_ESTIMATORS` (``k3`` as GRPO).
+        entropy: ``(batch, seq)`` entropies of the current policy at each token, carrying the gradient; required
+            when ``entropy_coef > 0``.
+        entropy_coef: coefficient ``c`` of the entropy bonus; 0 turns it off.
 
     Returns:
         ``(loss, stats)``; the loss is a scalar.
     """
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
+    if entropy_coef < 0:
+        raise ValueError(f"entropy_coef must be >= 0, got {entropy_coef}")
+    if entropy_coef > 0 and entropy is None:
+        raise ValueError(f"entropy_coef={entropy_coef} needs the policy's per-token entropy (with its gradient); "
+                         f"pass entropy or set entropy_coef=0")
     if beta > 0 and ref_logprobs is None:
         raise ValueError(f"beta={beta} puts the KL to the reference in the loss, which needs ref_logprobs; "
                          f"pass the reference model's log-probabilities or set beta=0")
     shapes = {t.shape for t in (logprobs, old_logprobs, advantages, mask)}
-    if ref_logprobs is not None:
-        shapes.add(ref_logprobs.shape)
+    shapes.update(t.shape for t in (ref_logprobs, entropy) if t is not None)
     if len(shapes) != 1:
-        raise ValueError(f"logprobs, old_logprobs, advantages, mask (and ref_logprobs) must share one shape, "
+        raise ValueError(f"logprobs, old_logprobs, advantages, mask (and ref_logprobs, entropy) must share one shape, "
                          f"got {sorted(tuple(s) for s in shapes)}")
     aggregate = get_loss_aggregation(aggregation)
     estimate_kl = get_kl_estimator(kl_estimator)
@@ -93,6 +106,8 @@ def grpo_policy_loss(
     kl = estimate_kl(logprobs, ref_logprobs) if ref_logprobs is not None else None
     if kl is not None and beta > 0:
         per_token = per_token + beta * kl
+    if entropy_coef > 0:
+        per_token = per_token - entropy_coef * entropy
     low = masked_mean(surrogate.clipped_low.float(), mask).detach()
     high = masked_mean(surrogate.clipped_high.float(), mask).detach()
     stats = GRPOLossStats(

@@ -90,6 +90,8 @@ class GRPOModule(OnlineRLModule):
         clip_range_high: upper clip ``eps_high`` (0.28 is DAPO's clip-higher).
         beta: coefficient of the KL to the reference; 0 (the default, as TRL and DAPO) loads no reference.
         kl_estimator: ``k1``, ``k2`` or ``k3`` (GRPO's) estimate of the per-token KL.
+        entropy_coef: coefficient of an entropy bonus in the loss (PPO's ``c2``, veRL's ``entropy_coeff``; 0: off).
+            It is the only gradient a group without signal gives, so it widens answers that have collapsed to one.
         kl_in_reward: subtract ``beta * KL_t`` from each token's reward (REINFORCE++) instead of adding it to
             the loss (GRPO).
         dynamic_sampling: leave groups whose rewards are all equal out of the loss (DAPO) and count them.
@@ -143,6 +145,7 @@ class GRPOModule(OnlineRLModule):
         log_samples_every_n_steps: int = 10,
         seed: int = 0,
         reward_start_iterations: list[int] | None = None,
+        entropy_coef: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=unsaved_reward_funcs(reward_funcs))
@@ -171,7 +174,7 @@ class GRPOModule(OnlineRLModule):
             raise ValueError(f"GRPOModule: advantage_estimator {hp.advantage_estimator!r} compares answers to the same "
                              f"prompt, so num_generations must be >= {self.estimator.min_group}, got "
                              f"{hp.num_generations}; raise num_generations or use 'reinforce_pp'")
-        for name in ("clip_range_low", "clip_range_high", "beta", "overlong_penalty_factor"):
+        for name in ("clip_range_low", "clip_range_high", "beta", "overlong_penalty_factor", "entropy_coef"):
             if hp[name] < 0:
                 raise ValueError(f"GRPOModule.{name} must be >= 0, got {hp[name]}")
         if hp.generation_batch_size is not None and hp.generation_batch_size < 1:
@@ -326,11 +329,14 @@ class GRPOModule(OnlineRLModule):
         count = 0
         for _ in range(hp.ppo_epochs):
             for mb in rollout.minibatches(hp.train_batch_size, self._shuffle):
-                logprobs, _ = policy_logprobs(self.actor, mb.sequences, mb.attention_mask, mb.response_mask.shape[1],
-                                              self.generation.logprob_temperature)
+                bonus = hp.entropy_coef > 0
+                logprobs, entropy = policy_logprobs(
+                    self.actor, mb.sequences, mb.attention_mask, mb.response_mask.shape[1],
+                    self.generation.logprob_temperature, with_entropy=bonus, entropy_grad=bonus)
                 loss, stats = grpo_policy_loss(
                     logprobs, mb.logprobs, mb.advantages, mb.response_mask, hp.clip_range_low, hp.clip_range_high,
-                    hp.loss_aggregation, self.generation.max_new_tokens, mb.ref_logprobs, beta, hp.kl_estimator)
+                    hp.loss_aggregation, self.generation.max_new_tokens, mb.ref_logprobs, beta, hp.kl_estimator,
+                    entropy, hp.entropy_coef)
                 self.optimizer_step(optimizer, loss)
                 step = {"grpo/policy_loss": loss.detach(), "grpo/clipfrac_low": stats["clipfrac_low"],
                         "grpo/clipfrac_high": stats["clipfrac_high"], "grpo/approx_kl": stats["approx_kl"],

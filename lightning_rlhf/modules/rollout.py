@@ -162,26 +162,28 @@ def response_logits(model: nn.Module, sequences: Tensor, attention_mask: Tensor,
 
 
 def token_logprobs(
-    logits: Tensor, responses: Tensor, temperature: float = 1.0, with_entropy: bool = False
+    logits: Tensor, responses: Tensor, temperature: float = 1.0, with_entropy: bool = False,
+    entropy_grad: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probabilities ``(B, R)`` of ``responses`` under ``logits`` ``(B, R, V)`` (and their entropies).
 
     Logits are divided by the sampling ``temperature`` so the log-probs are those of the distribution
-    the tokens were actually drawn from.
+    the tokens were actually drawn from. The entropies are detached unless ``entropy_grad`` (an entropy bonus).
     """
     if temperature != 1.0:
         logits = logits / temperature
-    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
+    entropy = entropy_from_logits(logits if entropy_grad else logits.detach()) if with_entropy else None
     return logprobs_from_logits(logits, responses), entropy
 
 
 def policy_logprobs(
     model: nn.Module, sequences: Tensor, attention_mask: Tensor, response_length: int, temperature: float = 1.0,
-    with_entropy: bool = False,
+    with_entropy: bool = False, entropy_grad: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """Log-probabilities ``(B, R)`` of the response tokens (and optionally their entropies ``(B, R)``)."""
+    """Log-probabilities ``(B, R)`` of the response tokens (and optionally their entropies ``(B, R)``, with
+    their gradient if ``entropy_grad``)."""
     logits = response_logits(model, sequences, attention_mask, response_length)
-    return token_logprobs(logits, sequences[:, -response_length:], temperature, with_entropy)
+    return token_logprobs(logits, sequences[:, -response_length:], temperature, with_entropy, entropy_grad)
 
 
 def critic_values(

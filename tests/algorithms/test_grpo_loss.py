@@ -92,3 +92,35 @@ def test_kl_off_needs_no_reference_and_bad_arguments_are_named():
         grpo_policy_loss(x, x, x, mask, clip_range_high=-0.1)
     with pytest.raises(ValueError, match="unknown KL estimator"):
         grpo_policy_loss(x, x, x, mask, kl_estimator="k4")
+
+
+@pytest.mark.parametrize("aggregation", sorted(LOSS_AGGREGATIONS))
+def test_entropy_bonus_subtracts_the_aggregated_entropy_and_its_gradient_widens_a_collapsed_group(case, aggregation):
+    """A group whose answers all earned the same reward (advantage 0) gives the surrogate no gradient; with the
+    bonus the loss is ``aggregate(surrogate - c H)`` (checked against a plain loop) and one step on the logits
+    raises the entropy of every counted token."""
+    gen, shape, mask, _ = case
+    logits = (4.0 * randn(gen, (*shape, 6))).requires_grad_(True)  # peaked distributions over 6 tokens
+    tokens = logits.detach().argmax(-1)
+    logp = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    entropy = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+    no_signal = torch.zeros(shape)
+    coef = 0.01
+    loss, _ = grpo_policy_loss(logp, logp.detach(), no_signal, mask, aggregation=aggregation,
+                               max_tokens=MAX_TOKENS, entropy=entropy, entropy_coef=coef)
+    assert loss.item() == pytest.approx(loop_aggregate(aggregation, -coef * entropy.detach(), mask), abs=1e-6)
+    loss.backward()
+    stepped = logits.detach() - 10.0 * logits.grad
+    after = -(torch.softmax(stepped, -1) * torch.log_softmax(stepped, -1)).sum(-1)
+    assert (after[mask] > entropy.detach()[mask]).all()
+    assert torch.equal(after[~mask], entropy.detach()[~mask])  # tokens out of the mask are left alone
+
+
+def test_entropy_bonus_arguments_are_checked():
+    x, mask = torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="entropy_coef=0.01 needs the policy's per-token entropy"):
+        grpo_policy_loss(x, x, x, mask, entropy_coef=0.01)
+    with pytest.raises(ValueError, match="entropy_coef must be >= 0"):
+        grpo_policy_loss(x, x, x, mask, entropy=x, entropy_coef=-1.0)
+    with pytest.raises(ValueError, match="must share one shape"):
+        grpo_policy_loss(x, x, x, mask, entropy=torch.zeros(2, 4), entropy_coef=0.01)

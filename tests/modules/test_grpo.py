@@ -117,7 +117,7 @@ def test_a_reward_function_returning_a_non_number_fails_the_step_naming_it_and_t
 
 @pytest.mark.parametrize("estimator,aggregation,kl", [
     ("dr_grpo", "seq_mean_token_sum_norm", {"beta": 0.05, "kl_estimator": "k3"}),
-    ("rloo", "token_mean", {"clip_range_high": 0.28}),
+    ("rloo", "token_mean", {"clip_range_high": 0.28, "entropy_coef": 0.01}),
     ("reinforce_pp", "token_mean", {"beta": 0.05, "kl_in_reward": True, "kl_estimator": "k1"}),
     ("reinforce_pp_baseline", "seq_mean_token_mean", {}),
 ])
