@@ -327,9 +327,9 @@ class GRPOModule(OnlineRLModule):
         beta = 0.0 if hp.kl_in_reward else hp.beta
         sums: dict[str, Tensor] = {}
         count = 0
+        bonus = hp.entropy_coef > 0  # the entropies, with their gradient, only when they are in the loss
         for _ in range(hp.ppo_epochs):
             for mb in rollout.minibatches(hp.train_batch_size, self._shuffle):
-                bonus = hp.entropy_coef > 0
                 logprobs, entropy = policy_logprobs(
                     self.actor, mb.sequences, mb.attention_mask, mb.response_mask.shape[1],
                     self.generation.logprob_temperature, with_entropy=bonus, entropy_grad=bonus)

@@ -1,6 +1,6 @@
 """``lightning-rlhf grpo fit`` as a user runs it: 2 CPU ranks, HybridDeepSpeedStrategy ZeRO-3 with the generation
-switch (tensor-parallel replica over both ranks), a LoRA actor, a KL term (the reference: the actor with its adapters off), reward
-functions by name; the exported folder loads in plain transformers."""
+switch (tensor-parallel replica over both ranks), a LoRA actor, a KL term (the reference: the actor with its
+adapters off), reward functions by name; the exported folder loads in plain transformers."""
 
 from __future__ import annotations
 
