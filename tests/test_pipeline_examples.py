@@ -66,8 +66,9 @@ def test_the_smollm2_grpo_config_parses_with_its_reward_functions_and_chat_task(
     assert parsed.model.reward_funcs == ["lightning_rlhf.rewards.builtin:answer_match",
                                          "lightning_rlhf.rewards.builtin:answer_only_format"]
     task = parsed.data.task.init_args if hasattr(parsed.data.task, "init_args") else parsed.data.task
-    # the measured runs of docs/grpo.md: single-digit sums in chat form, 60 rollouts
-    assert task.style == "chat" and task.max_operand == 9 and parsed.trainer.limit_train_batches == 60
+    # the measured runs of docs/grpo.md: single-digit sums in chat form, 100 rollouts, the entropy bonus on
+    assert task.style == "chat" and task.max_operand == 9 and parsed.trainer.limit_train_batches == 100
+    assert parsed.model.entropy_coef == 0.1
     assert parsed.trainer.strategy.init_args.stage == 3
 
 

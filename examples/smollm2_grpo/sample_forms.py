@@ -6,6 +6,9 @@ Why: GRPO can only reinforce what the policy samples. Before choosing rewards an
 (off-topic text). Plain ``transformers``: works on the converted SmolLM2 folder or on an exported policy.
 
     python examples/smollm2_grpo/sample_forms.py --model checkpoints/smollm2-135m-instruct
+    python examples/smollm2_grpo/sample_forms.py --model runs/smollm2_grpo/hf/final --greedy --prompts 100
+
+``--greedy`` answers every prompt once without sampling: the check of an exported policy in plain ``transformers``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="answers sampled per prompt")
     parser.add_argument("--max_new_tokens", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--greedy", action="store_true", help="one greedy answer per prompt instead of the settings")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -55,13 +59,15 @@ def main() -> None:
     texts = [tokenizer.apply_chat_template(
         [{"role": "user", "content": f"What is {a} + {b}? Answer with the number only."}],
         tokenize=False, add_generation_prompt=True) for a, b in pairs]
-    sums = [a + b for a, b in pairs for _ in range(args.samples)]
+    samples = 1 if args.greedy else args.samples
+    sums = [a + b for a, b in pairs for _ in range(samples)]
     encoded = tokenizer(texts, return_tensors="pt", padding=True)
-    for name, sampling in SETTINGS.items():
+    settings = {"greedy": {"do_sample": False}} if args.greedy else {
+        name: {"do_sample": True, "top_k": 0, **sampling} for name, sampling in SETTINGS.items()}
+    for name, generate_args in settings.items():
         with torch.no_grad():
-            out = model.generate(**encoded, do_sample=True, max_new_tokens=args.max_new_tokens,
-                                 num_return_sequences=args.samples, top_k=sampling.get("top_k", 0),
-                                 **{k: v for k, v in sampling.items() if k != "top_k"})
+            out = model.generate(**encoded, max_new_tokens=args.max_new_tokens, num_return_sequences=samples,
+                                 **generate_args)
         answers = tokenizer.batch_decode(out[:, encoded.input_ids.shape[1]:], skip_special_tokens=True)
         shares = count_forms(answers, sums)
         print(name, " ".join(f"{key} {value:.2f}" for key, value in shares.items()), flush=True)
