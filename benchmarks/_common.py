@@ -201,6 +201,20 @@ def trl_unavailable(python: str) -> str | None:
     return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
 
 
+# TRL's configs (DPOConfig, GRPOConfig, SFTConfig since 1.x) default to bf16 autocast and gradient checkpointing,
+# both on CPU too; our side runs fp32 without recomputation. Every TRL side of a comparison passes these, and
+# reports what its trainer ended up with (``trl_effective_settings``), so a changed default cannot slip in.
+TRL_FP32_NO_RECOMPUTE = {"bf16": False, "fp16": False, "gradient_checkpointing": False}
+
+
+def trl_effective_settings(trainer: Any) -> dict[str, bool]:
+    """What a TRL (Hugging Face) trainer actually runs with: autocast dtypes and activation recomputation."""
+    model = getattr(trainer.model, "base_model", trainer.model)  # a PEFT wrapper keeps the flag on its model
+    return {"bf16": bool(trainer.args.bf16), "fp16": bool(trainer.args.fp16),
+            "gradient_checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)
+                                           or getattr(model, "is_gradient_checkpointing", False))}
+
+
 def timed(function: Any, totals: dict[str, float], key: str = "s") -> Any:
     """``function`` wrapped so that every call adds its wall seconds to ``totals[key]`` (a peer's generation time)."""
 

@@ -12,8 +12,10 @@ is present, else the built-in task; prompts cut to their last ``--max-prompt`` t
 ``--max-response`` tokens ending in EOS), in the same order (no shuffling), the same batch of pairs, steps
 and DPO settings: ``sigmoid`` loss, ``beta`` 0.1, summed response log-probs, a frozen reference copy of the
 policy run every step, AdamW (0.9, 0.999), no weight decay, a linear decay to 0, no gradient clipping,
-dropout off, float32. TRL receives the token ids as they are (its ``_prepare_dataset``, which tokenizes text,
-is passed through and its sampler is sequential), so neither side tokenizes or truncates during the run.
+dropout off, float32 without gradient checkpointing (TRL's ``DPOConfig`` defaults to bf16 autocast and
+gradient checkpointing, on CPU too: both are turned off, and the TRL run reports what its trainer used). TRL
+receives the token ids as they are (its ``_prepare_dataset``, which tokenizes text, is passed through and its
+sampler is sequential), so neither side tokenizes or truncates during the run.
 
 Each measurement runs in a fresh interpreter with ``--threads`` threads; the systems take turns, the order
 alternating per repeat, so load changes on a shared machine hit them alike; the throughput ratio is reported
@@ -36,8 +38,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    HH_RLHF, add_comparison_args, chosen_systems, corpus_texts, interleaved_runs, machine, median, report_result,
-    set_threads,
+    HH_RLHF, TRL_FP32_NO_RECOMPUTE, add_comparison_args, chosen_systems, corpus_texts, interleaved_runs, machine,
+    median, report_result, set_threads, trl_effective_settings,
 )
 
 SYSTEMS = ("ours", "trl")
@@ -215,7 +217,7 @@ def worker_trl(args: argparse.Namespace, assets: dict[str, Any]) -> dict[str, An
         max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
         adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=0.0, beta=args.beta, loss_type=["sigmoid"],
         max_length=None, precompute_ref_log_probs=False, disable_dropout=True, use_cpu=True,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, **TRL_FP32_NO_RECOMPUTE,
     )
     recorder = Recorder()
     trainer = TokenIdsDPOTrainer(model=AutoModelForCausalLM.from_pretrained(assets["policy"]),
@@ -225,7 +227,7 @@ def worker_trl(args: argparse.Namespace, assets: dict[str, Any]) -> dict[str, An
     torch.manual_seed(0)
     trainer.train()
     return {"loop_s": recorder.end - recorder.start, "loop_cpu_s": recorder.cpu_end - recorder.cpu_start,
-            "step_s": recorder.steps, **recorder.curves}
+            "step_s": recorder.steps, "settings": trl_effective_settings(trainer), **recorder.curves}
 
 
 def worker_main(args: argparse.Namespace) -> None:

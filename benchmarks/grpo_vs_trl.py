@@ -37,7 +37,8 @@ Same work per step on both sides (TRL's ``GRPOConfig`` defaults checked at trl 1
   gradient-norm clip 1.0 (TRL's default ``max_grad_norm``; ours ``max_grad_norm=1.0``); TRL's
   ``optim="adamw_torch_fused"``, the kernel ours uses in fp32.
 - LoRA rank ``--lora-rank`` (alpha = 2 x rank, no dropout) on ``q_proj``/``v_proj`` on both sides (0: full
-  fine-tuning); fp32 (TRL ``bf16=False``, the model loaded with ``dtype=torch.float32``); dropout disabled
+  fine-tuning); fp32 (TRL ``bf16=False``, the model loaded with ``dtype=torch.float32``); no gradient
+  checkpointing (TRL ``gradient_checkpointing=False``; its default is True, ours recomputes nothing); dropout disabled
   (TRL ``disable_dropout=True``; ours ``dropout=0``); ``--threads`` threads; the same number of steps.
 
 Time is the training loop only (models loaded before): TRL's ``on_train_begin`` to ``on_train_end``, our first
@@ -62,8 +63,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    add_comparison_arguments, loop_timer, machine, median, report_result, run_worker, save_figure, set_threads,
-    timed,
+    TRL_FP32_NO_RECOMPUTE, add_comparison_arguments, loop_timer, machine, median, report_result, run_worker,
+    save_figure, set_threads, timed, trl_effective_settings,
 )
 
 SYSTEMS = ("ours", "trl")
@@ -257,7 +258,7 @@ def worker_trl(args: argparse.Namespace, assets: dict[str, Any]) -> dict[str, An
     tokenizer = AutoTokenizer.from_pretrained(assets["model"])
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="trl-grpo-"), report_to="none", save_strategy="no", logging_steps=1,
-        disable_tqdm=True, seed=args.seed, use_cpu=True, bf16=False, fp16=False, dataloader_num_workers=0,
+        disable_tqdm=True, seed=args.seed, use_cpu=True, dataloader_num_workers=0, **TRL_FP32_NO_RECOMPUTE,
         max_steps=args.steps, per_device_train_batch_size=args.batch * group, gradient_accumulation_steps=1,
         steps_per_generation=1, num_iterations=1, num_generations=group, shuffle_dataset=False,
         max_completion_length=args.response, temperature=1.0, top_p=1.0, top_k=0, beta=0.0, epsilon=0.2,
@@ -284,7 +285,7 @@ def worker_trl(args: argparse.Namespace, assets: dict[str, Any]) -> dict[str, An
             "rewards": [log["reward"] for log in recorder.logs],
             "no_signal": [log.get("frac_reward_zero_std", float("nan")) for log in recorder.logs],
             "response_length": [log.get("completions/mean_length", float("nan")) for log in recorder.logs],
-            "trl_version": trl.__version__,
+            "trl_version": trl.__version__, "settings": trl_effective_settings(trainer),
             "after": greedy_accuracy(trainer.model, tokenizer, assets["held_out"], args.response)}
 
 

@@ -179,6 +179,8 @@ def test_dpo_vs_trl_script_compares_with_trl(tmp_path):
     assert set(runs) == {"ours", "trl"} and all(len(r["loss"]) == 3 for r in runs.values())
     assert runs["ours"]["loss"][0] == pytest.approx(math.log(2), abs=1e-5) == runs["trl"]["loss"][0]
     assert runs["ours"]["loss"] == pytest.approx(runs["trl"]["loss"], abs=2e-3)
+    # TRL's DPOConfig defaults to bf16 autocast and gradient checkpointing: the run must have turned both off
+    assert runs["trl"]["settings"] == {"bf16": False, "fp16": False, "gradient_checkpointing": False}
 
 
 @pytest.mark.slow
@@ -266,6 +268,8 @@ def test_grpo_vs_trl_script_compares_with_trl(tmp_path):
     # the same work on both sides: 2 optimizer steps of 8 x 4 completions, one logged reward per step
     assert all(r["episodes"] == 64 and len(r["rewards"]) == 2 for r in runs.values())
     assert all(1 <= n <= 6 for r in runs.values() for n in r["response_length"])
+    # GRPOConfig defaults to gradient checkpointing (and bf16): fp32 without recomputation, as ours
+    assert runs["trl"]["settings"] == {"bf16": False, "fp16": False, "gradient_checkpointing": False}
 
 
 # -- quality mode (--task addition): benchmarks/quality.py ------------------------------------------------------
