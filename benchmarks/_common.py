@@ -201,18 +201,18 @@ def trl_unavailable(python: str) -> str | None:
     return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
 
 
-# TRL's configs (DPOConfig, GRPOConfig, SFTConfig since 1.x) default to bf16 autocast and gradient checkpointing,
+# TRL's configs (DPOConfig, GRPOConfig, 1.12's PPOConfig) default to bf16 autocast and gradient checkpointing,
 # both on CPU too; our side runs fp32 without recomputation. Every TRL side of a comparison passes these, and
 # reports what its trainer ended up with (``trl_effective_settings``), so a changed default cannot slip in.
 TRL_FP32_NO_RECOMPUTE = {"bf16": False, "fp16": False, "gradient_checkpointing": False}
 
 
-def trl_effective_settings(trainer: Any) -> dict[str, bool]:
-    """What a TRL (Hugging Face) trainer actually runs with: autocast dtypes and activation recomputation."""
-    model = getattr(trainer.model, "base_model", trainer.model)  # a PEFT wrapper keeps the flag on its model
-    return {"bf16": bool(trainer.args.bf16), "fp16": bool(trainer.args.fp16),
-            "gradient_checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)
-                                           or getattr(model, "is_gradient_checkpointing", False))}
+def trl_effective_settings(trainer: Any) -> dict[str, Any]:
+    """What a TRL trainer actually runs with: its accelerator's mixed precision (the autocast it wraps the model's
+    forward in: ``"no"``, ``"bf16"`` or ``"fp16"``) and whether the model recomputes activations."""
+    models = [trainer.model, getattr(trainer.model, "base_model", None), getattr(trainer.model, "policy", None)]
+    return {"mixed_precision": str(trainer.accelerator.mixed_precision),
+            "gradient_checkpointing": any(bool(getattr(m, "is_gradient_checkpointing", False)) for m in models if m)}
 
 
 def timed(function: Any, totals: dict[str, float], key: str = "s") -> Any:

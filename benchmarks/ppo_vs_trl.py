@@ -37,9 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    Assets, add_comparison_arguments, build_assets, machine, median, report_result, run_ours, run_worker, set_threads,
-    timed,
-    trl_unavailable,
+    TRL_FP32_NO_RECOMPUTE, Assets, add_comparison_arguments, build_assets, machine, median, report_result, run_ours,
+    run_worker, set_threads, timed, trl_effective_settings, trl_unavailable,
 )
 
 SYSTEMS = ("ours", "trl", "trl-compute")
@@ -121,7 +120,7 @@ def worker_trl(args: argparse.Namespace, assets: Assets, compute_only: bool) -> 
         response_length=args.response, temperature=1.0, stop_token="eos", learning_rate=args.lr,
         lr_scheduler_type="linear", kl_coef=0.05, kl_estimator="k1", cliprange=0.2, cliprange_value=0.2,
         gamma=1.0, lam=0.95, whiten_rewards=False, num_sample_generations=0, use_cpu=True,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, **TRL_FP32_NO_RECOMPUTE,
     )
     recorder = Recorder()
     trainer = PPOTrainer(
@@ -139,7 +138,8 @@ def worker_trl(args: argparse.Namespace, assets: Assets, compute_only: bool) -> 
     loop_s = recorder.end - recorder.start
     episodes = args.steps * args.batch
     return {"episodes": episodes, "loop_s": loop_s, "episodes_per_s": episodes / loop_s,
-            "loop_cpu_s": recorder.cpu_end - recorder.cpu_start, "generation_s": generation["s"], "scores": recorder.scores}
+            "loop_cpu_s": recorder.cpu_end - recorder.cpu_start, "generation_s": generation["s"],
+            "scores": recorder.scores, "settings": trl_effective_settings(trainer)}
 
 
 def worker_main(args: argparse.Namespace) -> None:

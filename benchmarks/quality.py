@@ -40,7 +40,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import collate_prompts, machine, report_result, run_worker, set_threads, trl_unavailable  # noqa: E402
+from _common import (  # noqa: E402
+    TRL_FP32_NO_RECOMPUTE, collate_prompts, machine, report_result, run_worker, set_threads, trl_effective_settings,
+    trl_unavailable,
+)
 
 SYSTEMS = ("ours", "trl")
 NAMES = {"ours": "lightning-rlhf PPOModule", "trl": "TRL 1.12.0 PPO (compute-only)"}
@@ -300,7 +303,7 @@ def worker_trl(assets: QualityAssets, s: Settings, seed: int) -> dict[str, Any]:
         lr_scheduler_type="constant", adam_beta1=s.betas[0], adam_beta2=s.betas[1], weight_decay=0.0,
         kl_coef=s.kl_coef, kl_estimator="k1", cliprange=s.clip_range, cliprange_value=s.clip_range_value,
         gamma=s.gamma, lam=s.lam, whiten_rewards=False, num_sample_generations=0, use_cpu=True,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, **TRL_FP32_NO_RECOMPUTE,
     )
     causal_lm, value_model = AutoModelForCausalLM.from_pretrained, AutoModelForSequenceClassification.from_pretrained
     trainer = PPOTrainer(args=config, processing_class=tokenizer, model=causal_lm(assets.actor),
@@ -313,7 +316,8 @@ def worker_trl(assets: QualityAssets, s: Settings, seed: int) -> dict[str, Any]:
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    return {**curves, "train_s": seconds, "after": evaluate_all(trainer.model.policy, assets, s)}
+    return {**curves, "train_s": seconds, "settings": trl_effective_settings(trainer),
+            "after": evaluate_all(trainer.model.policy, assets, s)}
 
 
 def worker_main(args: argparse.Namespace) -> None:

@@ -42,6 +42,10 @@ def run_script(name: str, *args: str, python: str = sys.executable) -> str:
     return proc.stdout
 
 
+# what every TRL side of a comparison must report it ran with: no autocast, no activation recomputation
+FP32_NO_RECOMPUTE = {"mixed_precision": "no", "gradient_checkpointing": False}
+
+
 def latest_trl_python() -> str | None:
     """An interpreter that imports TRL's ``GRPOTrainer`` and peft (``$TRL_LATEST_PYTHON``, this one), or None."""
     for python in filter(None, [os.environ.get("TRL_LATEST_PYTHON"), sys.executable]):
@@ -140,6 +144,7 @@ def test_ppo_vs_trl_script_compares_with_trl(tmp_path):
     runs = json.loads(out.read_text())["runs"]
     assert {r["system"] for r in runs} == {"ours", "trl", "trl-compute"}
     assert all(len(r["scores"]) == 2 and r["episodes"] == 16 for r in runs)
+    assert all(r["settings"] == FP32_NO_RECOMPUTE for r in runs if r["system"] != "ours")
 
 
 # -- DPO: benchmarks/dpo_vs_trl.py (TRL's DPOTrainer, any recent release) ------------------------------------------
@@ -180,7 +185,7 @@ def test_dpo_vs_trl_script_compares_with_trl(tmp_path):
     assert runs["ours"]["loss"][0] == pytest.approx(math.log(2), abs=1e-5) == runs["trl"]["loss"][0]
     assert runs["ours"]["loss"] == pytest.approx(runs["trl"]["loss"], abs=2e-3)
     # TRL's DPOConfig defaults to bf16 autocast and gradient checkpointing: the run must have turned both off
-    assert runs["trl"]["settings"] == {"bf16": False, "fp16": False, "gradient_checkpointing": False}
+    assert runs["trl"]["settings"] == FP32_NO_RECOMPUTE
 
 
 @pytest.mark.slow
@@ -269,7 +274,7 @@ def test_grpo_vs_trl_script_compares_with_trl(tmp_path):
     assert all(r["episodes"] == 64 and len(r["rewards"]) == 2 for r in runs.values())
     assert all(1 <= n <= 6 for r in runs.values() for n in r["response_length"])
     # GRPOConfig defaults to gradient checkpointing (and bf16): fp32 without recomputation, as ours
-    assert runs["trl"]["settings"] == {"bf16": False, "fp16": False, "gradient_checkpointing": False}
+    assert runs["trl"]["settings"] == FP32_NO_RECOMPUTE
 
 
 # -- quality mode (--task addition): benchmarks/quality.py ------------------------------------------------------
