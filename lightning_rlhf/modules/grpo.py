@@ -80,6 +80,10 @@ class GRPOModule(OnlineRLModule):
         logprobs_from_generation: take the rollout's log-probabilities from ``generate``'s logits (see
             :meth:`~lightning_rlhf.modules.online.OnlineRLModule.logprobs_from_generation`).
         num_generations: answers sampled per prompt (the group size ``G``).
+        share_prompt_prefix: run each prompt's forward once per group and share its KV cache with the group's
+            answers, in ``generate`` and in every log-probability forward, update included
+            (:mod:`lightning_rlhf.models.prompt_cache`): the same numbers to float rounding, for a fraction of the
+            prompt's cost. False runs every row in full.
         train_batch_size: rows per mini-batch of the update.
         ppo_epochs: passes over the rollout per iteration (1 with one mini-batch is on-policy: ratio 1).
         advantage_estimator: ``grpo`` (group mean and std), ``dr_grpo`` (no std), ``rloo`` (leave-one-out),
@@ -146,6 +150,7 @@ class GRPOModule(OnlineRLModule):
         seed: int = 0,
         reward_start_iterations: list[int] | None = None,
         entropy_coef: float = 0.0,
+        share_prompt_prefix: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=unsaved_reward_funcs(reward_funcs))
@@ -211,9 +216,11 @@ class GRPOModule(OnlineRLModule):
                            temperature: float) -> Tensor:
         """The reference policy's ``(B, R)`` log-probs of the responses (see :attr:`loads_reference`)."""
         if self.reference is not None:
-            return policy_logprobs(self.reference, sequences, attention_mask, length, temperature)[0]
+            return policy_logprobs(self.reference, sequences, attention_mask, length, temperature,
+                                   share_prompts=self.hparams.share_prompt_prefix)[0]
         with self.actor.disable_adapter(), eval_mode(self.actor):
-            return policy_logprobs(self.actor, sequences, attention_mask, length, temperature)[0]
+            return policy_logprobs(self.actor, sequences, attention_mask, length, temperature,
+                                   share_prompts=self.hparams.share_prompt_prefix)[0]
 
     # -- models and optimizers ------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -253,7 +260,8 @@ class GRPOModule(OnlineRLModule):
         length = response_mask.shape[1]
         logprobs, entropy = generated.logprobs, generated.entropy
         if logprobs is None:
-            logprobs, entropy = policy_logprobs(self.actor, sequences, attention_mask, length, temperature, True)
+            logprobs, entropy = policy_logprobs(self.actor, sequences, attention_mask, length, temperature, True,
+                                                share_prompts=hp.share_prompt_prefix)
         ref_logprobs = None
         if self.uses_reference:
             ref_logprobs = self.reference_logprobs(sequences, attention_mask, length, temperature)
@@ -332,7 +340,8 @@ class GRPOModule(OnlineRLModule):
             for mb in rollout.minibatches(hp.train_batch_size, self._shuffle):
                 logprobs, entropy = policy_logprobs(
                     self.actor, mb.sequences, mb.attention_mask, mb.response_mask.shape[1],
-                    self.generation.logprob_temperature, with_entropy=bonus, entropy_grad=bonus)
+                    self.generation.logprob_temperature, with_entropy=bonus, entropy_grad=bonus,
+                    share_prompts=hp.share_prompt_prefix)
                 loss, stats = grpo_policy_loss(
                     logprobs, mb.logprobs, mb.advantages, mb.response_mask, hp.clip_range_low, hp.clip_range_high,
                     hp.loss_aggregation, self.generation.max_new_tokens, mb.ref_logprobs, beta, hp.kl_estimator,

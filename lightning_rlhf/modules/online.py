@@ -22,6 +22,7 @@ from transformers import LogitsProcessorList
 
 from lightning_rlhf.models import sequence_scores
 from lightning_rlhf.models.context import check_context_length
+from lightning_rlhf.models.prompt_cache import shared_prompt_cache
 from lightning_rlhf.models.sampling import StreamedLogprobs, sampling_from_policy
 from lightning_rlhf.modules._common import rng_states, set_rng_states
 from lightning_rlhf.modules.ppo_config import GenerationArgs
@@ -208,16 +209,20 @@ class OnlineRLModule(MultiEngineBackwardMixin, LightningModule):
             kwargs = self.generation.generate_kwargs(tok.pad_token_id, stop_ids, greedy=greedy)
             # a tensor-parallel replica returns token ids only
             with_logits = with_logprobs and getattr(policy, "tp_group", None) is None
+            # rows [i * n, (i + 1) * n) repeat one prompt: chunks of whole groups can share its prefill
+            share = num_generations > 1 and chunk % num_generations == 0 and self.hparams.get("share_prompt_prefix")
             for start in range(0, len(input_ids), chunk):
-                prompt = input_ids[start : start + chunk]
+                prompt, mask = input_ids[start : start + chunk], prompt_mask[start : start + chunk]
                 stream = StreamedLogprobs(self.generation.logprob_temperature) if with_logits else None
                 extra = {"logits_processor": LogitsProcessorList([stream])} if with_logits else {}
                 # inference mode: no autograd bookkeeping per op (decoding a tiny OPT on one CPU thread took 38 ms
                 # against 42-46 under no_grad: benchmarks/ppo_step_parts.py); outputs are cloned into normal
                 # tensors before they go near autograd
                 with torch.inference_mode():
-                    sequences = policy.generate(input_ids=prompt, attention_mask=prompt_mask[start : start + chunk],
-                                                **kwargs, **extra).clone()
+                    if share:
+                        extra.update(shared_prompt_cache(policy, prompt[::num_generations], mask[::num_generations],
+                                                         num_generations))
+                    sequences = policy.generate(input_ids=prompt, attention_mask=mask, **kwargs, **extra).clone()
                 if sequences.shape[1] <= prompt_length or not torch.equal(sequences[:, :prompt_length], prompt):
                     raise RuntimeError(f"generate returned shape {tuple(sequences.shape)} that does not start with "
                                        f"the {tuple(prompt.shape)} prompts; expected prompt + response rows")

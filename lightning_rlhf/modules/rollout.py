@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from lightning_rlhf.algorithms import entropy_from_logits, logprobs_from_logits
 from lightning_rlhf.models import forward_accepts, position_ids_from_mask, token_values
+from lightning_rlhf.models.prompt_cache import shared_prompt_response_logits
 
 
 @dataclass
@@ -147,13 +148,19 @@ def forward_kwargs(model: nn.Module, attention_mask: Tensor) -> dict[str, Any]:
     return kwargs
 
 
-def response_logits(model: nn.Module, sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
+def response_logits(model: nn.Module, sequences: Tensor, attention_mask: Tensor, response_length: int,
+                    share_prompts: bool = False) -> Tensor:
     """Logits ``(B, R, V)`` that score each response token (``temperature`` not applied).
 
     Only the last ``R + 1`` positions go through the language-model head (transformers' ``logits_to_keep``,
     where the model takes it): the prompt positions' logits are never used, and with a large vocabulary
-    they are most of the forward's activation memory.
+    they are most of the forward's activation memory. With ``share_prompts`` rows that repeat a prompt (GRPO's
+    groups) run it once (:func:`~lightning_rlhf.models.prompt_cache.shared_prompt_response_logits`).
     """
+    if share_prompts:
+        logits = shared_prompt_response_logits(model, sequences, attention_mask, response_length)
+        if logits is not None:
+            return logits
     kwargs = forward_kwargs(model, attention_mask)
     if forward_accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = response_length + 1
@@ -178,11 +185,11 @@ def token_logprobs(
 
 def policy_logprobs(
     model: nn.Module, sequences: Tensor, attention_mask: Tensor, response_length: int, temperature: float = 1.0,
-    with_entropy: bool = False, entropy_grad: bool = False,
+    with_entropy: bool = False, entropy_grad: bool = False, share_prompts: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probabilities ``(B, R)`` of the response tokens (and optionally their entropies ``(B, R)``, with
-    their gradient if ``entropy_grad``)."""
-    logits = response_logits(model, sequences, attention_mask, response_length)
+    their gradient if ``entropy_grad``); ``share_prompts`` as in :func:`response_logits`."""
+    logits = response_logits(model, sequences, attention_mask, response_length, share_prompts)
     return token_logprobs(logits, sequences[:, -response_length:], temperature, with_entropy, entropy_grad)
 
 
