@@ -41,6 +41,11 @@ Same work per step on both sides (TRL's ``GRPOConfig`` defaults checked at trl 1
   checkpointing (TRL ``gradient_checkpointing=False``; its default is True, ours recomputes nothing); dropout disabled
   (TRL ``disable_dropout=True``; ours ``dropout=0``); ``--threads`` threads; the same number of steps.
 
+What differs on purpose: ours runs each distinct prompt once per group and shares its KV cache with the
+group's answers, in ``generate`` and in the update (``GRPOModule(share_prompt_prefix=True)``, the default);
+TRL runs every repeated copy of a prompt in full. The samples and the numbers are the same to float rounding
+(``tests/models/test_prompt_cache.py``); ``benchmarks/grpo_prompt_sharing.py`` measures that part alone.
+
 Time is the training loop only (models loaded before): TRL's ``on_train_begin`` to ``on_train_end``, our first
 training batch to the end of ``fit``. Episodes are completions. Every run is a fresh interpreter, the systems
 alternate and the order flips per repeat, so load changes on a shared machine hit both alike; the ratio is

@@ -428,3 +428,17 @@ def test_deepspeed_chat_config_script_measures_ds_chat(tmp_path):
     assert set(saved["runs"]) == {"single/32-true", "ds-chat/32-true"} and saved["fresh_interpreters"]
     ds = saved["runs"]["ds-chat/32-true"][0]
     assert ds["episodes"] == 8 and ds["answer_width"] == [16] and "load_before" in ds
+
+
+@pytest.mark.slow
+def test_grpo_prompt_sharing_script_times_both_settings(tmp_path):
+    """The prompt-sharing benchmark on a tiny Llama: both settings timed on the same module, ratios reported."""
+    out = tmp_path / "sharing.json"
+    stdout = run_script("grpo_prompt_sharing.py", "--repeats", "2", "--lora-rank", "4", "--response", "4",
+                        "--threads", "1", "--out", str(out))
+    assert "generate_s" in stdout and "update_s" in stdout, stdout
+    data = json.loads(out.read_text())
+    for setting in ("full", "shared"):
+        assert all(len(v) == 2 and all(x > 0 for x in v) for v in data["times"][setting].values())
+    assert data["speedup"]["update_s"] == pytest.approx(data["median"]["full"]["update_s"]
+                                                        / data["median"]["shared"]["update_s"])

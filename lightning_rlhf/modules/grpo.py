@@ -83,7 +83,7 @@ class GRPOModule(OnlineRLModule):
         share_prompt_prefix: run each prompt's forward once per group and share its KV cache with the group's
             answers, in ``generate`` and in every log-probability forward, update included
             (:mod:`lightning_rlhf.models.prompt_cache`): the same numbers to float rounding, for a fraction of the
-            prompt's cost. False runs every row in full.
+            prompt's cost. Under ZeRO-3 only generation shares. False runs every row in full.
         train_batch_size: rows per mini-batch of the update.
         ppo_epochs: passes over the rollout per iteration (1 with one mini-batch is on-policy: ratio 1).
         advantage_estimator: ``grpo`` (group mean and std), ``dr_grpo`` (no std), ``rloo`` (leave-one-out),

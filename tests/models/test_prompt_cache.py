@@ -208,3 +208,33 @@ def test_grpo_trains_to_the_same_weights_with_and_without_shared_prompts(tmp_pat
     assert rewards[0] == rewards[1]
     for name, value in weights[0].items():
         torch.testing.assert_close(weights[1][name], value, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_activation_checkpointing_runs_the_update_in_full_and_generation_shared(tiny_model_factory):
+    """transformers drops the cache of a checkpointed forward in training: no cache is offered there (the plain
+    forward runs, nothing wasted); in eval mode (generation) the cache is shared as usual."""
+    from lightning_rlhf.models.prompt_cache import cache_argument
+
+    model = load_causal_lm(str(tiny_model_factory("llama", **SIZES)), gradient_checkpointing=True, dropout=0.0)
+    ids, mask = left_padded_prompts(AutoTokenizer.from_pretrained(tiny_model_factory("llama", **SIZES)))
+    sequences, attention_mask = torch.cat([ids, ids], dim=0), torch.cat([mask, mask], dim=0)
+    model.train()
+    assert cache_argument(model) is None
+    assert shared_prompt_response_logits(model, sequences, attention_mask, 2) is None
+    model.eval()
+    assert cache_argument(model) in ("cache", "past_key_values")
+    assert shared_prompt_response_logits(model, sequences, attention_mask, 2) is not None
+
+
+def test_zero3_partitioned_models_run_the_update_in_full(tiny_model_factory):
+    """Under ZeRO-3 the update does not share (two forwards cost DeepSpeed's parameter fetches twice): a model
+    with a partitioned parameter (``ds_id``, as DeepSpeed marks them) gets None before any forward runs."""
+    path = tiny_model_factory("llama", **SIZES)
+    model = load_causal_lm(str(path), dropout=0.0)
+    ids, mask = left_padded_prompts(AutoTokenizer.from_pretrained(path))
+    sequences, attention_mask = torch.cat([ids, ids], dim=0), torch.cat([mask, mask], dim=0)
+    assert shared_prompt_response_logits(model, sequences, attention_mask, 2) is not None
+    next(model.parameters()).ds_id = 0
+    counts = counted_prompt_tokens(model)
+    assert shared_prompt_response_logits(model, sequences, attention_mask, 2) is None
+    assert counts == []
