@@ -1,7 +1,7 @@
 """Exponential moving average of a model's weights (DeepSpeed-Chat's ``--enable_ema``, beta 0.992).
 
 Why on the local shard: under ZeRO-3 each rank keeps only its partition of every parameter
-(``param.ds_tensor``); averaging that partition needs no communication and keeps the EMA as sharded as
+(the filled part of ``param.ds_tensor``, :func:`~lightning_rlhf.models.zero3.local_partition`); averaging that partition needs no communication and keeps the EMA as sharded as
 the model. Swapping the averages into those same tensors makes every ordinary path (validation,
 generation, :func:`~lightning_rlhf.models.export_hf`) see the EMA weights, at any ZeRO stage.
 """
@@ -19,11 +19,7 @@ from torch import Tensor, nn
 
 from lightning_rlhf.callbacks.export import export_target, find_tokenizer
 from lightning_rlhf.models import export_hf
-
-
-def local_tensor(param: nn.Parameter) -> Tensor:
-    """The tensor this rank holds for ``param``: its ZeRO-3 partition, else its data."""
-    return param.ds_tensor if hasattr(param, "ds_tensor") else param.data
+from lightning_rlhf.models.zero3 import local_partition as local_tensor
 
 
 class EMACallback(Callback):
@@ -74,8 +70,9 @@ class EMACallback(Callback):
         params = self._params(pl_module)
         if set(self.shadow) != set(params):
             self.shadow = {n: local_tensor(p).detach().float().clone() for n, p in params.items()}
-        else:  # restored: move to the parameters' device
-            self.shadow = {n: t.to(local_tensor(params[n]).device) for n, t in self.shadow.items()}
+        else:  # restored: move to the parameters' device (a shard saved with its partition's padding: cut it)
+            self.shadow = {n: t[: local_tensor(params[n]).numel()].to(local_tensor(params[n]).device)
+                           for n, t in self.shadow.items()}
 
     @torch.no_grad()
     def update(self, pl_module: LightningModule, decay: float) -> None:

@@ -30,6 +30,25 @@ def is_partitioned(param: torch.Tensor) -> bool:
     return hasattr(param, "ds_id")
 
 
+def local_partition(param: torch.Tensor) -> torch.Tensor:
+    """What this rank holds of ``param``: the filled part of its ZeRO-3 partition, else the tensor itself.
+
+    DeepSpeed allocates every rank's partition with ``torch.empty`` at the parameter's size rounded up to a
+    multiple of the world size, and fills only the elements the parameter has: the tail of the last ranks'
+    partitions is uninitialised memory, which can hold NaN. Averaging it (EMA) or summing it (the replica's
+    change fingerprint) would carry that garbage; this view leaves it out.
+    """
+    if not is_partitioned(param):
+        return param.data
+    import torch.distributed as dist
+
+    shard = param.ds_tensor
+    group = getattr(param, "ds_process_group", None)
+    rank = dist.get_rank(group=group) if dist.is_available() and dist.is_initialized() else 0
+    size = shard.numel()
+    return shard.narrow(0, 0, min(max(param.ds_numel - rank * size, 0), size))
+
+
 @contextmanager
 def zero3_loading(deepspeed_config: dict[str, Any] | None) -> Iterator[None]:
     """Let ``from_pretrained`` build and load models partitioned, for a ZeRO-3 ``deepspeed_config``.

@@ -19,12 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lightning_rlhf.models.zero3 import is_partitioned
-
-
-def local_tensor(param: nn.Parameter) -> torch.Tensor:
-    """What this rank holds of ``param``: its ZeRO-3 partition, else the tensor itself."""
-    return param.ds_tensor if is_partitioned(param) else param.data
+from lightning_rlhf.models.zero3 import is_partitioned, local_partition as local_tensor
 
 
 def fingerprint(params: Sequence[nn.Parameter]) -> torch.Tensor:

@@ -45,3 +45,33 @@ def test_zero3_loads_real_model_traits_equal_to_the_checkpoint(tmp_path):
         assert results["reward"]["compared"] == results["reward"]["checkpoint"]  # the tied head is not saved
         assert results["reward"]["head_max_abs"] == 0.0  # a fresh value head starts at zero
         assert results["resize"]["rows"] == results["sft"]["rows"] + 1  # the added <pad> row
+
+
+def test_local_partition_leaves_out_the_uninitialised_tail_of_a_short_zero3_partition():
+    """DeepSpeed allocates a rank's partition with torch.empty, rounded up to the world size, and fills only the
+    parameter's elements: the EMA averaged (and the replica fingerprinted) that tail, NaN included (a CI run saved
+    a NaN EMA shard, 2026-12-03). What a rank holds is the filled part; an unpartitioned tensor is itself."""
+    import math
+
+    import torch
+
+    from lightning_rlhf.callbacks.ema import EMACallback
+    from lightning_rlhf.models.zero3 import local_partition
+    from lightning_rlhf.strategies.replica_refresh import fingerprint
+
+    param = torch.nn.Parameter(torch.empty(0))  # what ZeRO-3 leaves in param.data
+    param.ds_id, param.ds_numel = 0, 3  # 3 elements on 1 rank, partition padded to 4 (as for a world of 4)
+    param.ds_tensor = torch.tensor([1.0, 2.0, 3.0, float("nan")])
+    assert local_partition(param).tolist() == [1.0, 2.0, 3.0]
+    assert all(math.isfinite(x) for x in fingerprint([param]).tolist())
+    plain = torch.nn.Parameter(torch.ones(2))
+    assert local_partition(plain).data_ptr() == plain.data_ptr() and local_partition(plain).shape == (2,)
+
+    module = torch.nn.Module()
+    module.weight = param
+    ema = EMACallback(decay=0.5, model_attr="model")
+    holder = torch.nn.Module()
+    holder.model = module
+    ema.on_fit_start(None, holder)
+    ema.update(holder, 0.5)
+    assert ema.shadow["weight"].tolist() == [1.0, 2.0, 3.0]
