@@ -1,9 +1,10 @@
 """Exponential moving average of a model's weights (DeepSpeed-Chat's ``--enable_ema``, beta 0.992).
 
-Why on the local shard: under ZeRO-3 each rank keeps only its partition of every parameter
-(the filled part of ``param.ds_tensor``, :func:`~lightning_rlhf.models.zero3.local_partition`); averaging that partition needs no communication and keeps the EMA as sharded as
-the model. Swapping the averages into those same tensors makes every ordinary path (validation,
-generation, :func:`~lightning_rlhf.models.export_hf`) see the EMA weights, at any ZeRO stage.
+Why on the local shard: under ZeRO-3 each rank keeps only its partition of every parameter (the filled part
+of ``param.ds_tensor``, :func:`~lightning_rlhf.models.zero3.local_partition`); averaging that partition needs no
+communication and keeps the EMA as sharded as the model. Swapping the averages into those same tensors makes
+every ordinary path (validation, generation, :func:`~lightning_rlhf.models.export_hf`) see the EMA weights, at
+any ZeRO stage.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 
 from lightning_rlhf.callbacks.export import export_target, find_tokenizer
 from lightning_rlhf.models import export_hf
-from lightning_rlhf.models.zero3 import local_partition as local_tensor
+from lightning_rlhf.models.zero3 import local_partition
 
 
 class EMACallback(Callback):
@@ -69,17 +70,17 @@ class EMACallback(Callback):
         """Start the average from the current weights (unless restored from a checkpoint)."""
         params = self._params(pl_module)
         if set(self.shadow) != set(params):
-            self.shadow = {n: local_tensor(p).detach().float().clone() for n, p in params.items()}
+            self.shadow = {n: local_partition(p).detach().float().clone() for n, p in params.items()}
         else:  # restored: move to the parameters' device (a shard saved with its partition's padding: cut it)
-            self.shadow = {n: t[: local_tensor(params[n]).numel()].to(local_tensor(params[n]).device)
-                           for n, t in self.shadow.items()}
+            held = {n: local_partition(p) for n, p in params.items()}
+            self.shadow = {n: t[: held[n].numel()].to(held[n].device) for n, t in self.shadow.items()}
 
     @torch.no_grad()
     def update(self, pl_module: LightningModule, decay: float) -> None:
         """One EMA step with ``decay`` (pure lerp on each local tensor)."""
         params = self._params(pl_module)
         shadows = [self.shadow[n] for n in params]
-        current = [local_tensor(p).detach().float() for p in params.values()]
+        current = [local_partition(p).detach().float() for p in params.values()]
         torch._foreach_lerp_(shadows, current, 1.0 - decay)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
@@ -94,16 +95,16 @@ class EMACallback(Callback):
     def swapped(self, pl_module: LightningModule) -> Iterator[None]:
         """Run the block with the EMA weights in the model, then put the trained weights back."""
         params = self._params(pl_module)
-        backup = {n: local_tensor(p).detach().clone() for n, p in params.items()}
+        backup = {n: local_partition(p).detach().clone() for n, p in params.items()}
         with torch.no_grad():
             for name, param in params.items():
-                local_tensor(param).copy_(self.shadow[name])
+                local_partition(param).copy_(self.shadow[name])
         try:
             yield
         finally:
             with torch.no_grad():
                 for name, param in params.items():
-                    local_tensor(param).copy_(backup[name])
+                    local_partition(param).copy_(backup[name])
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Swap in the EMA weights for validation when asked."""

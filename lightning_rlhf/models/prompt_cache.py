@@ -3,17 +3,19 @@
 Why: GRPO (and every group estimator) samples ``num_generations`` answers per prompt by repeating each prompt
 ``G`` times, so every forward over the rollout (``generate``'s prefill, the reference's and the update's
 log-probabilities) runs over ``G`` identical copies of each prompt. With short answers the prompt is most of the
-arithmetic. SmolLM2-135M-Instruct + LoRA r8 on q/v, 8 chat prompts of 45 tokens x 4 answers of 16 tokens,
-2 CPU threads (``/work/exp/prefix`` scripts, 2026-12-03): ``generate`` 6.4-7.4 s with the repeated prefill,
-4.4-4.9 s shared; the update's forward + backward 9.0-10.6 s, 4.0-4.2 s shared. vLLM and SGLang save the
-generation part with prefix caching; "Prefix Grouper" (arXiv:2506.05433) does the training part for GRPO.
+arithmetic. SmolLM2-135M-Instruct + LoRA r8 on q/v, 8 chat prompts of 44 tokens x 4 answers of at most 16
+tokens, 2 CPU threads (``python benchmarks/grpo_prompt_sharing.py --model SMOLLM2``, medians of 4, 2026-12-03):
+``generate`` 6.00 s with the repeated prefill, 4.38 s shared; the update's forward + backward 7.88 s, 4.05 s
+shared. vLLM and SGLang save the generation part with prefix caching; "Prefix Grouper" (arXiv:2506.05433)
+does the training part for GRPO.
 
 How: a forward over the distinct prompts without their last token fills a KV cache, whose rows are then
 indexed out to every answer (an indexing op, so gradients flow back to the one prompt forward). The rest, the
 last prompt token and the answer, runs against that cache with the positions and attention mask the full
 sequence would have, so every answer sees the same keys and values as without sharing (to float summation
-order: the log-probabilities agree to ~3e-5, the LoRA gradients to ~1e-5 relative, and the same seed samples
-the same tokens). Under ZeRO-3 the update does not share (see :func:`shared_prompt_response_logits`).
+order: response logits and LoRA gradients agree within 1e-5 and the same seed samples the same tokens,
+``tests/models/test_prompt_cache.py``). Under ZeRO-3 the update does not share (see
+:func:`shared_prompt_response_logits`).
 """
 
 from __future__ import annotations

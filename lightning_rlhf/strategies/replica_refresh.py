@@ -19,14 +19,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lightning_rlhf.models.zero3 import is_partitioned, local_partition as local_tensor
+from lightning_rlhf.models.zero3 import is_partitioned, local_partition
 
 
 def fingerprint(params: Sequence[nn.Parameter]) -> torch.Tensor:
     """``(2 * len(params),)`` float64: sum and sum of squares of each parameter's local tensor."""
     values = []
     for param in params:
-        local = local_tensor(param)
+        local = local_partition(param)
         values += [torch.sum(local, dtype=torch.float64), torch.sum(local.double().square())]
     return torch.stack([v.cpu() for v in values]) if values else torch.zeros(0, dtype=torch.float64)
 
