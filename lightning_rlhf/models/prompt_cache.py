@@ -101,8 +101,9 @@ def shared_prompt_response_logits(model: nn.Module, sequences: Tensor, attention
 
     Not under ZeRO-3 (None for partitioned parameters): there the two forwards cost DeepSpeed's per-module
     parameter fetches twice, in forward and again in backward, and ate the saving. Measured with the SmolLM2
-    example (``examples/smollm2_grpo/grpo.yaml``, 2 CPU ranks, 6 rollouts each, 2026-12-03): the update step
-    took 9.0-11.0 s shared against 8.7-10.1 s in full. Generation still shares (its replica has no hooks).
+    example (``examples/smollm2_grpo/grpo.yaml``, 2 CPU ranks, 6 rollouts each, 2026-12-03, ``time/training_s``
+    of rollouts 2-6): 9.0-11.0 s (median 10.0) shared against 8.7-16.0 s (median 9.1) in full. Generation still
+    shares (its replica has no hooks).
     """
     prompt_length = sequences.shape[1] - response_length
     if prompt_length < 2 or any(is_partitioned(p) for p in model.parameters()):
