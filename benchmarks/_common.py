@@ -22,7 +22,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-HH_RLHF = Path("/work/shared/data/hh-rlhf-harmless-base-test-a.jsonl.gz")
+
+def shared_data_dir() -> Path:
+    """``$LIGHTNING_RLHF_SHARED_DATA`` when set, else the shared folder beside the checkout (``<repo>/../shared/data``).
+
+    The same computation as ``tests/helpers/shared_data.py`` (benchmarks do not import test code).
+    """
+    override = os.environ.get("LIGHTNING_RLHF_SHARED_DATA")
+    return Path(override).expanduser() if override else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+#: the HH-RLHF harmless-base test sample; the benchmarks fall back to the built-in task when it is missing
+HH_RLHF = shared_data_dir() / "hh-rlhf-harmless-base-test-a.jsonl.gz"
 
 
 # -- assets ---------------------------------------------------------------------------------------------

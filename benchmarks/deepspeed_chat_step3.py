@@ -3,10 +3,11 @@
 Run from the repository root (one measurement; ``ppo_deepspeed_chat_config.py --ds-chat-dir`` runs it
 in fresh interpreters interleaved with ours)::
 
-    python benchmarks/deepspeed_chat_step3.py --ds-chat-dir /work/ds-chat --assets ROOT/assets.json \
+    python benchmarks/deepspeed_chat_step3.py --ds-chat-dir <ds-chat-dir> --assets ROOT/assets.json \
         --dtype fp32 --steps 4
 
-``--ds-chat-dir`` is a checkout of ``applications/DeepSpeed-Chat`` from deepspeedai/DeepSpeedExamples; its
+``--ds-chat-dir`` (``<ds-chat-dir>`` above) is a checkout of ``applications/DeepSpeed-Chat`` from
+deepspeedai/DeepSpeedExamples (how to make one: benchmarks/README.md, "Environment"); its
 ``dschat`` package is imported from there (nothing of it is copied into this repository). What runs is
 its ``DeepSpeedRLHFEngine`` (actor, reference, critic and reward DeepSpeed engines) and
 ``DeepSpeedPPOTrainer`` (``generate_experience`` + ``train_rlhf``), fed by its ``DataCollatorRLHF`` and
@@ -33,7 +34,7 @@ Patches, all applied here by monkeypatching (DeepSpeed-Chat's files are not edit
    there; transformers 5 moved it to ``transformers.initialization``. Aliased (same function).
 2. ``FusedAdam`` -> ``torch.optim.AdamW`` for actor and critic (same parameter groups, lr and betas
    (0.9, 0.95), eps 1e-8, weight decay 0), built with the kernel our side picks
-   (``lightning_rlhf.modules._common.fastest_adamw_kind``: ``fused`` for CPU float parameters, else
+   (``lightning_rlhf.modules.optim.fastest_adamw_kind``: ``fused`` for CPU float parameters, else
    ``foreach``; plain ``foreach`` if that helper is absent; the result's ``optimizer`` says which).
    FusedAdam is DeepSpeed's CUDA multi-tensor kernel; on the CPU accelerator it JIT-compiles DeepSpeed's
    C++ ``fused_adam`` op instead (that build had not finished after 2 minutes on this 2-core machine, so
@@ -158,7 +159,7 @@ def ds_chat_value_folder(source: str, target: Path) -> Path:
 def adamw_kind(groups: list[dict[str, Any]]) -> dict[str, bool]:
     """The AdamW kernel our PPOModule would use for these parameter groups (``fused`` or ``foreach``)."""
     try:
-        from lightning_rlhf.modules._common import fastest_adamw_kind
+        from lightning_rlhf.modules.optim import fastest_adamw_kind
     except ImportError:
         return {"foreach": True}
     return fastest_adamw_kind(groups)

@@ -1,8 +1,9 @@
 """DPO on CPU, side by side: our ``DPOModule`` (Lightning, one process) vs TRL's ``DPOTrainer`` (latest release).
 
-Run from the repository root; TRL may live in its own environment (``--trl-python``)::
+Run from the repository root; TRL may live in its own environment (``--trl-python``; ``<trl-venv>`` is that
+environment's folder, made as benchmarks/README.md describes)::
 
-    python benchmarks/dpo_vs_trl.py --trl-python /path/to/trl-venv/bin/python        # tiny Llama (default)
+    python benchmarks/dpo_vs_trl.py --trl-python <trl-venv>/bin/python        # tiny Llama (default)
     python benchmarks/dpo_vs_trl.py --model checkpoints/smollm2-135m-instruct ...     # a real model folder
     python benchmarks/dpo_vs_trl.py --steps 2 --repeats 1 --hidden 32 --layers 2 --vocab 320  # smoke
 

@@ -33,7 +33,8 @@ import torch
 import torch.distributed as dist
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from lightning_rlhf.strategies.generation import GenerationStats, generation_mode, unpatched_linear
+from lightning_rlhf.strategies.generation import GenerationStats, generation_mode
+from lightning_rlhf.strategies.generation_replica import unpatched_linear
 
 
 def parse_args() -> argparse.Namespace:

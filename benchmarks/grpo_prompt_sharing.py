@@ -1,9 +1,10 @@
 """What sharing each prompt's forward across its group saves: GRPO's rollout ``generate`` and its update's
 forward + backward, with ``share_prompt_prefix`` on and off, interleaved in one process.
 
-Run from the repository root::
+Run from the repository root (``<smollm2-hf-dir>``: SmolLM2-135M-Instruct as a Hugging Face folder, made once by
+``python examples/smollm2_cpu/convert_gguf.py --output <smollm2-hf-dir>``)::
 
-    python benchmarks/grpo_prompt_sharing.py --model /work/smollm2-hf          # SmolLM2-135M-Instruct + LoRA r8
+    python benchmarks/grpo_prompt_sharing.py --model <smollm2-hf-dir>          # SmolLM2-135M-Instruct + LoRA r8
     python benchmarks/grpo_prompt_sharing.py --repeats 1                        # tiny Llama smoke run
 
 The rollout is ``GRPOModule.generate`` on ``--prompts`` chat prompts of the addition task x ``--generations``
@@ -47,7 +48,7 @@ def build_module(args: argparse.Namespace, root: Path) -> Any:
 
     from lightning_rlhf.models import LoraArgs
     from lightning_rlhf.modules.grpo import GRPOModule
-    from lightning_rlhf.modules.ppo_config import GenerationArgs
+    from lightning_rlhf.modules.generation_args import GenerationArgs
 
     path = args.model
     if path is None:
@@ -82,13 +83,16 @@ def prompt_batch(module: Any, count: int) -> dict[str, Any]:
 
 
 def time_generate(module: Any, batch: dict[str, Any], generations: int) -> tuple[float, Any]:
+    from lightning_rlhf.modules.rollout import repeat_groups
+
+    batch = repeat_groups(batch, generations)  # the group layout, as the rollout builds it before generate
     start = time.perf_counter()
-    generated = module.generate(batch, greedy=False, with_logprobs=True, num_generations=generations)
+    generated = module.generate(batch, greedy=False, with_logprobs=True, group_size=generations)
     return time.perf_counter() - start, generated
 
 
 def time_update(module: Any, generated: Any) -> float:
-    from lightning_rlhf.modules.rollout import policy_logprobs
+    from lightning_rlhf.models.forward import policy_logprobs
 
     length = generated.response_mask.shape[1]
     start = time.perf_counter()

@@ -1,9 +1,11 @@
 """GRPO on CPU, side by side: our ``GRPOModule`` (Lightning, one process) vs TRL's ``GRPOTrainer`` (latest).
 
-Run from the repository root; TRL runs in its own environment (``--trl-python``, see benchmarks/README.md)::
+Run from the repository root; TRL runs in its own environment (``--trl-python``; ``<trl-venv>`` is that
+environment's folder, ``<smollm2-hf-dir>`` SmolLM2-135M-Instruct as a Hugging Face folder, both made as
+benchmarks/README.md describes)::
 
-    python benchmarks/grpo_vs_trl.py --trl-python /work/trl-latest/bin/python            # tiny Llama, 3 repeats
-    python benchmarks/grpo_vs_trl.py --trl-python ... --model /work/smollm2-hf --steps 10 --repeats 2 --lr 2e-4
+    python benchmarks/grpo_vs_trl.py --trl-python <trl-venv>/bin/python            # tiny Llama, 3 repeats
+    python benchmarks/grpo_vs_trl.py --trl-python ... --model <smollm2-hf-dir> --steps 10 --repeats 2 --lr 2e-4
     python benchmarks/grpo_vs_trl.py --systems ours --steps 2 --repeats 1 --hidden 32 --layers 2   # smoke
 
 The task is the built-in addition task in chat form (``SyntheticTask(style="chat")``: "What is a + b? Answer
@@ -22,7 +24,7 @@ Same work per step on both sides (TRL's ``GRPOConfig`` defaults checked at trl 1
 - ``--batch`` prompts x ``--generations`` completions per step, **one optimizer step per generation batch**:
   TRL ``per_device_train_batch_size = batch * generations`` (TRL counts completions),
   ``gradient_accumulation_steps=1``, ``steps_per_generation=1`` (default: = accumulation steps),
-  ``num_iterations=1`` (default 1); ours ``train_batch_size = batch * generations``, ``ppo_epochs=1``. So the
+  ``num_iterations=1`` (default 1); ours ``train_batch_size = batch * generations``, ``update_epochs=1``. So the
   update is on-policy (ratio 1) and neither side needs a second forward for the old log-probabilities.
 - ``loss_type="grpo"`` (TRL's default is ``"dapo"``) = our ``loss_aggregation="seq_mean_token_mean"``
   (the GRPO paper's mean over each answer's tokens, then over answers).
@@ -189,9 +191,9 @@ def worker_ours(args: argparse.Namespace, assets: dict[str, Any]) -> dict[str, A
     from torch.utils.data import DataLoader
 
     from lightning_rlhf.models import LoraArgs
-    from lightning_rlhf.modules._common import OptimizerArgs
+    from lightning_rlhf.modules.optim import OptimizerArgs
     from lightning_rlhf.modules.grpo import GRPOModule
-    from lightning_rlhf.modules.ppo_config import GenerationArgs
+    from lightning_rlhf.modules.generation_args import GenerationArgs
 
     seed_everything(args.seed, verbose=False)
     group = args.generations
@@ -201,8 +203,8 @@ def worker_ours(args: argparse.Namespace, assets: dict[str, Any]) -> dict[str, A
         actor=assets["model"], reward_funcs=list(REWARD_FUNCS), reward_weights=list(REWARD_WEIGHTS), actor_lora=lora,
         actor_optimizer=OptimizerArgs(learning_rate=args.lr, betas=(0.9, 0.999), scheduler="constant"),
         max_grad_norm=1.0, generation=GenerationArgs(max_new_tokens=args.response, do_sample=True, temperature=1.0),
-        num_generations=group, train_batch_size=args.batch * group, ppo_epochs=1, advantage_estimator="grpo",
-        loss_aggregation="seq_mean_token_mean", clip_range_low=0.2, clip_range_high=0.2, beta=0.0,
+        num_generations=group, train_batch_size=args.batch * group, update_epochs=1, advantage_estimator="grpo",
+        loss_aggregation="seq_mean_token_mean", clip_range_low=0.2, clip_range_high=0.2, kl_coef=0.0,
         num_samples_to_log=0, seed=args.seed)
     tokenizer = module.tokenizer
 

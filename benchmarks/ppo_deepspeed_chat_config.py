@@ -4,7 +4,7 @@ Run from the repository root::
 
     python benchmarks/ppo_deepspeed_chat_config.py                  # 8 interleaved runs of each setting
     python benchmarks/ppo_deepspeed_chat_config.py --runs 1 --steps 2   # smoke
-    python benchmarks/ppo_deepspeed_chat_config.py --ds-chat-dir /work/ds-chat   # + DeepSpeed-Chat, same runs
+    python benchmarks/ppo_deepspeed_chat_config.py --ds-chat-dir <ds-chat-dir>   # + DeepSpeed-Chat, same runs
 
 The configuration (DeepSpeed-Chat's step 3, hybrid engine off): tiny OPT actor and critic (2 layers, hidden
 128, vocabulary 512, 32 positions: 467K parameters), a reward model of the same shape, batch 8 (one
@@ -19,7 +19,8 @@ of ``fit``; model loading and engine set-up excluded), median over ``--runs`` ru
 figure and episodes per process CPU-second (all threads; barely moved by other processes' load) are
 printed beside it.
 
-With ``--ds-chat-dir`` (a checkout of DeepSpeedExamples' ``applications/DeepSpeed-Chat``), DeepSpeed-Chat's
+With ``--ds-chat-dir`` (``<ds-chat-dir>`` above: a checkout of DeepSpeedExamples' ``applications/DeepSpeed-Chat``,
+made as benchmarks/README.md describes), DeepSpeed-Chat's
 own step-3 engine and trainer (``deepspeed_chat_step3.py``: what runs, and its CPU patches) join the
 interleaving as a ``ds-chat`` setting in fp32 and bf16, on the same model folders, prompts (same batches,
 same order per run) and threads, timed the same way; then every measurement, ours included, runs in a
@@ -88,10 +89,10 @@ def make_strategy(name: str) -> Any:
 
 def module_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """DeepSpeed-Chat's step-3 constants as PPOModule arguments."""
-    from lightning_rlhf.modules.ppo_config import GenerationArgs
+    from lightning_rlhf.modules.generation_args import GenerationArgs
 
     return dict(generation=GenerationArgs(max_new_tokens=args.answer, do_sample=False), generation_batch_size=None,
-                train_batch_size=args.batch, ppo_epochs=1, kl_coef=0.1, kl_estimator="k1", clip_reward_value=5.0,
+                train_batch_size=args.batch, update_epochs=1, kl_coef=0.1, kl_estimator="k1", clip_reward_value=5.0,
                 clip_range=0.2, clip_range_value=0.2, gamma=1.0, lam=0.95, whiten_advantages=False)
 
 

@@ -7,7 +7,7 @@ Run from the repository root::
 What it times, each as the median of ``--repeats`` blocks (one interpreter, warmed up first):
 
 - AdamW's step over the 467K-parameter OPT with the single-tensor loop, ``foreach`` and ``fused`` kernels
-  (why ``modules/_common.py::fastest_adamw_kind`` picks fused);
+  (why ``modules/optim.py::fastest_adamw_kind`` picks fused);
 - ``generate`` of 16 tokens for 8 prompts of 16 tokens under ``torch.no_grad`` and ``torch.inference_mode``
   (why ``PPOModule.generate`` decodes in inference mode);
 - Lightning's ``self.log_dict`` of the 18 PPO curves in a real ``Trainer`` loop, per call and per key

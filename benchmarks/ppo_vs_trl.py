@@ -69,13 +69,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # -- workers (one measurement in a fresh interpreter) ---------------------------------------------------------
 def worker_ours(args: argparse.Namespace, assets: Assets) -> dict[str, Any]:
-    from lightning_rlhf.modules._common import OptimizerArgs
-    from lightning_rlhf.modules.ppo_config import GenerationArgs
+    from lightning_rlhf.modules.optim import OptimizerArgs
+    from lightning_rlhf.modules.generation_args import GenerationArgs
 
     optimizer = OptimizerArgs(learning_rate=args.lr, betas=(0.9, 0.999), scheduler="linear")
     kwargs = dict(actor_optimizer=optimizer, critic_optimizer=optimizer, max_grad_norm=None,
                   generation=GenerationArgs(max_new_tokens=args.response, do_sample=True, temperature=1.0),
-                  train_batch_size=args.batch, ppo_epochs=args.ppo_epochs, kl_coef=0.05, kl_estimator="k1",
+                  train_batch_size=args.batch, update_epochs=args.ppo_epochs, kl_coef=0.05, kl_estimator="k1",
                   clip_range=0.2, clip_range_value=0.2, gamma=1.0, lam=0.95, whiten_advantages=True,
                   clip_reward_value=1e6, missing_eos_penalty=0.0)
     return run_ours(assets, kwargs, args.batch, args.steps)

@@ -9,7 +9,7 @@ config) train an SFT policy and a reward model on the addition task; both system
 folders (critic initialised from the reward model, as DeepSpeed-Chat and TRL do) with the same prompt
 token ids (the pipeline's PPO split). They are built once into ``--assets-dir`` and reused.
 
-PPO settings: :func:`~lightning_rlhf.modules.ppo_config.tiny_ppo_settings` made expressible in both systems:
+PPO settings: :func:`~lightning_rlhf.modules.tiny_presets.tiny_ppo_settings` made expressible in both systems:
 one learning rate for actor and critic (TRL has one optimizer for both), constant schedule, no reward
 normalisation (TRL has none) with the KL coefficient and missing-EOS penalty multiplied by the reward
 model's score std instead (normalising by that std and then using 0.3 / 1.0 is the same shaped reward up
@@ -73,8 +73,8 @@ def build_worker(root: Path, build: dict[str, Any]) -> dict[str, Any]:
     """Run the pipeline's sft and reward steps into ``root/pipeline`` and collect the PPO split's prompts."""
     import yaml
 
-    from lightning_rlhf.data import PreferenceDataModule, SyntheticTask
-    from lightning_rlhf.pipeline import DEFAULT_CONFIG, pipeline_main
+    from lightning_rlhf.data import RLHFDataModule, SyntheticTask
+    from lightning_rlhf.commands.pipeline import DEFAULT_CONFIG, pipeline_main
 
     overrides = [f"--data.task_size={build['task_size']}"] if build.get("task_size") else []
     for step in ("sft", "reward"):
@@ -87,7 +87,7 @@ def build_worker(root: Path, build: dict[str, Any]) -> dict[str, Any]:
     sft, reward = root / "pipeline" / "sft" / "hf" / "final", root / "pipeline" / "reward" / "hf" / "final"
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
     data_args = {**config["data"], **({"task_size": build["task_size"]} if build.get("task_size") else {})}
-    data = PreferenceDataModule(tokenizer=str(sft), stage="ppo", seed=config.get("seed", 0), **data_args)
+    data = RLHFDataModule(tokenizer=str(sft), stage="rl", seed=config.get("seed", 0), **data_args)
     data.setup()
     task = SyntheticTask(seed=config.get("seed", 0))
     from lightning_rlhf.data.tokenization import Encoder
@@ -144,13 +144,13 @@ class Settings:
 
 def settings_from_tiny(steps: int, lr: float | None, score_std: float, rescale: bool) -> Settings:
     """:func:`tiny_ppo_settings` in raw-score units (``rescale``: KL and EOS penalty x the score std)."""
-    from lightning_rlhf.modules.ppo_config import TINY_PPO_ROLLOUT_SIZE, tiny_ppo_settings
+    from lightning_rlhf.modules.tiny_presets import TINY_PPO_ROLLOUT_SIZE, tiny_ppo_settings
 
     tiny = tiny_ppo_settings()
     scale = score_std if rescale and tiny.get("normalize_reward") else 1.0
     return Settings(steps=steps, lr=lr or tiny["actor_optimizer"].learning_rate, kl_coef=tiny["kl_coef"] * scale,
                     missing_eos_penalty=tiny["missing_eos_penalty"] * scale, rollout=TINY_PPO_ROLLOUT_SIZE,
-                    train_batch=tiny["train_batch_size"], ppo_epochs=tiny["ppo_epochs"],
+                    train_batch=tiny["train_batch_size"], ppo_epochs=tiny["update_epochs"],
                     response_length=tiny["generation"].max_new_tokens, temperature=tiny["generation"].temperature,
                     betas=tuple(tiny["actor_optimizer"].betas))
 
@@ -218,9 +218,9 @@ def worker_ours(assets: QualityAssets, s: Settings, seed: int) -> dict[str, Any]
     from lightning.pytorch import Callback, Trainer, seed_everything
     from torch.utils.data import DataLoader
 
-    from lightning_rlhf.modules._common import OptimizerArgs
+    from lightning_rlhf.modules.optim import OptimizerArgs
     from lightning_rlhf.modules.ppo import PPOModule
-    from lightning_rlhf.modules.ppo_config import GenerationArgs
+    from lightning_rlhf.modules.generation_args import GenerationArgs
 
     keys = {"score": "ppo/score_mean", "kl": "ppo/kl", "eos_fraction": "ppo/eos_fraction"}
 
@@ -237,7 +237,7 @@ def worker_ours(assets: QualityAssets, s: Settings, seed: int) -> dict[str, Any]
     module = PPOModule(actor=assets.actor, reward_model=assets.reward_model, tokenizer=assets.tokenizer,
                        actor_optimizer=optimizer, critic_optimizer=optimizer, max_grad_norm=None,
                        generation=GenerationArgs(max_new_tokens=s.response_length, temperature=s.temperature),
-                       train_batch_size=s.train_batch, ppo_epochs=s.ppo_epochs, clip_range=s.clip_range,
+                       train_batch_size=s.train_batch, update_epochs=s.ppo_epochs, clip_range=s.clip_range,
                        clip_range_value=s.clip_range_value, gamma=s.gamma, lam=s.lam, kl_coef=s.kl_coef,
                        kl_estimator="k1", normalize_reward=False, clip_reward_value=1e6,
                        missing_eos_penalty=s.missing_eos_penalty, num_samples_to_log=0, seed=seed)

@@ -35,14 +35,14 @@ SECTIONS: list[tuple[str, list[Entry]]] = [
               "`model:` of `lightning-rlhf grpo`, pipeline section `grpo.model`"),
     ]),
     ("Nested settings", [
-        Entry("lightning_rlhf.modules._common.OptimizerArgs",
+        Entry("lightning_rlhf.modules.optim.OptimizerArgs",
               "`model.optimizer` (SFT, reward, DPO), `model.actor_optimizer` (PPO, GRPO) / `model.critic_optimizer` (PPO)"),
         Entry("lightning_rlhf.models.loading.LoraArgs", "`model.lora` (SFT, reward, DPO), `model.actor_lora` (PPO, GRPO) / "
               "`model.critic_lora` (PPO)"),
-        Entry("lightning_rlhf.modules.ppo_config.GenerationArgs", "`model.generation` (PPO, GRPO)"),
+        Entry("lightning_rlhf.modules.generation_args.GenerationArgs", "`model.generation` (PPO, GRPO)"),
     ]),
     ("Data (the `data:` section)", [
-        Entry("lightning_rlhf.data.PreferenceDataModule",
+        Entry("lightning_rlhf.data.RLHFDataModule",
               "`data:` of every step (`stage` and `tokenizer` are set by the command); pipeline section `data`"),
         Entry("lightning_rlhf.data.task.SyntheticTask", "`data.task` (the built-in task when `data.sources` is null)"),
     ]),
@@ -55,11 +55,11 @@ SECTIONS: list[tuple[str, list[Entry]]] = [
         Entry("lightning_rlhf.callbacks.export.HFExportCallback", "`export:` of every step (always on)"),
         Entry("lightning_rlhf.callbacks.ema.EMACallback", "`trainer.callbacks` (`class_path` + `init_args`)"),
         Entry("lightning_rlhf.callbacks.samples.SampleLoggingCallback", "`trainer.callbacks`"),
-        Entry("lightning_rlhf.callbacks.checkpoint.IterationCheckpoint", "`trainer.callbacks`"),
+        Entry("lightning_rlhf.callbacks.iteration_checkpoint.IterationCheckpoint", "`trainer.callbacks`"),
     ]),
     ("Pipeline (`lightning-rlhf pipeline`)", [
-        Entry("lightning_rlhf.pipeline.PipelineConfig", "top level of the pipeline YAML"),
-        Entry("lightning_rlhf.pipeline.TinyModelArgs", "`tiny:` of the pipeline YAML"),
+        Entry("lightning_rlhf.commands.pipeline.PipelineConfig", "top level of the pipeline YAML"),
+        Entry("lightning_rlhf.commands.pipeline.TinyModelArgs", "`tiny:` of the pipeline YAML"),
     ]),
 ]
 
@@ -87,6 +87,28 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
+def constructor_parameters(cls: type) -> list[tuple[inspect.Parameter, type]]:
+    """The constructor's parameters with the class whose docstring documents each: a ``**kwargs`` forwarded to
+    one of this package's base classes (``PPOModule`` -> ``OnlineRLModule``) stands for the base's parameters not
+    named already; forwarded to another package's class (Lightning's ``DeepSpeedStrategy``) it stays one row."""
+    params: list[tuple[inspect.Parameter, type]] = []
+    owners = [c for c in cls.__mro__ if "__init__" in c.__dict__]
+    for index, owner in enumerate(owners):
+        taken = {p.name for p, _ in params}
+        forwards = None
+        for param in inspect.signature(owner.__init__).parameters.values():
+            if param.kind == param.VAR_KEYWORD:
+                forwards = param
+            elif param.name != "self" and param.kind != param.VAR_POSITIONAL and param.name not in taken:
+                params.append((param, owner))
+        base = owners[index + 1] if index + 1 < len(owners) else None
+        if forwards is None or base is None or not base.__module__.startswith("lightning_rlhf"):
+            if forwards is not None:
+                params.append((forwards, owner))
+            break
+    return params
+
+
 def arguments(cls: type) -> list[tuple[str, str, str, str]]:
     """``(name, type, default, description)`` for each constructor argument (or dataclass field) of ``cls``."""
     docs = {p.arg_name: p.description or "" for p in parse(inspect.getdoc(cls) or "").params}
@@ -97,13 +119,14 @@ def arguments(cls: type) -> list[tuple[str, str, str, str]]:
             default = f.default if factory is dataclasses.MISSING else factory()  # type: ignore[misc]
             rows.append((f.name, _type_text(f.type), _default_text(default), docs.get(f.name, "")))
         return rows
-    for name, param in inspect.signature(cls.__init__).parameters.items():
-        if name == "self" or param.kind in (param.VAR_POSITIONAL,):
-            continue
+    for param, owner in constructor_parameters(cls):
         if param.kind == param.VAR_KEYWORD:
-            rows.append((f"**{name}", "", "", docs.get(name, "")))
+            rows.append((f"**{param.name}", "", "", docs.get(param.name, "")))
             continue
-        rows.append((name, _type_text(param.annotation), _default_text(param.default), docs.get(name, "")))
+        owner_docs = docs if owner is cls else {p.arg_name: p.description or ""
+                                                for p in parse(inspect.getdoc(owner) or "").params}
+        rows.append((param.name, _type_text(param.annotation), _default_text(param.default),
+                     owner_docs.get(param.name, "")))
     return rows
 
 

@@ -70,7 +70,7 @@ def test_run_ours_times_the_training_loop(tmp_path):
                                  max_positions=40)
     assert len(assets.prompts) == 16 and all(8 <= len(p) <= 15 for p in assets.prompts)
     assert common.Assets.load(tmp_path / "assets.json") == assets
-    from lightning_rlhf.modules.ppo_config import GenerationArgs
+    from lightning_rlhf.modules.generation_args import GenerationArgs
 
     result = common.run_ours(assets, {"generation": GenerationArgs(max_new_tokens=4), "train_batch_size": 8},
                              batch_size=8, steps=2)
@@ -410,7 +410,7 @@ def test_deepspeed_chat_step3_runs_on_our_assets(tmp_path):
     assert all(math.isfinite(x) for x in result["actor_loss"] + result["critic_loss"])
     assert result["loop_s"] > 0 and result["generation_s"] > 0 and result["training_s"] > 0
     if result["response_length"][0] == answer:  # no EOS: the same rows and score positions as ours
-        from lightning_rlhf.modules.ppo_config import GenerationArgs
+        from lightning_rlhf.modules.generation_args import GenerationArgs
 
         ours = common.run_ours(assets, {"generation": GenerationArgs(max_new_tokens=answer, do_sample=False),
                                         "train_batch_size": 8}, batch_size=8, steps=1)

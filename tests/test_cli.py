@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_rlhf.cli import STAGE_CLIS, adapt_deepspeed_launcher, main
+from lightning_rlhf.commands.main import adapt_deepspeed_launcher, main
+from lightning_rlhf.commands.stages import STAGE_CLIS
 
 
 def _print_config(capsys, *args: str) -> dict:
@@ -18,14 +19,15 @@ def _print_config(capsys, *args: str) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("stage", ["sft", "reward", "ppo", "dpo"])
+@pytest.mark.parametrize("stage", ["sft", "reward", "ppo", "dpo", "grpo"])
 def test_print_config_shows_every_section_with_the_stage_fixed(capsys, stage):
     config = _print_config(capsys, stage, "fit", "--data.batch_size", "3", "--trainer.max_steps", "7")
     assert {"model", "data", "trainer", "export", "seed_everything"} <= set(config)
-    assert config["data"]["stage"] == ("reward" if stage == "dpo" else stage)  # DPO reads the reward step's pairs
+    # DPO reads the reward step's pairs; PPO and GRPO the prompt batches of the data stage "rl"
+    assert config["data"]["stage"] == {"dpo": "reward", "ppo": "rl", "grpo": "rl"}.get(stage, stage)
     assert config["data"]["batch_size"] == 3 and config["trainer"]["max_steps"] == 7
     assert config["trainer"]["default_root_dir"] == f"runs/{stage}"
-    assert config["export"]["model_attr"] == ("actor" if stage == "ppo" else None)
+    assert config["export"]["model_attr"] == ("actor" if stage in ("ppo", "grpo") else None)
     assert "tokenizer" not in config["data"], "data.tokenizer is linked from the model, not set by the user"
 
 
@@ -145,7 +147,7 @@ def test_console_script_exits_zero_and_prints_no_python_objects():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", "from lightning_rlhf.cli import console_main; console_main()",
+    proc = subprocess.run([sys.executable, "-c", "from lightning_rlhf.commands.main import console_main; console_main()",
                            "--help"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "pipeline" in proc.stdout and "StepResult" not in proc.stdout + proc.stderr

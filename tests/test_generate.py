@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lightning_rlhf.cli import main
+from lightning_rlhf.commands.main import main
 from tests.helpers.ppo_export import fit_and_export
 from tests.modules.test_ppo import ppo_paths  # noqa: F401  (fixture)
 
@@ -34,7 +34,7 @@ def test_generate_from_an_export_answers_as_validation_did(tmp_path, ppo_paths):
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert rows == [{"prompt": p, "response": r} for p, r in zip(batch["prompts"], expected)]
 
-    from lightning_rlhf.generate import generate_main
+    from lightning_rlhf.commands.generate import generate_main
 
     stdout = io.StringIO()
     stdin = io.StringIO("".join(p + "\n" for p in batch["prompts"][:2]) + "\n")

@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers.distributed import run_distributed
 
-LOG_NOISE = Path(__file__).resolve().parents[1] / "lightning_rlhf" / "log_noise.py"
+LOG_NOISE = Path(__file__).resolve().parents[1] / "lightning_rlhf" / "commands" / "log_noise.py"
 REPEAT = """
 import importlib.util, sys, warnings
 spec = importlib.util.spec_from_file_location("log_noise", sys.argv[1])

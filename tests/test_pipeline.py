@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_rlhf.cli import main
-from lightning_rlhf.pipeline import (
+from lightning_rlhf.commands.main import main
+from lightning_rlhf.commands.pipeline import (
     DEFAULT_CONFIG,
     PipelineConfig,
     deep_merge,

@@ -9,8 +9,9 @@ import json
 import pytest
 import yaml
 
-from lightning_rlhf.cli import STAGE_CLIS, main
-from lightning_rlhf.pipeline import STEPS, PipelineConfig, step_config
+from lightning_rlhf.commands.main import main
+from lightning_rlhf.commands.stages import STAGE_CLIS
+from lightning_rlhf.commands.pipeline import STEPS, PipelineConfig, step_config
 from tests.test_pipeline import ONE_PROCESS, QUICK
 
 NO_BAR = [f"--{s}.trainer.enable_progress_bar=false" for s in ("sft", "reward", "ppo")]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_rlhf.cli import STAGE_CLIS
-from lightning_rlhf.pipeline import STEPS, PipelineConfig, build_parser, step_config
+from lightning_rlhf.commands.stages import STAGE_CLIS
+from lightning_rlhf.commands.pipeline import STEPS, PipelineConfig, build_parser, step_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PIPELINES = sorted(EXAMPLES.glob("*/pipeline.yaml"))

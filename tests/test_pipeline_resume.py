@@ -9,8 +9,8 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_rlhf.cli import main
-from lightning_rlhf.pipeline_resume import bare_resume_flag
+from lightning_rlhf.commands.main import main
+from lightning_rlhf.commands.pipeline_resume import bare_resume_flag
 from tests.helpers.interrupt import Killed
 
 PPO_ITERATIONS = 3

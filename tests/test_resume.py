@@ -15,7 +15,7 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_rlhf.cli import main
+from lightning_rlhf.commands.main import main
 from tests.helpers.interrupt import Killed
 
 BATCHES_PER_EPOCH = 4  # data.task_size 50 -> 19 PPO training prompts -> batches of 5, 5, 5, 4 (ragged)
@@ -96,7 +96,7 @@ def test_a_ppo_run_killed_mid_epoch_resumes_from_the_last_iteration_and_ends_lik
     assert epoch_loop["total"]["processed"] == killed_at - 1, "the checkpoint of the iteration before the kill"
     assert last["epoch"] == 1 and epoch_loop["current"]["processed"] == killed_at - 1 - BATCHES_PER_EPOCH
     # the loader's position in the epoch went into the checkpoint
-    assert last["PreferenceDataModule"]["train_position"]["batches"] == killed_at - 1 - BATCHES_PER_EPOCH
+    assert last["RLHFDataModule"]["train_position"]["batches"] == killed_at - 1 - BATCHES_PER_EPOCH
 
     command = _docs_recipe()[1]
     assert command == ["lightning-rlhf", "ppo", "fit", "--config", "ppo.yaml", "--ckpt_path", "last"]
@@ -115,7 +115,7 @@ def test_a_ppo_run_killed_mid_epoch_resumes_from_the_last_iteration_and_ends_lik
 @pytest.mark.parametrize("callback", ["lightning.pytorch.callbacks.ModelCheckpoint"])
 def test_a_checkpoint_callback_in_trainer_callbacks_switches_checkpointing_on(models, tmp_path, callback):
     """The CLI's default enable_checkpointing=False made Lightning refuse any ModelCheckpoint a user added."""
-    from lightning_rlhf.cli import SFTCLI
+    from lightning_rlhf.commands.stages import SFTCLI
 
     args = ["--model.model", str(models[0]), "--trainer.default_root_dir", str(tmp_path)]
     entry = yaml.safe_dump([{"class_path": callback, "init_args": {"dirpath": str(tmp_path / "ckpt")}}],
@@ -139,7 +139,7 @@ def test_a_ppo_checkpoint_of_two_ranks_is_refused_at_once_on_one(models, tmp_pat
     config["data"]["batch_size"] = 2
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(config))
-    cli = Path(__file__).resolve().parents[1] / "lightning_rlhf" / "cli.py"
+    cli = Path(__file__).resolve().parents[1] / "lightning_rlhf" / "commands" / "main.py"
     run_distributed(cli, "ppo", "fit", "--config", path, nprocs=2)
     assert (root / "checkpoints" / "last.ckpt" / "lightning_rlhf_checkpoint.json").is_file()
     with pytest.raises(AssertionError, match=r"saved by 2 ranks at ZeRO-3, this run has 1: the optimizer shards"):

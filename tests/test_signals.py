@@ -9,7 +9,7 @@ import pytest
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from lightning_rlhf.data import PreferenceDataModule
+from lightning_rlhf.data import RLHFDataModule
 from lightning_rlhf.modules import SFTModule
 from tests.modules.test_ppo import make_data, make_module, make_trainer, ppo_paths  # noqa: F401  (fixture)
 from tests.test_cli import _print_config
@@ -38,7 +38,7 @@ def test_progress_bar_shows_reward_kl_and_task_success(tmp_path, ppo_paths):
 def test_data_lines_are_printed_once_across_validate_fit_validate(tmp_path, tiny_model_factory, caplog):
     """What the pipeline does with one data module: validate, fit, validate (before: every line three times)."""
     model = tiny_model_factory("llama", hidden_size=32, num_layers=1, num_heads=2)
-    data = PreferenceDataModule(str(model), stage="sft", task_size=100, max_prompt_length=16, max_length=24,
+    data = RLHFDataModule(str(model), stage="sft", task_size=100, max_prompt_length=16, max_length=24,
                                 cache_dir=str(tmp_path / "cache"))
     module = SFTModule(str(model))
     trainer = Trainer(accelerator="cpu", devices=1, max_steps=1, limit_val_batches=1, logger=False,

@@ -1,11 +1,5 @@
-"""From scores to advantages: per-token KL-penalised rewards and generalised advantage estimation.
-
-Reward shaping follows InstructGPT / DeepSpeed-Chat (``compute_rewards`` in
-applications/DeepSpeed-Chat/dschat/rlhf/ppo_trainer.py of deepspeedai/DeepSpeedExamples):
-``reward_t = -beta * KL_t`` for every response token, plus the (normalised, penalised, clipped)
-sequence score on the last real token. GAE is Schulman et al. 2015,
-"High-Dimensional Continuous Control Using Generalized Advantage Estimation"
-(https://arxiv.org/abs/1506.02438).
+"""Per-token KL-penalised rewards (as DeepSpeed-Chat's ``compute_rewards``) and generalised advantage estimation
+(Schulman et al. 2015, https://arxiv.org/abs/1506.02438).
 """
 
 from __future__ import annotations
@@ -20,17 +14,12 @@ from lightning_rlhf.algorithms.masked import masked_sum, masked_var
 
 
 class RewardStats(TypedDict):
-    """Detached scalars describing the shaped rewards of one rollout."""
+    """Detached per-sequence sums averaged over a rollout: ``kl`` in nats, ``non_score_reward`` = ``-beta * KL``."""
 
-    #: mean over sequences of the summed per-token KL estimate (nats per sequence)
     kl: Tensor
-    #: mean of the processed score placed on the last token
     score: Tensor
-    #: mean over sequences of the summed KL penalty (``-beta * KL``)
     non_score_reward: Tensor
-    #: mean over sequences of the total shaped reward
     reward_mean: Tensor
-    #: standard deviation over sequences of the total shaped reward
     reward_std: Tensor
 
 
@@ -48,10 +37,7 @@ def process_scores(
     score_std: float = 1.0,
     clip: float | None = 5.0,
 ) -> Tensor:
-    """Normalise, penalise and clip raw reward-model scores.
-
-    ``(score - score_mean) / score_std``, then ``- missing_eos_penalty`` where no EOS was produced,
-    then clipped to ``[-clip, clip]``.
+    """``(score - score_mean) / score_std - missing_eos_penalty`` (where no EOS), clipped to ``[-clip, clip]``.
 
     Args:
         scores: ``(batch,)`` raw scores.
@@ -60,9 +46,6 @@ def process_scores(
         score_mean: mean of the reward model's scores (e.g. from ``reward_stats.json``).
         score_std: their standard deviation (must be > 0).
         clip: clip range; ``None`` disables clipping.
-
-    Returns:
-        ``(batch,)`` processed scores (a new tensor).
     """
     if score_std <= 0:
         raise ValueError(f"score_std must be > 0, got {score_std}")
@@ -86,13 +69,9 @@ def kl_penalized_rewards(
         scores: ``(batch,)`` processed sequence scores (see :func:`process_scores`).
         logprobs: ``(batch, seq)`` policy log-probabilities of the response tokens at sampling time.
         ref_logprobs: ``(batch, seq)`` the same under the reference model.
-        mask: ``(batch, seq)`` true on real response tokens (through EOS), false on padding. A row
-            with no true entry gets no reward at all.
+        mask: ``(batch, seq)`` true on real response tokens (through EOS); an all-false row gets no reward.
         kl_coef: the KL coefficient ``beta``.
-        kl_estimator: name in :data:`lightning_rlhf.algorithms.kl.KL_ESTIMATORS` (``k1``, ``k2``, ``k3``).
-
-    Returns:
-        ``(rewards, stats)``: rewards ``(batch, seq)`` float, zero on masked entries.
+        kl_estimator: name in :data:`lightning_rlhf.algorithms.kl.KL_ESTIMATORS`.
     """
     if logprobs.shape != ref_logprobs.shape or logprobs.shape != mask.shape or scores.shape != logprobs.shape[:1]:
         raise ValueError(
@@ -122,11 +101,10 @@ def kl_penalized_rewards(
 def generalized_advantage_estimation(
     rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
 ) -> tuple[Tensor, Tensor]:
-    """GAE over the real tokens of each row, backwards from the last one.
+    """GAE over the real tokens of each row: ``(advantages, returns)``, zero on masked entries.
 
-    Masked positions are skipped, not treated as zero-value steps: a real token's successor is the
-    next real token of its row (none after the last, so the episode ends there). With right-padded
-    responses this is exactly the usual recursion.
+    Masked positions are skipped, not treated as zero-value steps: a real token's successor is the next real
+    token of its row.
 
     Args:
         rewards: ``(batch, seq)`` per-token rewards.
@@ -134,10 +112,6 @@ def generalized_advantage_estimation(
         mask: ``(batch, seq)`` true on real response tokens.
         gamma: discount factor.
         lam: GAE ``lambda``.
-
-    Returns:
-        ``(advantages, returns)``, both ``(batch, seq)``, zero on masked entries;
-        ``returns = advantages + values``.
     """
     if rewards.shape != values.shape or rewards.shape != mask.shape:
         raise ValueError(
@@ -161,15 +135,9 @@ def generalized_advantage_estimation(
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor | None = None) -> Tensor:
-    """``1 - Var(returns - values) / Var(returns)`` over the selected entries.
+    """``1 - Var(returns - values) / Var(returns)`` over ``mask`` (``None``: all), each ``(batch, seq)``.
 
-    1 is a perfect critic, 0 no better than a constant, negative worse. ``nan`` when the returns
-    have zero variance (undefined).
-
-    Args:
-        values: ``(batch, seq)`` predicted values.
-        returns: ``(batch, seq)`` targets.
-        mask: ``(batch, seq)`` true on entries that count; ``None`` counts all.
+    1 is a perfect critic, 0 a constant, ``nan`` for returns of zero variance.
     """
     var_returns = masked_var(returns.float(), mask)
     residual = masked_var(returns.float() - values.float(), mask)

@@ -1,17 +1,6 @@
-"""The critic-free policy loss: clipped surrogate (asymmetric ranges), optional KL to the reference, named
-aggregation.
-
-Why one function with names rather than a loss per paper: GRPO, DAPO and Dr. GRPO share the clipped ratio
-and differ only in the clip ranges, the KL term and how tokens are averaged, so those are arguments
-(``clip_range_high``, ``beta``, ``kl_estimator``, ``aggregation``), each drawn from a small mapping.
-
-- KL in the loss: GRPO (Shao et al. 2024, https://arxiv.org/abs/2402.03300, equation 3) adds
-  ``beta * KL_t`` per token with the k3 estimator; ``beta = 0`` (TRL's default and DAPO's) drops it, and
-  then no reference log-probabilities are needed at all.
-- Clip-higher and token-level averaging: DAPO (https://arxiv.org/abs/2503.14476), sections 3.1 and 3.3.
-- Entropy bonus: PPO's ``c2 * H`` term (Schulman et al. 2017, https://arxiv.org/abs/1707.06347, equation 9),
-  ``entropy_coef`` here as veRL's ``entropy_coeff``: a group whose answers all earn the same reward gives the
-  surrogate no gradient, and only this term still widens a collapsed distribution so that later groups differ.
+"""The critic-free policy loss of GRPO, DAPO and Dr. GRPO, which differ only in its arguments: clip ranges
+(DAPO's clip-higher, https://arxiv.org/abs/2503.14476), the KL in the loss (GRPO, https://arxiv.org/abs/2402.03300,
+eq. 3), the aggregation, and PPO's entropy bonus (https://arxiv.org/abs/1707.06347, eq. 9).
 """
 
 from __future__ import annotations
@@ -27,19 +16,14 @@ from lightning_rlhf.algorithms.masked import masked_mean
 
 
 class GRPOLossStats(TypedDict):
-    """Detached scalars of one critic-free policy update (token means over the mask)."""
+    """Detached token means over the mask of one critic-free policy update (as :class:`PolicyLossStats`)."""
 
-    #: fraction of tokens where the lower clip bound was active (``A < 0``, ratio below ``1 - eps_low``)
     clipfrac_low: Tensor
-    #: fraction of tokens where the upper clip bound was active (``A > 0``, ratio above ``1 + eps_high``)
     clipfrac_high: Tensor
-    #: their sum: the fraction of tokens whose clipped term was the active one
     clipfrac: Tensor
-    #: k3 estimate of ``KL(pi_old || pi)``: how far this update moved the policy
     approx_kl: Tensor
-    #: mean probability ratio ``pi / pi_old``
     ratio_mean: Tensor
-    #: mean per-token KL to the reference with the chosen estimator (0 without reference log-probs)
+    #: per-token KL to the reference (0 without reference log-probs)
     kl: Tensor
 
 
@@ -58,31 +42,22 @@ def grpo_policy_loss(
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
 ) -> tuple[Tensor, GRPOLossStats]:
-    """``aggregate(max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)) + beta * KL_t - c H_t)`` over the masked
-    tokens.
+    """``aggregate(max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)) + beta * KL_t - c H_t)`` over ``mask``.
 
     Args:
-        logprobs: ``(batch, seq)`` log-probabilities of the sampled tokens under the current policy
-            (carries the gradient).
+        logprobs: ``(batch, seq)`` log-probabilities of the sampled tokens under the current policy.
         old_logprobs: ``(batch, seq)`` the same at sampling time.
         advantages: ``(batch, seq)`` advantages (see :mod:`lightning_rlhf.algorithms.group_advantages`).
         mask: ``(batch, seq)`` true on the response tokens that count.
         clip_range_low: ``eps_low`` (0.2 in PPO, GRPO and DAPO).
         clip_range_high: ``eps_high``; above ``clip_range_low`` is DAPO's clip-higher (0.28 in the paper).
-        aggregation: a name in :data:`~lightning_rlhf.algorithms.aggregation.LOSS_AGGREGATIONS`
-            (``seq_mean_token_mean`` as GRPO, ``token_mean`` as DAPO, ``seq_mean_token_sum_norm`` as Dr. GRPO).
-        max_tokens: the constant normaliser of ``seq_mean_token_sum_norm`` (the generation's
-            ``max_new_tokens``).
-        ref_logprobs: ``(batch, seq)`` log-probabilities under the reference model; required when
-            ``beta > 0``, optional otherwise (then the KL is only reported).
+        aggregation: a name in :data:`~lightning_rlhf.algorithms.aggregation.LOSS_AGGREGATIONS`.
+        max_tokens: the constant of ``seq_mean_token_sum_norm`` (the generation's ``max_new_tokens``).
+        ref_logprobs: ``(batch, seq)`` reference log-probabilities; required when ``beta > 0``, else only reported.
         beta: coefficient of the per-token KL in the loss; 0 turns the term off.
         kl_estimator: a name in :data:`~lightning_rlhf.algorithms.kl.KL_ESTIMATORS` (``k3`` as GRPO).
-        entropy: ``(batch, seq)`` entropies of the current policy at each token, carrying the gradient; required
-            when ``entropy_coef > 0``.
+        entropy: ``(batch, seq)`` per-token entropies of the current policy; required when ``entropy_coef > 0``.
         entropy_coef: coefficient ``c`` of the entropy bonus; 0 turns it off.
-
-    Returns:
-        ``(loss, stats)``; the loss is a scalar.
     """
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")

@@ -1,10 +1,7 @@
 """KL estimators and KL-coefficient controllers.
 
-The estimators are John Schulman's k1/k2/k3 (http://joschu.net/blog/kl-approx.html) of
-``KL(pi || pi_ref)`` from samples of ``pi``, written per token, clamped like OpenRLHF's
-``compute_approx_kl`` (https://github.com/OpenRLHF/OpenRLHF/blob/main/openrlhf/models/utils.py).
-The adaptive controller is Ziegler et al. 2019, "Fine-Tuning Language Models from Human
-Preferences" (https://arxiv.org/abs/1909.08593), section 2.2.
+Schulman's per-token k1/k2/k3 of ``KL(pi || pi_ref)`` (http://joschu.net/blog/kl-approx.html), clamped as OpenRLHF's
+``compute_approx_kl``; the adaptive controller of https://arxiv.org/abs/1909.08593, section 2.2.
 """
 
 from __future__ import annotations
@@ -16,20 +13,15 @@ from torch import Tensor
 
 from lightning_rlhf.algorithms.named import choose
 
-#: log-ratios are clamped to this range before ``exp`` so k3 never overflows (or yields nan gradients)
+#: so k3's ``exp`` never overflows (or yields nan gradients)
 _LOG_RATIO_LIMIT = 20.0
 
 
 def kl_k1(logprobs: Tensor, ref_logprobs: Tensor, clamp: float | None = 10.0) -> Tensor:
     """k1 = ``logp - ref_logp``: unbiased, high variance, can be negative per token.
 
-    Args:
-        logprobs: ``(batch, seq)`` log-probabilities of the sampled tokens under the policy.
-        ref_logprobs: ``(batch, seq)`` the same under the reference model.
-        clamp: clamp each estimate to ``[-clamp, clamp]``; ``None`` disables.
-
-    Returns:
-        ``(batch, seq)`` per-token estimates (float32 or wider).
+    ``logprobs``, ``ref_logprobs``: ``(batch, seq)`` sampled tokens' log-probabilities under the policy and the
+    reference; each estimate is clamped to ``[-clamp, clamp]`` (``None``: not).
     """
     return _clamp(logprobs.float() - ref_logprobs.float(), clamp)
 
@@ -40,10 +32,7 @@ def kl_k2(logprobs: Tensor, ref_logprobs: Tensor, clamp: float | None = 10.0) ->
 
 
 def kl_k3(logprobs: Tensor, ref_logprobs: Tensor, clamp: float | None = 10.0) -> Tensor:
-    """k3 = ``exp(r) - 1 - r`` with ``r = ref_logp - logp``: unbiased, low variance, non-negative.
-
-    Args as :func:`kl_k1`.
-    """
+    """k3 = ``exp(r) - 1 - r``, ``r = ref_logp - logp``: unbiased, low variance, non-negative. Args as :func:`kl_k1`."""
     log_ratio = (ref_logprobs.float() - logprobs.float()).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
     return _clamp(torch.expm1(log_ratio) - log_ratio, clamp)
 
@@ -54,12 +43,11 @@ def _clamp(values: Tensor, limit: float | None) -> Tensor:
 
 KLEstimator = Callable[..., Tensor]
 
-#: the estimators by name, for configuration (``kl_estimator: k3``)
 KL_ESTIMATORS: Mapping[str, KLEstimator] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
 def get_kl_estimator(name: str) -> KLEstimator:
-    """The estimator called ``name`` (one of :data:`KL_ESTIMATORS`), with a clear error otherwise."""
+    """The estimator called ``name`` in :data:`KL_ESTIMATORS`."""
     return choose(KL_ESTIMATORS, name, "KL estimator")
 
 
@@ -76,11 +64,7 @@ class KLController(Protocol):
 
 
 class FixedKLController:
-    """A constant KL coefficient.
-
-    Args:
-        kl_coef: the coefficient ``beta`` of the per-token KL penalty.
-    """
+    """A constant KL coefficient ``kl_coef``, the ``beta`` of the per-token KL penalty."""
 
     def __init__(self, kl_coef: float) -> None:
         if kl_coef < 0:
@@ -88,7 +72,6 @@ class FixedKLController:
         self.value = float(kl_coef)
 
     def update(self, current_kl: float, n_steps: int) -> float:
-        """No change; returns the coefficient."""
         return self.value
 
     def state_dict(self) -> dict[str, float]:
@@ -99,9 +82,7 @@ class FixedKLController:
 
 
 class AdaptiveKLController(FixedKLController):
-    """Ziegler et al.'s proportional controller driving the observed KL towards ``target``.
-
-    ``beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon)``.
+    """Ziegler et al.'s controller: ``beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon)``.
 
     Args:
         kl_coef: initial coefficient.
@@ -113,14 +94,14 @@ class AdaptiveKLController(FixedKLController):
         super().__init__(kl_coef)
         if target <= 0 or horizon <= 0:
             raise ValueError(f"target and horizon must be > 0, got target={target}, horizon={horizon}")
-        if kl_coef <= 0:  # the controller scales the coefficient: from 0 it would never move
+        if kl_coef <= 0:
             raise ValueError(f"an adaptive KL (kl_target={target}) needs an initial kl_coef > 0, got {kl_coef}; "
                              f"start from e.g. kl_coef=0.1, or drop kl_target for no KL penalty")
         self.target = float(target)
         self.horizon = int(horizon)
 
     def update(self, current_kl: float, n_steps: int) -> float:
-        """Update from the KL measured on a rollout of ``n_steps`` samples; returns the new coefficient."""
+        """Update from the KL of a rollout of ``n_steps`` samples; returns the new coefficient."""
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
         return self.value

@@ -1,8 +1,5 @@
-"""Quantities read off language-model logits without materialising a full softmax copy per batch.
-
-Why: ``log_softmax`` over ``(batch, seq, vocab)`` in float32 is the largest tensor in PPO; we go row
-by row (the ``selective_log_softmax`` trick of TRL,
-https://github.com/huggingface/trl/blob/main/trl/trainer/utils.py) so peak memory is one row.
+"""Quantities read off language-model logits, row by row (TRL's ``selective_log_softmax`` trick): a float32
+``log_softmax`` over ``(batch, seq, vocab)`` is PPO's largest tensor, so peak memory stays at one row.
 """
 
 from __future__ import annotations
@@ -12,15 +9,8 @@ from torch import Tensor
 
 
 def logprobs_from_logits(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Log-probability of ``tokens`` under ``logits``: ``logits[t, tokens[t]] - logsumexp(logits[t])``.
-
-    Args:
-        logits: ``(batch, seq, vocab)``, already aligned so ``logits[:, t]`` scores ``tokens[:, t]``.
-        tokens: ``(batch, seq)`` token ids.
-
-    Returns:
-        ``(batch, seq)`` float32 log-probabilities (differentiable w.r.t. ``logits``).
-    """
+    """``(batch, seq)`` float32 ``logits[t, tokens[t]] - logsumexp(logits[t])``, ``logits`` ``(batch, seq, vocab)``
+    already aligned with ``tokens`` ``(batch, seq)``."""
     if logits.shape[:-1] != tokens.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not align with tokens {tuple(tokens.shape)}")
     rows = []
@@ -32,14 +22,7 @@ def logprobs_from_logits(logits: Tensor, tokens: Tensor) -> Tensor:
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of the categorical distribution at each position: ``logsumexp(z) - sum(softmax(z) * z)``.
-
-    Args:
-        logits: ``(batch, seq, vocab)``.
-
-    Returns:
-        ``(batch, seq)`` float32 entropies in nats.
-    """
+    """``(batch, seq)`` float32 entropy in nats of ``logits`` ``(batch, seq, vocab)``: ``logsumexp(z) - E[z]``."""
     rows = []
     for row_logits in logits:
         row_logits = row_logits.float()

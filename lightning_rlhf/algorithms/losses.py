@@ -1,11 +1,5 @@
-"""PPO and reward-model losses, each returning ``(loss, stats)``.
-
-- Clipped surrogate policy loss and clipped value loss: Schulman et al. 2017, "Proximal Policy
-  Optimization Algorithms" (https://arxiv.org/abs/1707.06347); the value loss as
-  ``0.5 * max(unclipped, clipped)`` squared error follows DeepSpeed-Chat's ``critic_loss_fn``.
-- Pairwise reward loss ``-log sigmoid(r_chosen - r_rejected)``: Ouyang et al. 2022, "Training
-  language models to follow instructions with human feedback" (https://arxiv.org/abs/2203.02155).
-- The language-modelling (ptx) loss mixed into PPO: InstructGPT's PPO-ptx objective, same paper.
+"""PPO's clipped policy and value losses (https://arxiv.org/abs/1707.06347, the value loss as DeepSpeed-Chat's),
+InstructGPT's pairwise reward and ptx losses (https://arxiv.org/abs/2203.02155); each returns ``(loss, stats)``.
 """
 
 from __future__ import annotations
@@ -23,11 +17,9 @@ from lightning_rlhf.algorithms.masked import masked_mean
 class PolicyLossStats(TypedDict):
     """Detached scalars of one policy update."""
 
-    #: fraction of tokens whose ratio was clipped (the clipped term was the active one)
     clipfrac: Tensor
-    #: k3 estimate of ``KL(pi_old || pi)`` over the tokens, how far the update moved the policy
+    #: k3 estimate of ``KL(pi_old || pi)``: how far the update moved the policy
     approx_kl: Tensor
-    #: mean probability ratio ``pi / pi_old``
     ratio_mean: Tensor
 
 
@@ -36,48 +28,40 @@ class ValueLossStats(TypedDict):
 
     #: fraction of tokens where the clipped error was the larger one
     value_clipfrac: Tensor
-    #: mean predicted value
     value_mean: Tensor
 
 
 class PairwiseLossStats(TypedDict):
     """Detached scalars of one reward-model batch."""
 
-    #: fraction of pairs ranked correctly (chosen scored above rejected)
     accuracy: Tensor
     chosen_mean: Tensor
     rejected_mean: Tensor
 
 
 class ClippedSurrogate(NamedTuple):
-    """Per-token pieces of PPO's clipped objective, each ``(batch, seq)``."""
+    """Per-token pieces of PPO's clipped objective, each ``(batch, seq)``; ``clipped_*``: that bound was active."""
 
-    #: ``max(-A * ratio, -A * clip(ratio, 1 - eps_low, 1 + eps_high))`` (carries the gradient)
     loss: Tensor
-    #: ``pi / pi_old``
     ratio: Tensor
-    #: the lower bound was active: ``A < 0`` and ``ratio < 1 - eps_low``
     clipped_low: Tensor
-    #: the upper bound was active: ``A > 0`` and ``ratio > 1 + eps_high``
     clipped_high: Tensor
 
 
 def clipped_surrogate(
     logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_range_low: float, clip_range_high: float
 ) -> ClippedSurrogate:
-    """PPO's clipped surrogate per token, with separate lower and upper clip ranges.
+    """PPO's clipped surrogate per token, ``max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))``.
 
-    Equal ranges are PPO (Schulman et al. 2017); a wider upper range is DAPO's clip-higher (Yu et al. 2025,
-    https://arxiv.org/abs/2503.14476, section 3.1), which lets unlikely tokens with a positive advantage
-    grow, against entropy collapse. The clipped term is the active one exactly where ``clipped_low`` or
-    ``clipped_high`` holds.
+    A wider upper range is DAPO's clip-higher (https://arxiv.org/abs/2503.14476, section 3.1): unlikely tokens
+    with a positive advantage may grow, against entropy collapse.
 
     Args:
         logprobs: ``(batch, seq)`` log-probabilities under the current policy (carries the gradient).
         old_logprobs: ``(batch, seq)`` the same at sampling time.
         advantages: ``(batch, seq)`` advantage estimates.
-        clip_range_low: ``eps_low``: the ratio is clipped below at ``1 - eps_low``.
-        clip_range_high: ``eps_high``: the ratio is clipped above at ``1 + eps_high``.
+        clip_range_low: ``eps_low``.
+        clip_range_high: ``eps_high``.
     """
     if not 0 <= clip_range_low <= 1 or clip_range_high < 0:
         raise ValueError(
@@ -99,18 +83,9 @@ def clipped_surrogate(
 def clipped_policy_loss(
     logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float = 0.2
 ) -> tuple[Tensor, PolicyLossStats]:
-    """PPO's clipped surrogate: ``mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))``.
+    """PPO's clipped surrogate ``mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))`` over ``mask``.
 
-    Args:
-        logprobs: ``(batch, seq)`` log-probabilities of the taken tokens under the current policy
-            (carries the gradient).
-        old_logprobs: ``(batch, seq)`` the same at sampling time.
-        advantages: ``(batch, seq)`` advantage estimates.
-        mask: ``(batch, seq)`` true on real response tokens; the mean is over these.
-        clip_range: ``eps``.
-
-    Returns:
-        ``(loss, stats)``; the loss is a scalar.
+    Args as :func:`clipped_surrogate`, ``mask`` ``(batch, seq)`` true on real response tokens, ``clip_range`` ``eps``.
     """
     surrogate = clipped_surrogate(logprobs, old_logprobs, advantages, clip_range, clip_range)
     ratio = surrogate.ratio
@@ -134,9 +109,6 @@ def clipped_value_loss(
         returns: ``(batch, seq)`` value targets.
         mask: ``(batch, seq)`` true on real response tokens.
         clip_range: ``eps``.
-
-    Returns:
-        ``(loss, stats)``; the loss is a scalar.
     """
     values = values.float()
     old_values, returns = old_values.float().detach(), returns.float().detach()
@@ -157,14 +129,9 @@ def pairwise_reward_loss(
     """Bradley-Terry loss ``mean(-log sigmoid(r_chosen - r_rejected))``.
 
     Args:
-        chosen_scores: ``(batch,)`` scores of the preferred responses, or ``(batch, seq)`` per-token
-            scores when comparing token-wise as DeepSpeed-Chat does.
+        chosen_scores: ``(batch,)`` scores of the preferred responses, or ``(batch, seq)`` token-wise (DeepSpeed-Chat).
         rejected_scores: same shape, scores of the rejected responses.
-        mask: same shape, true on entries that count (e.g. tokens after chosen and rejected first
-            differ); ``None`` counts all.
-
-    Returns:
-        ``(loss, stats)``; accuracy compares the entries' means per pair.
+        mask: same shape, true on entries that count; ``None`` counts all.
     """
     if chosen_scores.shape != rejected_scores.shape:
         raise ValueError(
@@ -176,7 +143,7 @@ def pairwise_reward_loss(
     if chosen.dim() > 1:
         chosen, rejected = masked_mean(chosen, mask, dim=-1), masked_mean(rejected, mask, dim=-1)
     stats = PairwiseLossStats(
-        accuracy=((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().detach(),  # a tie: 0.5
+        accuracy=((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().detach(),
         chosen_mean=chosen.mean().detach(),
         rejected_mean=rejected.mean().detach(),
     )
@@ -184,16 +151,8 @@ def pairwise_reward_loss(
 
 
 def causal_lm_loss(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
-    """Next-token cross-entropy: position ``t`` predicts ``labels[t + 1]``; ``ignore_index`` skipped.
-
-    Args:
-        logits: ``(batch, seq, vocab)``.
-        labels: ``(batch, seq)`` token ids, ``ignore_index`` on prompt and padding.
-        ignore_index: label value that does not count.
-
-    Returns:
-        Scalar mean over counted tokens (0 when none count).
-    """
+    """Next-token cross-entropy of ``logits`` ``(batch, seq, vocab)`` against ``labels`` ``(batch, seq)``, the mean
+    over the tokens not labelled ``ignore_index`` (prompt, padding); 0 when none count."""
     shifted_logits = logits[:, :-1].float()
     shifted_labels = labels[:, 1:]
     counted = shifted_labels != ignore_index

@@ -1,8 +1,4 @@
-"""Looking up an algorithm variant by the name a config gives.
-
-Why one helper: every variant family (KL estimators, advantage estimators, loss aggregations) is a small
-name -> function mapping, and a misspelt name should fail the same clear way everywhere, listing the choices.
-"""
+"""Looking up an algorithm variant by the name a config gives, failing the same clear way everywhere."""
 
 from __future__ import annotations
 
@@ -12,7 +8,7 @@ T = TypeVar("T")
 
 
 def choose(choices: Mapping[str, T], name: str, what: str) -> T:
-    """``choices[name]``, or a ``ValueError`` saying ``unknown <what> '<name>'`` and listing the names."""
+    """``choices[name]``, or a ``ValueError`` listing the names."""
     try:
         return choices[name]
     except KeyError:

@@ -1,28 +1,5 @@
-"""Offline preference losses on (chosen, rejected) pairs: DPO and its family.
-
-Every loss here is a function of one number per pair, the *margin*
-``z = r_chosen - r_rejected`` of the implicit rewards, where ``r = beta * (log pi(y|x) - log pi_ref(y|x))``
-for the losses that use a reference and ``r = beta * mean log pi(y|x)`` for the reference-free SimPO.
-The variants differ only in how the margin is penalised (and which log-probs it is built from), so a
-variant is a function plus an entry in :data:`PREFERENCE_LOSSES`, never a branch:
-
-- ``sigmoid``: DPO, Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Secretly
-  a Reward Model" (https://arxiv.org/abs/2305.18290), ``-log sigmoid(z)``. With ``label_smoothing`` eps it
-  is conservative DPO (cDPO, Mitchell 2023, https://ericmitchell.ai/cdpo.pdf): the label is assumed flipped
-  with probability eps, ``-(1 - eps) log sigmoid(z) - eps log sigmoid(-z)``.
-- ``ipo``: Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human Preferences"
-  (https://arxiv.org/abs/2310.12036), ``(z / beta - 1 / (2 beta))^2``: a squared loss that keeps the
-  log-ratio margin at a finite target instead of pushing it to infinity. Built on per-token mean log-probs,
-  as TRL does on the authors' advice (the target ``1 / (2 beta)`` is on that scale).
-- ``hinge``: SLiC, Zhao et al. 2023, "SLiC-HF: Sequence Likelihood Calibration with Human Feedback"
-  (https://arxiv.org/abs/2305.10425), ``max(0, 1 - z)`` (with ``beta`` as the inverse margin).
-- ``simpo``: Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward"
-  (https://arxiv.org/abs/2405.14734): no reference, length-normalised log-probs, target margin ``gamma``,
-  ``-log sigmoid(z - gamma)`` (label smoothing as in cDPO).
-
-Sequence log-probs (:func:`sequence_logprobs`) sum the response tokens' log-probs (mean for the
-length-normalised losses); prompt and padding never count, and a response cut at ``max_length`` counts
-the tokens it kept.
+"""DPO and its family of preference losses (docs/dpo.md): each a function of the margin ``z = r_chosen - r_rejected``
+of the implicit rewards ``r = beta * (log pi(y|x) - log pi_ref(y|x))`` (SimPO: ``beta * mean log pi(y|x)``).
 """
 
 from __future__ import annotations
@@ -39,33 +16,22 @@ from lightning_rlhf.algorithms.masked import masked_mean, masked_sum
 
 
 def response_token_mask(attention_mask: Tensor, prompt_lengths: Tensor) -> Tensor:
-    """True on the response tokens of right-padded ``prompt + response`` rows.
-
-    Args:
-        attention_mask: ``(batch, seq)`` 1 on real tokens (prompt and response), 0 on right padding.
-        prompt_lengths: ``(batch,)`` number of prompt tokens at the start of each row.
-
-    Returns:
-        ``(batch, seq)`` bool.
-    """
+    """``(batch, seq)`` bool, true on the response tokens of right-padded ``prompt + response`` rows: past the
+    ``prompt_lengths`` ``(batch,)`` first tokens and where ``attention_mask`` ``(batch, seq)`` is 1."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (positions.unsqueeze(0) >= prompt_lengths.unsqueeze(1)) & attention_mask.bool()
 
 
 def sequence_logprobs(logits: Tensor, input_ids: Tensor, response_mask: Tensor, average: bool = False) -> Tensor:
-    """Log-probability of each row's response under ``logits``: the sum (or mean) over its response tokens.
+    """``(batch,)`` float32 log-probability of each row's response: the sum (or mean) over its response tokens.
 
-    Position ``t`` of the logits predicts token ``t + 1``, so the first token of a row is never scored
-    (it has no context); a row without response tokens gets 0.
+    Prompt and padding never count; a row without response tokens gets 0.
 
     Args:
         logits: ``(batch, seq, vocab)`` from a forward over ``input_ids``.
         input_ids: ``(batch, seq)`` prompt + response token ids.
         response_mask: ``(batch, seq)`` true on the response tokens (see :func:`response_token_mask`).
         average: the mean per response token (SimPO, IPO) instead of the sum (DPO).
-
-    Returns:
-        ``(batch,)`` float32, differentiable w.r.t. ``logits``.
     """
     if logits.shape[:2] != input_ids.shape or response_mask.shape != input_ids.shape:
         raise ValueError(f"logits {tuple(logits.shape)}, input_ids {tuple(input_ids.shape)} and response_mask "
@@ -77,35 +43,29 @@ def sequence_logprobs(logits: Tensor, input_ids: Tensor, response_mask: Tensor, 
 
 
 def sigmoid_loss(margins: Tensor, beta: float, label_smoothing: float = 0.0, gamma: float = 0.0) -> Tensor:
-    """DPO (cDPO with ``label_smoothing``): ``-(1 - eps) log sigmoid(z) - eps log sigmoid(-z)`` per pair.
-
-    Args:
-        margins: ``(batch,)`` implicit-reward margins ``z`` (already scaled by ``beta``).
-        beta: unused here (the margins carry it); part of the common signature.
-        label_smoothing: probability ``eps`` in ``[0, 0.5)`` that a pair's label is flipped.
-        gamma: unused (SimPO's margin).
-    """
+    """DPO (https://arxiv.org/abs/2305.18290) ``-(1 - eps) log sigmoid(z) - eps log sigmoid(-z)`` per pair, cDPO
+    (https://ericmitchell.ai/cdpo.pdf) with flip chance ``eps = label_smoothing``; ``margins`` carry ``beta``."""
     return -(1.0 - label_smoothing) * F.logsigmoid(margins) - label_smoothing * F.logsigmoid(-margins)
 
 
 def ipo_loss(margins: Tensor, beta: float, label_smoothing: float = 0.0, gamma: float = 0.0) -> Tensor:
-    """IPO: ``(z / beta - 1 / (2 beta))^2`` per pair (``z / beta`` is the log-ratio margin ``h``)."""
+    """IPO (https://arxiv.org/abs/2310.12036): ``(z / beta - 1 / (2 beta))^2`` per pair, a finite target margin."""
     return (margins / beta - 1.0 / (2.0 * beta)) ** 2
 
 
 def hinge_loss(margins: Tensor, beta: float, label_smoothing: float = 0.0, gamma: float = 0.0) -> Tensor:
-    """SLiC's calibration loss: ``max(0, 1 - z)`` per pair."""
+    """SLiC (https://arxiv.org/abs/2305.10425): ``max(0, 1 - z)`` per pair."""
     return torch.relu(1.0 - margins)
 
 
 def simpo_loss(margins: Tensor, beta: float, label_smoothing: float = 0.0, gamma: float = 0.5) -> Tensor:
-    """SimPO: the DPO loss of ``z - gamma`` (``z`` from length-normalised, reference-free rewards)."""
+    """SimPO (https://arxiv.org/abs/2405.14734): the DPO loss of ``z - gamma``, ``z`` without a reference."""
     return sigmoid_loss(margins - gamma, beta, label_smoothing)
 
 
 @dataclass(frozen=True)
 class PreferenceLoss:
-    """One variant: its per-pair loss and which log-probs it is built from.
+    """One variant: its per-pair loss and the log-probs it is built from.
 
     Attributes:
         fn: ``fn(margins, beta, label_smoothing, gamma) -> (batch,)`` losses.
@@ -120,7 +80,6 @@ class PreferenceLoss:
     smooths_labels: bool = False
 
 
-#: the variants by name, for configuration (``loss_type: ipo``)
 PREFERENCE_LOSSES: Mapping[str, PreferenceLoss] = {
     "sigmoid": PreferenceLoss(sigmoid_loss, smooths_labels=True),
     "ipo": PreferenceLoss(ipo_loss, length_normalized=True),
@@ -130,7 +89,7 @@ PREFERENCE_LOSSES: Mapping[str, PreferenceLoss] = {
 
 
 def get_preference_loss(name: str) -> PreferenceLoss:
-    """The variant called ``name`` (one of :data:`PREFERENCE_LOSSES`), with a clear error otherwise."""
+    """The variant called ``name`` in :data:`PREFERENCE_LOSSES`."""
     try:
         return PREFERENCE_LOSSES[name]
     except KeyError:
@@ -138,28 +97,20 @@ def get_preference_loss(name: str) -> PreferenceLoss:
 
 
 class PreferenceStats(TypedDict):
-    """Detached batch means of one preference batch (TRL's names, with ``/`` for ``_``)."""
+    """Detached batch means of one preference batch, TRL's names with ``/`` for ``_`` (docs/dpo.md, Metrics)."""
 
-    #: implicit reward of the chosen responses
     rewards_chosen: Tensor
-    #: implicit reward of the rejected responses
     rewards_rejected: Tensor
-    #: fraction of pairs whose chosen reward is above the rejected one (a tie counts 0.5)
     rewards_accuracies: Tensor
-    #: chosen minus rejected reward
     rewards_margins: Tensor
-    #: policy log-probability of the chosen responses (sum, or mean when length-normalised)
     logps_chosen: Tensor
-    #: policy log-probability of the rejected responses
     logps_rejected: Tensor
-    #: fraction of pairs whose chosen log-prob is above the rejected one (a tie counts 0.5): the policy's own
-    #: ranking, no reference. Why: at the start the implicit rewards are all 0 (policy = reference), so
-    #: ``rewards_accuracies`` is 0.5 by construction; this is the starting (reference) model's real preference
+    #: the policy's own ranking, no reference: meaningful before training, when ``rewards_accuracies`` is 0.5
     logps_accuracies: Tensor
 
 
 def pair_accuracy(chosen: Tensor, rejected: Tensor) -> Tensor:
-    """Fraction of pairs with ``chosen > rejected``, a tie counting 0.5 (detached scalar)."""
+    """Fraction of pairs with ``chosen > rejected``, a tie counting 0.5."""
     return ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().detach()
 
 
@@ -181,8 +132,7 @@ def preference_loss(
     """Mean preference loss over a batch of pairs, and its statistics.
 
     Args:
-        chosen_logps: ``(batch,)`` policy log-probs of the chosen responses (carry the gradient); sums or
-            means as the variant's ``length_normalized`` says.
+        chosen_logps: ``(batch,)`` policy log-probs of the chosen responses (sums or means, as the variant says).
         rejected_logps: ``(batch,)`` the same for the rejected responses.
         ref_chosen_logps: ``(batch,)`` reference log-probs of the chosen responses (None for SimPO).
         ref_rejected_logps: ``(batch,)`` the same for the rejected responses.

@@ -1,10 +1,7 @@
 """Exponential moving average of a model's weights (DeepSpeed-Chat's ``--enable_ema``, beta 0.992).
 
-Why on the local shard: under ZeRO-3 each rank keeps only its partition of every parameter (the filled part
-of ``param.ds_tensor``, :func:`~lightning_rlhf.models.zero3.local_partition`); averaging that partition needs no
-communication and keeps the EMA as sharded as the model. Swapping the averages into those same tensors makes
-every ordinary path (validation, generation, :func:`~lightning_rlhf.models.export_hf`) see the EMA weights, at
-any ZeRO stage.
+Each rank averages its own ZeRO-3 partition, without communication; swapping the averages into those tensors
+makes validation, generation and export see the EMA weights.
 """
 
 from __future__ import annotations
@@ -30,8 +27,7 @@ class EMACallback(Callback):
         decay: weight of the old average (DeepSpeed-Chat uses 0.992).
         every_n_steps: update every this many optimizer steps.
         start_step: first optimizer step that updates (before it the EMA tracks the weights exactly).
-        model_attr: attribute of the module holding the model (None: ``export_model()`` or ``model``;
-            PPO passes ``actor``).
+        model_attr: attribute of the module holding the model (None: ``export_model()`` or ``model``).
         validate_with_ema: run validation with the EMA weights swapped in.
         export_dirpath: if set, the EMA model is exported there (HF folder) at the end of fit.
         merge_lora: merge LoRA adapters when exporting.
@@ -67,7 +63,6 @@ class EMACallback(Callback):
         return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start the average from the current weights (unless restored from a checkpoint)."""
         params = self._params(pl_module)
         if set(self.shadow) != set(params):
             self.shadow = {n: local_partition(p).detach().float().clone() for n, p in params.items()}
@@ -77,14 +72,12 @@ class EMACallback(Callback):
 
     @torch.no_grad()
     def update(self, pl_module: LightningModule, decay: float) -> None:
-        """One EMA step with ``decay`` (pure lerp on each local tensor)."""
         params = self._params(pl_module)
         shadows = [self.shadow[n] for n in params]
         current = [local_partition(p).detach().float() for p in params.values()]
         torch._foreach_lerp_(shadows, current, 1.0 - decay)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        """Update after each optimizer step (once per step, also under gradient accumulation)."""
         step = trainer.global_step
         if step == self._last_step or step % self.every_n_steps:
             return
@@ -107,19 +100,16 @@ class EMACallback(Callback):
                     local_partition(param).copy_(backup[name])
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Swap in the EMA weights for validation when asked."""
         if self.validate_with_ema and self.shadow and not trainer.sanity_checking:
             self._validation_swap = self.swapped(pl_module)
             self._validation_swap.__enter__()
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Restore the trained weights after validation."""
         if self._validation_swap is not None:
             self._validation_swap.__exit__(None, None, None)
             self._validation_swap = None
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Export the EMA model when ``export_dirpath`` is set (collective)."""
         if self.export_dirpath is None or not self.shadow:
             return
         with self.swapped(pl_module):
@@ -128,15 +118,9 @@ class EMACallback(Callback):
         rank_zero_info(f"EMACallback: wrote the EMA model to {self.export_dirpath}")
 
     def state_dict(self) -> dict[str, Any]:
-        """The averages (this rank's shard) on CPU.
-
-        Lightning keeps rank 0's callback states only; under ZeRO-3 every rank's shard differs, so
-        ``HybridDeepSpeedStrategy`` saves each rank's callback states beside its shards and gives each rank its own
-        back on resume (Lightning's own ``DeepSpeedStrategy`` does so for single-engine modules only).
-        """
+        """The averages (this rank's shard) on CPU; ``HybridDeepSpeedStrategy`` saves them per rank."""
         return {"shadow": {n: t.cpu() for n, t in self.shadow.items()}, "last_step": self._last_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
         self.shadow = dict(state_dict.get("shadow", {}))
         self._last_step = state_dict.get("last_step", -1)

@@ -37,12 +37,7 @@ def find_tokenizer(trainer: Trainer, pl_module: LightningModule) -> Any | None:
 
 
 def training_chat_template(trainer: Trainer, tokenizer: Any | None) -> str | None:
-    """The chat template reproducing the prompt format of training (None without a tokenizer).
-
-    The data module's encoder decides the format (its ``use_chat_template`` and whether the tokenizer has a
-    template); without a data module that says, the format is the one
-    :class:`~lightning_rlhf.data.tokenization.Encoder` uses by default.
-    """
+    """The chat template reproducing training's prompt format, as the data module's encoder decides it."""
     if tokenizer is None:
         return None
     from lightning_rlhf.data.tokenization import Encoder, TokenizeSettings
@@ -56,13 +51,8 @@ def training_chat_template(trainer: Trainer, tokenizer: Any | None) -> str | Non
 class HFExportCallback(Callback):
     """Write consolidated Hugging Face folders (safetensors, config, tokenizer) from any ZeRO stage.
 
-    ``<dirpath>/final`` is written at the end of fit; with ``monitor`` set, ``<dirpath>/best`` is rewritten
-    each time the monitored validation metric improves (so it always holds the best weights seen).
-    LoRA adapters are merged unless ``merge_lora`` is False. Files the module returns from
-    ``export_artifacts()`` (e.g. the reward model's ``reward_stats.json``) are written beside the weights.
-    The tokenizer is saved with the chat template of the prompt format training used (the tokenizer's own, or
-    ``"Human: ... Assistant:"`` for one without), so ``apply_chat_template`` reproduces the training prompts.
-    Every rank takes part (ZeRO-3 gathers are collective); rank 0 writes.
+    ``<dirpath>/final`` at the end of fit; with ``monitor``, ``<dirpath>/best`` whenever the metric improves. The
+    tokenizer carries training's prompt format as its chat template; ``export_artifacts()`` files go beside.
 
     Args:
         dirpath: output folder (default: ``<trainer.default_root_dir>/hf``).
@@ -70,8 +60,7 @@ class HFExportCallback(Callback):
         mode: ``min`` or ``max``: which direction of ``monitor`` is better.
         save_final: export ``final`` at the end of fit.
         merge_lora: fold LoRA adapters into the base weights (plain ``from_pretrained`` loads the folder).
-        model_attr: attribute of the module holding the model to export (None: ``export_model()`` or
-            ``model``; PPO passes ``actor``).
+        model_attr: attribute of the module holding the model to export (None: ``export_model()`` or ``model``).
     """
 
     def __init__(
@@ -133,7 +122,6 @@ class HFExportCallback(Callback):
             self.export(trainer, pl_module, "best")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Export ``final``."""
         if self.save_final:
             self.export(trainer, pl_module, "final")
 
@@ -142,6 +130,5 @@ class HFExportCallback(Callback):
         return {"best_score": self.best_score, "best_step": self.best_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
         self.best_score = state_dict.get("best_score")
         self.best_step = state_dict.get("best_step")

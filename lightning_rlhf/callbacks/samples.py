@@ -50,13 +50,7 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
 
 
 class SampleLoggingCallback(Callback):
-    """Generate from fixed prompts and log ``| prompt | response |`` tables to TensorBoard text.
-
-    The prompts are ``prompts`` when given, else the first ``num_prompts`` prompts of the first
-    validation batch (SFT or PPO format). Generation goes through
-    :func:`lightning_rlhf.strategies.generation_mode`, so under the hybrid strategy it uses its
-    generation switch (ZeRO-3 gather, tensor parallel) and elsewhere the model itself in eval mode.
-    Every rank generates the same prompts (ZeRO-3 needs all ranks in the forward passes); rank 0 logs.
+    """Generate from fixed prompts and log ``| prompt | response |`` tables to TensorBoard text (rank 0 logs).
 
     Args:
         prompts: prompt texts (tokenized with the module's tokenizer); None takes them from validation data.
@@ -142,12 +136,10 @@ class SampleLoggingCallback(Callback):
         return samples
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Log after each validation (not the sanity check)."""
         if not trainer.sanity_checking:
             self.log_samples(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        """Log every ``every_n_steps`` optimizer steps."""
         step = trainer.global_step
         if self.every_n_steps and step != self._last_step and step % self.every_n_steps == 0:
             self._last_step = step

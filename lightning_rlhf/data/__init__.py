@@ -1,9 +1,9 @@
 """The shared data layer: record formats, adapters, stage splits, tokenization, collators,
-``PreferenceDataModule`` and the built-in synthetic task."""
+``RLHFDataModule`` and the built-in synthetic task."""
 
 from lightning_rlhf.data.adapters import Adapter, available_formats, get_adapter, register_adapter, split_dialogue
-from lightning_rlhf.data.collate import IGNORE_INDEX, PPOCollator, RewardCollator, SFTCollator, pad
-from lightning_rlhf.data.datamodule import PreferenceDataModule
+from lightning_rlhf.data.collate import IGNORE_INDEX, PromptCollator, RewardCollator, SFTCollator, pad
+from lightning_rlhf.data.datamodule import PreferenceDataModule, RLHFDataModule
 from lightning_rlhf.data.records import DropCounter, FieldError, RecordError, require_text
 from lightning_rlhf.data.sources import SourceReport, load_records
 from lightning_rlhf.data.split import parse_ratios, split_indices
@@ -16,8 +16,9 @@ __all__ = [
     "DropCounter",
     "Encoder",
     "FieldError",
-    "PPOCollator",
+    "PromptCollator",
     "PreferenceDataModule",
+    "RLHFDataModule",
     "RecordError",
     "RewardCollator",
     "SFTCollator",

@@ -1,24 +1,5 @@
-"""Adapters: turn a raw row of a known data set format into a normalised record.
-
-A normalised record has ``prompt``, ``response`` (the SFT demonstration), ``chosen`` and ``rejected``
-(``None`` for SFT-only data). Built-in formats:
-
-==================  ==========================================  ===============================================
-name                fields                                      notes
-==================  ==========================================  ===============================================
-``pairs``           ``prompt``, ``chosen``, ``rejected``        the demonstration is ``chosen``
-``rm_static``       ``prompt``, ``response``, ``chosen``,       Dahoas/rm-static style; keeps ``response``
-                    ``rejected``
-``hh_rlhf``         ``chosen``, ``rejected``                    whole HH-RLHF dialogues; the prompt is their
-                                                                shared prefix through the last "Assistant:"
-``sft``             ``prompt``, ``response``                    single-response SFT data (no pair)
-``prompts``         ``prompt`` (+ any reference columns)        prompt-only data for GRPO / PPO with reward
-                                                                functions; the other fields (``answer``, ...)
-                                                                reach the reward functions by name
-==================  ==========================================  ===============================================
-
-``format="auto"`` picks the first registered format whose detector accepts the first row. Users add
-their own with :func:`register_adapter`.
+"""Adapters: turn a raw row of a known data set format into a normalised record with ``prompt``, ``response``,
+``chosen`` and ``rejected`` (``None`` for SFT-only data). The built-in formats are listed in docs/quickstart.md.
 """
 
 from __future__ import annotations
@@ -33,7 +14,7 @@ Row = Mapping[str, Any]
 Record = dict[str, Any]
 AdapterFn = Callable[[Row], Record]
 
-#: keyword arguments the trainer itself passes to reward functions: a data column may not take these names
+#: the trainer's own keyword arguments to reward functions, so no data column may take these names
 RESERVED_COLUMNS = frozenset({"prompts", "completions", "completion_ids"})
 
 HUMAN = "\n\nHuman:"
@@ -42,13 +23,8 @@ ASSISTANT = "\n\nAssistant:"
 
 @dataclass(frozen=True)
 class Adapter:
-    """A named row -> record conversion with an optional detector for ``format="auto"``.
-
-    Args:
-        name: the format name users pass as ``format``.
-        convert: maps a raw row to a normalised record; raises :class:`FieldError` on bad fields.
-        detect: says whether a row looks like this format (``None``: never auto-detected).
-    """
+    """A format: its ``name``, ``convert`` (row -> record, raising :class:`FieldError` on bad fields) and ``detect``
+    (whether a row looks like this format, for ``format="auto"``; ``None``: never detected)."""
 
     name: str
     convert: AdapterFn
@@ -61,13 +37,11 @@ _REGISTRY: dict[str, Adapter] = {}
 def register_adapter(
     name: str, convert: AdapterFn, detect: Callable[[Row], bool] | None = None, *, overwrite: bool = False
 ) -> Adapter:
-    """Register a format so ``PreferenceDataModule(format=name)`` (or detection) can use it.
+    """Register a format so ``RLHFDataModule(format=name)`` (or detection) can use it.
 
     Args:
         name: the format name.
-        convert: row -> record with ``prompt``, ``response``, ``chosen``, ``rejected`` (the last two
-            may be ``None`` for SFT-only data). Use :func:`lightning_rlhf.data.records.require_text` to
-            read fields, so bad rows get errors naming the field.
+        convert: row -> record; read fields with :func:`~lightning_rlhf.data.records.require_text` to name bad ones.
         detect: row -> bool, consulted by ``format="auto"`` after the formats registered before it.
         overwrite: allow replacing an existing format of the same name.
     """
@@ -100,7 +74,6 @@ def detect_format(row: Row) -> Adapter | None:
     return None
 
 
-# -- built-in formats --------------------------------------------------------------------------------
 def _has(*fields: str) -> Callable[[Row], bool]:
     return lambda row: all(f in row for f in fields)
 
@@ -122,17 +95,9 @@ def _sft(row: Row) -> Record:
 
 
 def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str]:
-    """Split two HH-RLHF dialogues into (prompt, chosen response, rejected response).
-
-    The prompt is the longest shared prefix of both dialogues that ends with ``"\\n\\nAssistant:"``;
-    the responses are what follows it. Raises :class:`FieldError` when there is no shared assistant
-    turn, a response is empty, or a response runs on into a further dialogue turn (such rows would
-    teach the policy to write turn markers).
-
-    Args:
-        chosen: the preferred dialogue.
-        rejected: the dispreferred dialogue.
-    """
+    """Split two HH-RLHF dialogues into (prompt, chosen response, rejected response) at their last shared
+    ``"Assistant:"``; a :class:`FieldError` for an empty response or one that runs on into a further turn (it would
+    teach the policy to write turn markers)."""
     common = 0
     for x, y in zip(chosen, rejected):
         if x != y:
@@ -161,8 +126,6 @@ def _looks_like_hh(row: Row) -> bool:
 
 
 def _prompts(row: Row) -> Record:
-    """A prompt-only record (GRPO, PPO with reward functions): every other field is a reference column
-    (``answer``, ``solution``, ...) handed to the reward functions by name."""
     prompt = require_text(row, "prompt")
     columns = {key: value for key, value in row.items() if key != "prompt"}
     reserved = sorted(set(columns) & RESERVED_COLUMNS)

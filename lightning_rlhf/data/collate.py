@@ -1,13 +1,8 @@
-"""Collators: pad tokenized examples into the batch formats every module relies on.
+"""Collators: pad tokenized examples into the batches every module relies on.
 
-* SFT: ``input_ids``, ``attention_mask``, ``labels`` (right-padded; labels ``-100`` on the prompt and
-  on padding).
-* Reward: ``chosen_input_ids``, ``chosen_attention_mask``, ``rejected_input_ids``,
-  ``rejected_attention_mask`` (right-padded) and ``prompt_lengths`` (the prompt tokens both responses start
-  with, for DPO, which scores only the responses).
-* PPO: ``prompt_input_ids``, ``prompt_attention_mask`` (LEFT-padded, so generation continues right
-  after the last prompt token), ``prompts``, the raw prompt texts, and ``columns`` (the records' reference
-  columns by name, e.g. ``answer``, when they have any) for reward functions.
+SFT: ``input_ids``, ``attention_mask``, ``labels`` (-100 on prompt and padding). Reward: ``chosen_``/``rejected_``
+``input_ids`` and ``attention_mask``, and ``prompt_lengths`` (for DPO). PPO: ``prompt_input_ids`` and
+``prompt_attention_mask`` left-padded for generation, the raw ``prompts`` and any reference ``columns`` by name.
 """
 
 from __future__ import annotations
@@ -23,14 +18,8 @@ IGNORE_INDEX = -100
 def pad(
     sequences: Sequence[Sequence[int]], pad_id: int, left: bool = False, width: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad token lists to one length; returns ``(ids, attention_mask)``, both ``(batch, seq)`` long.
-
-    Args:
-        sequences: token id lists.
-        pad_id: id written into padding positions.
-        left: pad on the left (generation) instead of the right.
-        width: pad to this length (default: the longest sequence).
-    """
+    """Pad token lists to ``width`` (default: the longest), on the ``left`` or the right, with ``pad_id``; returns
+    ``(ids, attention_mask)``, both ``(batch, seq)`` long."""
     width = max((len(s) for s in sequences), default=0) if width is None else width
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -42,11 +31,7 @@ def pad(
 
 
 class SFTCollator:
-    """Right-pads ``input_ids`` and builds ``labels`` masked on the prompt and padding.
-
-    Args:
-        pad_id: the tokenizer's pad token id.
-    """
+    """Right-pads ``input_ids`` with ``pad_id`` and builds ``labels`` masked on the prompt and padding."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
@@ -60,11 +45,7 @@ class SFTCollator:
 
 
 class RewardCollator:
-    """Right-pads chosen and rejected sequences to one shared width (so modules can concatenate them).
-
-    Args:
-        pad_id: the tokenizer's pad token id.
-    """
+    """Right-pads chosen and rejected sequences to one shared width, so that modules can concatenate them."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
@@ -79,12 +60,8 @@ class RewardCollator:
         return batch
 
 
-class PPOCollator:
-    """Left-pads prompts for generation and passes the raw prompt texts along.
-
-    Args:
-        pad_id: the tokenizer's pad token id.
-    """
+class PromptCollator:
+    """Left-pads prompts for generation and passes the raw prompt texts along."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
@@ -99,11 +76,10 @@ class PPOCollator:
 
 
 def reference_columns(examples: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """The records' reference columns (``answer``, ...) by name, one entry per example (``None`` where a record
-    lacks the column), for the reward functions; empty when no record has any."""
+    """The records' reference columns by name, one entry per example (``None`` where a record lacks one)."""
     decoded = [json.loads(e.get("columns") or "{}") for e in examples]
     names = list(dict.fromkeys(name for columns in decoded for name in columns))
     return {name: [columns.get(name) for columns in decoded] for name in names}
 
 
-COLLATORS = {"sft": SFTCollator, "reward": RewardCollator, "ppo": PPOCollator}
+COLLATORS = {"sft": SFTCollator, "reward": RewardCollator, "rl": PromptCollator}

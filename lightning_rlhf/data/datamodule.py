@@ -1,12 +1,7 @@
-"""``PreferenceDataModule``: one LightningDataModule feeding SFT, reward modelling and PPO.
+"""``RLHFDataModule``: one LightningDataModule feeding SFT, reward modelling and the online steps.
 
-Records come from files, saved ``datasets`` folders or hub names (or the built-in synthetic task),
-are validated by a format adapter, split between the three steps by ratios, tokenized for the chosen
-step (cached on disk by ``datasets``) and batched by the step's collator. Sharding across ranks is
-Lightning's: with ``Trainer(use_distributed_sampler=True)`` (the default) it wraps the train and val
-loaders in a ``DistributedSampler`` so each rank reads a disjoint part; :meth:`ptx_dataloader`, which
-Lightning does not see, shards itself the same way.
-"""
+Records are read, validated, split between the steps, tokenized (cached by ``datasets``) and collated. Lightning's
+distributed sampler shards the train and val loaders; :meth:`ptx_dataloader`, unseen by Lightning, shards itself."""
 
 from __future__ import annotations
 
@@ -41,31 +36,28 @@ TASK_SOURCE = "<synthetic task>"
 _KEEP_COLUMNS = {"prompt", "source", "record", "columns"}
 
 
-class PreferenceDataModule(LightningDataModule):
-    """Data for one RLHF step (``sft``, ``reward`` or ``ppo``), split deterministically between steps.
+class RLHFDataModule(LightningDataModule):
+    """Data for one RLHF step (``sft``, ``reward`` or ``rl``), split deterministically between the steps.
 
     Args:
         tokenizer: a tokenizer, or a local folder loaded with ``AutoTokenizer.from_pretrained``.
-        stage: the step to feed: ``sft`` (prompt + demonstration), ``reward`` (chosen/rejected pairs)
-            or ``ppo`` (left-padded prompts; also :meth:`ptx_dataloader` for the pretraining mix).
-        sources: data files (json, jsonl, jsonl.gz, parquet, csv), ``save_to_disk`` folders or hub
-            names, concatenated. ``None`` uses the built-in synthetic task.
-        format: the adapter for every source (``pairs``, ``rm_static``, ``hh_rlhf``, ``sft`` or a
-            registered one), or ``auto`` to detect it per source.
-        split: ratios of each source given to sft, reward and ppo, e.g. ``"2,4,4"`` (20/40/40%).
+        stage: the step to feed: ``sft`` (prompt + demonstration), ``reward`` (chosen/rejected pairs) or ``rl``
+            (left-padded prompts for PPO and GRPO); ``ppo`` is the deprecated name of ``rl``.
+        sources: data files (json, jsonl, jsonl.gz, parquet, csv), ``save_to_disk`` folders or hub names,
+            concatenated; ``None`` uses the built-in synthetic task.
+        format: every source's adapter (``pairs``, ``rm_static``, ``hh_rlhf``, ``sft``, a registered one) or ``auto``.
+        split: ratios of each source given to sft, reward and rl, e.g. ``"2,4,4"`` (20/40/40%).
         eval_fraction: share of each step's part held out for validation.
         seed: seed of the split (and of the built-in task unless ``task`` is given).
         task: the built-in task to use when ``sources`` is ``None`` (default: addition with ``seed``).
         task_size: number of built-in task records when ``sources`` is ``None``.
         max_prompt_length: longest prompt in tokens.
         max_length: longest prompt + response in tokens.
-        long_prompt_policy: ``drop`` or left-``truncate`` prompts over ``max_prompt_length``; the
-            count is logged either way.
+        long_prompt_policy: ``drop`` or left-``truncate`` prompts over ``max_prompt_length``;
+            the count is logged either way.
         add_eos: end responses with the tokenizer's EOS token (DeepSpeed-Chat's ``--add_eot_token``).
-        use_chat_template: format prompts with the tokenizer's chat template when it has one (else
-            ``"Human: ... Assistant:"``).
-        on_bad_record: ``error`` stops at the first bad record with its file, number and field;
-            ``skip`` drops bad records and logs their count by reason.
+        use_chat_template: use the tokenizer's chat template for prompts if it has one (else ``Human: ... Assistant:``).
+        on_bad_record: ``error`` stops at the first bad record (file, number, field); ``skip`` drops and counts them.
         batch_size: training batch size per rank.
         eval_batch_size: validation batch size per rank (default: ``batch_size``).
         num_workers: DataLoader worker processes.
@@ -75,7 +67,7 @@ class PreferenceDataModule(LightningDataModule):
     def __init__(
         self,
         tokenizer: str | PreTrainedTokenizerBase,
-        stage: Literal["sft", "reward", "ppo"] = "sft",
+        stage: Literal["sft", "reward", "rl", "ppo"] = "sft",
         sources: list[str] | None = None,
         format: str = "auto",
         split: str = "2,4,4",
@@ -95,6 +87,10 @@ class PreferenceDataModule(LightningDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
+        if stage == "ppo":
+            rank_zero_warn("RLHFDataModule(stage='ppo') is deprecated and will be removed in the next release; use "
+                           "stage='rl' (the prompt batches of PPO and GRPO)", category=FutureWarning)
+            stage = "rl"
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         if on_bad_record not in ("error", "skip"):
@@ -105,7 +101,7 @@ class PreferenceDataModule(LightningDataModule):
             raise ValueError("sources is empty; pass None to use the built-in synthetic task")
         split_indices(10, split, seed, eval_fraction)  # validates split and eval_fraction now
         self.save_hyperparameters(ignore=["tokenizer", "task"])
-        self.stage = stage
+        self.hparams.stage = self.stage = stage
         self.sources = list(sources) if sources is not None else None
         self.settings = TokenizeSettings(max_prompt_length, max_length, long_prompt_policy, add_eos, use_chat_template)
         self._tokenizer_arg = tokenizer
@@ -115,7 +111,6 @@ class PreferenceDataModule(LightningDataModule):
         self.report: dict[str, Any] = {}
         self.train_position = DataPosition()
 
-    # -- public helpers --------------------------------------------------------------------------
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer (loaded from its folder on first use)."""
@@ -142,13 +137,8 @@ class PreferenceDataModule(LightningDataModule):
         rank_zero_warn("the tokenizer has no pad token; padding with EOS (masks still exclude padding)")
         return self.tokenizer.eos_token_id
 
-    # -- building ----------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Read, split and tokenize once on the main process, so the other ranks load the cache.
-
-        Lightning calls this before every ``fit`` / ``validate``; data already built is not built (and
-        reported) again.
-        """
+        """Read, split and tokenize once on the main process, so the other ranks load the cache."""
         if not self.datasets:
             self._build()
 
@@ -187,14 +177,13 @@ class PreferenceDataModule(LightningDataModule):
             rank_zero_info(f"[data] {report.source} ({report.format}): {report.rows} rows, {report.kept} kept, "
                            f"dropped {report.dropped or 'none'}")
         wanted = {"train": (self.stage, "train"), "eval": (self.stage, "eval")}
-        if self.stage == "ppo":
+        if self.stage == "rl":
             wanted["ptx"] = ("sft", "train")
         for name, (stage, part) in wanted.items():
             self.datasets[name] = self._tokenize(parts[stage][part], stage, name)  # type: ignore[arg-type]
         self._check_not_empty()
 
     def _check_not_empty(self) -> None:
-        """Refuse an empty training part (Lightning would say ``num_samples=0``); warn on an empty eval part."""
         where = "the built-in task" if self.sources is None else ", ".join(self.sources)
         counts = f"split {self.hparams.split!r} gave {self.stage} {self.report['split'][self.stage]}, kept after " \
                  f"tokenizing {self.report['tokenized']}"
@@ -206,7 +195,6 @@ class PreferenceDataModule(LightningDataModule):
                            f"not run: raise eval_fraction, add records, or fix the dropped ones")
 
     def _tokenize(self, records: list[dict[str, Any]], stage: Stage, name: str) -> Any:
-        """Tokenize ``records`` for ``stage`` with ``datasets`` (cached on disk), dropping and counting."""
         import datasets
         from datasets.fingerprint import Hasher
 
@@ -233,7 +221,6 @@ class PreferenceDataModule(LightningDataModule):
         rank_zero_info(f"[data] {stage} {name}: {len(kept)} kept, dropped {dict(dropped) or 'none'}{cut}")
         return kept.remove_columns("truncated")
 
-    # -- loaders -----------------------------------------------------------------------------------
     def _loader(self, name: str, batch_size: int, shuffle: bool, stage: str, sampler: Any = None,
                 loader_class: type[DataLoader] = DataLoader, **kwargs: Any) -> DataLoader:
         if name not in self.datasets:
@@ -246,11 +233,7 @@ class PreferenceDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Training batches of this step (Lightning adds the distributed sampler).
-
-        The loader saves its place in the epoch in checkpoints, so a run resumed mid-epoch goes on with the
-        next batch instead of replaying the epoch (:class:`~lightning_rlhf.data.resumable.ResumableDataLoader`).
-        """
+        """Training batches; a run resumed mid-epoch goes on with the next batch instead of replaying the epoch."""
         return self._loader("train", self.hparams.batch_size, True, self.stage, loader_class=ResumableDataLoader,
                             position=self.train_position, epoch_length=self._training_batches_per_epoch)
 
@@ -259,11 +242,9 @@ class PreferenceDataModule(LightningDataModule):
         return {"train_position": self.train_position.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Start the training loader where a checkpoint's :meth:`state_dict` says."""
         self.train_position.load_state_dict(state_dict.get("train_position", {}))
 
     def _training_batches_per_epoch(self) -> float:
-        """Batches the trainer takes per epoch (``limit_train_batches`` applied); inf without a trainer."""
         trainer = self.trainer
         return trainer.num_training_batches if trainer is not None else float("inf")
 
@@ -272,13 +253,9 @@ class PreferenceDataModule(LightningDataModule):
         return self._loader("eval", self.hparams.eval_batch_size or self.hparams.batch_size, False, self.stage)
 
     def ptx_dataloader(self, batch_size: int | None = None) -> DataLoader:
-        """SFT batches from the SFT part, for PPO's pretraining (ptx) loss; sharded across ranks here.
-
-        Args:
-            batch_size: batch size per rank (default: ``batch_size``).
-        """
-        if self.stage != "ppo":
-            raise RuntimeError(f"ptx_dataloader is for stage 'ppo'; this data module is for {self.stage!r}")
+        """SFT batches for PPO's pretraining (ptx) loss, sharded across ranks here (``batch_size`` per rank)."""
+        if self.stage != "rl":
+            raise RuntimeError(f"ptx_dataloader is for stage 'rl'; this data module is for {self.stage!r}")
         if "ptx" not in self.datasets:
             self.setup()
         sampler = None
@@ -288,12 +265,7 @@ class PreferenceDataModule(LightningDataModule):
 
 
 def reshuffled_passes(loader: DataLoader) -> Iterator[Any]:
-    """Batches of ``loader`` without end, one fresh pass after another.
-
-    Why not ``itertools.cycle``: it replays the first pass in the same order forever and keeps every batch in
-    host memory. Each pass here draws a new order (a ``DistributedSampler`` is told the pass number, as a
-    training epoch would tell it) and holds one batch at a time.
-    """
+    """Batches of ``loader`` without end, each pass in a new order (unlike ``itertools.cycle``), one batch held."""
     epoch = 0
     while True:
         set_epoch = getattr(loader.sampler, "set_epoch", None)
@@ -306,3 +278,12 @@ def reshuffled_passes(loader: DataLoader) -> Iterator[Any]:
         if empty:
             raise ValueError("reshuffled_passes: the data loader yields no batch (is its data set empty?)")
         epoch += 1
+
+
+class PreferenceDataModule(RLHFDataModule):
+    """Deprecated name of :class:`RLHFDataModule` (it feeds every step, not only preference pairs)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        rank_zero_warn("PreferenceDataModule is deprecated and will be removed in the next release; use "
+                       "RLHFDataModule", category=FutureWarning)
+        super().__init__(*args, **kwargs)

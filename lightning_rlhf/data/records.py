@@ -1,9 +1,5 @@
-"""Record validation: errors that name the file, the record number and the field; counted skips.
-
-Why here and not in each adapter: every source format ends in the same normalised record (``prompt``,
-``response``, ``chosen``, ``rejected``), so the checks and the wording of their errors live in one place.
-Nothing bad vanishes silently: with ``on_bad_record="error"`` the first bad record raises
-:class:`RecordError`; with ``"skip"`` it is dropped and counted by reason in a :class:`DropCounter`.
+"""Record validation in one place for every format: errors that name the file, the record number and the field,
+and skips (``on_bad_record="skip"``) counted by reason, so that nothing bad vanishes silently.
 """
 
 from __future__ import annotations
@@ -13,17 +9,11 @@ from typing import Any, Literal, Mapping
 
 OnBadRecord = Literal["error", "skip"]
 
-#: The fields of a normalised record. ``chosen``/``rejected`` are ``None`` for SFT-only data.
 RECORD_FIELDS = ("prompt", "response", "chosen", "rejected")
 
 
 class FieldError(ValueError):
-    """A problem with one field of one record, raised by adapters before the file and record are known.
-
-    Args:
-        field: the offending field (as named in the source, e.g. ``chosen``).
-        problem: what is wrong, e.g. ``"missing"`` or ``"empty string"``.
-    """
+    """A ``problem`` (e.g. ``"missing"``) with one ``field`` of a record, raised by adapters, which know no file."""
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"field {field!r}: {problem}")
@@ -32,14 +22,8 @@ class FieldError(ValueError):
 
 
 class RecordError(ValueError):
-    """A bad record in a data source; the message names the file, the record number and the field.
-
-    Args:
-        source: the file, folder or hub name the record came from.
-        record: 1-based record number in that source (the line number for json lines files).
-        field: the offending field, or ``None`` when the record as a whole is broken (bad JSON).
-        problem: what is wrong.
-    """
+    """A bad record: the ``source``, the 1-based ``record`` number (a JSON lines file's line), the ``field`` (``None``:
+    the whole record, e.g. bad JSON) and the ``problem``."""
 
     def __init__(self, source: str, record: int | None, field: str | None, problem: str) -> None:
         where = f"{source}" if record is None else f"{source}, record {record}"
@@ -52,17 +36,12 @@ class RecordError(ValueError):
 
     @property
     def reason(self) -> str:
-        """A short, stable description used as the key when skipped records are counted."""
+        """A short, stable key for counting skipped records."""
         return f"{self.field}: {self.problem}" if self.field else self.problem
 
 
 def require_text(row: Mapping[str, Any], field: str) -> str:
-    """Return ``row[field]`` if it is a non-blank string, else raise :class:`FieldError`.
-
-    Args:
-        row: one raw record.
-        field: the field to read.
-    """
+    """``row[field]`` if it is a non-blank string (UTF-8 bytes decoded), else a :class:`FieldError`."""
     if field not in row or row[field] is None:
         raise FieldError(field, "missing")
     value = row[field]
@@ -79,11 +58,7 @@ def require_text(row: Mapping[str, Any], field: str) -> str:
 
 
 class DropCounter:
-    """Counts records dropped by reason, so every dropped record is accounted for in the logs.
-
-    Args:
-        on_bad_record: ``"error"`` raises the first :class:`RecordError`; ``"skip"`` counts it.
-    """
+    """Counts dropped records by reason; ``on_bad_record="error"`` raises the first :class:`RecordError` instead."""
 
     def __init__(self, on_bad_record: OnBadRecord = "error") -> None:
         if on_bad_record not in ("error", "skip"):
@@ -92,12 +67,10 @@ class DropCounter:
         self.counts: Counter[str] = Counter()
 
     def bad(self, error: RecordError) -> None:
-        """Raise ``error`` or count it, following ``on_bad_record``."""
         if self.on_bad_record == "error":
             raise error
         self.counts[error.reason] += 1
 
     @property
     def total(self) -> int:
-        """How many records were dropped."""
         return sum(self.counts.values())

@@ -1,21 +1,9 @@
-"""``ResumableDataLoader``: a DataLoader that saves its place in the epoch, so a resumed run does not replay it.
+"""``ResumableDataLoader``: a DataLoader that saves its place in the epoch, so a resumed run does not replay the
+epoch's first batches (docs/cli.md). On resume it draws the same order and skips the batches already trained on.
 
-Why: Lightning restores its loop counters from a checkpoint written mid-epoch, but a plain DataLoader starts its
-epoch over, so the resumed run trains on the epoch's first batches again and ends at another step than an
-uninterrupted run. This loader records how many batches of the epoch it has handed out and the shuffle
-generator's state when the epoch began; on resume it draws the same order and skips those batches (they are
-read and collated again, not trained on: cheap next to a PPO iteration).
-
-Where the position is kept: in a :class:`DataPosition` that the data module owns and saves through its own
-``state_dict``/``load_state_dict`` (Lightning calls those on every checkpoint). Not through Lightning's
-stateful-loader support (the fit loop's ``combined_loader`` state): Lightning hands that state to the loader
-only if it builds the loader after restoring, and ``trainer.estimated_stepping_batches`` (which learning-rate
-schedules call in ``configure_optimizers``) builds it before, so the position would be dropped. The loader
-reads the position at its first batch, after every restore, and Lightning's re-creation of the loader for a
-``DistributedSampler`` keeps the same ``DataPosition`` object.
-
-The count is exact for checkpoints written between batches (``ModelCheckpoint``/``IterationCheckpoint`` at a
-batch's or epoch's end): Lightning fetches a sized loader's batches one at a time, without prefetching.
+The position lives in a :class:`DataPosition` saved by the data module's own ``state_dict``: Lightning's stateful-loader
+state reaches only a loader built after the restore, and ``trainer.estimated_stepping_batches`` builds it before.
+The count is exact, as Lightning fetches a sized loader's batches one at a time, without prefetching.
 """
 
 from __future__ import annotations
@@ -27,22 +15,16 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 
 class DataPosition:
-    """The training loader's place in its epoch: what goes into a checkpoint, and what a resumed run starts from.
-
-    The data module owns one, passes it to its :class:`ResumableDataLoader` and returns :meth:`state_dict` from
-    its own ``state_dict``.
-    """
+    """The training loader's place in its epoch, owned and checkpointed by the data module."""
 
     def __init__(self) -> None:
-        self.loader: ResumableDataLoader | None = None  # the loader iterating now (Lightning may have re-made it)
+        self.loader: ResumableDataLoader | None = None  # Lightning may have re-made the loader
         self.pending: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        """The live loader's position (empty before it has started an epoch)."""
         return self.loader.position() if self.loader is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Where the next epoch's iterator starts (checked against the loader when it starts)."""
         self.pending = dict(state_dict) if state_dict else None
 
 
@@ -52,9 +34,7 @@ class ResumableDataLoader(DataLoader):
     Args:
         *args: ``DataLoader`` arguments.
         position: the position holder shared with the data module (None: a private one).
-        epoch_length: number of batches the training loop takes per epoch (Lightning's
-            ``trainer.num_training_batches``, which ``limit_train_batches`` may make shorter than the
-            loader); None: ``len(loader)``. A position at the epoch's end resumes at the next epoch.
+        epoch_length: batches the training loop takes per epoch (``trainer.num_training_batches``); None: ``len``.
         **kwargs: ``DataLoader`` keyword arguments.
     """
 
@@ -64,21 +44,19 @@ class ResumableDataLoader(DataLoader):
         self.position_holder = position if position is not None else DataPosition()
         self.epoch_length = epoch_length
         self._yielded = 0
-        self._epoch_start: torch.Tensor | None = None  # the generator's state when this epoch's iterator began
+        self._epoch_start: torch.Tensor | None = None
 
     @property
     def world_size(self) -> int:
-        """Ranks the data is sharded over (the ``DistributedSampler``'s replicas; 1 without one)."""
         return self.sampler.num_replicas if isinstance(self.sampler, DistributedSampler) else 1
 
     def position(self) -> dict[str, Any]:
-        """Batches handed out in this epoch, the generator state it began with and now, the sharding."""
         return {"batches": self._yielded, "epoch_start_generator": self._epoch_start,
                 "generator": self.generator.get_state() if self.generator is not None else None,
                 "world_size": self.world_size, "batch_size": self.batch_size}
 
     def state_dict(self) -> dict[str, Any]:
-        """:meth:`position`, for Lightning's stateful-loader support (which then knows the loader resumes)."""
+        """For Lightning's stateful-loader support, which then knows that the loader resumes."""
         return self.position()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -87,7 +65,6 @@ class ResumableDataLoader(DataLoader):
             self.position_holder.load_state_dict(state_dict)
 
     def _check(self, saved: dict[str, Any]) -> None:
-        """Refuse a position saved with another number of ranks or batch size: its batch count names other data."""
         was = (saved.get("world_size"), saved.get("batch_size"))
         if was != (self.world_size, self.batch_size):
             raise ValueError(
@@ -99,8 +76,7 @@ class ResumableDataLoader(DataLoader):
             )
 
     def __iter__(self) -> Iterator[Any]:
-        # a generator: the underlying iterator (and the sampler's order) is made at the first batch, after
-        # Lightning has restored the checkpoint and told the sampler its epoch
+        # lazily, at the first batch: after Lightning has restored the checkpoint and set the sampler's epoch
         return self._batches()
 
     def _batches(self) -> Iterator[Any]:

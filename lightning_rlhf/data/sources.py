@@ -1,9 +1,7 @@
 """Sources: read raw rows from local files, saved ``datasets`` folders or hub names, then adapt them.
 
-JSON lines (``.jsonl``, ``.jsonl.gz``) and CSV files are read row by row here rather than by
-``datasets``, so that a bad line (undecodable bytes, broken JSON) gets an error naming the file and
-the line, ``on_bad_record="skip"`` can drop just that line, and CSV cells stay text. Parquet,
-``save_to_disk`` folders and hub names go through ``datasets``; rows are numbered from 1 in file order.
+JSON lines and CSV are read row by row here, not by ``datasets``, so that a bad line gets an error naming the file
+and line (or is skipped alone) and CSV cells stay text. Rows are numbered from 1 in file order.
 """
 
 from __future__ import annotations
@@ -23,15 +21,7 @@ _LOCAL_SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json", ".parquet", ".csv
 
 @dataclass
 class SourceReport:
-    """What became of one source's rows: every row is either kept or dropped with a reason.
-
-    Args:
-        source: the path or hub name.
-        format: the adapter used.
-        rows: rows read.
-        kept: rows that became records.
-        dropped: dropped rows counted by reason.
-    """
+    """What became of one source's ``rows``: ``kept`` as records by the ``format`` adapter, or ``dropped`` by reason."""
 
     source: str
     format: str = ""
@@ -41,7 +31,6 @@ class SourceReport:
 
 
 def _undecodable(raw: bytes, name: str, number: int, err: UnicodeDecodeError) -> RecordError:
-    """Name the field holding the invalid UTF-8 when the line is otherwise valid JSON."""
     problem = f"undecodable bytes (invalid UTF-8 at byte {err.start} of the line)"
     try:
         row = json.loads(raw.decode("utf-8", errors="surrogateescape"))
@@ -118,8 +107,7 @@ def iter_rows(source: str, bad: DropCounter, cache_dir: str | None = None) -> It
     """Yield ``(record_number, row)`` for every row of ``source``; ``row`` is ``None`` for skipped lines.
 
     Args:
-        source: a local file (json, jsonl, jsonl.gz, parquet, csv), a ``save_to_disk`` folder, or a
-            hub data set name (needs network; never used in tests).
+        source: a local json, jsonl(.gz), parquet or csv file, a ``save_to_disk`` folder, or a hub data set name.
         bad: where unreadable rows are raised or counted.
         cache_dir: ``datasets`` cache for parquet/csv/hub sources.
     """
@@ -152,10 +140,7 @@ def _resolve_adapter(fmt: str, row: dict, source: str, number: int) -> Adapter:
 def load_records(
     source: str, fmt: str = "auto", on_bad_record: OnBadRecord = "error", cache_dir: str | None = None
 ) -> tuple[list[Record], SourceReport]:
-    """Read and adapt every row of ``source``, returning the records and a report of what was dropped.
-
-    Each record gains ``source`` and ``record`` (its 1-based number) so later stages can say where it
-    came from.
+    """Read and adapt every row of ``source``: the records (with their ``source`` and ``record`` number), a report.
 
     Args:
         source: see :func:`iter_rows`.

@@ -1,30 +1,25 @@
 """Deterministic split of one source's records between the steps, plus a held-out evaluation part.
 
-As in DeepSpeed-Chat (``--data_split 2,4,4``) the ratios are normalised, so ``"2,4,4"`` gives
-20/40/40% to sft/reward/ppo. The permutation depends only on the seed, the source's position and its
-record count, so it is identical on every rank and every run; the parts are disjoint by construction.
+Ratios are normalised as DeepSpeed-Chat's ``--data_split 2,4,4``; the permutation depends only on the seed, the
+source's position and its record count, so it is the same on every rank and run.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-STAGES = ("sft", "reward", "ppo")
+STAGES = ("sft", "reward", "rl")
 
 
 def parse_ratios(split: str) -> tuple[float, float, float]:
-    """Parse ``"2,4,4"`` into normalised fractions for sft, reward, ppo.
-
-    Args:
-        split: three comma-separated non-negative numbers, not all zero.
-    """
+    """Parse ``split``, three comma-separated non-negative numbers like ``"2,4,4"``, into fractions for each stage."""
     parts = [p.strip() for p in str(split).split(",")]
     try:
         values = [float(p) for p in parts]
     except ValueError:
         raise ValueError(f"split must be three comma-separated numbers like '2,4,4', got {split!r}") from None
     if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0:
-        raise ValueError(f"split must be three non-negative numbers (sft,reward,ppo), not all 0, got {split!r}")
+        raise ValueError(f"split must be three non-negative numbers (sft,reward,rl), not all 0, got {split!r}")
     total = sum(values)
     return values[0] / total, values[1] / total, values[2] / total
 
@@ -32,18 +27,10 @@ def parse_ratios(split: str) -> tuple[float, float, float]:
 def split_indices(
     n: int, split: str = "2,4,4", seed: int = 0, eval_fraction: float = 0.0, source_index: int = 0
 ) -> dict[str, dict[str, list[int]]]:
-    """Assign each of ``n`` record indices to one stage and to its ``train`` or ``eval`` part.
+    """Assign each of ``n`` record indices to a stage (by the ``split`` ratios) and to its ``train`` or ``eval`` part.
 
-    Args:
-        n: number of records.
-        split: the stage ratios, see :func:`parse_ratios`.
-        seed: the split seed.
-        eval_fraction: share of each stage's part held out for evaluation (at least one record when
-            the fraction is positive and the part has two or more records).
-        source_index: position of the source among several, so sources are shuffled independently.
-
-    Returns:
-        ``{stage: {"train": [...], "eval": [...]}}`` with disjoint sorted index lists covering ``range(n)``.
+    ``eval_fraction`` of each part is held out (at least one record of two or more); ``source_index``, the source's
+    position, shuffles several sources independently.
     """
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")

@@ -1,24 +1,7 @@
-"""The built-in synthetic task: single-digit addition with mixed-quality demonstrations.
+"""The built-in synthetic task: small additions, learnable from scratch on a CPU in minutes and checkable by rule.
 
-Why this task: the embedded default pipeline trains a tiny model *from scratch* on a laptop CPU, so
-the task must be learnable in minutes (short prompts ``"3+4="``, one- or two-digit answers, a
-vocabulary of digits and a few words), checkable by rule (so PPO can report a task success rate
-beside the learned reward), and built so that RLHF has something to add, as in InstructGPT:
-
-* the SFT demonstrations (``response``) are of mixed quality. Sums without a carry are demonstrated
-  correctly most of the time (``easy_error_rate`` wrong), but sums with a carry are demonstrated with
-  the carry dropped most of the time (``hard_error_rate`` wrong, e.g. ``"5+7="`` -> ``" 2"``). An SFT
-  policy that imitates them well still fails on the carry prompts, even with greedy decoding;
-* the preference pairs always prefer the correct answer (``chosen``) over a mistake (``rejected``:
-  the dropped carry, an off-by-one, an echoed operand, or an off-format repeated answer), so a reward
-  model learns the rule and PPO can push success up.
-
-A response succeeds when, stripped of surrounding whitespace (and decoded without special tokens),
-it is exactly the decimal sum: ``" 12"`` passes, ``" 2"``, ``" 12 12"`` and ``" 12 Human:"`` fail.
-
-``style="chat"`` asks the same sums as an instruction for chat models (``"What is 3 + 4? Answer with the number
-only."``), the form GRPO with reward functions trains a pretrained instruct model on. Every record also carries
-its ``answer`` as a reference column, which reward functions (``answer_match``, ...) receive by name.
+The SFT demonstrations mostly drop the carry while the preference pairs always prefer the right sum, so RLHF has
+something to add (docs/quickstart.md). A response succeeds when, stripped, it is exactly the sum: ``" 12"``.
 """
 
 from __future__ import annotations
@@ -29,9 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-#: ``a+b=`` (plain) or ``What is a + b?`` (chat)
 _PROMPT = re.compile(r"(\d+)\s*\+\s*(\d+)\s*(?:=|\?)")
-#: the chat style's question
 CHAT_PROMPT = "What is {a} + {b}? Answer with the number only."
 
 
@@ -44,8 +25,7 @@ class SyntheticTask:
         max_operand: operands are drawn from ``0..max_operand`` (9 gives 100 distinct prompts).
         easy_error_rate: probability that a demonstration of a sum without carry is a mistake.
         hard_error_rate: probability that a demonstration of a sum with a carry drops the carry.
-        style: ``plain`` prompts (``"3+4="``, for tiny models trained from scratch) or ``chat`` instructions
-            (``"What is 3 + 4? Answer with the number only."``, for instruct models).
+        style: ``plain`` prompts (``"3+4="``, for tiny models from scratch) or ``chat`` questions (instruct models).
     """
 
     seed: int = 0
@@ -63,58 +43,40 @@ class SyntheticTask:
         if self.style not in ("plain", "chat"):
             raise ValueError(f"style must be 'plain' or 'chat', got {self.style!r}")
 
-    # -- prompts and answers -------------------------------------------------------------------
     def prompts(self) -> list[str]:
-        """Every distinct prompt of the task, in a fixed order."""
         span = range(self.max_operand + 1)
         return [self.question(a, b) for a in span for b in span]
 
     def question(self, a: int, b: int) -> str:
-        """The prompt asking ``a + b`` in this task's style."""
         return CHAT_PROMPT.format(a=a, b=b) if self.style == "chat" else f"{a}+{b}="
 
     @staticmethod
     def operands(prompt: str) -> tuple[int, int] | None:
-        """The two operands of ``prompt`` (raw ``"3+4="``, formatted ``"Human: 3+4= Assistant:"``, or chat).
-
-        Returns ``None`` when the prompt holds no ``a+b=`` question. The last question wins, so a
-        dialogue prompt is read at its final turn.
-        """
+        """The two operands of ``prompt``'s last question (raw, formatted or chat), or ``None``."""
         found = _PROMPT.findall(prompt)
         return (int(found[-1][0]), int(found[-1][1])) if found else None
 
     def answer(self, prompt: str) -> str | None:
-        """The correct answer text (without the leading space) for ``prompt``, or ``None``."""
+        """The correct answer text (no leading space) for ``prompt``, or ``None``."""
         ops = self.operands(prompt)
         return None if ops is None else str(ops[0] + ops[1])
 
     def check(self, prompt: str, response: str) -> bool:
-        """Whether ``response`` is the correct, well-formatted answer to ``prompt``.
-
-        Args:
-            prompt: the prompt, raw or formatted.
-            response: the generated continuation, decoded without special tokens.
-        """
+        """Whether ``response`` (decoded without special tokens) is exactly the answer to ``prompt``."""
         expected = self.answer(prompt)
         return expected is not None and response.strip() == expected
 
     def success_rate(self, prompts: Sequence[str], responses: Sequence[str]) -> float:
-        """Fraction of ``responses`` that :meth:`check` accepts for the matching ``prompts``.
-
-        Args:
-            prompts: prompts, one per response.
-            responses: generated responses.
-        """
+        """Fraction of ``responses`` that :meth:`check` accepts for the matching ``prompts``."""
         if len(prompts) != len(responses):
             raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
             return 0.0
         return sum(self.check(p, r) for p, r in zip(prompts, responses)) / len(prompts)
 
-    # -- demonstrations and mistakes --------------------------------------------------------------
     @staticmethod
     def mistakes(a: int, b: int) -> list[str]:
-        """Every kind of wrong answer the task produces for ``a+b`` (each with a leading space)."""
+        """The wrong answers for ``a+b``: dropped carry first, off-by-one, echoed operand, repeated sum."""
         total = a + b
         wrong = {str(total + 1), str(max(total - 1, 0)), str(a), str(b)} - {str(total)}
         options = [f" {w}" for w in sorted(wrong)] + [f" {total} {total}"]
@@ -125,16 +87,12 @@ class SyntheticTask:
     def _mistake(self, a: int, b: int, rng: random.Random, prefer_carry: float) -> str:
         options = self.mistakes(a, b)
         if a + b >= 10 and rng.random() < prefer_carry:
-            return options[0]  # the dropped carry
+            return options[0]
         return rng.choice(options[1:] if a + b >= 10 else options)
 
     def records(self, n: int) -> list[dict[str, str]]:
-        """``n`` records with ``prompt``, ``response`` (a demonstration), ``chosen``, ``rejected`` and ``columns``
-        (the reference ``answer``, JSON, as prompt-only data carries it).
-
-        Args:
-            n: number of records; prompts are drawn uniformly with replacement.
-        """
+        """``n`` records, prompts drawn with replacement: ``prompt``, ``response`` (a demonstration), ``chosen``,
+        ``rejected`` and ``columns`` (the reference ``answer`` as JSON, as prompt-only data carries it)."""
         rng = random.Random(self.seed)
         operand = range(self.max_operand + 1)
         out = []
@@ -152,7 +110,7 @@ class SyntheticTask:
         return out
 
     def corpus(self) -> list[str]:
-        """Every text a tokenizer for this task must cover: formatted prompts with all answers."""
+        """Every text a tokenizer for this task must cover."""
         texts = []
         for prompt in self.prompts():
             a, b = self.operands(prompt)  # type: ignore[misc]
@@ -162,5 +120,5 @@ class SyntheticTask:
 
 
 def default_task() -> SyntheticTask:
-    """The task used when no data source is given (seed 0, operands 0..9)."""
+    """The task used when no data source is given."""
     return SyntheticTask()

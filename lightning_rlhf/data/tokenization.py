@@ -1,16 +1,8 @@
-"""Per-stage tokenization of normalised records (unpadded token lists; the collators pad).
+"""Per-stage tokenization of normalised records into unpadded token lists.
 
-Prompt and response are tokenized separately and concatenated, so the label mask of SFT is exact and
-the prompt tokens an SFT model is trained on are the very tokens PPO generates from.
-
-* Prompt text: with a tokenizer that has a chat template (and ``use_chat_template``), the prompt (a
-  plain question, or an HH-style dialogue split into turns) goes through ``apply_chat_template`` with
-  a generation prompt; otherwise a plain prompt becomes ``"Human: {prompt} Assistant:"`` and an
-  already formatted dialogue is kept as it is.
-* Responses end with the tokenizer's EOS when ``add_eos`` (DeepSpeed-Chat's ``--add_eot_token``), so
-  the policy learns to stop and the reward model scores the answer at its end.
-* Prompts longer than ``max_prompt_length`` are dropped or left-truncated (the end of a prompt, where
-  the assistant turn opens, is what matters); whole sequences are cut at ``max_length``.
+Prompt and response are tokenized apart and concatenated, so SFT's label mask is exact and SFT trains on the very
+prompt tokens PPO generates from. Prompts go through the tokenizer's chat template, else ``"Human: {prompt}
+Assistant:"``; responses end with EOS when ``add_eos``; long prompts are dropped or left-truncated.
 """
 
 from __future__ import annotations
@@ -22,14 +14,13 @@ from typing import Any, Literal
 from transformers import PreTrainedTokenizerBase
 
 LongPromptPolicy = Literal["drop", "truncate"]
-Stage = Literal["sft", "reward", "ppo"]
+Stage = Literal["sft", "reward", "rl"]
 
 DROP_LONG_PROMPT = "prompt longer than max_prompt_length"
 DROP_NO_PAIR = "no preference pair (SFT-only record)"
 DROP_SAME_PAIR = "chosen and rejected identical after truncation"
 
-#: changes whenever :meth:`Encoder.encode` returns other columns, so tokenized caches of older versions are not read
-#: (2: the ``truncated`` flag; 3: reward examples carry ``prompt_length``)
+#: bumped whenever :meth:`Encoder.encode` returns other columns, so that older tokenized caches are not read
 ENCODING_VERSION = 3
 
 _TURN = re.compile(r"\s*(Human|Assistant):\s*")
@@ -37,16 +28,7 @@ _TURN = re.compile(r"\s*(Human|Assistant):\s*")
 
 @dataclass(frozen=True)
 class TokenizeSettings:
-    """How records become tokens.
-
-    Args:
-        max_prompt_length: longest prompt in tokens.
-        max_length: longest prompt + response in tokens (responses are cut to fit).
-        long_prompt_policy: ``"drop"`` prompts over ``max_prompt_length`` or ``"truncate"`` them
-            from the left.
-        add_eos: end every response with the tokenizer's EOS token.
-        use_chat_template: use the tokenizer's chat template when it has one.
-    """
+    """How records become tokens: :class:`~lightning_rlhf.data.RLHFDataModule`'s arguments of the same names."""
 
     max_prompt_length: int = 256
     max_length: int = 512
@@ -64,11 +46,7 @@ class TokenizeSettings:
 
 
 def dialogue_messages(prompt: str) -> list[dict[str, str]]:
-    """Split a "Human: ... Assistant: ..." prompt into chat messages (a plain prompt is one user turn).
-
-    Args:
-        prompt: a plain question or an HH-style dialogue ending with an open assistant turn.
-    """
+    """Split a "Human: ... Assistant: ..." prompt into chat messages (a plain prompt is one user turn)."""
     parts = _TURN.split(prompt)
     if len(parts) < 3:
         return [{"role": "user", "content": prompt.strip()}]
@@ -80,7 +58,6 @@ def dialogue_messages(prompt: str) -> list[dict[str, str]]:
 
 
 def _special_affixes(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
-    """The special tokens the tokenizer adds around a text by itself (e.g. a BOS), as text."""
     bare = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a", add_special_tokens=True)["input_ids"]
     for start in range(len(full) - len(bare) + 1):
@@ -91,15 +68,8 @@ def _special_affixes(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
 
 
 def plain_chat_template(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A Jinja chat template rendering messages the way :class:`Encoder` formats prompts without a template.
-
-    Why: a model trained on ``"Human: {prompt} Assistant:"`` answers other prompts badly, so an exported folder
-    must carry that format; with it, ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)``
-    gives the very prompt tokens training used (including a BOS the tokenizer adds by itself).
-
-    Args:
-        tokenizer: the tokenizer the prompts were encoded with.
-    """
+    """A Jinja chat template rendering messages as :class:`Encoder` formats prompts without one (BOS included), so
+    that an export carries the format its model was trained on."""
     prefix, suffix = _special_affixes(tokenizer)
     return (
         prefix
@@ -115,12 +85,7 @@ def plain_chat_template(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 class Encoder:
-    """Formats and tokenizes prompts and responses for one tokenizer and one set of settings.
-
-    Args:
-        tokenizer: any Hugging Face tokenizer.
-        settings: see :class:`TokenizeSettings`.
-    """
+    """Formats and tokenizes prompts and responses for one tokenizer and one :class:`TokenizeSettings`."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, settings: TokenizeSettings) -> None:
         self.tokenizer = tokenizer
@@ -132,7 +97,7 @@ class Encoder:
             raise ValueError("add_eos=True but the tokenizer has no EOS token; set add_eos=False or add one")
 
     def prompt_text(self, prompt: str) -> str:
-        """The prompt as the model sees it (chat template, or the "Human: / Assistant:" format)."""
+        """The prompt as the model sees it."""
         if self.chat:
             return self.tokenizer.apply_chat_template(
                 dialogue_messages(prompt), tokenize=False, add_generation_prompt=True
@@ -142,11 +107,11 @@ class Encoder:
         return f"Human: {prompt.strip()} Assistant:"
 
     def chat_template(self) -> str:
-        """The chat template that reproduces :meth:`prompt_text` (the tokenizer's own, or the plain format's)."""
+        """The chat template that reproduces :meth:`prompt_text`."""
         return self.tokenizer.chat_template if self.chat else plain_chat_template(self.tokenizer)
 
     def prompt_ids(self, prompt: str) -> tuple[list[int], bool]:
-        """Token ids of the formatted prompt and whether it was over ``max_prompt_length``."""
+        """Token ids of the formatted prompt (left-truncated, BOS kept) and whether it was too long."""
         ids = self.tokenizer(self.prompt_text(prompt), add_special_tokens=not self.chat)["input_ids"]
         limit = self.settings.max_prompt_length
         if len(ids) <= limit:
@@ -156,13 +121,12 @@ class Encoder:
         return ([bos] if keep_bos else []) + ids[len(ids) - limit + keep_bos:], True
 
     def response_ids(self, response: str) -> list[int]:
-        """Token ids of a response (separated from the prompt by one space without a chat template)."""
+        """Token ids of a response (after one space, without a chat template)."""
         text = response.strip() if self.chat else (response if response[:1].isspace() else " " + response)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids + [self.tokenizer.eos_token_id] if self.settings.add_eos else ids
 
     def full(self, prompt_ids: list[int], response: str) -> list[int]:
-        """Prompt + response ids cut at ``max_length``."""
         return (prompt_ids + self.response_ids(response))[: self.settings.max_length]
 
     def encode(self, record: dict[str, Any], stage: Stage) -> dict[str, Any]:
@@ -179,7 +143,7 @@ class Encoder:
             if record.get("chosen") is None or record.get("rejected") is None:
                 return {"drop_reason": DROP_NO_PAIR, "truncated": False, "chosen_input_ids": [],
                         "rejected_input_ids": [], "prompt_length": 0}
-            out["prompt_length"] = len(prompt_ids)  # shared by both responses; DPO scores only what follows it
+            out["prompt_length"] = len(prompt_ids)  # DPO scores only what follows it
             out["chosen_input_ids"] = self.full(prompt_ids, record["chosen"])
             out["rejected_input_ids"] = self.full(prompt_ids, record["rejected"])
             if not out["drop_reason"] and out["chosen_input_ids"] == out["rejected_input_ids"]:
@@ -190,7 +154,7 @@ class Encoder:
 
 
 def encode_batch(batch: dict[str, list], encoder: Encoder, stage: Stage) -> dict[str, list]:
-    """``datasets.Dataset.map(batched=True)`` function: tokenize a batch of records for ``stage``."""
+    """Tokenize a batch of records for ``stage``, for ``datasets.Dataset.map(batched=True)``."""
     rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
     encoded = [encoder.encode(row, stage) for row in rows]
     return {key: [e[key] for e in encoded] for key in encoded[0]} if encoded else {}

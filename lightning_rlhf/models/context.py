@@ -1,11 +1,4 @@
-"""How long a sequence a model can take, checked against the lengths a run asks for before it trains.
-
-Why: a model with learned position embeddings (GPT-2, OPT, GPT-NeoX's variants) fails with an ``IndexError``
-deep inside a rollout once prompt + response outgrow its positions, and a rotary model (Llama) keeps
-generating past its trained context, spending minutes on meaningless tokens. Both are configuration
-mistakes that are known before the first step: the data module's length limits and the generation length
-against the model config's position count.
-"""
+"""How long a sequence a model can take, checked before training: past it, rollouts fail or generate garbage."""
 
 from __future__ import annotations
 
@@ -14,7 +7,6 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
-#: config fields that hold the number of positions, by family (llama/opt/neox, gpt2, older gpt2 forks, ...)
 POSITION_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
 
 
@@ -37,15 +29,7 @@ def model_config(model: Any, trust_remote_code: bool = False) -> PretrainedConfi
 
 
 def check_context_length(model: Any, needed: int, what: str, lower: str, trust_remote_code: bool = False) -> None:
-    """Raise a ``ValueError`` naming the settings to lower when ``needed`` tokens exceed the model's positions.
-
-    Args:
-        model: a Hugging Face folder or a built model.
-        needed: the longest sequence the run can produce, in tokens.
-        what: how ``needed`` is made up, for the message (e.g. ``"data.max_length (512)"``).
-        lower: the settings that reduce ``needed``, for the message.
-        trust_remote_code: allow custom config code from the folder.
-    """
+    """Raise a ``ValueError`` naming the settings ``lower`` when ``needed`` tokens exceed the model's positions."""
     config = model_config(model, trust_remote_code)
     found = max_positions(config) if config is not None else None
     if found is None or needed <= found[0]:

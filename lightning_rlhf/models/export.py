@@ -1,11 +1,6 @@
-"""Consolidated Hugging Face folders from a model trained under any ZeRO stage.
+"""Consolidated Hugging Face folders, loadable without DeepSpeed or peft, from a model under any ZeRO stage.
 
-Why: each pipeline step hands the next one a plain Hugging Face folder (safetensors, config, tokenizer)
-that ``from_pretrained`` loads with no DeepSpeed and no peft. Under ZeRO-3 each rank holds only a shard
-of every parameter (``param.ds_id`` marks them), so the full tensors are gathered a group at a time
-with ``deepspeed.zero.GatheredParameters`` (a collective: every rank must call), copied to CPU on the
-writing rank, and released before the next group, keeping peak memory at one group above the shards.
-LoRA adapters are merged on a CPU copy, never in the training model.
+LoRA is merged on a CPU copy, never in the training model.
 """
 
 from __future__ import annotations
@@ -50,18 +45,9 @@ def _param_groups(model: nn.Module, group_numel: int) -> Iterator[list[tuple[str
 def gathered_state_dict(
     model: nn.Module, rank0_only: bool = True, group_numel: int = 50_000_000
 ) -> dict[str, Tensor]:
-    """The full (unpartitioned) state dict of ``model`` as CPU tensors, from any ZeRO stage.
+    """The full state dict of ``model`` as CPU tensors, from any ZeRO stage; every rank must call it.
 
-    Every rank must call this (ZeRO-3 gathering is a collective). Tied weights appear under every name
-    they have in ``model.state_dict()``.
-
-    Args:
-        model: a plain module (the module inside a DeepSpeed engine, optionally peft-wrapped).
-        rank0_only: if True, ranks other than 0 get an empty dict (saves their CPU memory).
-        group_numel: gather about this many elements at a time under ZeRO-3.
-
-    Returns:
-        ``name -> tensor`` with the same keys as ``model.state_dict()``.
+    With ``rank0_only`` the other ranks get ``{}``; ZeRO-3 gathers about ``group_numel`` elements at a time.
     """
     keep = not rank0_only or _dist_rank() == 0
     full: dict[str, Tensor] = {}
@@ -119,26 +105,18 @@ def export_hf(
     extra_files: dict[str, Any] | None = None,
     chat_template: str | None = None,
 ) -> Path:
-    """Write ``model`` as a consolidated Hugging Face folder (safetensors, config, tokenizer).
+    """Write ``model`` as a consolidated Hugging Face folder (safetensors, config, tokenizer); returns the path.
 
-    Works from any ZeRO stage and for peft-wrapped models. Every rank must call it (ZeRO-3 gathers are
-    collective); rank 0 writes; all ranks return after the folder is complete.
+    Every rank must call it (ZeRO-3 gathers are collective); rank 0 writes, all return once the folder is complete.
 
     Args:
         model: the plain (or peft-wrapped) transformers model, e.g. ``module.model``.
         tokenizer: saved beside the weights when given.
         path: output folder (created).
-        merge_lora: fold LoRA adapters into the base weights, so the folder loads with plain
-            ``from_pretrained``; if False, the base weights are written to ``path`` and the adapter to
-            ``path/adapter`` (load it with ``peft.PeftModel.from_pretrained``).
-        extra_files: ``file name -> content`` written beside the model (dicts as JSON, str as text),
-            e.g. ``{"reward_stats.json": {"mean": ..., "std": ...}}``.
-        chat_template: saved as the tokenizer's chat template (the prompt format training used, so
-            ``apply_chat_template`` + ``generate`` in plain transformers prompts the model as training did);
-            None keeps the tokenizer's own.
-
-    Returns:
-        The folder path.
+        merge_lora: fold LoRA adapters into the base weights; if False, the base goes to ``path`` and the
+            adapter to ``path/adapter``.
+        extra_files: ``file name -> content`` written beside the model (dicts as JSON, str as text).
+        chat_template: saved as the tokenizer's chat template (the format training used); None keeps its own.
     """
     path = Path(path)
     state = gathered_state_dict(model, rank0_only=True)

@@ -1,11 +1,6 @@
 """Loading causal LMs, value models and tokenizers, with LoRA, gradient checkpointing and dropout control.
 
-Why one place: all three pipeline steps load models the same way (SFT and PPO's actor/reference are
-causal LMs; the reward model and PPO's critic are value models), and the per-family details (which
-modules LoRA targets, which config fields hold dropout, which token pads) must not drift between them.
-
-Safe by default: weights are read with ``use_safetensors`` where the folder has them and pickles only with
-``weights_only=True``; ``trust_remote_code`` is off unless the caller turns it on.
+Weights load as safetensors or ``weights_only`` pickles; ``trust_remote_code`` is off unless asked for.
 """
 
 from __future__ import annotations
@@ -33,8 +28,7 @@ from transformers.utils import logging as hf_logging
 from lightning_rlhf.models.zero3 import num_embeddings, partition_aware_loading, resize_embeddings
 from lightning_rlhf.models.zero3 import zero3_loading  # noqa: F401  (re-exported: modules and strategy use it)
 
-# LoRA targets when ``target_modules="auto"``: the attention projections DeepSpeed-Chat and peft's own
-# defaults use for each family.
+# LoRA targets for ``target_modules="auto"``: the attention projections DeepSpeed-Chat and peft use.
 LORA_TARGETS: dict[str, list[str]] = {
     "llama": ["q_proj", "v_proj"],
     "mistral": ["q_proj", "v_proj"],
@@ -62,13 +56,9 @@ class LoraArgs:
         rank: rank ``r`` of the low-rank update (DeepSpeed-Chat's ``--lora_dim``).
         alpha: scaling numerator; the update is scaled by ``alpha / rank``.
         dropout: dropout on the LoRA branch input.
-        target_modules: module names to adapt, or ``"auto"`` to pick the attention projections of the
-            model's family (``q_proj``/``v_proj`` for llama and opt, ``c_attn`` for gpt2,
-            ``query_key_value`` for gpt_neox, ...).
-        only_lora: train only the LoRA weights (and a value model's head); if False, every weight trains
-            (DeepSpeed-Chat's ``--only_optimize_lora`` inverted).
-        modules_to_keep_trainable: further module names (e.g. ``lm_head``) that stay trainable when
-            ``only_lora`` freezes the rest.
+        target_modules: module names to adapt, or ``"auto"`` for the family's attention projections.
+        only_lora: train only the LoRA weights (and a value model's head); if False, every weight trains.
+        modules_to_keep_trainable: further module names (e.g. ``lm_head``) kept trainable when ``only_lora``.
     """
 
     rank: int = 8
@@ -98,25 +88,13 @@ class LoraArgs:
 
 LoraConfigArgs = LoraArgs  # the name used in CONTRACTS.md
 
-#: files of which a tokenizer folder holds at least one (fast, slow BPE, WordPiece, sentencepiece)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
                    "spiece.model", "sentencepiece.bpe.model")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def check_local_folder(path: str | Path, what: str, files: tuple[str, ...], setting: str) -> None:
-    """Refuse a local folder that is missing or lacks ``files``, before transformers reports it obscurely.
-
-    Why: for a missing folder transformers says ``Repo id must be in the form ...`` (it tries the hub), and
-    for a folder without tokenizer files it asks to install sentencepiece. A name shaped like a hub id
-    (``gpt2``, ``org/model``) whose first part is no local folder is left to transformers' hub cache.
-
-    Args:
-        path: the folder (or hub id).
-        what: what the folder should hold, for the message (``model``, ``tokenizer``).
-        files: file names of which the folder must hold at least one.
-        setting: the option that names the folder, for the message (``model.tokenizer``).
-    """
+    """Refuse a missing folder, or one without ``files``, before transformers reports it obscurely (hub ids pass)."""
     folder = Path(path)
     if folder.is_dir():
         if not any((folder / name).is_file() for name in files):
@@ -134,12 +112,7 @@ def check_local_folder(path: str | Path, what: str, files: tuple[str, ...], sett
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """Load a tokenizer and give it a pad token distinct from EOS where the vocabulary allows.
-
-    Families without a pad token (gpt2, llama, gpt_neox) get ``unk`` as pad when it exists and differs
-    from EOS, else a new ``<pad>`` token is added (the model's embeddings must then be resized, which
-    :func:`load_causal_lm` / :func:`load_value_model` do when given this tokenizer). Padding side is left
-    to the collators (right for training, left for generation).
+    """Load a tokenizer with a pad token distinct from EOS: ``unk`` where it differs, else a new ``<pad>``.
 
     Args:
         path: a Hugging Face folder (or hub id already in the local cache).
@@ -166,10 +139,7 @@ def dropout_overrides(config: PretrainedConfig, dropout: float) -> dict[str, flo
 
 
 def set_dropout(model: nn.Module, dropout: float) -> None:
-    """Set every dropout probability of ``model`` (config fields and ``nn.Dropout`` modules) to ``dropout``.
-
-    PPO runs with dropout 0 so that the log-probabilities of the rollout and of the update agree.
-    """
+    """Set every dropout probability of ``model`` (config and modules); PPO uses 0 so rollout and update agree."""
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     config = getattr(model, "config", None)
@@ -240,14 +210,7 @@ def _finish(
 
 
 def apply_lora(model: PreTrainedModel, lora: LoraArgs, trainable_head: str | None = None) -> PreTrainedModel:
-    """Wrap ``model`` with peft LoRA adapters.
-
-    Args:
-        model: a transformers model.
-        lora: the adapter settings.
-        trainable_head: name of a head module (a value model's ``score``) kept trainable when
-            ``lora.only_lora`` freezes the rest.
-    """
+    """Wrap ``model`` with peft LoRA adapters; ``trainable_head`` (a value model's ``score``) stays trainable."""
     from peft import LoraConfig, get_peft_model
 
     task_type = "CAUSAL_LM" if trainable_head is None else None
@@ -265,11 +228,7 @@ def apply_lora(model: PreTrainedModel, lora: LoraArgs, trainable_head: str | Non
 
 
 def _zero_partitioned_lora_b(model: nn.Module) -> None:
-    """Zero LoRA's ``B`` matrices when ZeRO-3 partitioned them at creation.
-
-    Under ``deepspeed.zero.Init`` peft's own ``zeros_`` runs on an empty local tensor and leaves
-    ``nn.Linear``'s random init in the shards, so the adapted model would not start equal to the base.
-    """
+    """Zero LoRA's ``B`` under ZeRO-3: peft's ``zeros_`` hits an empty local tensor and leaves random shards."""
     params = [p for n, p in model.named_parameters() if "lora_B" in n and hasattr(p, "ds_id")]
     if not params:
         return
@@ -300,7 +259,7 @@ def load_causal_lm(
         trust_remote_code: allow custom modelling code from the folder (off by default).
         tokenizer: if given, embeddings are resized to its length and its pad id written to the config.
     """
-    with partition_aware_loading():  # under any open zero.Init, whoever opened it
+    with partition_aware_loading():
         if isinstance(path_or_model, PreTrainedModel):
             model = path_or_model
         else:
@@ -322,9 +281,7 @@ def load_value_model(
 ) -> PreTrainedModel:
     """Load a value model: backbone + one-output linear head (``AutoModelForSequenceClassification``).
 
-    A causal-LM folder (an SFT output, a pretrained LM) gets a fresh head, initialised to zero so every
-    sequence starts with reward 0 (a value folder keeps its trained head). The same head gives the reward
-    model's score and the critic's per-token values (see :func:`token_values`).
+    A causal-LM folder gets a fresh zero head, so every sequence starts with reward 0; a value folder keeps its own.
 
     Args:
         path_or_model: a Hugging Face folder, or an already built sequence-classification model.
@@ -335,7 +292,7 @@ def load_value_model(
         trust_remote_code: allow custom modelling code from the folder (off by default).
         tokenizer: if given, embeddings are resized to its length and its pad id written to the config.
     """
-    with partition_aware_loading():  # under any open zero.Init, whoever opened it
+    with partition_aware_loading():
         if isinstance(path_or_model, PreTrainedModel):
             model = path_or_model
         else:
@@ -370,7 +327,7 @@ def _quiet_transformers(enabled: bool) -> Iterator[None]:
 def _zero_head(model: PreTrainedModel) -> None:
     params = list(getattr(model, value_head_name(model)).parameters())
     context = nullcontext()
-    if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3 partitioned: modify the gathered weight on rank 0
+    if any(hasattr(p, "ds_id") for p in params):
         import deepspeed
 
         context = deepspeed.zero.GatheredParameters(params, modifier_rank=0)
@@ -383,6 +340,12 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
     """The transformers model inside a peft wrapper (or ``model`` itself)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The transformers model under a DeepSpeed engine and/or a peft wrapper (LoRA layers stay injected)."""
+    model = getattr(model, "module", model) if type(model).__name__ == "DeepSpeedEngine" else model
+    return unwrap_peft(model)
 
 
 def value_head_name(model: nn.Module) -> str:

@@ -1,19 +1,7 @@
 """Sampling from the policy's own distribution, and knowing where its turn ends.
 
-Why: ``generate`` merges the model's saved ``generation_config`` into every call (a ``repetition_penalty``,
-``no_repeat_ngram_size``, ``min_new_tokens``, ``suppress_tokens``, ``top_k``/``top_p``: Qwen2.5-Instruct ships
-``repetition_penalty > 1``). Those processors change the distribution tokens are drawn from, while PPO/GRPO
-score the samples with the raw policy (``log_softmax(logits / T)``), so the ratio, the KL and the policy gradient
-would belong to samples pi never produced. The rollout therefore samples from pi itself: the saved settings are
-set aside for the call (with one warning naming them), and only what :class:`~.GenerationArgs` says is applied.
-
-Log-probabilities as tokens are produced: :class:`StreamedLogprobs` reads each step's scores inside
-``generate`` and keeps one step's distribution, where ``output_logits=True`` would keep ``B x R x V`` float32
-logits (2 GB for a 128k vocabulary, 16 prompts, 256 tokens) until the rollout ends.
-
-End of turn: instruct models often end a turn with a token that is not the tokenizer's ``eos_token``
-(Llama-3 ``<|eot_id|>``, Gemma ``<end_of_turn>``, Phi-3 ``<|end|>``); their ``generation_config.eos_token_id``
-lists them. Generation stops at, and the response masks end at, any of them.
+A saved ``generation_config`` (e.g. ``repetition_penalty``) would reshape the distribution PPO/GRPO score, so
+rollouts apply only :class:`~.GenerationArgs` (docs/concepts.md).
 """
 
 from __future__ import annotations
@@ -68,7 +56,7 @@ def ignored_settings(generation_config: Any) -> dict[str, Any]:
 
 def generating_model(policy: Any) -> nn.Module:
     """The transformers model whose ``generate`` runs under a generation switch, a DeepSpeed engine or peft."""
-    from lightning_rlhf.strategies.tensor_parallel import unwrap_model
+    from lightning_rlhf.models.loading import unwrap_model
 
     return unwrap_model(getattr(policy, "module", policy))
 
@@ -80,14 +68,7 @@ def policy_stop_ids(tokenizer: Any, policy: Any) -> list[int]:
 
 @contextmanager
 def sampling_from_policy(policy: Any, tokenizer: Any) -> Iterator[list[int]]:
-    """Within the block, ``policy.generate`` applies only the arguments it is called with.
-
-    The model's ``generation_config`` is swapped for one that keeps its token ids (EOS set to every stop id) and
-    nothing else; settings that would have reshaped the distribution are warned about once per set of names.
-
-    Yields:
-        The token ids that end a response (:func:`policy_stop_ids`).
-    """
+    """Within the block, ``policy.generate`` applies only its call's arguments (warned once); yields the stop ids."""
     from transformers import GenerationConfig
 
     model = generating_model(policy)
@@ -110,14 +91,10 @@ def sampling_from_policy(policy: Any, tokenizer: Any) -> Iterator[list[int]]:
 
 
 class StreamedLogprobs:
-    """A ``generate`` logits processor that records each sampled token's log-probability (and entropy) and keeps
-    at most one step's ``(B, V)`` distribution.
+    """A ``generate`` logits processor recording each sampled token's log-probability (and entropy).
 
-    At step ``t`` it sees the scores token ``t`` is drawn from, ``log_softmax(logits / temperature)``; that token
-    is the last column of ``input_ids`` at step ``t + 1`` (the last one is read off the returned sequences by
-    :meth:`result`). Custom processors run after transformers' own ones and before temperature / top-k / top-p,
-    so with :func:`sampling_from_policy` (nothing else set) the scores are the model's raw logits: the values equal
-    those of ``output_logits`` and of a forward pass (see ``logprobs_from_generation`` of PPOModule).
+    It keeps one step's ``(B, V)`` distribution, where ``output_logits=True`` would keep all ``B x R x V`` logits.
+    Under :func:`sampling_from_policy` it sees the raw logits, so its values equal a forward pass's.
 
     Args:
         temperature: the sampling temperature the logits are divided by.
@@ -146,11 +123,7 @@ class StreamedLogprobs:
             self._pending = None
 
     def result(self, responses: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(B, R)`` log-probabilities of ``responses`` (the generated ids, prompt removed) and entropies (or None).
-
-        Raises:
-            RuntimeError: if ``generate`` did not call the processor once per generated token.
-        """
+        """``(B, R)`` log-probabilities of ``responses`` (the generated ids, prompt removed) and entropies (or None)."""
         self._take(responses[:, -1])
         if len(self._logprobs) != responses.shape[1]:
             raise RuntimeError(f"StreamedLogprobs saw {len(self._logprobs)} sampling steps for {responses.shape[1]} "

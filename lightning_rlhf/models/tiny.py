@@ -1,14 +1,6 @@
-"""Tiny models and tokenizers built locally, never downloaded.
+"""Tiny models and tokenizers built locally, never downloaded, for the default pipeline and the tests.
 
-Why: the embedded default pipeline and every test need real ``transformers`` models and a real
-tokenizer without network access. We train a small byte-level BPE tokenizer on the texts at hand
-(digits split one per token, so arithmetic stays learnable) and build randomly initialised models of
-the common families from their configs, saved with ``save_pretrained`` so the ordinary
-``from_pretrained`` path is what loads them.
-
-Real-model traits on purpose, so tests meet what pretrained models bring (SmolLM2, Llama 3): the pad token
-has a non-zero id (an embedding row of its own, zeroed by transformers' init: the row ZeRO-3 partitioning
-can hide), llama ties its input and output embeddings and uses grouped-query attention.
+They keep real-model traits (SmolLM2, Llama 3): a non-zero pad id, tied embeddings, grouped-query attention.
 """
 
 from __future__ import annotations
@@ -35,14 +27,7 @@ UNK_TOKEN = "<unk>"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer with distinct pad, BOS, EOS and UNK tokens.
-
-    The special ids are UNK 0, BOS 1, EOS 2, pad 3 (the layout of SmolLM2's, whose pad is not 0 either).
-
-    Args:
-        texts: the corpus to learn merges from (any iterable of strings).
-        vocab_size: target vocabulary size including the 256 byte symbols and 4 special tokens.
-    """
+    """Train a byte-level BPE tokenizer on ``texts``, one token per digit, with UNK 0, BOS 1, EOS 2, pad 3."""
     tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
@@ -75,19 +60,9 @@ def tiny_config(
     num_kv_heads: int | None = None,
     tie_embeddings: bool | None = None,
 ) -> PretrainedConfig:
-    """A small config of ``family`` whose vocabulary and special ids match ``tokenizer``.
+    """A small config of ``family`` (llama, opt, gpt2, gpt_neox) whose vocabulary and special ids match ``tokenizer``.
 
-    Args:
-        family: model family, one of ``llama``, ``opt``, ``gpt2``, ``gpt_neox``.
-        tokenizer: the tokenizer whose size and pad/BOS/EOS ids the config takes.
-        hidden_size: width of the residual stream.
-        num_layers: number of transformer blocks.
-        num_heads: attention heads (must divide ``hidden_size``; 3 or 9 give heads that a tensor-parallel
-            size of 2 cannot split).
-        max_positions: longest sequence the position embeddings cover.
-        num_kv_heads: llama's key/value heads; None: grouped-query attention with the largest proper divisor
-            of ``num_heads`` (4 -> 2, 9 -> 3, 3 -> 1), as in Llama 3 and SmolLM2.
-        tie_embeddings: llama's ``tie_word_embeddings``; None: tied, as in small Llama-family models.
+    Llama only: ``num_kv_heads`` None is the largest proper divisor of ``num_heads``; ``tie_embeddings`` None ties.
     """
     ids = dict(
         vocab_size=len(tokenizer),
@@ -133,16 +108,9 @@ def save_tiny_model(
     seed: int = 0,
     **sizes: int,
 ) -> Path:
-    """Build a randomly initialised tiny model and save it with its tokenizer as a Hugging Face folder.
+    """Save a randomly initialised tiny model (``head="value"``: reward model / critic) and its tokenizer to ``path``.
 
-    Args:
-        path: output folder.
-        family: model family (see :func:`tiny_config`).
-        tokenizer: saved beside the model.
-        head: ``causal_lm`` for a policy, ``value`` for a one-label sequence-classification model
-            (reward model / critic).
-        seed: initialisation seed, so tests are reproducible.
-        **sizes: forwarded to :func:`tiny_config` (``hidden_size``, ``num_layers``, ``num_kv_heads``, ...).
+    ``sizes`` go to :func:`tiny_config`.
     """
     path = Path(path)
     config = tiny_config(family, tokenizer, **sizes)

@@ -1,11 +1,6 @@
 """Per-token values and sequence scores from a value model's scalar head.
 
-Why a hook rather than the model's own pooled output: Hugging Face sequence-classification models pool at
-the last token that is not ``pad_token_id``, which is wrong when pad equals EOS and gives nothing per
-token. The critic needs a value at every token, and the reward model the value at the last real token by
-the attention mask, for right- and left-padded batches alike. Both come from the same head output, read
-with a forward hook on the head so the code works for every family, inside peft wrappers and under
-ZeRO-3 (whose own hooks gather the head's weights as usual).
+Read with a forward hook on the head: HF's own pooling is wrong when pad equals EOS and gives no per-token values.
 """
 
 from __future__ import annotations
@@ -36,16 +31,7 @@ def forward_accepts(model: nn.Module, argument: str) -> bool:
 
 
 def token_values(value_model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """The head's scalar output at every token.
-
-    Args:
-        value_model: a model from :func:`~lightning_rlhf.models.load_value_model` (optionally peft-wrapped).
-        input_ids: token ids, shape ``(B, T)``, right- or left-padded.
-        attention_mask: 1 on real tokens, 0 on padding, shape ``(B, T)``.
-
-    Returns:
-        Values of shape ``(B, T)`` in float32 (padding positions hold whatever the head gives; mask them).
-    """
+    """The head's scalar output at every token, ``(B, T)`` float32 (padding positions unmasked)."""
     head = getattr(unwrap_peft(value_model), value_head_name(value_model))
     captured: list[Tensor] = []
     handle = head.register_forward_hook(lambda _m, _i, out: captured.append(out))
@@ -76,14 +62,5 @@ def gather_last(values: Tensor, attention_mask: Tensor) -> Tensor:
 
 
 def sequence_scores(value_model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """The value at the last non-padding token of each sequence (the reward model's score).
-
-    Args:
-        value_model: a value model (optionally peft-wrapped).
-        input_ids: token ids, shape ``(B, T)``, right- or left-padded.
-        attention_mask: 1 on real tokens, 0 on padding, shape ``(B, T)``.
-
-    Returns:
-        Scores of shape ``(B,)`` in float32.
-    """
+    """The value at the last non-padding token of each sequence (the reward model's score), ``(B,)`` float32."""
     return gather_last(token_values(value_model, input_ids, attention_mask), attention_mask)

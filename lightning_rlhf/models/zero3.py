@@ -1,12 +1,7 @@
 """Loading pretrained models while DeepSpeed ZeRO-3 partitions every new parameter (``deepspeed.zero.Init``).
 
-Why a module of its own: inside Lightning's ``configure_model`` under ZeRO-3 each parameter is partitioned as it
-is created, so its local tensor is empty. transformers copes only when it knows (a registered
-``HfDeepSpeedConfig``): it then loads through DeepSpeed's gather API. Without it, its weight init indexes the
-empty embedding (``weight[padding_idx]``: ``IndexError: index 2 is out of bounds for dimension 0 with size 0``
-with SmolLM2), and its embedding resize expects to create a whole (unpartitioned) new embedding, which an active
-``zero.Init`` partitions behind its back. The helpers here make both work whoever opened the ``zero.Init``: our
-strategy, Lightning's ``DeepSpeedStrategy``, or a user's own block.
+transformers handles empty partitioned tensors only with a registered ``HfDeepSpeedConfig`` (else its init fails
+with ``IndexError ... with size 0``); these helpers register one whoever opened the ``zero.Init``.
 """
 
 from __future__ import annotations
@@ -31,13 +26,7 @@ def is_partitioned(param: torch.Tensor) -> bool:
 
 
 def local_partition(param: torch.Tensor) -> torch.Tensor:
-    """What this rank holds of ``param``: the filled part of its ZeRO-3 partition, else the tensor itself.
-
-    DeepSpeed allocates every rank's partition with ``torch.empty`` at the parameter's size rounded up to a
-    multiple of the world size, and fills only the elements the parameter has: the tail of the last ranks'
-    partitions is uninitialised memory, which can hold NaN. Averaging it (EMA) or summing it (the replica's
-    change fingerprint) would carry that garbage; this view leaves it out.
-    """
+    """The filled part of this rank's ZeRO-3 partition of ``param`` (the padding is uninitialised, maybe NaN)."""
     if not is_partitioned(param):
         return param.data
     import torch.distributed as dist
@@ -51,10 +40,7 @@ def local_partition(param: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def zero3_loading(deepspeed_config: dict[str, Any] | None) -> Iterator[None]:
-    """Let ``from_pretrained`` build and load models partitioned, for a ZeRO-3 ``deepspeed_config``.
-
-    Registers a ``HfDeepSpeedConfig`` for the block (no-op when the config is not ZeRO-3 or one is registered).
-    """
+    """Register a ``HfDeepSpeedConfig`` for the block so ``from_pretrained`` loads partitioned (ZeRO-3 only)."""
     stage = ((deepspeed_config or {}).get("zero_optimization") or {}).get("stage", 0)
     if stage != 3:
         yield
@@ -65,7 +51,7 @@ def zero3_loading(deepspeed_config: dict[str, Any] | None) -> Iterator[None]:
         unset_hf_deepspeed_config,
     )
 
-    if is_deepspeed_zero3_enabled():  # already registered by an enclosing block (e.g. the strategy's)
+    if is_deepspeed_zero3_enabled():
         yield
         return
     config = dict(deepspeed_config)
@@ -91,11 +77,7 @@ def _config_of(init: Any) -> dict[str, Any]:
 
 @contextmanager
 def partition_aware_loading() -> Iterator[None]:
-    """Tell transformers about an open ``zero.Init`` that nobody registered a ``HfDeepSpeedConfig`` for.
-
-    The outer ``zero.Init`` keeps doing the partitioning (a nested one only counts depth), so the minimal config
-    registered here changes only which loading path transformers takes.
-    """
+    """Tell transformers about an open ``zero.Init`` that nobody registered a ``HfDeepSpeedConfig`` for."""
     init = _active_zero_init()
     with zero3_loading(_config_of(init) if init is not None else None):
         yield
@@ -123,12 +105,7 @@ def num_embeddings(model: nn.Module) -> int:
 
 
 def resize_embeddings(model: nn.Module, size: int) -> None:
-    """``resize_token_embeddings`` that also works on a ZeRO-3 partitioned model.
-
-    transformers resizes a partitioned model by building the new embedding whole and swapping it in, so the
-    new embedding (and an untied head) must be created outside ``zero.Init``; they are partitioned afterwards
-    (broadcast from rank 0 first, so every rank holds the same mean-initialised new rows).
-    """
+    """``resize_token_embeddings`` on a ZeRO-3 model: the new embedding is built whole, then partitioned."""
     partitioned = any(is_partitioned(p) for p in model.parameters())
     with paused_partitioning():
         model.resize_token_embeddings(size)

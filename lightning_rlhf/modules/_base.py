@@ -1,9 +1,4 @@
-"""A LightningModule around one Hugging Face model: lazy loading, tokenizer, optimizer, export hooks.
-
-Why lazy loading in ``configure_model``: Lightning calls that hook inside the strategy's sharded
-context, so under DeepSpeed ZeRO-3 the parameters are partitioned as they are created instead of being
-materialised whole on every rank first.
-"""
+"""A LightningModule around one Hugging Face model, built in ``configure_model`` so ZeRO-3 partitions it as created."""
 
 from __future__ import annotations
 
@@ -19,25 +14,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_rlhf.models import LoraArgs, count_parameters, load_tokenizer
 from lightning_rlhf.models.context import check_context_length
-from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config, sharded_loading
+from lightning_rlhf.modules.optim import OptimizerArgs, lightning_optimizer_config
+from lightning_rlhf.modules.placement import sharded_loading
 
-# the typed arguments kept in ``hparams`` (now with real defaults) must unpickle under ``weights_only`` on resume
+# the typed arguments kept in ``hparams`` must unpickle under ``weights_only`` on resume
 torch.serialization.add_safe_globals([LoraArgs, OptimizerArgs])
 
 
 class HFModelModule(LightningModule):
-    """Base of :class:`SFTModule`, :class:`RewardModule` and :class:`DPOModule`: one trainable ``self.model``.
-
-    Args:
-        model: a Hugging Face folder, or a built ``PreTrainedModel``.
-        tokenizer: tokenizer folder (None: the model folder).
-        lora: LoRA settings; None trains every weight.
-        gradient_checkpointing: recompute activations in the backward pass.
-        dropout: set every dropout probability to this (None keeps the model's).
-        torch_dtype: parameter dtype when loading (``bfloat16``, ``float16``; None keeps float32).
-        trust_remote_code: allow custom modelling code from the model folder.
-        optimizer: AdamW and learning-rate schedule settings.
-    """
+    """Base of :class:`SFTModule`, :class:`RewardModule` and :class:`DPOModule` (see their arguments)."""
 
     def __init__(
         self,
@@ -102,11 +87,11 @@ class HFModelModule(LightningModule):
                                  trust_remote_code=self.trust_remote_code)
 
     def loading_context(self) -> Any:
-        """Under ZeRO-3 the strategy's ``zero3_loading`` (models built inside are partitioned as created), else a no-op."""
+        """Under ZeRO-3 the strategy's ``zero3_loading``, else a no-op."""
         return sharded_loading(self)
 
     def configure_model(self) -> None:
-        """Build ``self.model`` once, inside the strategy's (possibly ZeRO-3 sharded) context."""
+        """Build ``self.model`` once, inside the strategy's sharded context."""
         if self.model is None:
             with self.loading_context():
                 model = self.build_model()

@@ -1,10 +1,4 @@
-"""Step 2': offline preference optimisation (DPO and its family) of the SFT policy on preference pairs.
-
-DeepSpeed-Chat's ``step2_dpo_finetuning`` alternative to reward model + PPO: the policy is trained directly on
-the reward step's chosen/rejected batches of :class:`~lightning_rlhf.data.PreferenceDataModule`. The loss
-variants are functions in :mod:`lightning_rlhf.algorithms.preference`; this module only says where the
-log-probs come from (policy, reference) and logs.
-"""
+"""Step 2': DPO-family preference optimisation of the SFT policy on the reward step's chosen/rejected pairs."""
 
 from __future__ import annotations
 
@@ -26,7 +20,10 @@ from lightning_rlhf.algorithms import (
 )
 from lightning_rlhf.models import LoraArgs, load_causal_lm
 from lightning_rlhf.modules._base import HFModelModule
-from lightning_rlhf.modules._common import OptimizerArgs, attached_strategy, eval_mode
+from lightning_rlhf.models.forward import eval_mode
+from lightning_rlhf.modules.deprecations import take_renamed
+from lightning_rlhf.modules.optim import OptimizerArgs
+from lightning_rlhf.modules.placement import attached_strategy
 from lightning_rlhf.modules.dpo_reference import (
     ReferenceLogpsCache,
     ReferenceMode,
@@ -50,43 +47,26 @@ _CACHE_KEY = "dpo_reference_logps"
 class DPOModule(HFModelModule):
     """A causal-LM policy trained on preference pairs with a DPO-family loss.
 
-    Chosen and rejected responses go through the policy in one concatenated forward (one ZeRO-3 gather per
-    step, not two); a response's log-prob is the sum over its own tokens (mean for ``ipo`` and ``simpo``),
-    never the prompt's or the padding's. The reference log-probs come from, in this order of choice:
-
-    * nothing, for ``simpo`` (reference-free);
-    * a cache filled once before training from the starting policy (``precompute_reference=True``): no
-      second model and no reference forward per step; the cache is saved in checkpoints;
-    * the policy itself with its LoRA adapters disabled (``lora`` set, ``reference`` None): no second copy;
-    * a frozen copy of ``reference`` (default: ``model``); under ``HybridDeepSpeedStrategy`` an inference-only
-      DeepSpeed engine of its own beside the policy's (ZeRO-3 partitioned, on the CPU with
-      ``offload_frozen_models``, never in checkpoints).
-
-    Logs ``train/loss`` and ``train/rewards/{chosen,rejected,accuracies,margins}``,
-    ``train/logps/{chosen,rejected}`` (TRL's names) and ``train/logps/accuracies`` (the policy's own ranking of
-    the pair by log-prob, no reference) every step, and the same under ``val/`` on the held-out pairs (weighted
-    by pairs, synchronised across ranks). A tie (as at the start, where policy = reference) counts 0.5 in the
-    accuracies; so before training ``val/rewards/accuracies`` is 0.5 by construction and
-    ``val/logps/accuracies`` is the real starting measurement (the reference's preference). The exported model is the policy (LoRA merged).
+    The losses, where the reference log-probs come from and the logged metrics are described in docs/dpo.md.
 
     Args:
         model: a Hugging Face causal-LM folder (the SFT output), or a built ``PreTrainedModel``.
         tokenizer: tokenizer folder (None: the model folder).
         lora: LoRA settings of the policy; None trains every weight.
         gradient_checkpointing: recompute activations in the backward pass.
-        dropout: set every dropout probability to this (None keeps the model's). Defaults to 0, as TRL does:
-            with dropout the policy's log-probs differ from the reference's at the very first step.
+        dropout: set every dropout probability to this (None keeps the model's). 0, as in TRL: with dropout the
+            policy's log-probs differ from the reference's at the first step.
         torch_dtype: parameter dtype when loading (``bfloat16``, ``float16``; None keeps float32).
         trust_remote_code: allow custom modelling code from the model folder.
         optimizer: AdamW + warmup/cosine settings (defaults: lr 5e-7 as DeepSpeed-Chat's DPO, no warmup).
-        loss_type: ``sigmoid`` (DPO), ``ipo``, ``hinge`` (SLiC) or ``simpo`` (see
-            :data:`~lightning_rlhf.algorithms.PREFERENCE_LOSSES`).
+        loss_type: ``sigmoid`` (DPO), ``ipo``, ``hinge`` (SLiC) or ``simpo``.
         beta: inverse temperature of the implicit reward (DPO 0.1; SimPO's papers use 2-2.5).
         label_smoothing: conservative DPO's label-flip probability in ``[0, 0.5)`` (``sigmoid``, ``simpo``).
-        gamma: SimPO's target reward margin (``simpo`` only).
+        simpo_margin: SimPO's target reward margin ``gamma`` (``simpo`` only).
         reference: folder of the frozen reference policy (None: ``model``, or the adapter-free policy with LoRA).
-        precompute_reference: compute the reference log-probs of every training and validation pair once,
-            from the starting policy, before the first step, and keep them instead of a reference model.
+        precompute_reference: compute every training and validation pair's reference log-probs once, from the
+            starting policy, instead of keeping a reference model.
+        gamma: deprecated name of ``simpo_margin`` (removed in the next release).
     """
 
     def __init__(
@@ -102,12 +82,15 @@ class DPOModule(HFModelModule):
         loss_type: str = "sigmoid",
         beta: float = 0.1,
         label_smoothing: float = 0.0,
-        gamma: float = 0.5,
+        simpo_margin: float = 0.5,
         reference: str | None = None,
         precompute_reference: bool = False,
+        gamma: float | None = None,
     ) -> None:
         super().__init__(model, tokenizer, lora, gradient_checkpointing, dropout, torch_dtype, trust_remote_code,
                          optimizer or OptimizerArgs(learning_rate=5e-7))
+        take_renamed(self.hparams, "DPOModule", "gamma", "simpo_margin", default=0.5)
+        simpo_margin = self.hparams.simpo_margin
         self.variant = get_preference_loss(loss_type)
         if not beta > 0:
             raise ValueError(f"DPOModule.beta must be > 0, got {beta}")
@@ -116,7 +99,8 @@ class DPOModule(HFModelModule):
         if label_smoothing > 0 and not self.variant.smooths_labels:
             raise ValueError(f"DPOModule: loss_type {loss_type!r} takes no label_smoothing (sigmoid and simpo do); "
                              f"set label_smoothing to 0")
-        self.loss_type, self.beta, self.label_smoothing, self.gamma = loss_type, beta, label_smoothing, gamma
+        self.loss_type, self.beta, self.label_smoothing = loss_type, beta, label_smoothing
+        self.simpo_margin = simpo_margin
         self.reference_path = reference
         self.reference_mode = self._reference_mode(reference, precompute_reference)
         self.reference: PreTrainedModel | None = None
@@ -137,13 +121,11 @@ class DPOModule(HFModelModule):
             return "precomputed"
         return "adapters_off" if self.lora is not None and reference is None else "model"
 
-    # -- models ------------------------------------------------------------------------------------
     def build_model(self) -> PreTrainedModel:
-        """Load the policy (see :func:`~lightning_rlhf.models.load_causal_lm`)."""
         return load_causal_lm(self._model_in or self.model_path, **self.load_kwargs())
 
     def configure_model(self) -> None:
-        """Build the policy and, in ``model`` mode, the frozen reference (both in the strategy's sharded context)."""
+        """Build the policy and, in ``model`` mode, the frozen reference."""
         if self.model is not None:
             return
         built = self._model_in
@@ -162,21 +144,19 @@ class DPOModule(HFModelModule):
 
     @property
     def engine_per_child(self) -> bool:
-        """With a reference model, :class:`~lightning_rlhf.strategies.HybridDeepSpeedStrategy` gives it a frozen
-        inference engine of its own (ZeRO-3 partitioned, offloadable, not in checkpoints) beside the policy's."""
+        """With a reference model, the hybrid strategy gives it a frozen inference engine beside the policy's."""
         return self.reference_mode == "model"
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Policy logits ``(B, T, V)``."""
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    # -- log-probs ---------------------------------------------------------------------------------
     def pair_logps(self, model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(chosen, rejected)`` sequence log-probs ``(B,)`` under ``model``, from one forward over both halves."""
         missing = set(_PAIR_KEYS) - set(batch)
         if missing:
             raise KeyError(f"DPOModule: batch lacks {sorted(missing)} (got {sorted(batch)}); use a reward-stage "
-                           "batch of PreferenceDataModule (its data cache from before prompt_lengths is rebuilt)")
+                           "batch of RLHFDataModule (its data cache from before prompt_lengths is rebuilt)")
         ids, mask = stack_pairs(batch, self.tokenizer.pad_token_id)
         response = response_token_mask(mask, batch["prompt_lengths"].repeat(2))
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
@@ -185,14 +165,7 @@ class DPOModule(HFModelModule):
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, Tensor],
                         policy_logps: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor | None, Tensor | None]:
-        """``(chosen, rejected)`` reference log-probs ``(B,)``, or ``(None, None)`` for a reference-free loss.
-
-        Args:
-            batch: a reward-stage batch.
-            policy_logps: the policy's ``(chosen, rejected)`` log-probs of ``batch`` from an eval-mode forward,
-                if already computed: with ``precompute_reference`` the untrained policy is the reference, so a
-                cache miss before training stores these instead of running the same forward again.
-        """
+        """Reference ``(chosen, rejected)`` log-probs ``(B,)`` or Nones; ``policy_logps`` can fill a cache miss."""
         mode = self.reference_mode
         if mode == "none":
             return None, None
@@ -218,13 +191,9 @@ class DPOModule(HFModelModule):
 
     @torch.no_grad()
     def precompute(self, loaders: Iterable[Iterable[dict[str, Tensor]]]) -> int:
-        """Fill the reference cache from the current policy over ``loaders`` (every rank its shard, then gathered).
+        """Fill the reference cache from the current policy over ``loaders``; returns the cache size.
 
-        Collective: every rank calls it with loaders of the same number of batches. A batch whose pairs are all
-        cached already on every rank (the validation pairs after a validation before ``fit``) is not run again
-        (its cached values are gathered instead); the ranks decide together, as a forward under ZeRO-3 is
-        collective. Returns the cache size.
-        """
+        Collective (equal batch counts on every rank); batches cached on every rank are gathered, not run again."""
         all_gather = self.all_gather if self.trainer.world_size > 1 else None
         with eval_mode(self.model):
             for loader in loaders:
@@ -246,7 +215,7 @@ class DPOModule(HFModelModule):
         return len(self.reference_cache)
 
     def on_train_start(self) -> None:
-        """With ``precompute_reference``, compute the training and validation pairs' reference log-probs now."""
+        """With ``precompute_reference``, fill the cache before the first step."""
         if self.reference_mode != "precomputed" or self._restored:
             return
         self._warn_if_precomputing_unseen_pairs()
@@ -259,7 +228,6 @@ class DPOModule(HFModelModule):
         rank_zero_info(f"DPOModule: precomputed the reference log-probs of {size} pairs")
 
     def _warn_if_precomputing_unseen_pairs(self) -> None:
-        """Say so when the run trains on fewer batches than precomputation will run (it covers every pair)."""
         trainer = self.trainer
         loader = trainer.train_dataloader
         try:
@@ -277,16 +245,14 @@ class DPOModule(HFModelModule):
                    "only on the batches trained on." if self.lora is not None else
                    "A reference folder (reference=) runs the reference only on the batches trained on."))
 
-    # -- training and validation -------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, PreferenceStats]:
         """The preference loss of a reward-stage batch and its statistics."""
         chosen, rejected = self.pair_logps(self.model, batch)
         ref_chosen, ref_rejected = self.reference_logps(batch, None if self.model.training else (chosen, rejected))
         return preference_loss(chosen, rejected, ref_chosen, ref_rejected, self.loss_type, self.beta,
-                               self.label_smoothing, self.gamma)
+                               self.label_smoothing, self.simpo_margin)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Preference loss; logs ``train/loss`` and TRL's reward and log-prob statistics."""
         loss, stats = self.compute_loss(batch)
         size = batch["chosen_input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
@@ -295,7 +261,6 @@ class DPOModule(HFModelModule):
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """Accumulate the loss and statistics of held-out pairs (weighted by pairs)."""
         loss, stats = self.compute_loss(batch)
         size = batch["chosen_input_ids"].shape[0]
         self.val_metrics["loss"].update(loss.detach(), weight=size)
@@ -303,20 +268,18 @@ class DPOModule(HFModelModule):
             self.val_metrics[field].update(stats[field], weight=size)
 
     def on_validation_epoch_end(self) -> None:
-        """Log ``val/loss`` and ``val/rewards/*``, ``val/logps/*`` (all ranks' pairs) and reset."""
         for field, metric in self.val_metrics.items():
             name = DPO_METRICS.get(field, field)
             self.log(f"val/{name}", metric.compute(), prog_bar=field == "rewards_accuracies", sync_dist=False)
             metric.reset()
 
-    # -- checkpoint state beyond the weights ---------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Save the precomputed reference log-probs (the trained policy could not recompute them)."""
         if self.reference_mode == "precomputed":
             checkpoint[_CACHE_KEY] = self.reference_cache.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore :meth:`on_save_checkpoint`'s cache; a resumed policy is no longer the reference."""
+        """Restore the cache; a resumed policy is no longer the reference."""
         self._restored = True
         if self.reference_mode == "precomputed":
             if _CACHE_KEY not in checkpoint:

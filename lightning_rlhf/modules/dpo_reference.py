@@ -1,10 +1,6 @@
-"""Where DPO's reference log-probs come from, and the cache of precomputed ones.
+"""DPO's reference modes and the cache of precomputed reference log-probs.
 
-Why a cache keyed by content: the reference log-probs of a pair never change, so with
-``precompute_reference`` they are computed once before training (each rank its shard, then gathered so every
-rank holds all of them) and looked up by a hash of the pair's tokens. A key by content, not by position, is
-right whatever order the sampler draws in, on any rank, in any epoch, and after a resume; the cache travels in
-the checkpoint because after the first optimizer step the policy can no longer recompute it.
+The cache is keyed by a hash of each pair's tokens, not its position: right in any sampler order, rank, epoch or resume.
 """
 
 from __future__ import annotations
@@ -16,8 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
-#: ``model``: a frozen copy placed beside the policy; ``adapters_off``: the LoRA policy with its adapters
-#: disabled; ``precomputed``: the cache, filled from the starting policy; ``none``: SimPO
+#: where the reference log-probs come from (docs/dpo.md, "The reference")
 ReferenceMode = Literal["model", "adapters_off", "precomputed", "none"]
 
 
@@ -35,11 +30,7 @@ def pair_keys(batch: dict[str, Tensor]) -> Tensor:
 
 
 def in_fixed_order(loader: Any) -> Any:
-    """``loader``'s data, batch size and collator in a fixed order (this rank's shard only).
-
-    Why: iterating the training loader itself to precompute would draw a shuffle from its random generator, so
-    the first epoch would see another order than a run without precomputation.
-    """
+    """``loader``'s shard in a fixed order: iterating ``loader`` itself would draw a shuffle from its generator."""
     if not isinstance(loader, DataLoader) or loader.batch_size is None:
         return loader
     sampler = loader.sampler
@@ -52,12 +43,7 @@ def in_fixed_order(loader: Any) -> Any:
 
 
 def gather_rows(tensor: Tensor, all_gather: Callable[[Tensor], Tensor] | None) -> Tensor:
-    """Every rank's rows of ``tensor`` (first dimension may differ between ranks), concatenated.
-
-    Args:
-        tensor: ``(n, ...)`` this rank's rows.
-        all_gather: the strategy's ``all_gather`` (``(world, ...)`` stacked), or None in one process.
-    """
+    """Every rank's rows of ``tensor`` (counts may differ) concatenated; ``all_gather`` is None in one process."""
     if all_gather is None:
         return tensor
     counts = all_gather(torch.tensor([tensor.shape[0]], device=tensor.device)).reshape(-1).tolist()
@@ -97,6 +83,5 @@ class ReferenceLogpsCache:
         return {"keys": keys, "values": values}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Replace the contents with :meth:`state_dict`'s."""
         self._values = {}
         self.add(state["keys"], state["values"][:, 0], state["values"][:, 1])

@@ -1,10 +1,4 @@
-"""What GRPO (and its family) reports each iteration: the curves a critic-free run is judged by.
-
-Why these: a group-relative run fails quietly in ways PPO's curves do not show. The within-group reward std
-falls to 0 when every answer to a prompt scores the same (no signal), the share of such groups tells how much
-of the batch taught nothing, response lengths drift (the length bias DAPO and Dr. GRPO describe), and the
-low/high clip fractions show whether clip-higher is active.
-"""
+"""What GRPO (and its family) reports each iteration: the curves a critic-free run is judged by (docs/grpo.md)."""
 
 from __future__ import annotations
 
@@ -13,12 +7,8 @@ from torch import Tensor
 
 from lightning_rlhf.algorithms.group_advantages import within_group_std
 from lightning_rlhf.modules.pooled import Pooled, pooled_mean, pooled_mean_of, pooled_std
-from lightning_rlhf.modules.ppo_logging import source_metrics
-from lightning_rlhf.rewards.combined import SampleRewards
 
-#: the curves every GRPO iteration logs (``grpo/reward/<source>`` per reward source, ``grpo/kl`` with a
-#: reference, ``grpo/task_success`` with a task checker, ``grpo/groups_filtered`` with dynamic sampling and
-#: ``grpo/truncated_filtered`` with ``filter_truncated`` come on top)
+#: the curves every GRPO iteration logs (per-source rewards, KL, task success and filter counts come on top)
 GRPO_TAGS: tuple[str, ...] = (
     "grpo/reward_mean", "grpo/reward_std", "grpo/reward_group_std", "grpo/groups_without_signal",
     "grpo/unscored_fraction", "grpo/response_length", "grpo/response_length_max", "grpo/eos_fraction",
@@ -29,22 +19,10 @@ GRPO_TAGS: tuple[str, ...] = (
 
 
 def group_rollout_metrics(
-    total: Tensor, rewards: SampleRewards, num_generations: int, groups_without_signal: int,
+    total: Tensor, num_generations: int, groups_without_signal: int,
     response_mask: Tensor, eos_found: Tensor, entropy: Tensor, advantages: Tensor, loss_mask: Tensor,
 ) -> dict[str, Pooled | float]:
-    """The rollout's curves, as statistics of the global batch once reduced over ranks.
-
-    Args:
-        total: ``(B,)`` the reward of each answer, shaped (``nan`` where no source scored it).
-        rewards: the sources' rewards (their curves, and the share of answers none scored).
-        num_generations: answers per prompt.
-        groups_without_signal: groups whose scored rewards were all equal (what dynamic sampling drops).
-        response_mask: ``(B, R)`` true on the response tokens.
-        eos_found: ``(B,)`` whether each answer ended before the length limit.
-        entropy: ``(B, R)`` entropies of the sampling distributions.
-        advantages: ``(B, R)`` the advantages.
-        loss_mask: ``(B, R)`` the tokens the update counts.
-    """
+    """The rollout's curves as global-batch statistics once reduced; ``total`` is ``nan`` where no source scored."""
     scored = ~total.isnan()
     values = torch.nan_to_num(total)
     lengths = response_mask.sum(1).float()
@@ -57,7 +35,6 @@ def group_rollout_metrics(
         "grpo/entropy": pooled_mean(entropy, response_mask),
         "grpo/advantage_mean": pooled_mean(advantages, loss_mask),
     }
-    metrics.update(source_metrics("grpo", rewards))
     return metrics
 
 

@@ -1,48 +1,51 @@
 """The online RL loop that PPO and the critic-free family (GRPO, DAPO, RLOO, REINFORCE++) share.
 
-One ``training_step`` is one iteration on one batch of prompts:
-rollout (generate) -> score -> advantages -> policy (and critic) update -> log.
-:class:`OnlineRLModule` owns the loop and everything around it that does not depend on the algorithm:
-generation under the strategy's generation switch (``num_generations`` samples per prompt by repeating the
-prompts), decoding, the task checker, gradient clipping, one cross-rank reduction of the metrics per
-iteration, sample tables, and the checkpoint state beyond the weights (shuffle and sampling RNGs). A subclass
-supplies :meth:`make_experience` (rollout -> buffer) and :meth:`update` (buffer -> optimizer steps).
+One ``training_step`` is one iteration on one batch of prompts: rollout (generate ``group_size`` answers per
+prompt, log-probs, reference log-probs, scores) -> advantages -> ``update_epochs`` passes of mini-batch updates
+-> one cross-rank reduction of the metrics -> log. :class:`OnlineRLModule` owns all of it; an algorithm supplies
+its advantages (:meth:`~OnlineRLModule.advantages`), its loss and optimizer steps on a mini-batch
+(:meth:`~OnlineRLModule.update_step`) and its extra models (PPO's critic), and nothing else.
 """
 
 from __future__ import annotations
 
+import copy
 import time
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor
-from transformers import LogitsProcessorList
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
 
-from lightning_rlhf.models import sequence_scores
+from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
 from lightning_rlhf.models.context import check_context_length
-from lightning_rlhf.models.prompt_cache import shared_prompt_cache
-from lightning_rlhf.models.sampling import StreamedLogprobs, sampling_from_policy
-from lightning_rlhf.modules._common import rng_states, set_rng_states
-from lightning_rlhf.modules.ppo_config import GenerationArgs
-from lightning_rlhf.modules.ppo_logging import PROGRESS_BAR_TAGS, log_iteration, log_samples, reduce_metrics
-from lightning_rlhf.modules.rollout import (
-    Generated,
-    Rollout,
-    check_left_padded,
-    pad_right,
-    response_mask_from_tokens,
-)
-from lightning_rlhf.rewards.combined import SampleRewards
-from lightning_rlhf.strategies import MultiEngineBackwardMixin, generation_mode
+from lightning_rlhf.models.forward import eval_mode, policy_logprobs
+from lightning_rlhf.modules.deprecations import take_renamed
+from lightning_rlhf.modules.generation_args import GenerationArgs
+from lightning_rlhf.modules.online_generation import RolloutGeneration
+from lightning_rlhf.modules.online_logging import log_iteration, log_samples, progress_bar_curves, reduce_metrics
+from lightning_rlhf.modules.online_logging import source_metrics
+from lightning_rlhf.modules.optim import OptimizerArgs, lightning_optimizer_config
+from lightning_rlhf.modules.placement import attached_strategy, sharded_loading
+from lightning_rlhf.modules.pooled import pooled_mean
+from lightning_rlhf.modules.rng import rng_states, set_rng_states
+from lightning_rlhf.modules.rollout import Generated, Rollout, repeat_groups
+from lightning_rlhf.rewards.combined import RewardSources, SampleRewards
+from lightning_rlhf.rewards.resolve import RewardSpec
+from lightning_rlhf.strategies import MultiEngineBackwardMixin, frozen_models
 
-TaskChecker = Callable[[str, str], bool]
+# hparams' typed arguments unpickle under ``weights_only`` on resume, also from the previous release's module paths
+torch.serialization.add_safe_globals([
+    GenerationArgs, LoraArgs, OptimizerArgs,
+    (GenerationArgs, "lightning_rlhf.modules.ppo_config.GenerationArgs"),
+    (OptimizerArgs, "lightning_rlhf.modules._common.OptimizerArgs"),
+])
 
 
 def unsaved_reward_funcs(reward_funcs: Sequence[Any] | None) -> list[str] | None:
-    """``save_hyperparameters(ignore=...)`` for a module with ``reward_funcs``: callables cannot be saved as
-    hyperparameters (checkpoints load with ``weights_only``), so a list holding one is left out."""
+    """``save_hyperparameters(ignore=...)``: callables cannot be saved (checkpoints load with ``weights_only``)."""
     return ["reward_funcs"] if any(callable(f) for f in reward_funcs or []) else None
 
 
@@ -54,46 +57,179 @@ def freeze(*models: Any) -> None:
             model.eval()
 
 
-def repeat_rows(values: Sequence[Any], times: int) -> list[Any]:
-    """Each entry ``times`` times in a row (prompt-major, as ``Tensor.repeat_interleave``): the layout of a group."""
-    return [value for value in values for _ in range(times)]
+@dataclass
+class Experience:
+    """What one rollout produced, before an algorithm turns it into advantages: one row per answer (a group's
+    prompt repeated), per-token tensors ``(B, R)``; ``ref_logprobs``, ``values`` and ``model_scores`` (the reward
+    model's raw ``(B,)`` scores) are None without the model that makes them."""
+
+    prompts: list[str]
+    responses: list[str]
+    generated: Generated
+    logprobs: Tensor
+    entropy: Tensor | None
+    ref_logprobs: Tensor | None
+    values: Tensor | None
+    rewards: SampleRewards
+    model_scores: Tensor | None
 
 
-class OnlineRLModule(MultiEngineBackwardMixin, LightningModule):
-    """Base of :class:`~lightning_rlhf.modules.ppo.PPOModule` and :class:`~lightning_rlhf.modules.grpo.GRPOModule`.
+class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModule):
+    """Base of :class:`~lightning_rlhf.modules.PPOModule` and :class:`~lightning_rlhf.modules.GRPOModule`.
 
-    Subclasses set, in ``__init__``: ``self.tokenizer``, ``self.generation`` (:class:`GenerationArgs`),
-    ``self.rewards`` (:class:`~lightning_rlhf.rewards.combined.RewardSources`), ``self.actor`` and
-    ``self.reward_model`` (built in ``configure_model``; the reward model may stay None), ``self._shuffle`` (a
-    seeded ``torch.Generator``) and call :meth:`init_online`; they implement :meth:`make_experience`,
-    :meth:`update` and :meth:`model_paths`, and may override :meth:`on_iteration_end`, :meth:`extra_state` /
-    :meth:`load_extra_state`.
+    Manual optimization: every optimizer step advances ``trainer.global_step``, so bound a run by iterations
+    (``max_epochs`` / ``limit_train_batches``) and checkpoint it with
+    :class:`~lightning_rlhf.callbacks.IterationCheckpoint`; curves are logged once per iteration.
+
+    Args:
+        actor: Hugging Face folder of the policy (an SFT or instruct model).
+        reward_model: folder of a frozen reward model (step 2's export) whose score is added to the reward
+            functions' (None: reward functions only).
+        reward_model_weight: weight of the reward model's score in the sum.
+        reward_funcs: reward functions: import paths ``package.module:function``, built-in names (``answer_match``,
+            ``answer_only_format``, ``exact_answer``, ...), ``http(s)://`` URLs or callables, each
+            ``f(prompts, completions, **columns) -> list[float | None]`` (TRL's signature; ``docs/rewards.md``). An
+            answer no source scored is left out of the update and counted.
+        reward_weights: one weight per reward function (None: 1.0 each).
+        reward_start_iterations: one iteration per reward function from which its weight counts (0 before; still
+            logged), e.g. ``[0, 20]``. None: every weight from the start.
+        reward_url: a remote scorer's ``http(s)://`` address, one more reward function after ``reward_funcs``.
+        reference: folder of the frozen reference policy; None uses ``actor`` (see each algorithm).
+        tokenizer: tokenizer folder; None uses ``actor``. Every model shares it.
+        actor_lora: LoRA settings of the actor (None: full fine-tuning).
+        actor_gradient_checkpointing: recompute the actor's activations in backward.
+        max_grad_norm: gradient-norm clip of each model's update (None: none); DeepSpeed's ``gradient_clipping``
+            under :class:`~lightning_rlhf.strategies.HybridDeepSpeedStrategy`.
+        generation: sampling settings of the rollouts (validation decodes greedily).
+        generation_batch_size: rows per ``generate`` call (None: the whole rollout at once).
+        logprobs_from_generation: take the rollout's log-probs from the logits ``generate`` computed (as TRL)
+            instead of a second actor forward (as DeepSpeed-Chat); bf16/fp16 actors and tensor-parallel
+            generation always use the forward, so the first ratio is exactly 1.
+        update_epochs: passes over the rollout per iteration (DeepSpeed-Chat's ``--ppo_epochs``).
+        dropout: dropout probability of every model (0: rollout and update log-probs agree).
+        num_samples_to_log: sample generations written to TensorBoard text.
+        log_samples_every_n_steps: how often (in iterations) samples are logged.
+        seed: seed of the mini-batch shuffle.
+        ppo_epochs: deprecated name of ``update_epochs`` (removed in the next release).
     """
 
-    #: prefix of the curves (``ppo/reward_mean``, ``grpo/reward_mean``) and of the checkpoint state key
-    metric_prefix: str = "ppo"
-    #: :class:`~lightning_rlhf.strategies.HybridDeepSpeedStrategy` gives every child its own engine (the actor
-    #: alone too), the layout its generation switch and checkpoints are built for
+    #: prefix of the curves (``ppo/reward_mean``) and of the checkpoint state key
+    metric_prefix: ClassVar[str] = ""
+    #: :class:`~lightning_rlhf.strategies.HybridDeepSpeedStrategy` gives every child its own engine
     engine_per_child: bool = True
 
-    def init_online(self) -> None:
-        """State every online module has: manual optimization and no task checker yet."""
+    def __init__(
+        self,
+        actor: str,
+        actor_optimizer: OptimizerArgs,
+        train_batch_size: int,
+        reward_model: str | None = None,
+        reward_model_weight: float = 1.0,
+        reward_funcs: list[RewardSpec] | None = None,
+        reward_weights: list[float] | None = None,
+        reward_start_iterations: list[int] | None = None,
+        reward_url: str | None = None,
+        reference: str | None = None,
+        tokenizer: str | None = None,
+        actor_lora: LoraArgs | None = None,
+        actor_gradient_checkpointing: bool = False,
+        max_grad_norm: float | None = 1.0,
+        generation: GenerationArgs | None = GenerationArgs(),
+        generation_batch_size: int | None = None,
+        logprobs_from_generation: bool = True,
+        update_epochs: int = 1,
+        dropout: float = 0.0,
+        num_samples_to_log: int = 4,
+        log_samples_every_n_steps: int = 10,
+        seed: int = 0,
+        ppo_epochs: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=unsaved_reward_funcs(reward_funcs))
+        take_renamed(self.hparams, type(self).__name__, "ppo_epochs", "update_epochs", default=1)
         self.automatic_optimization = False
-        self.task_checker: TaskChecker | None = None
+        self.task_checker: Callable[[str, str], bool] | None = None
         self._rng_to_restore: Any = None
+        # copies of the signature's shared default objects; under LightningCLI ``hparams`` holds plain dicts
+        self.actor_optimizer = copy.copy(actor_optimizer)
+        self.generation = copy.copy(generation or GenerationArgs())
+        self.actor_lora = actor_lora
+        self.validate_online()
+        self.rewards = RewardSources(reward_funcs, reward_weights, reward_model_weight, reward_url,
+                                     reward_start_iterations)
+        if not self.rewards and reward_model is None:
+            raise ValueError(f"{type(self).__name__} needs a reward: give reward_funcs (e.g. ['answer_match']), a "
+                             f"reward_model (step 2's export), or both")
+        self.tokenizer = load_tokenizer(tokenizer or actor)
+        self.actor = self.reference = self.reward_model = None
+        self._shuffle = torch.Generator().manual_seed(seed)
 
-    # -- what a subclass supplies -----------------------------------------------------------------
-    def make_experience(self, batch: Mapping[str, Any]) -> tuple[Rollout, dict[str, Any], tuple]:
-        """Generate, score and compute advantages: ``(rollout, metrics, (prompts, responses, scores))``."""
+    def validate_online(self) -> None:
+        hp, name = self.hparams, type(self).__name__
+        for arg in ("train_batch_size", "update_epochs", "log_samples_every_n_steps"):
+            if hp[arg] < 1:
+                raise ValueError(f"{name}.{arg} must be >= 1, got {hp[arg]}")
+        if hp.generation_batch_size is not None and hp.generation_batch_size < 1:
+            raise ValueError(f"{name}.generation_batch_size must be >= 1 or None, got {hp.generation_batch_size}")
+        if hp.max_grad_norm is not None and hp.max_grad_norm < 0:
+            raise ValueError(f"{name}.max_grad_norm must be >= 0 or None, got {hp.max_grad_norm}")
+
+    def advantages(self, experience: Experience) -> tuple[Rollout, dict[str, Any]]:
+        """The rollout buffer (advantages and the tokens the loss counts) and the rollout's curves."""
         raise NotImplementedError
 
-    def update(self, rollout: Rollout, extra_batch: Any = None) -> dict[str, Any]:
-        """The optimizer steps of one iteration on ``rollout``; returns their metrics."""
+    def update_step(self, minibatch: Rollout) -> dict[str, Tensor]:
+        """The loss and optimizer steps on one mini-batch; returns the step's metrics."""
         raise NotImplementedError
 
-    def model_paths(self) -> Sequence[str]:
+    @property
+    def group_size(self) -> int:
+        """Answers sampled per prompt."""
+        return 1
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the rollout needs the reference policy's log-probs."""
+        return True
+
+    @property
+    def loads_reference(self) -> bool:
+        """Whether the reference is a model of its own; with LoRA and no ``reference`` folder, the actor with its
+        adapters off is the starting policy (no second copy, as DPO does)."""
+        return self.uses_reference and (self.hparams.reference is not None or self.actor_lora is None)
+
+    def shares_prompts(self) -> bool:
+        """Whether forwards over a group run its prompt once (:mod:`lightning_rlhf.models.prompt_cache`)."""
+        return False
+
+    def build_trained_models(self) -> None:
+        """Build trained models beside the actor (PPO's critic), inside the sharded context."""
+
+    def trained_models(self) -> list[tuple[nn.Module, OptimizerArgs]]:
+        """Each trained model with its optimizer settings, one DeepSpeed engine each, the actor first."""
+        return [(self.actor, self.actor_optimizer)]
+
+    def rollout_values(self, sequences: Tensor, attention_mask: Tensor, length: int) -> Tensor | None:
+        """``(B, R)`` critic values at sampling time (None without a critic)."""
+        return None
+
+    def reward_model_scores(self, raw: Tensor) -> Tensor:
+        """The reward model's scores as they enter the reward sum (PPO normalises them)."""
+        return raw
+
+    def sample_scores(self, experience: Experience) -> list[float]:
+        """The score shown beside each sample in TensorBoard."""
+        return torch.nan_to_num(experience.rewards.total).tolist()
+
+    def prompt_batch(self, batch: Mapping[str, Any]) -> tuple[Mapping[str, Any], Any]:
+        """The prompt batch and any extra batch the update takes (PPO's ptx)."""
+        return batch, None
+
+    def model_paths(self) -> list[str]:
         """The model folders whose positions must hold a prompt plus a response."""
-        raise NotImplementedError
+        hp = self.hparams
+        reference = (hp.reference or hp.actor) if self.loads_reference else None
+        return [p for p in (hp.actor, reference, hp.reward_model) if p]
 
     def on_iteration_end(self, metrics: Mapping[str, float], rows: int) -> None:
         """Called with the iteration's reduced metrics and its rollout's row count (PPO adapts its KL here)."""
@@ -105,21 +241,47 @@ class OnlineRLModule(MultiEngineBackwardMixin, LightningModule):
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`extra_state` saved."""
 
-    # -- the loop -----------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Build the actor, the algorithm's trained models, then the frozen reference and reward model, inside
+        the strategy's sharded context (ZeRO-3 partitions them as they are created)."""
+        if self.actor is not None:
+            return
+        hp, tok, p = self.hparams, self.tokenizer, self.hparams.dropout
+        with sharded_loading(self):
+            self.actor = load_causal_lm(hp.actor, lora=self.actor_lora, dropout=p, tokenizer=tok,
+                                        gradient_checkpointing=hp.actor_gradient_checkpointing)
+            self.build_trained_models()
+            with frozen_models(attached_strategy(self)):  # offload_frozen_models: partitions created on the CPU
+                if self.loads_reference:
+                    self.reference = load_causal_lm(hp.reference or hp.actor, dropout=p, tokenizer=tok)
+                if hp.reward_model is not None:
+                    self.reward_model = load_value_model(hp.reward_model, dropout=p, tokenizer=tok)
+        # from_pretrained returns eval mode; trained models need train mode (gradient checkpointing checks it)
+        for model, _ in self.trained_models():
+            model.train()
+        freeze(self.reference, self.reward_model)
+
+    def configure_optimizers(self) -> dict[str, Any] | list[dict[str, Any]]:
+        """AdamW + schedule per trained model (one engine each), stepped once per iteration."""
+        total = self.trainer.estimated_stepping_batches
+        configs = [lightning_optimizer_config(model, args, total, self.trainer) for model, args in self.trained_models()]
+        return configs[0] if len(configs) == 1 else configs
+
     @property
     def max_grad_norm(self) -> float | None:
-        """The gradient-norm clip; DeepSpeed applies it inside ``engine.step``, so the strategy reads it from here."""
+        """The gradient-norm clip; DeepSpeed applies it inside ``engine.step``, so the strategy reads it here."""
         return self.hparams.max_grad_norm
 
     def setup(self, stage: str) -> None:
         """Pick up the task checker of the data module's built-in task; check that sequences fit the models."""
+        if stage == "fit" and self.trainer.max_steps not in (None, -1):
+            rank_zero_warn(f"{type(self).__name__}: Trainer(max_steps={self.trainer.max_steps}) counts optimizer steps "
+                           f"(several per iteration: each mini-batch, each trained model), while the learning-rate "
+                           f"schedule steps once per iteration and is planned over max_steps iterations, so the run "
+                           f"stops early in its schedule; bound online runs with max_epochs or limit_train_batches")
         task = getattr(getattr(self.trainer, "datamodule", None), "task", None)
         if self.task_checker is None and callable(getattr(task, "check", None)):
             self.task_checker = task.check
-        self.check_context_length()
-
-    def check_context_length(self) -> None:
-        """Refuse, before training, a prompt limit + ``max_new_tokens`` longer than any model's positions."""
         settings = getattr(getattr(self.trainer, "datamodule", None), "settings", None)
         prompt = getattr(settings, "max_prompt_length", None)
         if prompt is None:
@@ -130,9 +292,8 @@ class OnlineRLModule(MultiEngineBackwardMixin, LightningModule):
             check_context_length(path, prompt + new, what, "data.max_prompt_length or model.generation.max_new_tokens")
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """One iteration: rollout -> score -> advantages -> update -> log (``{"ppo": ..., "ptx": ...}`` batches
-        pass their ``ptx`` part to :meth:`update`)."""
-        prompts, extra = (batch["ppo"], batch.get("ptx")) if "ppo" in batch else (batch, None)
+        """One iteration: rollout -> score -> advantages -> update -> log."""
+        prompts, extra = self.prompt_batch(batch)
         rollout, metrics, samples = self.make_experience(prompts)
         start = time.perf_counter()
         metrics.update(self.update(rollout, extra))
@@ -142,20 +303,62 @@ class OnlineRLModule(MultiEngineBackwardMixin, LightningModule):
         metrics["time/training_s"] = time.perf_counter() - start
         metrics = reduce_metrics(self.trainer.strategy, metrics)
         self.on_iteration_end(metrics, len(rollout))
-        log_iteration(self, metrics, PROGRESS_BAR_TAGS[self.metric_prefix])
+        log_iteration(self, metrics, progress_bar_curves(self.metric_prefix))
         if batch_idx % self.hparams.log_samples_every_n_steps == 0:
             log_samples(self, f"{self.metric_prefix}/samples", *samples, limit=self.hparams.num_samples_to_log)
 
-    def logprobs_from_generation(self) -> bool:
-        """Whether this rollout takes its log-probs from ``generate``: asked for, and the actor in float32.
+    @torch.no_grad()
+    def make_experience(self, batch: Mapping[str, Any]) -> tuple[Rollout, dict[str, Any], tuple]:
+        """Generate, score and compute advantages: ``(rollout, metrics, (prompts, responses, scores))``."""
+        batch, temperature = repeat_groups(batch, self.group_size), self.generation.logprob_temperature
+        start = time.perf_counter()
+        generated = self.generate(batch, greedy=False, with_logprobs=self.logprobs_from_generation(),
+                                  group_size=self.group_size)
+        generation_s = time.perf_counter() - start
+        sequences, attention_mask = generated.sequences, generated.attention_mask
+        length = generated.response_mask.shape[1]
+        logprobs, entropy = generated.logprobs, generated.entropy
+        if logprobs is None:
+            logprobs, entropy = policy_logprobs(self.actor, sequences, attention_mask, length, temperature, True,
+                                                share_prompts=self.shares_prompts())
+        ref_logprobs = self.reference_logprobs(sequences, attention_mask, length) if self.uses_reference else None
+        values = self.rollout_values(sequences, attention_mask, length)
+        responses = self.responses(generated)
+        model_scores = None
+        if self.reward_model is not None:
+            model_scores = sequence_scores(self.reward_model, sequences, attention_mask)
+        rewards = self.score(batch["prompts"], generated, responses, batch.get("columns"),
+                             None if model_scores is None else self.reward_model_scores(model_scores))
+        experience = Experience(batch["prompts"], responses, generated, logprobs, entropy, ref_logprobs, values,
+                                rewards, model_scores)
+        rollout, metrics = self.advantages(experience)
+        prefix = self.metric_prefix
+        metrics.update(source_metrics(prefix, rewards))
+        metrics.update({"time/generation_s": generation_s, "throughput/generated_tokens_per_s":
+                        generated.response_mask.sum().item() / max(generation_s, 1e-9)})
+        success = self.task_success(batch["prompts"], responses)
+        if success is not None:
+            metrics[f"{prefix}/task_success"] = pooled_mean(success.float())
+        return rollout, metrics, (batch["prompts"], responses, self.sample_scores(experience))
 
-        In bf16/fp16 (parameters or autocast) generation's KV-cache arithmetic and a merged-LoRA replica score
-        the sampled tokens up to 0.3 nats away from the update's forward (SmolLM2-135M, bf16, LoRA), so the
-        first ratio would not be 1; the actor's own forward makes it exactly 1.
-        """
-        low_precision = next(self.actor.parameters()).dtype != torch.float32 or torch.is_autocast_enabled(
-            self.device.type)
-        return self.hparams.logprobs_from_generation and not low_precision
+    def reference_logprobs(self, sequences: Tensor, attention_mask: Tensor, length: int) -> Tensor:
+        """The reference policy's ``(B, R)`` log-probs of the responses (see :attr:`loads_reference`)."""
+        temperature, share = self.generation.logprob_temperature, self.shares_prompts()
+        if self.reference is not None:
+            return policy_logprobs(self.reference, sequences, attention_mask, length, temperature,
+                                   share_prompts=share)[0]
+        with self.actor.disable_adapter(), eval_mode(self.actor):
+            return policy_logprobs(self.actor, sequences, attention_mask, length, temperature, share_prompts=share)[0]
+
+    def update(self, rollout: Rollout, extra_batch: Any = None) -> dict[str, Any]:
+        """``update_epochs`` passes over shuffled mini-batches of ``train_batch_size`` rows; metrics averaged."""
+        hp, sums, count = self.hparams, {}, 0
+        for _ in range(hp.update_epochs):
+            for minibatch in rollout.minibatches(hp.train_batch_size, self._shuffle):
+                step = self.update_step(minibatch)
+                sums = {k: sums.get(k, 0.0) + v for k, v in step.items()}
+                count += 1
+        return {k: v / count for k, v in sums.items()}
 
     def optimizer_step(self, optimizer: Any, loss: Tensor) -> None:
         """Backward, step (clipping in :meth:`on_before_optimizer_step`) and zero the gradients of one model."""
@@ -164,11 +367,8 @@ class OnlineRLModule(MultiEngineBackwardMixin, LightningModule):
         optimizer.zero_grad()
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
-        """Clip at ``max_grad_norm`` here: inside ``optimizer.step()``, after ``16-mixed``'s scaler unscaled the
-        gradients (clipping before would clip the loss-scaled gradients, i.e. almost always, by ~the scale).
-
-        Under DeepSpeed ``clip_gradients`` does nothing: the engine clips at ``max_grad_norm`` inside ``step``.
-        """
+        """Clip at ``max_grad_norm`` after ``16-mixed``'s scaler unscaled the gradients (under DeepSpeed the
+        engine clips inside ``step`` and ``clip_gradients`` does nothing)."""
         if self.hparams.max_grad_norm is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
 
@@ -178,128 +378,9 @@ class OnlineRLModule(MultiEngineBackwardMixin, LightningModule):
             return None
         return lambda tensor: self.trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
 
-    # -- generation, decoding, task success ----------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, batch: Mapping[str, Any], greedy: bool, with_logprobs: bool = False,
-                 num_generations: int = 1) -> Generated:
-        """Responses to the prompts, in chunks of ``generation_batch_size``.
-
-        Args:
-            batch: a prompt batch (``prompt_input_ids``, ``prompt_attention_mask``).
-            greedy: decode greedily (validation) instead of with the rollout's sampling settings.
-            with_logprobs: also return the sampled tokens' log-probabilities and entropies from the
-                logits ``generate`` computed (skipped when the generator is tensor-parallel).
-            num_generations: samples per prompt; rows ``[i * n, (i + 1) * n)`` answer prompt ``i``.
-        """
-        input_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
-        check_left_padded(prompt_mask)
-        if num_generations > 1:
-            input_ids = input_ids.repeat_interleave(num_generations, dim=0)
-            prompt_mask = prompt_mask.repeat_interleave(num_generations, dim=0)
-        tok, prompt_length = self.tokenizer, input_ids.shape[1]
-        chunk = self.hparams.generation_batch_size or len(input_ids)
-        new = self.generation.max_new_tokens
-        check_context_length(self.actor, prompt_length + new,
-                             f"the prompt batch ({prompt_length} tokens wide) + "
-                             f"model.generation.max_new_tokens ({new})",
-                             "the prompts or model.generation.max_new_tokens")
-        responses, logprobs, entropies = [], [], []
-        with generation_mode(self.trainer.strategy, self.actor) as policy, \
-                sampling_from_policy(policy, tok) as stop_ids:
-            kwargs = self.generation.generate_kwargs(tok.pad_token_id, stop_ids, greedy=greedy)
-            # a tensor-parallel replica returns token ids only
-            with_logits = with_logprobs and getattr(policy, "tp_group", None) is None
-            # rows [i * n, (i + 1) * n) repeat one prompt: chunks of whole groups can share its prefill
-            share = num_generations > 1 and chunk % num_generations == 0 and self.hparams.get("share_prompt_prefix")
-            for start in range(0, len(input_ids), chunk):
-                prompt, mask = input_ids[start : start + chunk], prompt_mask[start : start + chunk]
-                stream = StreamedLogprobs(self.generation.logprob_temperature) if with_logits else None
-                extra = {"logits_processor": LogitsProcessorList([stream])} if with_logits else {}
-                # inference mode: no autograd bookkeeping per op (decoding a tiny OPT on one CPU thread took 38 ms
-                # against 42-46 under no_grad: benchmarks/ppo_step_parts.py); outputs are cloned into normal
-                # tensors before they go near autograd
-                with torch.inference_mode():
-                    if share:
-                        extra.update(shared_prompt_cache(policy, prompt[::num_generations], mask[::num_generations],
-                                                         num_generations))
-                    sequences = policy.generate(input_ids=prompt, attention_mask=mask, **kwargs, **extra).clone()
-                if sequences.shape[1] <= prompt_length or not torch.equal(sequences[:, :prompt_length], prompt):
-                    raise RuntimeError(f"generate returned shape {tuple(sequences.shape)} that does not start with "
-                                       f"the {tuple(prompt.shape)} prompts; expected prompt + response rows")
-                responses.append(sequences[:, prompt_length:])
-                if stream is not None:
-                    step_logprobs, step_entropy = stream.result(responses[-1])
-                    logprobs.append(step_logprobs.clone())
-                    entropies.append(step_entropy.clone())
-        responses = pad_right(responses, tok.pad_token_id)
-        response_mask, eos_found = response_mask_from_tokens(responses, stop_ids)
-        sequences = torch.cat([input_ids, responses], dim=1)
-        attention_mask = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
-        if not logprobs:
-            return Generated(sequences, attention_mask, response_mask, eos_found)
-        return Generated(sequences, attention_mask, response_mask, eos_found,
-                         pad_right(logprobs, 0.0), pad_right(entropies, 0.0))
-
-    def decode(self, responses: Tensor, response_mask: Tensor) -> list[str]:
-        """Response texts without special tokens (masked positions dropped)."""
-        return [self.tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(responses, response_mask)]
-
-    def responses(self, generated: Generated) -> list[str]:
-        """The decoded responses of a :meth:`generate` result."""
-        mask = generated.response_mask
-        return self.decode(generated.sequences[:, -mask.shape[1]:], mask)
-
-    def task_success(self, prompts: list[str], responses: list[str]) -> Tensor | None:
-        """Per-sample success ``(B,)`` under the task checker, or None without one."""
-        if self.task_checker is None:
-            return None
-        return torch.tensor([self.task_checker(p, r) for p, r in zip(prompts, responses)], device=self.device)
-
-    # -- rewards and validation -----------------------------------------------------------------------
-    def score(self, prompts: list[str], generated: Generated, responses: list[str],
-              columns: Mapping[str, list[Any]] | None, model_scores: Tensor | None) -> SampleRewards:
-        """Every answer's reward: the reward functions' weighted sum plus ``model_scores`` (the reward model's,
-        as the caller prepared them; None without a reward model)."""
-        mask = generated.response_mask
-        ids = [row[keep].tolist() for row, keep in zip(generated.sequences[:, -mask.shape[1]:], mask)]
-        return self.rewards.score(prompts, responses, columns, ids, model_scores, self.training_iteration())
-
-    def training_iteration(self) -> int | None:
-        """The iteration ``fit`` is at (restored on resume; the reward schedule follows it), None outside ``fit``."""
-        trainer = self._trainer
-        if trainer is None or trainer.state.fn != "fit":
-            return None
-        return max(trainer.fit_loop.epoch_loop.total_batch_idx, 0)
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """Greedy answers to held-out prompts: the mean reward (the reward model's raw score plus the reward
-        functions'), each reward function's mean, and task success."""
-        batch = batch["ppo"] if "ppo" in batch else batch
-        generated = self.generate(batch, greedy=True)
-        responses = self.responses(generated)
-        model_scores = None
-        if self.reward_model is not None:
-            model_scores = sequence_scores(self.reward_model, generated.sequences, generated.attention_mask)
-        rewards = self.score(batch["prompts"], generated, responses, batch.get("columns"), model_scores)
-        n, totals = len(responses), torch.nan_to_num(rewards.total)
-        self.log("val/reward_mean", totals.mean(), on_epoch=True, sync_dist=True, batch_size=n)
-        for name in self.rewards.names:
-            self.log(f"val/reward/{name}", torch.nan_to_num(rewards.per_source[name]).mean(), on_epoch=True,
-                     sync_dist=True, batch_size=n)
-        success = self.task_success(batch["prompts"], responses)
-        if success is not None:
-            self.log("val/task_success", success.float().mean(), on_epoch=True, sync_dist=True, batch_size=n)
-        if batch_idx == 0:
-            log_samples(self, "val/samples", batch["prompts"], responses, totals.tolist(),
-                        limit=self.hparams.num_samples_to_log)
-
-    # -- checkpoint state beyond the weights ------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the mini-batch shuffle state, the sampling RNG (rank 0's) and :meth:`extra_state`.
-
-        With the data position the loader saves, a run resumed from an iteration's checkpoint draws the same
-        rollouts as the uninterrupted run would have (on one rank, same threads: the same curve).
-        """
+        """Save the mini-batch shuffle state, the sampling RNG (rank 0's) and :meth:`extra_state`, so a resumed
+        run draws the rollouts the uninterrupted run would have."""
         checkpoint[f"{self.metric_prefix}_state"] = {**self.extra_state(), "shuffle_rng": self._shuffle.get_state(),
                                                      "rng": rng_states()}
 
@@ -319,4 +400,4 @@ class OnlineRLModule(MultiEngineBackwardMixin, LightningModule):
             self._rng_to_restore = None
 
 
-__all__ = ["GenerationArgs", "OnlineRLModule", "freeze", "repeat_rows", "unsaved_reward_funcs"]
+__all__ = ["Experience", "GenerationArgs", "OnlineRLModule", "freeze", "unsaved_reward_funcs"]

@@ -1,10 +1,5 @@
-"""Statistics pooled over ranks: sums that add up across processes, so a curve describes the global batch.
-
-Why: a mean of per-rank means weights a rank's 4 tokens like another's 400, and a mean of per-rank standard
-deviations is not the standard deviation of anything. Each statistic here carries, per group of values, the
-sum, the sum of squares and the count; :func:`~lightning_rlhf.modules.ppo_logging.reduce_metrics` adds them
-over ranks in one all-reduce and only then divides.
-"""
+"""Statistics pooled over ranks: sums added across processes before dividing, so a curve describes the global batch
+(a mean of per-rank means weights a rank's 4 tokens like another's 400)."""
 
 from __future__ import annotations
 
@@ -19,12 +14,7 @@ from lightning_rlhf.algorithms import masked_sum
 
 @dataclass(frozen=True)
 class Pooled:
-    """A metric computed from sums that are added over ranks first.
-
-    Attributes:
-        sums: ``(k, 3)`` float64 rows of ``(sum, sum of squares, count)``, one row per group of values.
-        combine: the metric from the ``sums`` of every rank added together.
-    """
+    """A metric: ``combine`` of ``sums``, ``(k, 3)`` float64 (sum, sum of squares, count) rows added over ranks."""
 
     sums: Tensor
     combine: Callable[[Tensor], Tensor]

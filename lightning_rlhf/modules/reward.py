@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -14,17 +16,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lightning_rlhf.algorithms import pairwise_reward_loss
 from lightning_rlhf.models import LoraArgs, load_value_model, sequence_scores
 from lightning_rlhf.modules._base import HFModelModule
-from lightning_rlhf.modules._common import OptimizerArgs
+from lightning_rlhf.modules.optim import OptimizerArgs
 
 REWARD_STATS_FILE = "reward_stats.json"
 _PAIR_KEYS = ("chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask")
 
 
 def stack_pairs(batch: dict[str, Tensor], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Chosen rows then rejected rows in one ``(2B, T)`` batch (right-padded to a shared width).
-
-    One forward over both halves keeps ZeRO-3 ranks in step and halves the parameter gathers.
-    """
+    """Chosen rows then rejected rows in one right-padded ``(2B, T)`` batch: one forward, one ZeRO-3 gather."""
     width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
     ids, masks = [], []
     for side in ("chosen", "rejected"):
@@ -35,25 +34,10 @@ def stack_pairs(batch: dict[str, Tensor], pad_id: int) -> tuple[Tensor, Tensor]:
 
 
 class RewardModule(HFModelModule):
-    """Backbone + scalar head trained with ``-logsigmoid(r_chosen - r_rejected)``.
+    """Backbone + scalar head trained with ``-logsigmoid(r_chosen - r_rejected)`` at each sequence's last real token.
 
-    Each reward is the head's value at the **last non-padding token** of its sequence (found from the
-    attention mask, so right and left padding both work). This differs from DeepSpeed-Chat, whose loss
-    averages ``-logsigmoid(v_chosen[t] - v_rejected[t])`` over the tokens from where the two sequences
-    first diverge to the end of the longer one. We score the last token because that is exactly the
-    quantity PPO reads (the reward at the end of a response): training a per-token surrogate and then
-    using only the final value means the model is never directly trained on what it is asked for, the
-    divergence index depends on both sequences of a pair (undefined for unrelated pairs and sensitive to
-    padding conventions, DeepSpeed-Chat's ``num_padding_at_beginning``), and its per-token terms pull
-    prefix values, which the critic initialised from this model later re-learns anyway. The last-token
-    pairwise loss is the InstructGPT / OpenRLHF / TRL formulation.
-
-    Consumes reward batches (``chosen_input_ids``, ``chosen_attention_mask``, ``rejected_input_ids``,
-    ``rejected_attention_mask``). Logs ``train/loss``, ``train/accuracy`` per step and ``val/loss``,
-    ``val/accuracy``, ``val/chosen_reward``, ``val/rejected_reward``, ``val/margin`` per validation
-    (torchmetrics, synchronised across ranks). On export, the mean and standard deviation of the rewards
-    of the training split (chosen and rejected responses) are written as ``reward_stats.json`` beside the
-    model, for PPO's reward normalisation.
+    The last token is what PPO reads (why not DeepSpeed-Chat's per-token loss: docs/concepts.md). On export,
+    ``reward_stats.json`` (the training split's reward mean and std) is written for PPO's reward normalisation.
 
     Args:
         model: a Hugging Face folder (causal LM: a zero-initialised head is added; value model: kept).
@@ -91,7 +75,6 @@ class RewardModule(HFModelModule):
         self.reward_stats: dict[str, float] | None = None
 
     def build_model(self) -> PreTrainedModel:
-        """Load the value model (see :func:`~lightning_rlhf.models.load_value_model`)."""
         return load_value_model(self._model_in or self.model_path, **self.load_kwargs())
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -108,7 +91,6 @@ class RewardModule(HFModelModule):
         return rewards.chunk(2)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Pairwise loss at the last tokens."""
         chosen, rejected = self.score_pairs(batch)
         loss, stats = pairwise_reward_loss(chosen, rejected)
         size = chosen.shape[0]
@@ -117,7 +99,6 @@ class RewardModule(HFModelModule):
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """Accumulate loss, accuracy, mean chosen/rejected reward and margin."""
         chosen, rejected = self.score_pairs(batch)
         loss, stats = pairwise_reward_loss(chosen, rejected)
         size = chosen.shape[0]
@@ -129,17 +110,13 @@ class RewardModule(HFModelModule):
             self.val_metrics[name].update(value.detach(), weight=size)
 
     def on_validation_epoch_end(self) -> None:
-        """Log ``val/*`` (all ranks' pairs) and reset."""
         for name, metric in self.val_metrics.items():
             self.log(f"val/{name}", metric.compute(), prog_bar=name == "accuracy", sync_dist=False)
             metric.reset()
 
     @torch.no_grad()
     def compute_reward_stats(self, dataloader: Iterable[dict[str, Tensor]]) -> dict[str, float]:
-        """Mean and standard deviation of the rewards of every chosen and rejected sequence in ``dataloader``.
-
-        Collective under distributed runs (every rank scores its shard; sums are all-reduced).
-        """
+        """Mean and std of every chosen and rejected reward in ``dataloader``; collective (each rank its shard)."""
         was_training = self.model.training
         self.model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # count, sum, sum of squares
@@ -160,10 +137,21 @@ class RewardModule(HFModelModule):
         return {"mean": mean, "std": std, "count": int(count)}
 
     def export_artifacts(self) -> dict[str, Any]:
-        """``reward_stats.json`` (mean/std of training-split rewards). Collective: all ranks call."""
+        """``reward_stats.json``; collective."""
         dataloader = self.trainer.train_dataloader if self._trainer is not None else None
         if dataloader is None:
             self.trainer.fit_loop.setup_data()
             dataloader = self.trainer.train_dataloader
         self.reward_stats = self.compute_reward_stats(dataloader)
         return {REWARD_STATS_FILE: self.reward_stats}
+
+
+def read_reward_stats(reward_model: str) -> tuple[float, float]:
+    """``(mean, std)`` of the reward model's training scores from the ``reward_stats.json`` the reward step wrote."""
+    path = Path(reward_model) / REWARD_STATS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"PPOModule(normalize_reward=True) needs {path} (written by the reward step)")
+    stats = json.loads(path.read_text())
+    if not stats.get("std", 0) > 0:
+        raise ValueError(f"{path}: 'std' must be > 0, got {stats.get('std')}")
+    return float(stats["mean"]), float(stats["std"])

@@ -11,17 +11,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lightning_rlhf.algorithms import causal_lm_loss
 from lightning_rlhf.models import LoraArgs, load_causal_lm
 from lightning_rlhf.modules._base import HFModelModule
-from lightning_rlhf.modules._common import OptimizerArgs
+from lightning_rlhf.modules.optim import OptimizerArgs
 
 IGNORE_INDEX = -100
 
 
 class SFTModule(HFModelModule):
     """Next-token cross-entropy on the response tokens only (labels ``-100`` on prompt and padding).
-
-    Consumes SFT batches (``input_ids``, ``attention_mask``, ``labels``, right-padded). Logs
-    ``train/loss`` every step and, on validation, ``val/loss`` (token-weighted mean) and
-    ``val/perplexity`` (``exp`` of it, torchmetrics ``Perplexity``), synchronised across ranks.
 
     Args:
         model: a Hugging Face causal-LM folder, or a built ``PreTrainedModel``.
@@ -52,7 +48,6 @@ class SFTModule(HFModelModule):
         self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
 
     def build_model(self) -> PreTrainedModel:
-        """Load the causal LM (see :func:`~lightning_rlhf.models.load_causal_lm`)."""
         return load_causal_lm(self._model_in or self.model_path, **self.load_kwargs())
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -70,13 +65,11 @@ class SFTModule(HFModelModule):
         return causal_lm_loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"], IGNORE_INDEX)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Response-token cross-entropy."""
         loss = self.compute_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        """Accumulate token-weighted loss and perplexity."""
         self._check_batch(batch)
         logits = self(batch["input_ids"], batch["attention_mask"])
         labels = batch["labels"]
@@ -86,7 +79,6 @@ class SFTModule(HFModelModule):
             self.val_perplexity.update(logits[:, :-1].float(), labels[:, 1:])
 
     def on_validation_epoch_end(self) -> None:
-        """Log ``val/loss`` and ``val/perplexity`` (all ranks' tokens) and reset."""
         self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
         self.log("val/perplexity", self.val_perplexity.compute(), prog_bar=True, sync_dist=False)
         self.val_loss.reset()

@@ -1,12 +1,5 @@
 """Where scores come from: reward functions (TRL's signature, by import path), built-in checkers, and a remote
-scorer over HTTP.
-
-Typical use (what GRPO and PPO do each rollout)::
-
-    functions, weights = resolve_reward_functions(["answer_match", "my_pkg.rewards:fmt"], [1.0, 0.5])
-    scores = compute_rewards(functions, weights, prompts, completions, columns={"answer": answers})
-    scores.total            # (batch,) weighted sum, nan where no function applied
-"""
+scorer over HTTP (docs/rewards.md)."""
 
 from lightning_rlhf.rewards.builtin import (
     BUILTIN_REWARD_FUNCTIONS,

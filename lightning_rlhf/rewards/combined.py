@@ -1,9 +1,5 @@
-"""One reward per sampled answer from several sources: reward functions and a reward model's scores.
-
-Why a separate step: PPO and GRPO both accept reward functions, a reward model, or both (a learned preference
-score plus a checkable format rule is a common recipe), and they must add them up the same way. A source that
-does not score a row (a function returning ``None``) is left out of that row's sum; a row no source scored
-stays ``nan`` and the loop masks it out and counts it.
+"""One reward per sampled answer from reward functions and a reward model's scores, added up the same way for PPO
+and GRPO. A source that does not score a row is left out of its sum; a row no source scored stays ``nan``.
 """
 
 from __future__ import annotations
@@ -17,19 +13,13 @@ from torch import Tensor
 from lightning_rlhf.rewards.resolve import RewardSpec, resolve_reward_functions
 from lightning_rlhf.rewards.scoring import compute_rewards
 
-#: the curve name of the reward model's (weighted) score among the per-source rewards
 REWARD_MODEL_SOURCE = "reward_model"
 
 
 @dataclass(frozen=True)
 class SampleRewards:
-    """The rewards of one batch of answers.
-
-    Attributes:
-        total: ``(batch,)`` the sum over the sources that scored each row (weights applied); ``nan`` where none did.
-        per_source: each source's unweighted reward ``(batch,)`` by curve name (``nan`` where it did not score).
-        num_unscored: rows no source scored.
-    """
+    """The rewards of one batch of answers: ``total`` ``(batch,)``, the weighted sum over the sources that scored
+    each row (``nan`` where none did), ``per_source`` unweighted by curve name, and ``num_unscored`` rows."""
 
     total: Tensor
     per_source: dict[str, Tensor]
@@ -37,19 +27,8 @@ class SampleRewards:
 
 
 class RewardSources:
-    """Reward functions (TRL's signature) and optionally a reward model's scores, weighted and added.
-
-    Args:
-        reward_funcs: import paths ``package.module:function``, built-in names, ``http(s)://`` URLs or callables
-            (see :func:`~lightning_rlhf.rewards.resolve.resolve_reward_function`); resolved now, so a typo fails
-            before any model loads.
-        reward_weights: one weight per function (None: 1.0 each).
-        reward_model_weight: the weight of the reward model's score, when the module has a reward model.
-        reward_url: a remote scorer's ``http(s)://`` address, scored as one more reward function after
-            ``reward_funcs`` (its weight last in ``reward_weights``); the same as listing the URL in ``reward_funcs``.
-        reward_start_iterations: one iteration per function from which its weight counts; before it the function
-            is still called and its curve logged, but it adds nothing (None: every weight from the start).
-    """
+    """Reward functions and optionally a reward model's scores, weighted and added; the arguments are
+    :class:`~lightning_rlhf.modules.grpo.GRPOModule`'s of the same names, resolved now so that a typo fails early."""
 
     def __init__(self, reward_funcs: Sequence[RewardSpec] | None, reward_weights: Sequence[float] | None = None,
                  reward_model_weight: float = 1.0, reward_url: str | None = None,
@@ -67,14 +46,12 @@ class RewardSources:
         return bool(self.functions)
 
     def weights_at(self, iteration: int | None) -> list[float]:
-        """The functions' weights at ``iteration`` (0 for a function whose start is later; None: every weight,
-        as a validation outside ``fit`` sees the schedule's end)."""
+        """The functions' weights at ``iteration``: 0 before a function's start; None: all (outside ``fit``)."""
         return [w if iteration is None or iteration >= start else 0.0
                 for w, start in zip(self.weights, self.start_iterations)]
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The functions' curve names."""
         return tuple(f.name for f in self.functions)
 
     def score(
@@ -86,16 +63,8 @@ class RewardSources:
         model_scores: Tensor | None = None,
         iteration: int | None = None,
     ) -> SampleRewards:
-        """Call every function on the batch and add the reward model's scores (when given).
-
-        Args:
-            prompts: one prompt per answer (a group's prompt repeated for each of its answers).
-            completions: the answers' texts.
-            columns: the records' reference columns by name, one entry per answer.
-            completion_ids: the answers' token ids (passed to the functions as ``completion_ids``).
-            model_scores: ``(batch,)`` the reward model's scores, or None without one.
-            iteration: the training iteration, for ``reward_start_iterations`` (None: every weight counts).
-        """
+        """Call every function on the batch (one row per answer, ``columns`` by name) and add the reward model's
+        ``(batch,)`` ``model_scores`` when given; ``iteration`` selects the weights (:meth:`weights_at`)."""
         per_source: dict[str, Tensor] = {}
         parts: list[Tensor] = []
         if self.functions:
@@ -116,7 +85,7 @@ class RewardSources:
 
 
 def checked_start_iterations(starts: Sequence[int] | None, num_functions: int) -> list[int]:
-    """``reward_start_iterations`` validated: one non-negative integer per reward function (None: all 0)."""
+    """``reward_start_iterations`` validated (None: all 0)."""
     if starts is None:
         return [0] * num_functions
     starts = list(starts)

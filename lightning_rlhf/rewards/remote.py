@@ -1,12 +1,5 @@
-"""A remote scorer: reward functions served over HTTP, called with TRL's signature.
-
-Why: checkers that need a sandbox (running generated code), a big judge model, or a separate environment
-(another Python, a GPU box) do not belong in the training process. OpenRLHF (``--remote_rm_url``) and veRL
-call such scorers the same way: POST a JSON batch, read back one reward per row.
-
-Protocol: ``POST url`` with ``{"prompts": [...], "completions": [...], "<column>": [...], ...}`` (one entry
-per row in every list), answered with ``{"rewards": [...]}`` or a bare list, one float or ``null`` per row.
-Only the standard library (``urllib``) is used: no declared dependency of ours ships an HTTP client.
+"""A remote scorer (docs/rewards.md), for checkers that need a sandbox, a judge model or another environment, as
+OpenRLHF's ``--remote_rm_url``. Standard library only: no dependency of ours ships an HTTP client.
 """
 
 from __future__ import annotations
@@ -21,7 +14,7 @@ from typing import Any, Sequence
 
 from lightning_rlhf.rewards.scoring import RewardError
 
-#: HTTP statuses worth another try: rate limiting and server-side failures; other 4xx are our fault
+#: rate limiting and server-side failures; other 4xx are our fault
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -32,10 +25,9 @@ class RemoteScorer:
         url: the scorer's ``http://`` or ``https://`` address.
         name: the name of its curve (``reward/<name>``).
         timeout: seconds to wait for one answer before the attempt counts as failed.
-        max_retries: further attempts after a failed one (connection refused, timeout, HTTP 408/429/5xx);
-            other HTTP errors fail at once.
+        max_retries: further attempts after a connection failure, timeout or HTTP 408/429/5xx.
         backoff: seconds before the first retry; doubled before each next one.
-        max_concurrency: requests in flight at once (the batch is split into ``batch_size`` chunks).
+        max_concurrency: requests in flight at once.
         batch_size: rows per request.
     """
 
@@ -60,7 +52,6 @@ class RemoteScorer:
         self.max_concurrency, self.batch_size = max_concurrency, batch_size
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
-        """Score the rows, ``batch_size`` per request and up to ``max_concurrency`` requests at once."""
         fields = {"prompts": list(prompts), "completions": list(completions)}
         fields.update({name: list(values) for name, values in columns.items()})
         starts = range(0, len(prompts), self.batch_size)
@@ -98,7 +89,7 @@ class RemoteScorer:
                 if exc.code not in _RETRY_STATUSES:
                     break
                 continue
-            except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, cut short
+            except (OSError, http.client.HTTPException) as exc:
                 failure = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
                 continue
             try:

@@ -1,7 +1,5 @@
-"""Resolving ``reward_funcs`` entries (import paths, built-in names, URLs, callables) and ``reward_weights``.
-
-Why resolve at construction: a typo in a YAML import path should fail before the models load, not at the
-first rollout an hour later.
+"""Resolving ``reward_funcs`` entries and ``reward_weights`` at construction, so that a typo in a YAML import path
+fails before the models load, not at the first rollout.
 """
 
 from __future__ import annotations
@@ -15,18 +13,14 @@ from lightning_rlhf.rewards.builtin import BUILTIN_REWARD_FUNCTIONS, check_requi
 from lightning_rlhf.rewards.remote import RemoteScorer
 from lightning_rlhf.rewards.scoring import NamedRewardFunction, RewardFunction
 
-#: what a user names in ``reward_funcs``: an import path ``package.module:function``, a built-in's name, an
-#: ``http(s)://`` URL of a remote scorer, or the callable itself
 RewardSpec = Union[str, RewardFunction]
 
 
 def resolve_reward_function(spec: RewardSpec) -> NamedRewardFunction:
-    """Turn one ``reward_funcs`` entry into a callable, failing early (at construction) with a clear error.
+    """Turn one ``reward_funcs`` entry into a named callable, with a clear error.
 
     Args:
-        spec: ``"package.module:function"``; a built-in's name (``answer_match``, see
-            :data:`lightning_rlhf.rewards.builtin.BUILTIN_REWARD_FUNCTIONS`); an ``http://`` or ``https://``
-            URL (a :class:`~lightning_rlhf.rewards.remote.RemoteScorer` with its defaults); or a callable.
+        spec: an import path ``package.module:function``, a built-in's name, an ``http(s)://`` URL or a callable.
     """
     if callable(spec):
         owner = spec if hasattr(spec, "__qualname__") else type(spec)
@@ -76,9 +70,7 @@ def resolve_reward_functions(
         specs: the ``reward_funcs`` entries (see :func:`resolve_reward_function`).
         weights: one weight per function (``reward_weights``); ``None`` weighs each 1.0.
 
-    Returns:
-        ``(functions, weights)``; names repeated across functions get a ``_2``, ``_3`` suffix so their
-        curves stay apart.
+    A name used twice gets a ``_2``, ``_3`` suffix so that the curves stay apart.
     """
     if isinstance(specs, (str, bytes)) or callable(specs):
         raise TypeError(f"reward_funcs must be a list, got the single entry {specs!r}; write [{specs!r}]")

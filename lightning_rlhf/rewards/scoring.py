@@ -1,13 +1,5 @@
-"""Calling reward functions with TRL's signature and checking what they return.
-
-Why TRL's convention: ``f(prompts, completions, **columns) -> list[float | None]`` is what the reward
-functions people already have are written for (TRL's ``GRPOTrainer``, open-r1), so they run here
-unchanged. The data record's other columns (``answer``, ``solution``, ...) reach each function by name,
-and ``completion_ids`` (token ids) when the caller has them, as TRL passes. ``None`` means "this function
-does not apply to this row", not zero: it is left out of the weighted sum and counted.
-
-A function that misbehaves fails the step with an error naming the function and the row, never a silent
-zero: a reward that is quietly wrong trains the policy towards the wrong thing for hours.
+"""Calling reward functions with TRL's signature, so that TRL's and open-r1's run unchanged, and checking what they
+return: a reward that is quietly wrong trains the policy towards the wrong thing, so each failure names the row.
 """
 
 from __future__ import annotations
@@ -20,24 +12,17 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import torch
 from torch import Tensor
 
-#: what a reward function looks like: ``f(prompts=..., completions=..., **columns) -> list[float | None]``
 RewardFunction = Callable[..., Sequence[Union[float, None]]]
 
 
 class RewardError(RuntimeError):
-    """A reward function or remote scorer failed or returned something unusable; the message names which and
-    the row."""
+    """A reward function or remote scorer failed or returned something unusable; the message names which."""
 
 
 @dataclass(frozen=True)
 class NamedRewardFunction:
-    """A resolved reward function.
-
-    Attributes:
-        name: short name for the curves (``reward/<name>``): the function's ``__name__``.
-        source: where it came from, for errors: the import path, URL or qualified name.
-        function: the callable.
-    """
+    """A resolved reward function: its curve ``name`` (``reward/<name>``), its ``source`` for errors (import path,
+    URL or qualified name) and the ``function``."""
 
     name: str
     source: str
@@ -49,8 +34,7 @@ class RewardScores:
     """The rewards of one batch.
 
     Attributes:
-        total: ``(batch,)`` weighted sum over the functions that applied to each row; ``nan`` where none did
-            (the estimators in :mod:`lightning_rlhf.algorithms.group_advantages` leave such rows out).
+        total: ``(batch,)`` weighted sum over the functions that applied to each row; ``nan`` where none did.
         per_function: ``(batch, num_functions)`` each function's reward, ``nan`` where it returned ``None``.
         names: the functions' names, in column order.
         num_none: per function, how many rows it returned ``None`` for.
@@ -76,8 +60,7 @@ def compute_rewards(
     columns: Mapping[str, Sequence[Any]] | None = None,
     completion_ids: Sequence[Sequence[int]] | None = None,
 ) -> RewardScores:
-    """Call each reward function on the batch and combine them: ``total = sum_f w_f * r_f`` over the functions
-    that did not return ``None``.
+    """Call each reward function on the batch: ``total = sum_f w_f * r_f`` over the functions that returned a number.
 
     Args:
         functions: resolved functions (:func:`resolve_reward_functions`).
@@ -85,10 +68,7 @@ def compute_rewards(
         prompts: the batch's prompts (text, or chat messages), one per row.
         completions: the sampled completions, one per row, in the prompts' format.
         columns: the data record's other columns by name, each a sequence with one entry per row.
-        completion_ids: the completions' token ids, passed as ``completion_ids`` as TRL does; ``None`` omits it.
-
-    Returns:
-        :class:`RewardScores`.
+        completion_ids: the completions' token ids, passed on as TRL does; ``None`` omits them.
 
     Raises:
         RewardError: a function raised, returned the wrong number of rewards, ``nan``/``inf`` or a non-number.
@@ -140,7 +120,7 @@ def _row(prompts: Sequence[Any], row: int) -> str:
 
 
 def _call(function: NamedRewardFunction, prompts: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
-    try:  # fresh lists per function, so one that edits its arguments cannot change what the next one sees
+    try:  # fresh lists, so a function that edits its arguments cannot change what the next one sees
         return function.function(prompts=list(prompts), **{name: list(values) for name, values in kwargs.items()})
     except RewardError:  # already names the function and rows (a remote scorer's errors)
         raise
@@ -152,7 +132,6 @@ def _call(function: NamedRewardFunction, prompts: Sequence[Any], kwargs: Mapping
 
 
 def _first_failing_row(function: NamedRewardFunction, prompts: Sequence[Any], kwargs: Mapping[str, Any]) -> int | None:
-    """Call the function row by row to say which row makes it raise (reward functions are pure checkers)."""
     for row in range(len(prompts)):
         try:
             function.function(prompts=[prompts[row]], **{k: [v[row]] for k, v in kwargs.items()})
@@ -162,7 +141,7 @@ def _first_failing_row(function: NamedRewardFunction, prompts: Sequence[Any], kw
 
 
 def _checked(function: NamedRewardFunction, values: Any, batch: int, prompts: Sequence[Any]) -> list[float | None]:
-    if hasattr(values, "tolist"):  # a tensor or numpy array
+    if hasattr(values, "tolist"):
         values = values.tolist()
     if not isinstance(values, Sequence) or isinstance(values, (str, bytes)):
         raise RewardError(f"reward function {function.source!r} returned a {type(values).__name__}; "
@@ -172,7 +151,7 @@ def _checked(function: NamedRewardFunction, values: Any, batch: int, prompts: Se
                           f"completions; return one float (or None) per completion")
     checked: list[float | None] = []
     for row, value in enumerate(values):
-        if getattr(value, "ndim", None) == 0:  # a 0-d tensor or array, as TRL accepts
+        if getattr(value, "ndim", None) == 0:  # as TRL accepts
             value = value.item()
         if value is not None and not isinstance(value, numbers.Real):
             raise RewardError(f"reward function {function.source!r} returned {value!r} "

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from lightning_rlhf.strategies.checkpoint import consolidated_state_dict, export_engine_to_hf
+from lightning_rlhf.strategies.checkpoint_folder import consolidated_state_dict, export_engine_to_hf
 from lightning_rlhf.strategies.hybrid_deepspeed import HybridDeepSpeedStrategy
 
 __all__ = [

@@ -1,9 +1,6 @@
 """``backend="deepspeed"`` of the generation switch: DeepSpeed's fused CUDA inference kernels.
 
-Why separate: the kernels exist only on CUDA, are compiled on first use, and cover a fixed list of
-families (DeepSpeed's injection containers). Kernel injection copies the weights into fused
-layouts, so a kernel-injected model cannot be refreshed in place: each entry builds it anew from a
-freshly gathered hook-free replica and frees it on exit.
+Injection copies the weights into fused layouts that cannot be refreshed in place, so each entry builds anew.
 """
 
 from __future__ import annotations
@@ -15,18 +12,18 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from lightning_rlhf.strategies.tensor_parallel import InferenceReplica, unwrap_model
+from lightning_rlhf.models.loading import unwrap_model
+from lightning_rlhf.strategies.generation_replica import GenerationReplica, _clock, tp_mesh
+from lightning_rlhf.strategies.tensor_parallel import InferenceReplica
 
 # model_type -> DeepSpeed injection container (deepspeed/module_inject/containers)
 KERNEL_FAMILIES = ("bloom", "gpt2", "gptj", "gpt_neo", "gpt_neox", "llama", "opt")
 
 
 def kernels_work_with_installed_transformers() -> bool:
-    """DeepSpeed's kernel-injection containers predate transformers 5's attention and cache interfaces.
+    """False from transformers 5 on, whose attention and cache interfaces DeepSpeed's injection containers predate.
 
-    Measured on an H100 (DeepSpeed 0.19.8, transformers 5.17, 2026-11-22, ``benchmarks/gpu_smoke.sh``): a
-    kernel-injected Llama aborted the process inside ``softmax_context``; OPT failed with ``'tuple' object has
-    no attribute 'size'``. So the backend refuses to start rather than crash mid-rollout.
+    The backend then refuses to start rather than crash mid-rollout (docs/measurements.md).
     """
     import transformers
 
@@ -63,17 +60,9 @@ def deepspeed_generation_mode(
 ) -> Iterator:
     """Yield a :class:`GenerationReplica` over a kernel-injected copy of ``model``'s current weights.
 
-    Args:
-        model: the trained model (see :func:`generation_mode`).
-        device: the CUDA device to run on.
-        tp_size: DeepSpeed tensor-parallel size (its own weight slicing over ``tp_group``).
-        gather_partition_size: layers gathered at once from ZeRO-3 shards.
-        stats: a ``GenerationStats`` to add the switch time to.
-        tp_group: process group of the tensor-parallel ranks (None forms consecutive groups).
+    Arguments as :func:`~.generation.generation_mode`'s; ``tp_size`` is DeepSpeed's own weight slicing.
     """
     import deepspeed
-
-    from lightning_rlhf.strategies.generation import GenerationReplica, _clock, tp_mesh
 
     check_kernel_support(model, device)
     start = _clock(device)

@@ -1,10 +1,7 @@
 """How each DeepSpeed engine's optimizer steps: gradient clipping, micro-steps and accumulation, offload.
 
-Why a module of its own: DeepSpeed decides all three inside ``DeepSpeedEngine`` from its config and from calls
-it expects (``engine.forward`` every micro-batch, ``engine.step`` every micro-batch, no ``zero_grad`` between),
-while a LightningModule expresses them its own way (``max_grad_norm``, ``opt.step(); opt.zero_grad()``, an
-optimizer built in ``configure_optimizers``). The translations live here, next to each other, so the strategy
-only calls them.
+Translations from a LightningModule's way of saying these (``max_grad_norm``, ``opt.step(); opt.zero_grad()``)
+to the config and calls DeepSpeed expects.
 """
 
 from __future__ import annotations
@@ -20,13 +17,9 @@ from torch.utils.hooks import RemovableHandle
 
 
 def module_gradient_clipping(module: Any) -> Optional[float]:
-    """The gradient-norm clip a LightningModule asks for, or ``None`` when it asks for none.
+    """The module's gradient-norm clip: ``Trainer(gradient_clip_val)``, or ``max_grad_norm`` under manual optimization.
 
-    Under automatic optimization that is ``Trainer(gradient_clip_val=...)`` (Lightning's own DeepSpeed path
-    already writes it into the config; it is read here for the several-engine path too). Under manual
-    optimization Lightning has no clip setting, and ``self.clip_gradients`` does nothing under DeepSpeed (the
-    engine clips inside ``engine.step`` from its config), so a manual module states it as a ``max_grad_norm``
-    attribute (``PPOModule(max_grad_norm=1.0)``).
+    DeepSpeed clips inside ``engine.step`` from its config, so Lightning's ``clip_gradients`` does nothing.
     """
     if module.automatic_optimization:
         trainer = getattr(module, "_trainer", None)
@@ -40,14 +33,7 @@ def module_gradient_clipping(module: Any) -> Optional[float]:
 
 
 def apply_module_clipping(config: dict[str, Any], module: Any, explicit: bool) -> None:
-    """Write the module's clip into the trained engines' base DeepSpeed config (``gradient_clipping``).
-
-    Args:
-        config: the strategy's DeepSpeed config (every trained engine's config starts from it; per-engine
-            ``engine_configs`` overrides are merged over it later and win).
-        module: the LightningModule.
-        explicit: whether the user set ``gradient_clipping`` in the config they passed; that value is kept.
-    """
+    """Write the module's clip into the base DeepSpeed ``config``, unless the user set it (``explicit``)."""
     clip = module_gradient_clipping(module)
     if clip is None:
         return
@@ -62,20 +48,10 @@ def apply_module_clipping(config: dict[str, Any], module: Any, explicit: bool) -
 
 
 def follow_engine_forward(engine: Any) -> list[RemovableHandle]:
-    """Make each call of a trained child do what ``DeepSpeedEngine.forward`` does around the child's forward.
+    """Make each call of a trained child do what ``DeepSpeedEngine.forward`` does around it; returns the handles.
 
-    Why: with several engines the module calls its children (``self.critic(...)``), never their engines, so
-    DeepSpeed's own per-micro-batch bookkeeping would be skipped. The engine's hooks on the child already run
-    its forward prologue and epilogue; ``engine.forward`` adds two things around the call, added here as hooks:
-
-    * the start of a micro-step for a ZeRO optimizer (``clear_backward_seen_flag``): ZeRO-3 advances its
-      micro-step id there, and without it each micro-batch's gradient replaces the previous one instead of
-      adding to it, so gradient accumulation kept only the last micro-batch;
-    * hooks on the outputs that run the engine's backward prologue when the backward reaches them: the
-      accumulation boundary handed to the ZeRO optimizer, its backward bookkeeping, the NVMe swapper.
-
-    ``torch_autocast`` from the DeepSpeed config, which ``engine.forward`` enters around the call, cannot be
-    entered by hooks: it is refused on this path. Returns the hook handles, removed with the engine.
+    The module calls its children, never their engines. Without ZeRO's micro-step start
+    (``clear_backward_seen_flag``) each micro-batch's gradient replaced the previous one under ZeRO-3.
     """
     from deepspeed.runtime.base_optimizer import ZeROOptimizer
     from deepspeed.runtime.utils import register_output_backward_hooks
@@ -102,15 +78,9 @@ def follow_engine_forward(engine: Any) -> list[RemovableHandle]:
 
 
 def keep_accumulated_gradients(optimizer: Any, engine: Any) -> None:
-    """Make ``optimizer.zero_grad()`` (a ``LightningOptimizer``) leave an engine's accumulating gradients alone.
+    """Make ``optimizer.zero_grad()`` (a ``LightningOptimizer``) a no-op between an engine's accumulation steps.
 
-    Why: DeepSpeed zeroes the gradients itself in the ``engine.step`` that applies an update, and expects nothing
-    to zero them between the micro-steps of one update. A manual-optimization module written for any strategy
-    calls ``opt.step(); opt.zero_grad()`` every micro-batch (PPOModule does); with ``gradient_accumulation_steps``
-    above 1 the ``zero_grad`` after a step that applied no update discarded the micro-batches gathered so far
-    (ZeRO-0 lost the gradients, ZeRO-3 restarted its accumulation). So between updates it does nothing; right
-    after an update (nothing accumulated) it does what it always did. Only the wrapper the module holds is
-    changed: the engine keeps zeroing through its own optimizer.
+    DeepSpeed zeroes the gradients itself at each update; a module's ``zero_grad`` in between discarded them.
     """
     if engine.gradient_accumulation_steps() == 1:
         return
@@ -132,20 +102,8 @@ def optimizer_offloaded(config: dict[str, Any]) -> bool:
 def offload_ready_optimizer(optimizer: Optional[Optimizer], config: dict[str, Any]) -> Optional[Optimizer]:
     """The optimizer to hand DeepSpeed: ``DeepSpeedCPUAdam`` in place of torch's Adam/AdamW when it is offloaded.
 
-    Why: with ``offload_optimizer`` ZeRO keeps the fp32 weights and the optimizer state on the CPU and steps
-    them there. DeepSpeed refuses a client optimizer other than its CPU kernels unless the config says
-    ``zero_force_ds_cpu_optimizer: false``, because torch's optimizers are slow on large CPU tensors;
-    ``DeepSpeedCPUAdam`` (a JIT-built SIMD, multi-threaded Adam) is what DeepSpeed and DeepSpeed-Chat use for
-    offload, and what ZeRO-3 special-cases. It performs the same update as torch's (decoupled weight decay for
-    AdamW, bias correction, ``eps`` outside the square root).
-
-    It is built over the *same* param-group dicts (lr, betas, eps, weight decay per group), so a learning-rate
-    scheduler created over the module's optimizer keeps driving it. A config with
-    ``zero_force_ds_cpu_optimizer: false`` keeps the module's optimizer, as DeepSpeed does.
-
-    Raises:
-        ValueError: an offloaded optimizer that is not Adam/AdamW, or uses an option the CPU kernel lacks.
-        RuntimeError: the CPU Adam kernel could not be built (no C++ compiler).
+    DeepSpeed refuses other client optimizers under offload (docs/concepts.md). It shares the module optimizer's
+    param-group dicts, so its learning-rate scheduler keeps driving it.
     """
     if optimizer is None or not optimizer_offloaded(config) or config.get("zero_force_ds_cpu_optimizer") is False:
         return optimizer
@@ -187,10 +145,7 @@ _CPU_INFO: dict[str, Any] = {}
 def cpu_info_asked_once() -> Iterator[None]:
     """While building ``DeepSpeedCPUAdam``, answer ``cpuinfo.get_cpu_info()`` from this process's first answer.
 
-    Why: py-cpuinfo runs a Python subprocess on every call (about 1.5 s), and DeepSpeed asks twice per
-    ``DeepSpeedCPUAdam`` (its vendor check and its op builder's SIMD check): 3 s per offloaded engine, 6 s for an
-    offloaded actor and critic, on every rank. The CPU does not change within a process. Outside this block
-    ``cpuinfo`` is left as it was.
+    py-cpuinfo runs a slow subprocess per call, and DeepSpeed asks twice per ``DeepSpeedCPUAdam``.
     """
     try:
         import cpuinfo

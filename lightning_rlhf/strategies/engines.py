@@ -1,9 +1,4 @@
-"""Planning which child module of a LightningModule becomes which DeepSpeed engine.
-
-Why a separate module: the rules (one optimizer per child, frozen children are inference-only, per-engine
-config overrides) are pure bookkeeping over parameters and optimizers. Keeping them apart from the
-strategy makes them testable without a process group and keeps the error messages in one place.
-"""
+"""Planning which child module of a LightningModule becomes which DeepSpeed engine (testable without processes)."""
 
 from __future__ import annotations
 
@@ -85,14 +80,8 @@ def _child_of_optimizer(index: int, optimizer: Optimizer, owners: Mapping[int, s
 def engine_per_child(module: nn.Module) -> bool:
     """Whether a LightningModule gets one DeepSpeed engine per parameterised child (else one around it all).
 
-    One rule for fit and validate/test/predict, so a checkpoint's layout matches the module's in every stage: a
-    manual-optimization module with several parameterised children gets one engine per child, and so does any
-    module that asks for it with ``engine_per_child = True``, under manual or automatic optimization. GRPO without a
-    reference asks for it so that the generation switch and the export gather its actor as PPO's (inside one engine
-    around the whole module ZeRO-3's prefetch left the child's parameters in flight when the export gathered them);
-    DPO with a reference model asks for it so that the frozen reference is an inference engine of its own
-    (offloadable, never saved), not a frozen part of the policy's engine. Several optimizers also mean several
-    engines; the strategy adds that in fit, where the optimizers exist.
+    True for a manual-optimization module with several such children, or one with ``engine_per_child = True``;
+    the same in every stage, so a checkpoint's layout always matches.
     """
     if getattr(module, "engine_per_child", False):
         return True
@@ -110,19 +99,8 @@ def plan_engines(
 ) -> list[EnginePlan]:
     """Map each optimizer to the child it covers and each remaining parameterised child to a frozen engine.
 
-    Args:
-        module: the LightningModule (any ``nn.Module`` whose direct children hold all parameters).
-        optimizers: the optimizers from ``configure_optimizers``, in order.
-        base_config: the DeepSpeed config of trainable engines.
-        frozen_config: the DeepSpeed config of inference-only engines.
-        engine_configs: per-child overrides merged into the engine's config, keyed by child name
-            (e.g. ``{"critic": {"gradient_clipping": 1.0}}``).
-        inference_only: validate/test/predict: every parameterised child becomes an inference engine, whether
-            or not its parameters require gradients.
-
-    Raises:
-        ValueError: an optimizer spans two children or none, a child is in two optimizers, a frozen child
-            still has trainable parameters, an override names no child, or the config holds run-level keys.
+    ``engine_configs`` overrides are merged per child; ``inference_only`` (validate/test/predict) makes every
+    child an inference engine.
     """
     for key in _RUN_LEVEL_KEYS:
         if key in base_config:
@@ -169,12 +147,7 @@ def plan_engines(
 
 
 def inference_config(train_config: Mapping[str, Any], zero_stage: int, offload: bool) -> dict[str, Any]:
-    """DeepSpeed config for a frozen, inference-only child (reference or reward model).
-
-    Under ZeRO-3 (or when offloading, which needs ZeRO-3) the child is partitioned like the trained models and
-    may live on the CPU between forwards; under stages 0-2 it is replicated, which is the fast choice when
-    it fits.
-    """
+    """DeepSpeed config for a frozen, inference-only child: partitioned under ZeRO-3, else replicated."""
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": train_config.get("train_micro_batch_size_per_gpu", 1),
         "gradient_accumulation_steps": 1,
@@ -198,12 +171,8 @@ def inference_config(train_config: Mapping[str, Any], zero_stage: int, offload: 
 def skip_lone_allreduce(engine: Any) -> bool:
     """Turn off a ZeRO-0 engine's gradient all-reduce when it is the only data-parallel rank; True if turned off.
 
-    Why: with one data-parallel rank DeepSpeed still flattens every gradient into a bucket, all-reduces it
-    over a group of one and copies it back after each backward (3% of a tiny PPO step in a py-spy profile of
-    ``_common.run_ours`` on the DeepSpeed-Chat benchmark configuration, ZeRO-0, one thread). Averaging over one rank changes nothing, so the engine's own switch
-    (``enable_backward_allreduce``) is turned off. Only for ZeRO stage 0 with the client optimizer itself:
-    ZeRO stages 1-3 and DeepSpeed's wrapped optimizers (bf16, fp16) move gradients into their partitions or
-    fp32 buffers inside the same call, which must still happen.
+    DeepSpeed otherwise bucket-copies every gradient through an all-reduce over a group of one. ZeRO-0 with the
+    client optimizer only: other stages and wrapped optimizers move gradients inside that same call.
     """
     optimizer = getattr(engine, "optimizer", None)
     lone = (getattr(engine, "dp_world_size", 0) == 1 and engine.zero_optimization_stage() == 0

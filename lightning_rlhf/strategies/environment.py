@@ -1,9 +1,4 @@
-"""Checks of the machine a ``HybridDeepSpeedStrategy`` run starts on: accelerator, precision, process layout.
-
-Why apart from the strategy: each check reads the environment (the accelerator, ``/proc/cpuinfo``, the world
-size) and answers with an error or a warning that says what to change; none of them places a model, and
-keeping them here leaves the strategy its placement logic.
-"""
+"""Checks of the machine a ``HybridDeepSpeedStrategy`` run starts on: accelerator, precision, process layout."""
 
 from __future__ import annotations
 
@@ -49,9 +44,7 @@ def check_accelerator_and_precision(accelerator: Any, precision: str) -> None:
 def check_tensor_parallel_layout(inference_tp_size: int, world_size: int, num_nodes: int = 1) -> None:
     """Refuse an ``inference_tp_size`` whose groups do not tile the ranks, or would span nodes.
 
-    Why per node: a tensor-parallel group is ``inference_tp_size`` consecutive ranks and all-reduces once per layer
-    per generated token; ranks are numbered node by node, so a group stays inside one node only when the size
-    divides the processes per node (``LOCAL_WORLD_SIZE`` where the launcher sets it, else world size / nodes).
+    A group all-reduces once per layer per token, so it must not leave a node (it has to divide the local ranks).
     """
     if world_size % inference_tp_size != 0:
         raise ValueError(
@@ -78,13 +71,7 @@ def _processes_per_node(world_size: int, num_nodes: int) -> int:
 def use_cpu_for_deepspeed() -> None:
     """Make DeepSpeed use its CPU accelerator when Lightning's accelerator is the CPU.
 
-    Why: DeepSpeed picks its accelerator on its own (``DS_ACCELERATOR``, else whatever it detects: CUDA on a GPU
-    host) and places ZeRO partitions, ``zero.Init`` and its buffers there, whatever Lightning's accelerator is.
-    ``Trainer(accelerator="cpu")`` on a CUDA host would then put the partitions on the GPU. So ``DS_ACCELERATOR``
-    is set for processes started later (op builds) and DeepSpeed's current accelerator replaced before any engine.
-
-    Raises:
-        RuntimeError: DeepSpeed still reports another accelerator.
+    DeepSpeed picks its own (CUDA on a GPU host) and would put ZeRO partitions there whatever Lightning uses.
     """
     os.environ["DS_ACCELERATOR"] = "cpu"
     skip_shared_memory_comm_build()
@@ -107,12 +94,8 @@ def use_cpu_for_deepspeed() -> None:
 def skip_shared_memory_comm_build() -> None:
     """Keep DeepSpeed from compiling its shared-memory all-reduce op, which CPU runs of this package never call.
 
-    Why: on the CPU accelerator every ``deepspeed.init_distributed`` JIT-compiles ``deepspeed_shm_comm`` (two C++
-    files against torch's headers: about 2 minutes of both cores on a 2-core machine, once per
-    ``TORCH_EXTENSIONS_DIR``). Its only user is ``inference_all_reduce`` of DeepSpeed's own inference engine, which
-    this package runs on CUDA only; ZeRO's collectives go through ``torch.distributed`` (gloo) either way, and
-    ``inference_all_reduce`` falls back to it without the op. DeepSpeed reads the op's compatibility from the
-    ``deepspeed.ops.__compatible_ops__`` dict, probed once per process and kept for edits like this one.
+    ``init_distributed`` would JIT-compile ``deepspeed_shm_comm``, used only by DeepSpeed's CUDA inference engine;
+    DeepSpeed reads its availability from ``deepspeed.ops.__compatible_ops__``, edited here.
     """
     import deepspeed.ops
     from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder

@@ -1,14 +1,6 @@
 """``HybridDeepSpeedStrategy``: Lightning's DeepSpeed strategy on CPU and CUDA, with several engines per module.
 
-Why a subclass of :class:`lightning.pytorch.strategies.DeepSpeedStrategy`: users keep its whole surface
-(``stage``, offload options, ``config=`` a DeepSpeed dict or JSON path), so switching the string in an
-existing project just works. What it adds:
-
-* any accelerator: CUDA (nccl) and CPU (gloo), which is how every test runs;
-* several DeepSpeed engines in one LightningModule (PPO's actor and critic), frozen children placed for
-  inference only (reference, reward), and one-engine-at-a-time manual optimization;
-* the generation switch (:meth:`generation_mode`) and its options;
-* checkpoints that are complete or visibly not, holding every engine plus Lightning's loop state.
+A subclass, so ``DeepSpeedStrategy``'s whole surface keeps working; what it adds is listed in docs/concepts.md.
 """
 
 from __future__ import annotations
@@ -31,7 +23,7 @@ from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_rlhf.strategies import engine_checkpoints
+import lightning_rlhf.strategies.engine_save_load as engine_save_load
 from lightning_rlhf.strategies.engine_steps import (
     apply_module_clipping,
     follow_engine_forward,
@@ -51,7 +43,7 @@ from lightning_rlhf.strategies.environment import (
     check_tensor_parallel_layout,
     use_cpu_for_deepspeed,
 )
-from lightning_rlhf.strategies.generation import GenerationStats
+from lightning_rlhf.strategies.generation_replica import GenerationStats
 
 GenerationBackend = Literal["native", "deepspeed"]
 
@@ -63,27 +55,18 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         accelerator: as in ``DeepSpeedStrategy`` (CPU and CUDA are supported).
         zero_optimization: enable ZeRO (as in ``DeepSpeedStrategy``).
         stage: ZeRO stage 0-3. Defaults to 3, the stage the generation switch exists for.
-        inference_tp_size: ranks per tensor-parallel group in :meth:`generation_mode`; must divide the processes per
-            node (a group never spans nodes).
-        tp_gather_partition_size: how many transformer layers are gathered at once from ZeRO-3 partitions
-            when building the generation replica (DeepSpeed-Chat's ``--tp_gather_partition_size``).
-        release_inference_cache: free the generation replica after every :meth:`generation_mode` exit instead
-            of keeping it for the next rollout (saves memory, costs a rebuild).
-        offload_frozen_models: keep frozen children (reference, reward model) ZeRO-3 partitioned on the CPU. Under
-            ZeRO-3 this needs the module to build them inside :meth:`frozen_models_context` (PPOModule, GRPOModule
-            and DPOModule do); children built elsewhere keep their partitions where the training ``zero.Init`` put
-            them.
-        generation_backend: ``"native"`` (PyTorch tensor parallel + ``transformers.generate``, CPU and CUDA) or
-            ``"deepspeed"`` (DeepSpeed's fused inference kernels, CUDA only).
-        engine_configs: per-child DeepSpeed config overrides, keyed by the child's attribute name, e.g.
-            ``{"critic": {"gradient_clipping": 1.0, "gradient_accumulation_steps": 2}}``. Trained engines clip at the
-            module's ``max_grad_norm`` (manual optimization) or ``Trainer(gradient_clip_val)`` unless this or
-            ``config`` sets ``gradient_clipping``. With accumulation, each ``opt.step()`` is a micro-step and every
-            N-th applies the mean gradient. An offloaded Adam/AdamW becomes ``DeepSpeedCPUAdam``.
-        tp_plan: a tensor-parallel plan (module-name pattern to ``"colwise"``/``"rowwise"``) for model families
-            that have none built in.
-        process_group_timeout_s: seconds a rank waits in a collective before failing (so a dead peer stops
-            the others with an error instead of a hang). Defaults to DeepSpeedStrategy's 30 minutes.
+        inference_tp_size: ranks per tensor-parallel group in :meth:`generation_mode`; must divide the processes
+            per node.
+        tp_gather_partition_size: transformer layers gathered at once from ZeRO-3 partitions for the replica.
+        release_inference_cache: free the generation replica after every :meth:`generation_mode` exit (saves
+            memory, costs a rebuild).
+        offload_frozen_models: keep frozen children (reference, reward model) ZeRO-3 partitioned on the CPU;
+            they must be built inside :meth:`frozen_models_context`.
+        generation_backend: ``"native"`` (PyTorch tensor parallel, CPU and CUDA) or ``"deepspeed"`` (CUDA only).
+        engine_configs: per-child DeepSpeed config overrides keyed by attribute name, e.g.
+            ``{"critic": {"gradient_accumulation_steps": 2}}`` (see docs/concepts.md).
+        tp_plan: a tensor-parallel plan (module-name pattern to ``"colwise"``/``"rowwise"``) for other families.
+        process_group_timeout_s: seconds a rank waits in a collective before failing instead of hanging.
         **kwargs: every other ``DeepSpeedStrategy`` argument (``offload_optimizer``, ``config``, ...).
     """
 
@@ -119,7 +102,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
                 "tp_gather_partition_size, release_inference_cache, offload_frozen_models, generation_backend, "
                 "engine_configs, tp_plan and process_group_timeout_s."
             ) from err
-        # Lightning writes gradient_clipping into the config later; remember whether the user set it
+        # Lightning writes gradient_clipping into the config later
         self._explicit_clipping = "gradient_clipping" in (self.config or {})
         self.inference_tp_size = inference_tp_size
         self.tp_gather_partition_size = tp_gather_partition_size
@@ -135,7 +118,6 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         self._configured_optimizers: Optional[tuple[list, list]] = None
         self.generation_stats = GenerationStats()
 
-    # ------------------------------------------------------------------ environment
     @override
     def setup_environment(self) -> None:
         check_accelerator_and_precision(self.accelerator, getattr(self.precision_plugin, "precision", "32-true"))
@@ -146,7 +128,6 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
 
     @override
     def setup_distributed(self) -> None:
-        # DeepSpeedStrategy checks CUDA device indices against local ranks; CPU devices have no index.
         if isinstance(self.accelerator, CUDAAccelerator):
             _validate_device_index_selection(self.parallel_devices)
         reset_seed()
@@ -156,8 +137,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
 
     @override
     def on_exception(self, exception: BaseException) -> None:
-        # A peer that hangs makes this rank fail at the collective timeout; the ranks Lightning's launcher started
-        # would stay blocked forever after this process exits, so stop them with it.
+        # the ranks Lightning's launcher started would otherwise stay blocked on the dead collective forever
         super().on_exception(exception)
         for proc in getattr(self.launcher, "procs", None) or []:
             if proc.poll() is None:
@@ -170,7 +150,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             apply_module_clipping(self.config, self.lightning_module, self._explicit_clipping)
 
     def _deepspeed_args(self) -> argparse.Namespace:
-        # DeepSpeed sets the device from ``device_rank``; the CPU device has no index, so give it the local rank.
+        # the CPU device has no index for DeepSpeed's ``device_rank``
         index = self.root_device.index
         return argparse.Namespace(device_rank=self.local_rank if index is None else index)
 
@@ -193,11 +173,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
     @contextmanager
     @override
     def model_sharded_context(self) -> Iterator[None]:
-        """``deepspeed.zero.Init`` for stage 3, with transformers told about it.
-
-        Without a registered ``HfDeepSpeedConfig``, ``from_pretrained``/``from_config`` inside ``configure_model``
-        initialise weights on the empty local shards and crash; with it they initialise and load partitioned.
-        """
+        """``deepspeed.zero.Init`` for stage 3, with transformers told about it (else it crashes on empty shards)."""
         from lightning_rlhf.models.loading import zero3_loading
 
         with super().model_sharded_context(), zero3_loading(self.config if self.zero_stage == 3 else None):
@@ -205,13 +181,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
 
     @contextmanager
     def frozen_models_context(self) -> Iterator[None]:
-        """Build frozen children (reference, reward model) in this block, inside ``configure_model``.
-
-        With ``offload_frozen_models`` under ZeRO-3 their partitions are created on the CPU by a ``zero.Init`` of
-        their own (DeepSpeed-Chat's way for its reference), not on the accelerator by the training one; otherwise
-        it changes nothing. Module code writes ``with lightning_rlhf.strategies.frozen_models(self.trainer.strategy):``,
-        which works under every strategy.
-        """
+        """Build frozen children here; with ``offload_frozen_models`` under ZeRO-3 they partition on the CPU."""
         if self.zero_stage != 3 or not self.offload_frozen_models:
             yield
             return
@@ -220,7 +190,6 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         with frozen_models_init(inference_config(self.config, self.zero_stage, offload=True)):
             yield
 
-    # ------------------------------------------------------------------ engines
     @property
     def zero_stage(self) -> int:
         """The ZeRO stage of the trained engines (0 when ZeRO is off)."""
@@ -244,7 +213,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         self._destroy_engines()
         module = self.lightning_module
         fitting = module.trainer is not None and module.trainer.state.fn == TrainerFn.FITTING
-        several = engine_per_child(module)  # the same in fit and validate/test/predict
+        several = engine_per_child(module)
         self._configured_optimizers = None
         if fitting and "optimizer" not in self.config:
             self._configured_optimizers = _init_optimizers_and_lr_schedulers(module)
@@ -253,7 +222,6 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             super().init_deepspeed()
             self._live_engines.append(self.model)
             return
-        # a config "optimizer" (no optimizers configured) is refused by plan_engines with what to do instead
         optimizers, schedulers = self._configured_optimizers or ([], [])
         self._initialize_several_engines(module, optimizers, schedulers, inference_only=not fitting)
 
@@ -295,11 +263,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         rank_zero_info(f"HybridDeepSpeedStrategy: one DeepSpeed engine per child: {summary}")
 
     def _destroy_engines(self) -> None:
-        """Remove the ZeRO hooks of the engines of an earlier stage (validate before fit, fit then test).
-
-        Each stage builds its engines anew on the same modules; without this the old engines' hooks stay on the
-        modules beside the new ones and ZeRO-3's prefetch trace breaks ("pop from an empty deque").
-        """
+        """Remove an earlier stage's engine hooks, or ZeRO-3's prefetch trace breaks ("pop from an empty deque")."""
         for handle in self._engine_hooks:
             handle.remove()
         for engine in self._live_engines:
@@ -342,7 +306,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
     def backward(self, closure_loss: torch.Tensor, optimizer: Optional[Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         if optimizer is None and args and isinstance(args[0], (Optimizer, LightningOptimizer)):
             optimizer, args = args[0], args[1:]  # manual_backward(loss, opt): the engine to step, not a backward arg
-        if not self._engines:  # one engine around the whole module: the optimizer names nothing more
+        if not self._engines:
             return super().backward(closure_loss, optimizer, *args, **kwargs)
         engine = self._engine_for(optimizer)
         module = self.lightning_module
@@ -359,13 +323,11 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         self.precision_plugin._after_closure(self.lightning_module, getattr(optimizer, "_optimizer", optimizer))
         return engine.step(**kwargs)
 
-    # ------------------------------------------------------------------ generation
     @contextmanager
     def generation_mode(self, model: nn.Module) -> Iterator[Any]:
         """Switch ``model`` (a child such as ``self.actor``) to a hook-free, tensor-parallel generation replica.
 
-        Yields an object with ``.generate(input_ids, attention_mask, **generate_kwargs)`` and a plain forward.
-        On exit training mode is restored and, with ``release_inference_cache``, the replica is freed.
+        Yields an object with ``.generate(input_ids, attention_mask, **kwargs)`` and a plain forward.
         """
         from lightning_rlhf.strategies.generation import generation_mode
 
@@ -380,12 +342,11 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         ) as replica:
             yield replica
 
-    # ------------------------------------------------------------------ checkpoints
     @override
     def save_checkpoint(self, checkpoint: dict, filepath: Union[str, Path], storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
             raise TypeError("HybridDeepSpeedStrategy does not use CheckpointIO, so `storage_options` is not supported.")
-        engine_checkpoints.save(self, checkpoint, filepath, super().save_checkpoint)
+        engine_save_load.save(self, checkpoint, filepath, super().save_checkpoint)
 
     def trainable_engines(self) -> dict[str, Any]:
         """The engines that have an optimizer, by child name (empty for a single-model module)."""
@@ -397,7 +358,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         if self.load_full_weights and self.zero_stage == 3:
             return super().load_checkpoint(checkpoint_path, weights_only)
         load_single = super().load_checkpoint
-        return engine_checkpoints.load(self, checkpoint_path, lambda path: load_single(path, weights_only))
+        return engine_save_load.load(self, checkpoint_path, lambda path: load_single(path, weights_only))
 
     @classmethod
     @override

@@ -1,12 +1,7 @@
 """Which parameters one gather group of a replica reads, and when its LoRA-merged weights can be refreshed from
-the adapters alone.
+the adapters alone (kept base shard + gathered adapters), sparing a ZeRO-3 all-gather of the frozen base.
 
-Why: with LoRA only the adapters train, yet the replica holds merged weights ``W + s * B @ A``; refreshing them
-from the model would all-gather the frozen ``W`` (ZeRO-3) after every optimizer step. A replica that keeps its own
-shard of ``W`` (as laid out in the replica, in the replica's dtype) needs only the adapters, which are tiny. That
-is exact only while ``W`` is unchanged since the copy was taken, so the decision rests on the per-parameter change
-flags of :mod:`.replica_refresh`, which are the same on every rank: any other change in the group (a base weight,
-a bias, a norm: full fine-tuning, a checkpoint load, an EMA swap) copies the group whole, as without LoRA.
+Exact only while the base is unchanged, so any other change in the group copies it whole.
 """
 
 from __future__ import annotations
@@ -18,8 +13,7 @@ from torch import nn
 
 
 def adapter_parameters(owner: nn.Module) -> list[nn.Parameter]:
-    """The parameters of a peft LoRA layer that are not its wrapped base layer's (``lora_A``/``lora_B``, embedding
-    adapters, any other adapter state)."""
+    """The parameters of a peft LoRA layer that are not its wrapped base layer's."""
     base = getattr(owner, "base_layer", None)
     frozen = {id(p) for p in base.parameters()} if base is not None else set()
     return [p for p in owner.parameters() if id(p) not in frozen]
@@ -56,13 +50,9 @@ class GroupSources:
         return cls(params, adapters)
 
     def adapter_only(self, changed: Sequence[bool], has_base: Sequence[bool]) -> Optional[list[int]]:
-        """The slots to re-merge from their kept base and their adapters (none if nothing changed), or None when the
-        group must be copied whole.
+        """The slots to re-merge from kept base and adapters, or None when the group must be copied whole.
 
-        Args:
-            changed: one flag per parameter of ``params`` (all-reduced: the same on every rank).
-            has_base: per slot of the group, whether it keeps its base shard (the same on every rank: taken at
-                full copies).
+        ``changed`` (per parameter) and ``has_base`` (per slot) are the same on every rank.
         """
         owner_of = {p: slot for slot, indices in self.adapters.items() for p in indices}
         moved = [i for i, flag in enumerate(changed) if flag]

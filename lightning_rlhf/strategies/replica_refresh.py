@@ -1,14 +1,7 @@
 """Which parameters behind a generation replica changed since its last refresh, from each rank's own shards.
 
-Why: entering ``generation_mode`` copies the model into its replica, and under ZeRO-3 that means all-gathering
-every partition (2 bytes x parameters per rank over the network, ``tp_gather_partition_size`` layers at a time).
-Between two entries without an optimizer step (every validation batch, several rollouts per step) nothing
-changed, and a LoRA-trained model changes only in the layers whose adapters moved. A fingerprint of what each
-rank holds locally (its partitions, or the whole tensor without ZeRO-3) costs one read of those bytes and no
-communication; one flag per parameter is then all-reduced, so every rank decides alike which groups to re-gather
-and what of them (the gather is a collective): a group whose only changes are LoRA adapters gathers just those
-(:mod:`.lora_refresh`). The fingerprint is the float64 sum and sum of squares of each tensor:
-an optimizer step, a checkpoint load or an EMA swap changes them.
+Re-gathering unchanged ZeRO-3 partitions is wasted network traffic. Each rank fingerprints its local shards (sum
+and sum of squares, no communication); one all-reduce of the flags makes every rank re-gather the same groups.
 """
 
 from __future__ import annotations
@@ -39,13 +32,7 @@ class ChangedParameters:
         self._pending: list[torch.Tensor] = []
 
     def changed(self, groups: Sequence[Sequence[nn.Parameter]], device: torch.device) -> list[list[bool]]:
-        """One flag per parameter of each group, the same on every rank (collective when any parameter is ZeRO-3
-        partitioned: one all-reduce of all the flags).
-
-        Args:
-            groups: the parameters (sources and their LoRA adapters) of each gather group, in a fixed order.
-            device: where the flags are all-reduced (the replica's device, which the process group can reach).
-        """
+        """One flag per parameter of each group, the same on every rank (an all-reduce under ZeRO-3)."""
         self._pending = [fingerprint(group) for group in groups]
         seen = self._seen if len(self._seen) == len(groups) else [None] * len(groups)
         flags = [torch.ones(len(group), dtype=torch.bool) if old is None or old.shape != new.shape
@@ -57,6 +44,5 @@ class ChangedParameters:
         return [[bool(f) for f in part.tolist()] for part in flat.split([len(group) for group in groups])]
 
     def refreshed(self) -> None:
-        """The changed parameters were copied into the replica: their fingerprints from :meth:`changed` become the
-        reference."""
+        """The changed parameters were copied: their fingerprints from :meth:`changed` become the reference."""
         self._seen = self._pending

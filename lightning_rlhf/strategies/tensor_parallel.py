@@ -1,13 +1,8 @@
 """Hook-free inference replicas of a (ZeRO-3 partitioned, LoRA-wrapped) causal LM, optionally tensor-parallel.
 
-Why a replica: ZeRO-3 runs a gather/release hook around every module on every forward, so a
-32-token generation re-gathers each layer 32 times, and ``deepspeed.zero.GatheredParameters`` does
-not help (the hooks still run). A plain module of the same class, built once on the ``meta`` device
-and filled from the gathered shards, generates at the speed of an ordinary model. The trained
-weights are only read: LoRA deltas are added to the replica's copy, never merged into the model.
-
-With a tensor-parallel mesh the replica's layers are split by :mod:`torch.distributed.tensor.parallel`
-before any memory is allocated, and each rank copies only its shard of every gathered weight.
+ZeRO-3's hooks re-gather every layer for every generated token; a plain module of the same class, built on
+``meta`` and filled from the gathered shards (split per rank when tensor-parallel), generates at ordinary speed.
+LoRA deltas are added to the replica's copy, never merged into the model.
 """
 
 from __future__ import annotations
@@ -21,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lightning_rlhf.models.loading import unwrap_model
 from lightning_rlhf.strategies.lora_refresh import GroupSources
 from lightning_rlhf.strategies.replica_refresh import ChangedParameters
 from lightning_rlhf.strategies.tp_plans import (
@@ -40,19 +36,8 @@ def is_zero3_param(param: nn.Parameter) -> bool:
     return hasattr(param, "ds_id")
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The transformers model under a DeepSpeed engine and/or a peft wrapper (LoRA layers stay injected)."""
-    model = getattr(model, "module", model) if type(model).__name__ == "DeepSpeedEngine" else model
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
 def replica_name(source_name: str) -> str | None:
-    """Name of a source parameter/module in the plain replica, or None if it has no counterpart there.
-
-    peft inserts ``base_layer`` under LoRA layers, ``lora_*`` submodules beside them, and
-    ``modules_to_save.<adapter>`` / ``original_module`` under fully trained modules.
-    """
+    """Name of a source parameter/module in the plain replica (peft's own submodules removed), or None."""
     if _LORA_SEGMENT.search(source_name) or ".original_module." in f".{source_name}.":
         return None
     name = re.sub(r"(^|\.)base_layer(\.|$)", r"\1", source_name)
@@ -84,11 +69,10 @@ class RefreshCount:
     """What one :meth:`InferenceReplica.refresh` did.
 
     Attributes:
-        groups_refreshed: gather groups whose parameters changed and were refreshed (either way below).
+        groups_refreshed: gather groups whose parameters changed and were refreshed.
         groups: gather groups of the replica.
         bytes_gathered: bytes of ZeRO-3 partitioned parameters all-gathered (the full tensors' size).
-        groups_adapters_only: of ``groups_refreshed``, those where only LoRA adapters changed: their merged weights
-            were recomputed from the kept base shards and the gathered adapters, the frozen base not gathered.
+        groups_adapters_only: of ``groups_refreshed``, those refreshed from the LoRA adapters alone.
     """
 
     groups_refreshed: int
@@ -98,8 +82,7 @@ class RefreshCount:
 
 
 def _float32_delta(module: nn.Module, adapter: str) -> torch.Tensor:
-    """One adapter's ``B @ A * scaling`` computed in float32 (peft's ``get_delta_weight`` returns, and on GPUs
-    computes, it in the layer's dtype: in bf16 its rounding alone would move the merged weight)."""
+    """One adapter's ``B @ A * scaling`` in float32 (peft's ``get_delta_weight`` rounds it to the layer's dtype)."""
     if adapter in getattr(module, "lora_embedding_A", {}):
         a, b, transposed = module.lora_embedding_A[adapter], module.lora_embedding_B[adapter], True
     else:
@@ -112,13 +95,7 @@ def _float32_delta(module: nn.Module, adapter: str) -> torch.Tensor:
 
 
 def add_delta(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """``weight + delta`` summed in float32 and cast to ``weight``'s dtype once (``delta``: float32, same shape).
-
-    Why: the update forward runs the adapters unmerged; a bf16 replica that added a bf16-rounded delta to the
-    bf16 weight (two roundings) scored the rollout's tokens further from it than one rounding of the exact sum,
-    so the first PPO ratio was not 1. Elementwise, so adding this rank's shard of the delta to its shard of the
-    weight gives the same bits as sharding the merged whole.
-    """
+    """``weight + delta`` summed in float32 and cast once: two bf16 roundings made the first PPO ratio differ from 1."""
     return (weight.float() + delta).to(weight.dtype)
 
 
@@ -144,10 +121,8 @@ class InferenceReplica:
         tp_mesh: a 1-D ``DeviceMesh`` over this rank's tensor-parallel group, or None for no split.
         tp_plan: explicit ``module pattern -> style`` plan (see :mod:`.tp_plans`); None picks the family's.
         gather_partition_size: layers gathered at once when refreshing from ZeRO-3 shards.
-        keep_lora_base: keep, beside the replica, this rank's shard of every ZeRO-3 partitioned weight that has
-            LoRA adapters (in the replica's layout and dtype), so that a refresh after an optimizer step gathers
-            only the adapters (see :meth:`refresh`). Costs the LoRA-targeted weights' bytes divided by the tensor-
-            parallel size; worth it only for a replica that is refreshed again, not one built for a single use.
+        keep_lora_base: keep this rank's shard of every LoRA-targeted ZeRO-3 weight, so later refreshes gather
+            only the adapters (worth its memory only for a replica refreshed again).
     """
 
     def __init__(
@@ -167,9 +142,9 @@ class InferenceReplica:
         self.gather_partition_size = gather_partition_size
         self.keep_lora_base = keep_lora_base
         plan = None
-        self._converted: set[str] = set()  # replica modules that were GPT-2 Conv1D layers
-        self._blocks: dict[str, int] = {}  # replica modules with fused [q|k|v] outputs
-        self._local_dims: dict[str, int] = {}  # bare parameters sliced per rank
+        self._converted: set[str] = set()  # GPT-2 Conv1D layers
+        self._blocks: dict[str, int] = {}
+        self._local_dims: dict[str, int] = {}
         if self.tp_size > 1:
             check_divisible(self.base.config, self.tp_size)
             plan = resolve_tp_plan(self.base.config, tp_plan)
@@ -182,7 +157,6 @@ class InferenceReplica:
         self.last_refresh = RefreshCount(0, len(self.groups), 0)
         del self.base
 
-    # -- construction -------------------------------------------------------------------------------
     def _build(self, plan: FamilyTPPlan | None) -> nn.Module:
         base = self.base
         with torch.device("meta"):
@@ -289,22 +263,14 @@ class InferenceReplica:
             grouped.setdefault(layer_of.get(id(slot.source), 0), []).append(slot)
         return [grouped[k] for k in sorted(grouped)]
 
-    # -- refresh ------------------------------------------------------------------------------------
     @torch.inference_mode(False)
     @torch.no_grad()
     def refresh(self) -> "RefreshCount":
         """Copy the model's current weights (LoRA merged) into the replica, gathering ZeRO-3 shards by groups.
 
-        Only the groups whose parameters changed since the last refresh are refreshed (see :mod:`.replica_refresh`):
-        none when no optimizer step happened since (e.g. between validation batches). With LoRA the groups of
-        layers without adapters (embeddings, head) are skipped, and where only adapters changed (the usual LoRA
-        step) only they are gathered and added to the kept base shards (``keep_lora_base``; the same bits as a
-        full merge); any other change gathers and copies the group whole and re-takes its base shards (see
-        :mod:`.lora_refresh`). Collective under ZeRO-3: every rank calls it together, and every rank makes the
-        same gathers because they are decided from all-reduced flags only.
-
-        Always outside ``torch.inference_mode``: Lightning validates under it by default, and a replica built or
-        refreshed there would hold inference tensors that no later refresh (during ``fit``) may update in place.
+        Only changed groups are refreshed (:mod:`.replica_refresh`), from the adapters alone where only they changed
+        (:mod:`.lora_refresh`). Collective under ZeRO-3. Runs outside ``torch.inference_mode``, whose tensors a
+        later refresh could not update in place.
         """
         flags = self._changed.changed([sources.params for sources in self._sources], self.device)
         gathered = refreshed = adapters_only = 0
@@ -342,8 +308,7 @@ class InferenceReplica:
         target.copy_(base if delta is None else add_delta(base, self._local(slot, delta)))
 
     def _local(self, slot: _Slot, full: torch.Tensor) -> torch.Tensor:
-        """This rank's part of a full-size tensor shaped like the slot's source (the weight, or its LoRA delta), laid
-        out as the replica's target. Pure data movement: merging before or after it gives the same bits."""
+        """This rank's part of a full-size tensor shaped like the slot's source, laid out as the replica's target."""
         if slot.transpose:
             full = full.t()
         if slot.blocks > 1:
@@ -361,8 +326,7 @@ class InferenceReplica:
 def parallel_style(split: Split, embedding: bool):
     """PyTorch's ``ColwiseParallel`` / ``RowwiseParallel`` for one :class:`~.tp_plans.Split`.
 
-    Token ids reach an embedding whole on every rank, so a row-wise (vocabulary-parallel) embedding always
-    takes a replicated input; the default ``Shard(-1)`` would all-gather the ids.
+    A row-wise embedding takes a replicated input: the default ``Shard(-1)`` would all-gather the token ids.
     """
     from torch.distributed.tensor import Replicate
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel

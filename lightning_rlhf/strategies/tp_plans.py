@@ -1,19 +1,7 @@
 """Tensor-parallel plans: which layers of a causal LM are split column- or row-wise.
 
-Why our own plans: transformers ships a ``base_model_tp_plan`` for Llama, Qwen2, Mistral, GPT-NeoX
-and others, and none for OPT, GPT-2, BLOOM or GPT-J, which DeepSpeed-Chat users train most. A plan is
-the usual mapping ``module pattern -> style`` (``*`` stands for a layer index), plus what a family's
-attention code needs besides the split weights:
-
-- ``divide``: integer attributes that count heads or widths per rank (OPT reshapes with
-  ``self.num_heads``, so each rank must see ``num_heads / tp``);
-- ``fused_blocks``: modules whose output stacks ``[q | k | v]`` as whole blocks (GPT-2's ``c_attn``);
-  their rows are reordered so that each rank's contiguous shard holds its heads of every block;
-- ``prepare``: a family-specific step on the sharded replica (BLOOM's ALiBi bias is built for all heads
-  and must be sliced to this rank's heads).
-
-GPT-2's ``Conv1D`` layers (transposed weights) become ``nn.Linear`` in the replica, so PyTorch's
-``ColwiseParallel``/``RowwiseParallel`` apply unchanged.
+transformers ships plans for Llama, Qwen2, GPT-NeoX and others but none for OPT, GPT-2, BLOOM or GPT-J, which
+DeepSpeed-Chat users train most; those are here, with the attention fixes each family needs.
 """
 
 from __future__ import annotations
@@ -31,9 +19,7 @@ class Split:
     """How the replica splits one ``nn.Linear`` / ``nn.Embedding`` over the tensor-parallel group.
 
     Attributes:
-        kind: ``colwise`` shards the output features (PyTorch's ``ColwiseParallel``), ``rowwise`` the input
-            features (``RowwiseParallel``, outputs summed across ranks); embeddings: vocabulary rows for
-            ``rowwise``, hidden columns for ``colwise``.
+        kind: ``colwise`` shards the output features, ``rowwise`` the input features (outputs summed).
         replicated_input: the input arrives whole on every rank (rowwise only: each rank takes its slice).
         gather_output: the output is gathered back to full width (colwise only).
         packed: equal blocks stacked along the output features (``[gate | up]``), each split per rank.
@@ -58,19 +44,15 @@ SPLITS: dict[str, Split] = {
     "packed_colwise": Split("colwise", packed=2),
 }
 
-#: Styles that keep a module's weights whole on every rank in a forward pass: they only add a gradient
-#: all-reduce (q/k norms over one head), mark a full copy, or run a module with its local shards.
+#: Styles that keep a module's weights whole on every rank in a forward pass.
 KEPT_WHOLE: frozenset[str] = frozenset({"replicated_with_grad_allreduce", "replicate", "local_params"})
 
-#: Styles of transformers 5.x that the replica deliberately does not split (kept whole, with one warning): mixture-
-#: of-experts layers (their experts are 3-D parameters, not linear layers), DeepSeek's MLA down-projection (its
-#: output is split between two consumers), packed row-wise expert weights, and the all-reduce that goes with them.
+#: transformers 5.x styles kept whole, with one warning (MoE experts are 3-D parameters; MLA's output has two users).
 NOT_SPLIT: frozenset[str] = frozenset({
     "moe_tp_experts", "moe_identity_expert", "packed_rowwise", "mla_kv_a_proj", "all_reduce", "sequence_parallel",
     "grouped_gemm", "ep_dispatch_experts",
 })
 
-#: Every style name this module understands; anything else in a transformers plan is kept whole too, with a warning.
 KNOWN_STYLES: frozenset[str] = frozenset(SPLITS) | KEPT_WHOLE | NOT_SPLIT
 
 _WARNED: set[tuple[str, str, str]] = set()
@@ -81,11 +63,9 @@ class FamilyTPPlan:
     """How to split one model family across a tensor-parallel group.
 
     Attributes:
-        styles: module (or bare parameter) pattern (relative to any prefix, ``*`` = layer index) -> style, a
-            key of :data:`SPLITS` or :data:`KEPT_WHOLE`; in a plan shipped by transformers, any other style
-            keeps that module whole (see :func:`layout_modules`).
-        divide: module pattern -> names of integer attributes divided by the TP size on that module.
-        fused_blocks: module pattern -> number of equal blocks stacked along the output dimension.
+        styles: module (or bare parameter) pattern (``*`` = layer index) -> style.
+        divide: module pattern -> names of integer attributes (head counts) divided by the TP size.
+        fused_blocks: module pattern -> number of equal blocks (``[q | k | v]``) stacked along the output.
         prepare: ``prepare(replica, tp_rank, tp_size)`` run once after sharding, for family quirks.
     """
 
@@ -96,11 +76,7 @@ class FamilyTPPlan:
 
 
 def _bloom_slice_alibi(replica: nn.Module, tp_rank: int, tp_size: int) -> None:
-    """Give each BLOOM attention module only this rank's heads of the ALiBi bias.
-
-    BLOOM builds ``alibi`` of shape ``(batch * n_head, 1, seq)`` once for all heads and passes it to
-    every block; a rank holding heads ``[r * n/tp, (r + 1) * n/tp)`` needs exactly those rows.
-    """
+    """Give each BLOOM attention module only this rank's heads of the ALiBi bias (built for all heads)."""
     for module in replica.modules():
         if type(module).__name__ != "BloomAttention":
             continue
@@ -171,26 +147,17 @@ def pattern_regex(pattern: str) -> re.Pattern:
 
 
 def shipped_plan(config) -> dict[str, str]:
-    """transformers' plan for ``config``, with its text sub-config's (a multimodal config's own plan names only
-    its projector, while its causal LM runs the text layers)."""
+    """transformers' plan for ``config``, with its text sub-config's (a multimodal plan names only its projector)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     return {**(getattr(text, "base_model_tp_plan", None) or {}), **(getattr(config, "base_model_tp_plan", None) or {})}
 
 
 def resolve_tp_plan(config, tp_plan: dict[str, str] | None = None) -> FamilyTPPlan:
-    """The plan for a model with ``config``: the user's, ours for the family, or the one transformers ships.
-
-    Args:
-        config: the model's ``PretrainedConfig``.
-        tp_plan: explicit ``module pattern -> style`` mapping; takes precedence over everything.
-
-    Raises:
-        ValueError: the family has no plan and none was passed, or a style is not supported.
-    """
+    """The plan for a model with ``config``: ``tp_plan`` if given, ours for the family, or transformers'."""
     family = getattr(config, "model_type", "?")
     if tp_plan is not None:
         plan = FamilyTPPlan(styles=dict(tp_plan))
-        if family in OUR_PLANS:  # keep the family's attention fixes with a user's own split
+        if family in OUR_PLANS:  # keep the family's attention fixes
             ours = OUR_PLANS[family]
             plan = FamilyTPPlan(dict(tp_plan), ours.divide, ours.fused_blocks, ours.prepare)
     elif family in OUR_PLANS:
@@ -221,7 +188,7 @@ class ModuleLayout:
     Attributes:
         splits: module name -> how it is split.
         param_shards: bare parameter name (attention sinks, per-head biases) -> dimension sliced per rank.
-        kept_whole: module name -> the unknown style that left it (and everything under it) whole.
+        kept_whole: module name -> the unknown style that left it whole.
     """
 
     splits: dict[str, Split] = field(default_factory=dict)
@@ -236,13 +203,8 @@ def _style_of(name: str, compiled: list[tuple[re.Pattern, str, str]]) -> tuple[s
 def layout_modules(model: nn.Module, plan: FamilyTPPlan, family: str = "?") -> ModuleLayout:
     """Match ``plan`` against ``model``'s modules and parameters; no process group needed (runs on ``meta``).
 
-    Why not fail on a style we do not know: transformers adds styles in minor releases (``embedding_rowwise``
-    in 5.24, MoE and MLA styles). A module left whole on every rank computes the same output from the same
-    input, so generation stays exact; only its memory is not divided. Each such (family, module, style) is
-    warned about once.
-
-    Raises:
-        ValueError: a style maps a module that is not a linear, embedding or GPT-2 ``Conv1D`` layer.
+    A style it does not know keeps the module whole (exact, just not divided) with one warning: transformers adds
+    styles in minor releases.
     """
     compiled = [(pattern_regex(p), p, s) for p, s in plan.styles.items()]
     layout = ModuleLayout()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lightning_rlhf.callbacks import IterationCheckpoint
-from lightning_rlhf.cli import main
+from lightning_rlhf.commands.main import main
 from tests.modules.test_ppo import make_data, make_module, make_trainer, ppo_paths  # noqa: F401  (fixture)
 from tests.test_cli import _fit_args
 
@@ -15,7 +15,7 @@ def test_ppo_checkpoints_fall_every_n_iterations_in_every_epoch(tmp_path, ppo_pa
     callback = IterationCheckpoint(every_n_iterations=2, dirpath=str(tmp_path / "ckpt"), save_top_k=-1)
     trainer = make_trainer(tmp_path, max_epochs=2, limit_train_batches=2, enable_checkpointing=True,
                            callbacks=[callback])
-    trainer.fit(make_module(ppo_paths, ppo_epochs=1), datamodule=make_data(ppo_paths))
+    trainer.fit(make_module(ppo_paths, update_epochs=1), datamodule=make_data(ppo_paths))
     assert trainer.global_step == 4 * 4, "4 optimizer steps per PPO iteration (2 mini-batches x actor + critic)"
     names = sorted(p.name for p in (tmp_path / "ckpt").glob("*.ckpt"))
     assert names == ["epoch=0-iteration=2.ckpt", "epoch=1-iteration=4.ckpt", "last.ckpt"], "one in each epoch"

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-HH_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf-harmless-base-test-a.jsonl.gz"
+from tests.helpers.shared_data import require_shared_file, shared_file
+
+HH_FILE = shared_file()  # <repo root>/../shared/data, or $LIGHTNING_RLHF_SHARED_DATA
 HH_ROWS = 1712
 
 
@@ -30,9 +32,8 @@ def task_tokenizer_dir(tmp_path_factory, task_tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def hh_file() -> Path:
-    if not HH_FILE.exists():
-        pytest.skip(f"real HH-RLHF sample not found at {HH_FILE}")
-    return HH_FILE
+    """The real HH-RLHF sample; missing, it fails under CI and skips elsewhere, saying where it looked."""
+    return require_shared_file()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""PreferenceDataModule end to end on one process: stages, sources, caching, skips, CLI construction."""
+"""RLHFDataModule end to end on one process: stages, sources, caching, skips, CLI construction."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from lightning_rlhf.data import PreferenceDataModule, SyntheticTask
+from lightning_rlhf.data import RLHFDataModule, SyntheticTask
 from tests.data.conftest import write_jsonl
 
 
 def _module(tokenizer, tmp_path, **kwargs):
-    return PreferenceDataModule(tokenizer, cache_dir=str(tmp_path / "cache"), **kwargs)
+    return RLHFDataModule(tokenizer, cache_dir=str(tmp_path / "cache"), **kwargs)
 
 
 def test_builtin_task_feeds_every_stage_with_contract_batches(task_tokenizer_dir, tmp_path):
@@ -20,7 +20,7 @@ def test_builtin_task_feeds_every_stage_with_contract_batches(task_tokenizer_dir
         "sft": {"input_ids", "attention_mask", "labels"},
         "reward": {"chosen_input_ids", "chosen_attention_mask", "rejected_input_ids", "rejected_attention_mask",
                    "prompt_lengths"},
-        "ppo": {"prompt_input_ids", "prompt_attention_mask", "prompts", "columns"},
+        "rl": {"prompt_input_ids", "prompt_attention_mask", "prompts", "columns"},
     }
     for stage, keys in expected.items():
         dm = _module(str(task_tokenizer_dir), tmp_path, stage=stage, task_size=500, batch_size=4, eval_batch_size=5)
@@ -31,7 +31,7 @@ def test_builtin_task_feeds_every_stage_with_contract_batches(task_tokenizer_dir
         first = sorted(keys - {"columns"})[0]
         assert len(train[first]) == 4 and len(val[first]) == 5
         assert dm.report["split"] == {"sft": {"train": 95, "eval": 5}, "reward": {"train": 190, "eval": 10},
-                                      "ppo": {"train": 190, "eval": 10}}
+                                      "rl": {"train": 190, "eval": 10}}
         assert isinstance(dm.task, SyntheticTask)
     # PPO: prompts the task can check, and an SFT loader for the pretraining mix
     assert all(dm.task.answer(p) is not None for p in train["prompts"])
@@ -43,7 +43,7 @@ def test_builtin_task_feeds_every_stage_with_contract_batches(task_tokenizer_dir
 
 def test_ppo_eval_prompts_are_held_out(task_tokenizer, tmp_path):
     rows = [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(200)]
-    dm = _module(task_tokenizer, tmp_path, stage="ppo", sources=[str(write_jsonl(tmp_path / "d.jsonl", rows))],
+    dm = _module(task_tokenizer, tmp_path, stage="rl", sources=[str(write_jsonl(tmp_path / "d.jsonl", rows))],
                  eval_fraction=0.1)
     dm.setup()
     train, held_out = set(dm.datasets["train"]["record"]), set(dm.datasets["eval"]["record"])
@@ -110,7 +110,7 @@ def test_tokenized_data_is_cached_on_disk(task_tokenizer_dir, tmp_path):
 
 def test_shuffling_is_seeded(task_tokenizer, tmp_path):
     def first_batch(seed):
-        dm = _module(task_tokenizer, tmp_path, stage="ppo", task_size=300, seed=seed, batch_size=16)
+        dm = _module(task_tokenizer, tmp_path, stage="rl", task_size=300, seed=seed, batch_size=16)
         dm.setup()
         return next(iter(dm.train_dataloader()))["prompt_input_ids"]
 
@@ -119,28 +119,28 @@ def test_shuffling_is_seeded(task_tokenizer, tmp_path):
 
 def test_arguments_are_validated(task_tokenizer):
     with pytest.raises(ValueError, match="stage"):
-        PreferenceDataModule(task_tokenizer, stage="dpo")
+        RLHFDataModule(task_tokenizer, stage="dpo")
     with pytest.raises(ValueError, match="split"):
-        PreferenceDataModule(task_tokenizer, split="1,2")
+        RLHFDataModule(task_tokenizer, split="1,2")
     with pytest.raises(ValueError, match="max_prompt_length < max_length"):
-        PreferenceDataModule(task_tokenizer, max_prompt_length=512, max_length=256)
+        RLHFDataModule(task_tokenizer, max_prompt_length=512, max_length=256)
     with pytest.raises(ValueError, match="on_bad_record"):
-        PreferenceDataModule(task_tokenizer, on_bad_record="ignore")
-    with pytest.raises(RuntimeError, match="ptx_dataloader is for stage 'ppo'"):
-        PreferenceDataModule(task_tokenizer, stage="sft").ptx_dataloader()
+        RLHFDataModule(task_tokenizer, on_bad_record="ignore")
+    with pytest.raises(RuntimeError, match="ptx_dataloader is for stage 'rl'"):
+        RLHFDataModule(task_tokenizer, stage="sft").ptx_dataloader()
 
 
 def test_lightning_cli_parser_builds_it_from_config(task_tokenizer_dir, tmp_path):
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(PreferenceDataModule, "data")
+    parser.add_class_arguments(RLHFDataModule, "data")
     config = parser.parse_args([
         f"--data.tokenizer={task_tokenizer_dir}", "--data.stage=reward", "--data.split=1,1,1",
         "--data.long_prompt_policy=truncate", "--data.task_size=90", f"--data.cache_dir={tmp_path}",
     ])
     dm = parser.instantiate_classes(config).data
-    assert isinstance(dm, PreferenceDataModule) and dm.hparams.split == "1,1,1"
+    assert isinstance(dm, RLHFDataModule) and dm.hparams.split == "1,1,1"
     dm.setup()
     assert dm.report["split"]["reward"] == {"train": 28, "eval": 2}
     help_text = " ".join(parser.format_help().split())
@@ -175,7 +175,7 @@ def test_prompt_only_records_reach_the_batch_with_their_reference_columns(task_t
     path = tmp_path / "prompts.jsonl"
     rows = [{"prompt": f"{i}+1=", "answer": i + 1, "level": "easy" if i % 2 else None} for i in range(60)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    dm = _module(task_tokenizer, tmp_path, stage="ppo", sources=[str(path)], split="0,0,1", eval_fraction=0.1,
+    dm = _module(task_tokenizer, tmp_path, stage="rl", sources=[str(path)], split="0,0,1", eval_fraction=0.1,
                  batch_size=6)
     dm.setup("fit")
     assert dm.report["sources"][0].format == "prompts"
@@ -191,7 +191,7 @@ def test_a_prompt_only_column_named_like_a_reward_argument_is_refused_with_its_r
     rows = [{"prompt": "1+1=", "answer": 2}, {"prompt": "2+2=", "completions": 4}]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     with pytest.raises(ValueError, match=r"prompts.jsonl.*record 2.*completions.*rename the column"):
-        _module(task_tokenizer, tmp_path, stage="ppo", sources=[str(path)], split="0,0,1").setup("fit")
+        _module(task_tokenizer, tmp_path, stage="rl", sources=[str(path)], split="0,0,1").setup("fit")
 
 
 def test_the_chat_style_task_asks_instructions_and_checks_the_same_sums():

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from lightning_rlhf.data import PreferenceDataModule, RecordError, load_records, split_dialogue
+from lightning_rlhf.data import RLHFDataModule, RecordError, load_records, split_dialogue
 from tests.data.conftest import HH_ROWS
 
 ASSISTANT = "\n\nAssistant:"
@@ -48,8 +48,8 @@ def test_bad_real_rows_are_named_or_counted(hh_file):
 
 def test_all_rows_accounted_for_across_stages(hh_file, tiny_tokenizer, tmp_path):
     reports = {}
-    for stage in ("sft", "reward", "ppo"):
-        dm = PreferenceDataModule(tiny_tokenizer, stage=stage, sources=[str(hh_file)], on_bad_record="skip",
+    for stage in ("sft", "reward", "rl"):
+        dm = RLHFDataModule(tiny_tokenizer, stage=stage, sources=[str(hh_file)], on_bad_record="skip",
                                   max_prompt_length=256, max_length=512, cache_dir=str(tmp_path), eval_fraction=0.05)
         dm.setup("fit")
         reports[stage] = dm.report
@@ -72,7 +72,7 @@ def test_all_rows_accounted_for_across_stages(hh_file, tiny_tokenizer, tmp_path)
 
 
 def test_ppo_prompts_are_the_dialogue_prefix(hh_file, tiny_tokenizer, tmp_path):
-    dm = PreferenceDataModule(tiny_tokenizer, stage="ppo", sources=[str(hh_file)], on_bad_record="skip",
+    dm = RLHFDataModule(tiny_tokenizer, stage="rl", sources=[str(hh_file)], on_bad_record="skip",
                               max_prompt_length=128, max_length=256, cache_dir=str(tmp_path), batch_size=4)
     batch = next(iter(dm.val_dataloader()))
     for ids, mask, prompt in zip(batch["prompt_input_ids"], batch["prompt_attention_mask"], batch["prompts"]):

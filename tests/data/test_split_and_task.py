@@ -15,7 +15,7 @@ def test_split_is_disjoint_covering_and_proportional(n, split):
     parts = split_indices(n, split, seed=3, eval_fraction=0.1)
     flat = [i for by_part in parts.values() for ids in by_part.values() for i in ids]
     assert sorted(flat) == list(range(n))  # disjoint and covering
-    for stage, ratio in zip(("sft", "reward", "ppo"), parse_ratios(split)):
+    for stage, ratio in zip(("sft", "reward", "rl"), parse_ratios(split)):
         size = len(parts[stage]["train"]) + len(parts[stage]["eval"])
         assert abs(size - ratio * n) <= 1
         if size >= 2:
@@ -27,7 +27,7 @@ def test_split_is_deterministic_and_depends_on_seed_and_source():
     assert split_indices(500, "2,4,4", seed=7, eval_fraction=0.05) == first
     assert split_indices(500, "2,4,4", seed=8, eval_fraction=0.05) != first
     assert split_indices(500, "2,4,4", seed=7, eval_fraction=0.05, source_index=1) != first
-    assert [len(first[s]["train"]) + len(first[s]["eval"]) for s in ("sft", "reward", "ppo")] == [100, 200, 200]
+    assert [len(first[s]["train"]) + len(first[s]["eval"]) for s in ("sft", "reward", "rl")] == [100, 200, 200]
 
 
 @pytest.mark.parametrize("bad", ["2,4", "a,b,c", "0,0,0", "-1,2,2"])

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from lightning_rlhf.data import IGNORE_INDEX, Encoder, PPOCollator, RewardCollator, SFTCollator, TokenizeSettings
+from lightning_rlhf.data import IGNORE_INDEX, Encoder, PromptCollator, RewardCollator, SFTCollator, TokenizeSettings
 from lightning_rlhf.data.tokenization import (
     DROP_LONG_PROMPT,
     DROP_NO_PAIR,
@@ -66,7 +66,7 @@ def test_ppo_prompts_are_left_padded_with_raw_texts(task_tokenizer):
     _, examples = _encode(task_tokenizer, "ppo", [{**r, "prompt": p} for r, p in zip(RECORDS, prompts)])
     for example, prompt in zip(examples, prompts):
         example["prompt"] = prompt  # datasets keeps the raw prompt column beside the ids
-    batch = PPOCollator(task_tokenizer.pad_token_id)(examples)
+    batch = PromptCollator(task_tokenizer.pad_token_id)(examples)
     assert batch["prompts"] == ["3+4=", "a long 1+2="]
     mask = batch["prompt_attention_mask"]
     assert mask[:, -1].all() and not mask[0, 0]  # the shorter prompt is padded on the left

@@ -32,7 +32,7 @@ from pathlib import Path
 IMPORT_TIME_ENV = ("DS_ACCELERATOR", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
                    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "PYTHONPATH")
 PRELOAD = ("torch", "torch.distributed", "lightning.pytorch", "deepspeed", "transformers", "peft",
-           "lightning_rlhf.modules", "lightning_rlhf.strategies", "lightning_rlhf.cli",
+           "lightning_rlhf.modules", "lightning_rlhf.strategies", "lightning_rlhf.commands.main",
            # imported by every ZeRO optimizer's init (DeepSpeed 0.19), pulling in torch.compile's machinery
            "deepspeed.runtime.zero.muon.muon_optimizer")
 GRACE_AFTER_FAILURE = 5.0

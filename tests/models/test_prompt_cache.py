@@ -9,8 +9,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lightning_rlhf.models import load_causal_lm
 from lightning_rlhf.models.prompt_cache import shared_prompt_cache, shared_prompt_response_logits
-from lightning_rlhf.modules.rollout import response_logits
-from lightning_rlhf.modules.ppo_config import GenerationArgs
+from lightning_rlhf.models.forward import response_logits
+from lightning_rlhf.modules.generation_args import GenerationArgs
+from lightning_rlhf.modules.rollout import repeat_groups
 
 SIZES = dict(hidden_size=32, num_layers=2, num_heads=4)
 REPEATS = 3
@@ -106,7 +107,8 @@ def test_grpo_rollouts_are_the_same_with_and_without_the_shared_prefill(tmp_path
         module.configure_model()
         counts = counted_prompt_tokens(module.actor)
         torch.manual_seed(0)
-        results.append(module.generate(batch, greedy=False, with_logprobs=True, num_generations=REPEATS))
+        results.append(module.generate(repeat_groups(batch, REPEATS), greedy=False, with_logprobs=True,
+                                       group_size=REPEATS))
         embedded.append(counts[0])
     plain, shared = results
     assert torch.equal(plain.sequences, shared.sequences)

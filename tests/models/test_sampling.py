@@ -68,7 +68,7 @@ def test_end_of_turn_ids_from_the_model_end_responses(tiny_model_factory):
 def test_generation_stops_at_a_model_end_of_turn_token(tiny_model_factory, tmp_path):
     """PPOModule.generate honours the saved EOS list: a response ends at the model's end-of-turn id."""
     from lightning_rlhf.modules import PPOModule
-    from lightning_rlhf.modules.ppo_config import GenerationArgs
+    from lightning_rlhf.modules.generation_args import GenerationArgs
     from tests.modules.test_ppo import make_data, make_trainer
 
     path = tiny_model_factory("llama", **SIZES)
@@ -120,7 +120,7 @@ def test_streamed_logprobs_equal_a_forward_pass_and_keep_one_step():
     from transformers import LogitsProcessorList
 
     from lightning_rlhf.models.sampling import StreamedLogprobs
-    from lightning_rlhf.modules.rollout import policy_logprobs
+    from lightning_rlhf.models.forward import policy_logprobs
     from tests.helpers.measure import PeakTensorBytes
 
     model, batch = big_vocab_model(), 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from lightning.pytorch import Trainer
 
-from lightning_rlhf.data import PreferenceDataModule
+from lightning_rlhf.data import RLHFDataModule
 from lightning_rlhf.modules import SFTModule
 from lightning_rlhf.modules.ppo import GenerationArgs
 from tests.modules.test_ppo import SIZES, make_data, make_module, make_trainer
@@ -42,7 +42,7 @@ def test_gpt2_rollout_from_a_foreign_loader_gets_the_clear_error(tmp_path, tiny_
 
 def test_sft_max_length_over_the_positions_is_refused(tmp_path, tiny_model_factory):
     model = tiny_model_factory("gpt2", "causal_lm", seed=0, max_positions=24, **SIZES)
-    data = PreferenceDataModule(str(model), stage="sft", task_size=100, max_prompt_length=16, max_length=32)
+    data = RLHFDataModule(str(model), stage="sft", task_size=100, max_prompt_length=16, max_length=32)
     trainer = Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, default_root_dir=str(tmp_path))
     with pytest.raises(ValueError, match=r"data.max_length \(32\) = 32 tokens, but the model .* has 24 positions "

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from transformers import AutoModelForCausalLM
 
 from lightning_rlhf.callbacks import HFExportCallback
-from lightning_rlhf.data import PreferenceDataModule
+from lightning_rlhf.data import RLHFDataModule
 from lightning_rlhf.models import LoraArgs
 from lightning_rlhf.modules import DPOModule, OptimizerArgs
 from lightning_rlhf.modules.dpo import DPO_METRICS
@@ -23,10 +23,10 @@ from tests.models.fixtures import task_tokenizer, tiny_folder
 from tests.modules.test_ppo import read_events
 
 
-def _data(tmp_path, **kwargs) -> PreferenceDataModule:
+def _data(tmp_path, **kwargs) -> RLHFDataModule:
     settings = dict(stage="reward", task_size=200, batch_size=8, eval_fraction=0.1, max_length=32,
                     max_prompt_length=16, cache_dir=str(tmp_path / "cache"))
-    return PreferenceDataModule(task_tokenizer(), **{**settings, **kwargs})
+    return RLHFDataModule(task_tokenizer(), **{**settings, **kwargs})
 
 
 def _trainer(tmp_path, **kwargs) -> Trainer:

@@ -16,7 +16,7 @@ from tests.helpers.distributed import run_distributed
 from tests.models.fixtures import tiny_folder
 from tests.modules.test_ppo import read_events
 
-CLI = Path(__file__).resolve().parents[2] / "lightning_rlhf" / "cli.py"
+CLI = Path(__file__).resolve().parents[2] / "lightning_rlhf" / "commands" / "main.py"
 
 
 @pytest.mark.distributed
@@ -25,7 +25,7 @@ def test_grpo_fit_on_two_ranks_under_zero3_with_the_generation_switch_and_export
     config = {
         "model": {
             "actor": str(actor), "reward_funcs": ["answer_match", "answer_only_format"], "reward_weights": [1.0, 0.5],
-            "beta": 0.05, "actor_lora": {"rank": 8, "alpha": 16},
+            "kl_coef": 0.05, "actor_lora": {"rank": 8, "alpha": 16},
             "actor_optimizer": {"learning_rate": 1e-3, "scheduler": "constant"},
             "generation": {"max_new_tokens": 4}, "num_generations": 4, "train_batch_size": 8,
         },

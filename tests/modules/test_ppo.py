@@ -10,8 +10,8 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lightning_rlhf.data import PreferenceDataModule
-from lightning_rlhf.modules._common import OptimizerArgs
+from lightning_rlhf.data import RLHFDataModule
+from lightning_rlhf.modules.optim import OptimizerArgs
 from lightning_rlhf.modules.ppo import PPO_TAGS, GenerationArgs, PPOModule
 
 SIZES = dict(hidden_size=32, num_layers=2, num_heads=4)
@@ -31,17 +31,17 @@ def make_module(paths: dict[str, Path], **overrides) -> PPOModule:
         actor_optimizer=OptimizerArgs(learning_rate=1e-3, scheduler="constant"),
         critic_optimizer=OptimizerArgs(learning_rate=1e-3, scheduler="constant"),
         generation=GenerationArgs(max_new_tokens=6), generation_batch_size=2, train_batch_size=2,
-        ppo_epochs=2, log_samples_every_n_steps=1, missing_eos_penalty=1.0,
+        update_epochs=2, log_samples_every_n_steps=1, missing_eos_penalty=1.0,
     )
     kwargs.update(overrides)
     return PPOModule(**kwargs)
 
 
-def make_data(paths: dict[str, Path], **overrides) -> PreferenceDataModule:
-    kwargs = dict(tokenizer=str(paths["actor"]), stage="ppo", task_size=200, batch_size=4, eval_fraction=0.1,
+def make_data(paths: dict[str, Path], **overrides) -> RLHFDataModule:
+    kwargs = dict(tokenizer=str(paths["actor"]), stage="rl", task_size=200, batch_size=4, eval_fraction=0.1,
                   max_prompt_length=32, max_length=64)
     kwargs.update(overrides)
-    return PreferenceDataModule(**kwargs)
+    return RLHFDataModule(**kwargs)
 
 
 def make_trainer(root: Path, max_epochs: int = 1, **overrides) -> Trainer:
@@ -72,7 +72,7 @@ def test_ppo_logs_every_curve_and_samples(tmp_path, ppo_paths):
     assert expected <= scalars, f"missing tags: {sorted(expected - scalars)}"
     for tag in PPO_TAGS:  # one point per PPO iteration
         assert len(events.Scalars(tag)) == 2, tag
-    # global_step counts optimizer steps: (actor + critic) x ppo_epochs x 2 mini-batches + 1 ptx, per iteration
+    # global_step counts optimizer steps: (actor + critic) x update_epochs x 2 mini-batches + 1 ptx, per iteration
     assert trainer.global_step == 2 * (2 * 2 * 2 + 1)
     assert {"ppo/samples/text_summary", "val/samples/text_summary"} <= set(events.Tags()["tensors"])
     assert all(opt.defaults["fused"] for opt in trainer.optimizers)  # fp32: PyTorch's fused AdamW kernel
@@ -129,7 +129,7 @@ def test_invalid_arguments_are_named(ppo_paths):
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_rollout_logprobs_from_generate_equal_a_forward_pass(tmp_path, ppo_paths, temperature):
     """The log-probs and entropies taken from generate's logits are those a full forward pass gives."""
-    from lightning_rlhf.modules.rollout import policy_logprobs
+    from lightning_rlhf.models.forward import policy_logprobs
 
     module = make_module(ppo_paths, generation=GenerationArgs(max_new_tokens=6, temperature=temperature))
     module.trainer = make_trainer(tmp_path)
@@ -152,7 +152,7 @@ def test_rollout_logprobs_from_generate_equal_a_forward_pass(tmp_path, ppo_paths
 
 def test_curves_follow_log_every_n_steps_and_callback_metrics_every_iteration(tmp_path, ppo_paths):
     torch.manual_seed(0)
-    module = make_module(ppo_paths, ppo_epochs=1, logprobs_from_generation=False)
+    module = make_module(ppo_paths, update_epochs=1, logprobs_from_generation=False)
     seen: list[float] = []
 
     class Record(Callback):
@@ -172,7 +172,7 @@ def test_curves_follow_log_every_n_steps_and_callback_metrics_every_iteration(tm
 def test_bf16_mixed_clips_gradients_with_a_non_fused_adamw(tmp_path, ppo_paths):
     """Lightning's mixed-precision plugin refuses to clip the gradients of a fused optimizer."""
     torch.manual_seed(0)
-    module = make_module(ppo_paths, ppo_epochs=1, max_grad_norm=1.0)
+    module = make_module(ppo_paths, update_epochs=1, max_grad_norm=1.0)
     trainer = make_trainer(tmp_path, precision="bf16-mixed", limit_train_batches=1, limit_val_batches=0)
     trainer.fit(module, datamodule=make_data(ppo_paths))
     assert trainer.global_step == 2 * 2  # (actor + critic) x 2 mini-batches
@@ -213,7 +213,7 @@ def test_16_mixed_clips_the_unscaled_gradients(tmp_path, ppo_paths):
             seen["before_clip"].append(norm(optimizer))
 
     torch.manual_seed(0)
-    module = make_module(ppo_paths, ppo_epochs=1, max_grad_norm=max_norm)
+    module = make_module(ppo_paths, update_epochs=1, max_grad_norm=max_norm)
     plugin = MixedPrecision("16-mixed", "cpu")
     trainer = make_trainer(tmp_path, plugins=[plugin], callbacks=[Record()], limit_train_batches=1, limit_val_batches=0)
     trainer.fit(module, datamodule=make_data(ppo_paths))
@@ -228,7 +228,7 @@ def test_bf16_lora_actor_first_ratio_is_one_under_the_hybrid_replica(tmp_path, p
     from the actor's forward, so the first mini-batch's ratio is exactly 1 (generation's were up to 0.3 nats off on
     SmolLM2-135M)."""
     from lightning_rlhf.models import LoraArgs
-    from lightning_rlhf.modules.rollout import policy_logprobs
+    from lightning_rlhf.models.forward import policy_logprobs
     from lightning_rlhf.strategies import HybridDeepSpeedStrategy
 
     module = make_module(ppo_paths, actor_lora=LoraArgs(rank=4, alpha=8))

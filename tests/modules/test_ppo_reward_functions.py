@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lightning_rlhf.models import sequence_scores
 from lightning_rlhf.modules.ppo import PPO_TAGS, PPOModule
 from tests.modules.test_ppo import SIZES, make_data, make_module, make_trainer, read_events
 
@@ -56,7 +57,8 @@ def test_a_reward_model_and_functions_add_up_and_bad_combinations_are_refused(tm
     batch = trainer.strategy.batch_to_device(next(iter(trainer.datamodule.train_dataloader())))
     generated = module.generate(batch, greedy=True)
     responses = module.responses(generated)
-    raw, rewards = module.rewards_of(batch, generated, responses)
+    raw = sequence_scores(module.reward_model, generated.sequences, generated.attention_mask)
+    rewards = module.score(batch["prompts"], generated, responses, batch.get("columns"), module.reward_model_scores(raw))
     fmt = rewards.per_source["answer_only_format"]
     assert torch.allclose(rewards.total, raw.float() + 2.0 * fmt)
     with pytest.raises(ValueError, match="needs a reward"):

@@ -6,13 +6,8 @@ import pytest
 import torch
 
 from lightning_rlhf.models import load_causal_lm, load_value_model
-from lightning_rlhf.modules.rollout import (
-    Rollout,
-    critic_values,
-    pad_right,
-    policy_logprobs,
-    response_mask_from_tokens,
-)
+from lightning_rlhf.models.forward import critic_values, policy_logprobs
+from lightning_rlhf.modules.rollout import Rollout, pad_right, response_mask_from_tokens
 
 EOS, PAD = 2, 0
 

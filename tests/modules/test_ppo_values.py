@@ -10,7 +10,7 @@ import torch
 
 from lightning_rlhf.algorithms import masked_mean
 from lightning_rlhf.modules.pooled import Pooled
-from lightning_rlhf.modules.rollout import critic_values
+from lightning_rlhf.models.forward import critic_values
 from tests.modules.test_ppo import make_data, make_module, make_trainer, ppo_paths  # noqa: F401 (fixture)
 
 STATS = {"mean": 3.0, "std": 0.5}  # far from the tiny reward model's raw outputs (about 0), as a real offset is

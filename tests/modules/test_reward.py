@@ -15,10 +15,8 @@ from lightning_rlhf.models import LoraArgs, sequence_scores
 from lightning_rlhf.modules import OptimizerArgs, RewardModule
 from lightning_rlhf.modules.reward import stack_pairs
 from tests.helpers.seeds import median_clears
+from tests.helpers.shared_data import require_shared_file
 from tests.models.fixtures import random_batches, task_tokenizer, tiny_folder
-
-HH_RLHF = Path("/work/shared/data/hh-rlhf-harmless-base-test-a.jsonl.gz")
-
 
 def _trainer(tmp_path, **kwargs) -> Trainer:
     defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
@@ -85,14 +83,14 @@ def _fit_reward(tmp_path, data, steps: int, lr: float, model: Path | None = None
 @pytest.mark.slow
 def test_reward_model_on_builtin_task_reaches_90_percent_heldout_accuracy(tmp_path):
     """Median over seeds (model initialisation and data order) of the held-out pair accuracy."""
-    from lightning_rlhf.data import PreferenceDataModule
+    from lightning_rlhf.data import RLHFDataModule
 
     from lightning_rlhf.data.task import default_task
     from lightning_rlhf.models import save_tiny_model, train_tokenizer
 
     records = default_task().records(2000)
     tokenizer = train_tokenizer([r["prompt"] + r[k] for k in ("chosen", "rejected") for r in records], vocab_size=300)
-    data = PreferenceDataModule(tokenizer, stage="reward", task_size=2000, batch_size=16, eval_fraction=0.1,
+    data = RLHFDataModule(tokenizer, stage="reward", task_size=2000, batch_size=16, eval_fraction=0.1,
                                 max_length=64, max_prompt_length=32, cache_dir=str(tmp_path / "cache"))
 
     def accuracy(seed: int) -> float:
@@ -106,17 +104,17 @@ def test_reward_model_on_builtin_task_reaches_90_percent_heldout_accuracy(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HH_RLHF.exists(), reason=f"{HH_RLHF} not present")
 def test_reward_model_on_hh_rlhf_trains_and_reports_accuracy(tmp_path):
     import gzip
 
-    from lightning_rlhf.data import PreferenceDataModule
+    from lightning_rlhf.data import RLHFDataModule
     from lightning_rlhf.models import train_tokenizer
 
-    with gzip.open(HH_RLHF, "rt") as handle:
+    hh_rlhf = require_shared_file()  # <repo>/../shared/data or $LIGHTNING_RLHF_SHARED_DATA; fails in CI if missing
+    with gzip.open(hh_rlhf, "rt") as handle:
         texts = [json.loads(line)["chosen"] for _, line in zip(range(2000), handle)]
     tokenizer = train_tokenizer(texts, vocab_size=1024)
-    data = PreferenceDataModule(tokenizer, stage="reward", sources=[str(HH_RLHF)], split="0,1,0", eval_fraction=0.1,
+    data = RLHFDataModule(tokenizer, stage="reward", sources=[str(hh_rlhf)], split="0,1,0", eval_fraction=0.1,
                                 batch_size=16, max_length=128, max_prompt_length=96, long_prompt_policy="truncate",
                                 on_bad_record="skip",
                                 cache_dir=str(tmp_path / "cache"))

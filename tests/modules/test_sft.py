@@ -71,10 +71,10 @@ def test_lora_sft_trains_only_adapters_and_exports_merged(tmp_path):
 
 def test_sft_on_builtin_task_cuts_eval_perplexity(tmp_path):
     """Median over seeds of the eval perplexity ratio before / after 120 steps (measured 96-108x on 3 seeds)."""
-    from lightning_rlhf.data import PreferenceDataModule
+    from lightning_rlhf.data import RLHFDataModule
 
     tokenizer = task_tokenizer()
-    data = PreferenceDataModule(tokenizer, stage="sft", task_size=2000, batch_size=16, eval_fraction=0.1,
+    data = RLHFDataModule(tokenizer, stage="sft", task_size=2000, batch_size=16, eval_fraction=0.1,
                                 max_length=64, max_prompt_length=32, cache_dir=str(tmp_path / "cache"))
 
     def perplexity_cut(seed: int) -> float:

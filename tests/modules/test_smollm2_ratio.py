@@ -16,11 +16,11 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from lightning_rlhf.data.collate import PPOCollator
+from lightning_rlhf.data.collate import PromptCollator
 from lightning_rlhf.models import LoraArgs, load_causal_lm
 from lightning_rlhf.modules import PPOModule
-from lightning_rlhf.modules.ppo_config import GenerationArgs
-from lightning_rlhf.modules.rollout import policy_logprobs, response_logits
+from lightning_rlhf.modules.generation_args import GenerationArgs
+from lightning_rlhf.models.forward import policy_logprobs, response_logits
 from lightning_rlhf.strategies import HybridDeepSpeedStrategy, generation_mode
 
 PROMPTS = ["What is the capital of France?", "List three prime numbers."]
@@ -44,7 +44,7 @@ def prompt_batch(tokenizer) -> dict:
              for p in PROMPTS]
     examples = [{"prompt": p, "prompt_input_ids": tokenizer(t, add_special_tokens=False)["input_ids"]}
                 for p, t in zip(PROMPTS, texts)]
-    return PPOCollator(tokenizer.pad_token_id)(examples)
+    return PromptCollator(tokenizer.pad_token_id)(examples)
 
 
 def penalised_logprobs(logits: torch.Tensor, sequences: torch.Tensor, length: int) -> torch.Tensor:

@@ -6,8 +6,8 @@ import sys
 
 import torch.distributed as dist
 
-from lightning_rlhf import pipeline
-from lightning_rlhf.ranks import process_rank
+from lightning_rlhf.commands import pipeline
+from lightning_rlhf.commands.ranks import process_rank
 
 dist.init_process_group("gloo")
 os.environ["RANK"] = "0"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_rlhf.strategies.checkpoint import MARKER_FILE, read_marker
+from lightning_rlhf.strategies.checkpoint_folder import MARKER_FILE, read_marker
 from tests.helpers.distributed import run_distributed, run_once
 
 WORKER = Path(__file__).parent / "scripts" / "checkpoint_worker.py"

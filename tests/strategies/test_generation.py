@@ -199,7 +199,7 @@ def test_bf16_replica_merges_lora_in_float32_and_scores_like_the_unmerged_update
     from transformers import LogitsProcessorList
 
     from lightning_rlhf.models.sampling import StreamedLogprobs
-    from lightning_rlhf.modules.rollout import policy_logprobs
+    from lightning_rlhf.models.forward import policy_logprobs
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama", **SIZES))

@@ -13,7 +13,7 @@ from lightning import LightningModule, Trainer
 
 import lightning_rlhf  # noqa: F401
 from lightning_rlhf.strategies import HybridDeepSpeedStrategy
-from lightning_rlhf.strategies.checkpoint import MARKER_FILE, consolidated_state_dict, read_marker, staging_path
+from lightning_rlhf.strategies.checkpoint_folder import MARKER_FILE, consolidated_state_dict, read_marker, staging_path
 from tests.helpers.distributed import run_distributed, run_once
 
 WORKER = Path(__file__).parent / "scripts" / "strategy_worker.py"

@@ -1,4 +1,4 @@
-"""Worker for the 2-process sharding test: a real Trainer (DDP, gloo, CPU) reads PreferenceDataModule.
+"""Worker for the 2-process sharding test: a real Trainer (DDP, gloo, CPU) reads RLHFDataModule.
 
 Each rank writes what it saw (train and val prompts through Lightning's automatic DistributedSampler,
 ptx texts through ``ptx_dataloader``) and the full split it computed, to ``<out>/rank<R>.json``.
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from lightning_rlhf.data import PreferenceDataModule
+from lightning_rlhf.data import RLHFDataModule
 
 
 class Recorder(LightningModule):
@@ -42,7 +42,7 @@ class Recorder(LightningModule):
 
 
 def main(out_dir: str, tokenizer_dir: str, data_file: str) -> None:
-    data = PreferenceDataModule(tokenizer_dir, stage="ppo", sources=[data_file], split="2,4,4", eval_fraction=0.2,
+    data = RLHFDataModule(tokenizer_dir, stage="rl", sources=[data_file], split="2,4,4", eval_fraction=0.2,
                                 batch_size=3, cache_dir=str(Path(out_dir) / "cache"), max_prompt_length=32,
                                 max_length=64)
     model = Recorder()

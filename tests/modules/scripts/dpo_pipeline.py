@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM
 
 import lightning_rlhf  # noqa: F401
 from lightning_rlhf.callbacks import HFExportCallback
-from lightning_rlhf.data import PreferenceDataModule
+from lightning_rlhf.data import RLHFDataModule
 from lightning_rlhf.data.task import default_task
 from lightning_rlhf.models import load_tokenizer
 from lightning_rlhf.modules import DPOModule, OptimizerArgs
@@ -45,7 +45,7 @@ def heldout_task_success(model_dir: Path, root: Path) -> float:
     """Greedy answers of ``model_dir`` to the held-out prompts of the PPO part, scored by the task's checker."""
     tokenizer = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    data = ppo_pipeline.data(str(model_dir), "ppo", root, 64)
+    data = ppo_pipeline.data(str(model_dir), "rl", root, 64)
     data.setup()
     task, hits, total = default_task(), 0, 0
     for batch in data.val_dataloader():
@@ -72,7 +72,7 @@ def run_dpo(sft: Path, root: Path, seed: int = 0, epochs: int = DPO_EPOCHS, max_
     """
     seed_everything(seed)
     module = DPOModule(str(sft), **{**TINY_DPO, **overrides})
-    data = PreferenceDataModule(str(sft), stage="reward", batch_size=32, seed=seed, cache_dir=str(root / "cache"),
+    data = RLHFDataModule(str(sft), stage="reward", batch_size=32, seed=seed, cache_dir=str(root / "cache"),
                                 **ppo_pipeline.DATA)
     trainer = ppo_pipeline.trainer(root, "dpo", max_epochs=epochs, max_steps=max_steps,
                                    callbacks=[HFExportCallback(dirpath=str(root / "dpo"))])

@@ -22,10 +22,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import lightning_rlhf  # noqa: F401  registers "hybrid_deepspeed"
 from lightning_rlhf.callbacks import HFExportCallback
-from lightning_rlhf.data import PreferenceDataModule
+from lightning_rlhf.data import RLHFDataModule
 from lightning_rlhf.models import LoraArgs
 from lightning_rlhf.modules import DPOModule, OptimizerArgs
-from lightning_rlhf.modules._common import parameter_groups
+from lightning_rlhf.modules.optim import parameter_groups
 from lightning_rlhf.strategies import HybridDeepSpeedStrategy
 
 
@@ -115,7 +115,7 @@ def run(mode: str, model_dir: str, out: Path) -> None:
     """One mode's validate -> fit -> validate; writes ``out/result-rank<R>.json``."""
     seed_everything(0)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    data = PreferenceDataModule(tokenizer, stage="reward", task_size=300, batch_size=4, eval_fraction=0.1,
+    data = RLHFDataModule(tokenizer, stage="reward", task_size=300, batch_size=4, eval_fraction=0.1,
                                 max_length=32, max_prompt_length=16, cache_dir=str(out / "cache"))
     data.setup()
     batch = next(iter(data.val_dataloader()))
@@ -143,7 +143,7 @@ def run(mode: str, model_dir: str, out: Path) -> None:
     path.write_text(json.dumps(result))
 
 
-def resume(module: DPOModule, data: PreferenceDataModule, out: Path) -> dict[str, object]:
+def resume(module: DPOModule, data: RLHFDataModule, out: Path) -> dict[str, object]:
     """Resume the checkpoint of fit's last step in a new trainer for one more step; what was saved and the step."""
     marker = json.loads((out / "ckpt.ckpt" / "lightning_rlhf_checkpoint.json").read_text())
     saved = sorted(p.name for p in (out / "ckpt.ckpt").rglob("*model_states.pt"))

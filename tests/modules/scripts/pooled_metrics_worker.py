@@ -10,7 +10,8 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
 from lightning_rlhf.algorithms import kl_penalized_rewards
-from lightning_rlhf.modules.ppo_logging import reduce_metrics, rollout_metrics
+from lightning_rlhf.modules.online_logging import reduce_metrics
+from lightning_rlhf.modules.ppo_logging import rollout_metrics
 
 
 def rollout(rows: int, tokens: int, seed: int) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ Usage: python tests/modules/scripts/ppo_pipeline.py OUTDIR [--steps sft,reward,p
 Each step exports a Hugging Face folder (``OUTDIR/<step>/final``) that the next one starts from, so a later
 step alone reuses earlier ones (handy when tuning PPO). PPO validates the SFT policy on the held-out prompts
 first (``before``), trains, and validates again (``after``); OUTDIR/summary.json holds every number.
-The PPO settings are :func:`~lightning_rlhf.modules.ppo_config.tiny_ppo_settings`.
+The PPO settings are :func:`~lightning_rlhf.modules.tiny_presets.tiny_ppo_settings`.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 import lightning_rlhf  # noqa: F401
 from lightning_rlhf.callbacks import HFExportCallback
-from lightning_rlhf.data import PreferenceDataModule
+from lightning_rlhf.data import RLHFDataModule
 from lightning_rlhf.data.task import default_task
 from lightning_rlhf.models import save_tiny_model, train_tokenizer
 from lightning_rlhf.modules import OptimizerArgs, RewardModule, SFTModule
-from lightning_rlhf.modules.grpo import TINY_GRPO_ROLLOUT_PROMPTS, GRPOModule, tiny_grpo_settings
+from lightning_rlhf.modules.grpo import GRPOModule
+from lightning_rlhf.modules.tiny_presets import TINY_GRPO_ROLLOUT_PROMPTS, tiny_grpo_settings
 from lightning_rlhf.modules.ppo import PPOModule
-from lightning_rlhf.modules.ppo_config import TINY_PPO_ROLLOUT_SIZE, tiny_ppo_settings
+from lightning_rlhf.modules.tiny_presets import TINY_PPO_ROLLOUT_SIZE, tiny_ppo_settings
 
 DATA = dict(task_size=6000, split="2,5,3", eval_fraction=0.05, max_prompt_length=16, max_length=24)
 MODEL = dict(hidden_size=64, num_layers=2, num_heads=4, max_positions=64)
@@ -41,8 +42,8 @@ def trainer(root: Path, name: str, **kwargs: Any) -> Trainer:
     return Trainer(**{**defaults, **kwargs})
 
 
-def data(tokenizer: str, stage: str, root: Path, batch_size: int) -> PreferenceDataModule:
-    return PreferenceDataModule(tokenizer, stage=stage, batch_size=batch_size, cache_dir=str(root / "cache"), **DATA)
+def data(tokenizer: str, stage: str, root: Path, batch_size: int) -> RLHFDataModule:
+    return RLHFDataModule(tokenizer, stage=stage, batch_size=batch_size, cache_dir=str(root / "cache"), **DATA)
 
 
 def build_base(root: Path) -> Path:
@@ -86,7 +87,7 @@ def run_grpo(sft: Path, root: Path, epochs: int = 1, seed: int = 0, **overrides:
 
 def run_online(module: Any, name: str, sft: Path, root: Path, epochs: int, prompts: int) -> dict[str, Any]:
     """Validate, fit for ``epochs`` passes over the prompt part (``prompts`` per rollout), validate; export the actor."""
-    dm = data(str(sft), "ppo", root, prompts)
+    dm = data(str(sft), "rl", root, prompts)
     tr = trainer(root, name, max_epochs=epochs,
                  callbacks=[HFExportCallback(dirpath=str(root / name), model_attr="actor")])
     before = tr.validate(module, datamodule=dm, verbose=False)[0]

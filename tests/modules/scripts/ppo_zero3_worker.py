@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 import lightning_rlhf  # noqa: F401  registers "hybrid_deepspeed"
-from lightning_rlhf.data import PreferenceDataModule
+from lightning_rlhf.data import RLHFDataModule
 from lightning_rlhf.modules import OptimizerArgs
 from lightning_rlhf.modules.ppo import GenerationArgs, PPOModule
 from lightning_rlhf.strategies import HybridDeepSpeedStrategy
@@ -94,7 +94,7 @@ def main() -> None:
         generation=GenerationArgs(max_new_tokens=4), train_batch_size=2, kl_target=1.0, kl_horizon=100,
         missing_eos_penalty=1.0, log_samples_every_n_steps=1,
     )
-    data = PreferenceDataModule(args.actor, stage="ppo", task_size=200, batch_size=4, eval_fraction=0.1,
+    data = RLHFDataModule(args.actor, stage="rl", task_size=200, batch_size=4, eval_fraction=0.1,
                                 max_prompt_length=16, max_length=32, cache_dir=str(out / "cache"))
     ckpt_dir = out / "ckpts"
     trainer = Trainer(

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import lightning_rlhf  # noqa: F401  registers "hybrid_deepspeed"
 from lightning_rlhf.callbacks import HFExportCallback
-from lightning_rlhf.data import PreferenceDataModule
+from lightning_rlhf.data import RLHFDataModule
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_value_model, sequence_scores
 from lightning_rlhf.modules import OptimizerArgs, RewardModule, SFTModule
 from lightning_rlhf.strategies import HybridDeepSpeedStrategy
@@ -77,7 +77,7 @@ def run(stage: str, lora: bool, model_dir: str, out: Path) -> None:
     """One case: a few ZeRO-3 steps of ``stage`` (with LoRA adapters if ``lora``), checked against its export."""
     seed_everything(0)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    data = PreferenceDataModule(tokenizer, stage=stage, task_size=400, batch_size=4, eval_fraction=0.1,
+    data = RLHFDataModule(tokenizer, stage=stage, task_size=400, batch_size=4, eval_fraction=0.1,
                                 max_length=48, max_prompt_length=24, cache_dir=str(out / "cache"))
     module_cls = SFTModule if stage == "sft" else RewardModule
     module = module_cls(model_dir, lora=LoraArgs(rank=4) if lora else None,

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lightning_rlhf.pipeline import PipelineConfig, run_pipeline
+from lightning_rlhf.commands.pipeline import PipelineConfig, run_pipeline
 
 STEPS = 2  # optimizer steps per pipeline step: enough to show a step completes twice (refresh after an update)
 DATA = dict(task_size=400, split="2,4,4", eval_fraction=0.02, max_prompt_length=48, max_length=64)

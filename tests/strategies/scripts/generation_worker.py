@@ -27,13 +27,8 @@ import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
 from lightning_rlhf.strategies.environment import use_cpu_for_deepspeed
-from lightning_rlhf.strategies.generation import (
-    _CACHE,
-    GenerationReplica,
-    GenerationStats,
-    _gather_rows,
-    generation_mode,
-)
+from lightning_rlhf.strategies.generation import _CACHE, generation_mode
+from lightning_rlhf.strategies.generation_replica import GenerationReplica, GenerationStats, _gather_rows
 from lightning_rlhf.strategies.tensor_parallel import InferenceReplica
 
 LORA_TARGETS = {"llama": ["q_proj", "v_proj", "down_proj"], "opt": ["q_proj", "v_proj", "fc2"],

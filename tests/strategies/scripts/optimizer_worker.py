@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_rlhf  # noqa: F401  registers the presets
-from lightning_rlhf.modules._common import OptimizerArgs, lightning_optimizer_config
+from lightning_rlhf.modules.optim import OptimizerArgs, lightning_optimizer_config
 from lightning_rlhf.strategies import HybridDeepSpeedStrategy, MultiEngineBackwardMixin
 
 CLIP = 0.05  # far below the gradient norms of these losses, so clipping always bites

@@ -21,12 +21,7 @@ SUMMARY_METRICS: dict[str, list[tuple[str, str]]] = {
 
 
 class FitValidation(Callback):
-    """The ``val/*`` metrics of the last validation inside ``fit`` and the global step it ran at.
-
-    Why: a step's fit usually ends with a validation (end of the last epoch), on exactly the model the pipeline
-    then validates for its "after" column; running it twice costs a full pass (with generation, for PPO and
-    GRPO). When that validation ran at the final global step, the pipeline takes its metrics instead.
-    """
+    """The ``val/*`` metrics and global step of fit's last validation, reused for "after" when it ran at the end."""
 
     def __init__(self) -> None:
         self.global_step: int | None = None
@@ -58,12 +53,7 @@ class StepResult:
 
 
 def format_summary(results: Sequence[StepResult], output_dir: str) -> str:
-    """The end-of-run table: each step's metrics before and after, its time, and where its files are.
-
-    Args:
-        results: one entry per step that ran.
-        output_dir: the pipeline's output folder.
-    """
+    """The end-of-run table: each step's metrics before and after, its time, and where its files are."""
     rows = [("step", "metric", "before", "after", "time")]
     for r in results:
         for name, label in SUMMARY_METRICS[r.step]:
@@ -90,13 +80,7 @@ def format_summary(results: Sequence[StepResult], output_dir: str) -> str:
 
 
 def merge_summary(path: Path, results: Sequence[StepResult], order: Sequence[str]) -> list[dict[str, Any]]:
-    """The rows of ``summary.json``: this run's steps replace their earlier rows, the other steps' rows stay.
-
-    Args:
-        path: the existing ``summary.json`` (read if present).
-        results: the steps this run completed.
-        order: every step name, in the order the rows are written.
-    """
+    """The rows of ``summary.json``: this run's steps replace their earlier rows (from ``path``), others stay."""
     rows = {row["step"]: row for row in (json.loads(path.read_text()) if path.is_file() else [])}
     rows.update({r.step: asdict(r) for r in results})
     return [rows[step] for step in order if step in rows]

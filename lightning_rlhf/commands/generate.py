@@ -1,16 +1,6 @@
-"""``lightning-rlhf generate``: answers from any exported folder, prompted exactly as training prompted.
+"""``lightning-rlhf generate``: answers from an exported folder, prompted and stopped exactly as in training.
 
-Why a command: a trained policy is only useful if it is asked in the format it learned
-(``"Human: 7+5= Assistant:"`` for the built-in task, or the tokenizer's chat template), with its own stop
-tokens; asked with a bare ``"7+5="`` the tiny PPO policy is right 2% of the time instead of 94%. This command
-formats prompts with :class:`~lightning_rlhf.data.tokenization.Encoder` (the training code), stops where the
-rollouts stop, and samples (or decodes greedily) with the :class:`~lightning_rlhf.modules.ppo_config.GenerationArgs`
-settings, from a JSON-lines file of prompts or interactively, one prompt per line on stdin.
-
-::
-
-    lightning-rlhf generate runs/pipeline/ppo/hf/final --prompts prompts.jsonl --output answers.jsonl
-    echo "7+5=" | lightning-rlhf generate runs/pipeline/ppo/hf/final
+A policy answers well only in the format it learned, so prompts go through the training ``Encoder``.
 """
 
 from __future__ import annotations
@@ -23,15 +13,11 @@ from typing import Any, Iterable, Iterator, Sequence, TextIO
 import torch
 
 from lightning_rlhf.data.tokenization import Encoder, TokenizeSettings
-from lightning_rlhf.modules.ppo_config import GenerationArgs
+from lightning_rlhf.modules.generation_args import GenerationArgs
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """The ``prompt`` of every record of a JSON-lines file (a line may also be a bare JSON string).
-
-    Args:
-        path: the file.
-    """
+    """The ``prompt`` of every record of a JSON-lines file (a line may also be a bare JSON string)."""
     prompts = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -52,7 +38,7 @@ class Generator:
     Args:
         model: a Hugging Face folder (an export of any step, or any causal LM).
         generation: sampling settings (``do_sample=False`` decodes greedily, as validation does).
-        use_chat_template: as ``PreferenceDataModule(use_chat_template=...)`` in training.
+        use_chat_template: as ``RLHFDataModule(use_chat_template=...)`` in training.
         batch_size: prompts per ``generate`` call.
     """
 
@@ -106,7 +92,6 @@ def _records(prompts: Sequence[str], answers: Sequence[str]) -> Iterator[str]:
 
 
 def build_parser() -> Any:
-    """The parser of ``lightning-rlhf generate``."""
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog="lightning-rlhf generate", default_env=False,
@@ -128,16 +113,7 @@ def build_parser() -> Any:
 
 
 def generate_main(argv: Sequence[str], stdin: TextIO | None = None, stdout: TextIO | None = None) -> list[str]:
-    """Run ``lightning-rlhf generate``.
-
-    Args:
-        argv: the arguments after ``generate``.
-        stdin: where interactive prompts come from (default: ``sys.stdin``).
-        stdout: where answers go without ``--output`` (default: ``sys.stdout``).
-
-    Returns:
-        The answers (for a file of prompts; empty when interactive).
-    """
+    """Run ``lightning-rlhf generate`` on ``argv``; returns the answers of a prompts file (none when interactive)."""
     parser = build_parser()
     args = parser.instantiate_classes(parser.parse_args(list(argv)))
     generation = args.generation

@@ -1,19 +1,8 @@
-"""``lightning-rlhf pipeline``: steps 1 -> 2 -> 3 in one command, each step's exported model feeding the next.
+"""``lightning-rlhf pipeline``: the steps in one command, each step's exported model feeding the next.
 
-What DeepSpeed-Chat's ``e2e_rlhf.py`` does with three shell scripts, done here in one process per rank
-with the same LightningCLI classes as ``lightning-rlhf sft|reward|ppo fit``: the ``sft``, ``reward`` and
-``ppo`` sections of the pipeline config are exactly those commands' configs, and the pipeline only fills
-in what connects them (model folders, output folders, the shared ``data`` section, the seed). ``--steps sft,dpo``
-runs DeepSpeed-Chat's other route: SFT, then DPO on the reward part's pairs (``lightning-rlhf dpo fit``).
-
-For every step it validates before training (so the summary shows a baseline), fits, validates again
-(or takes the metrics of the validation that ended the fit, on the same model), and records the time and the
-exported folder (``<output_dir>/<step>/hf/final``). At the end it prints a summary table and writes it to
-``<output_dir>/summary.json``.
-
-With no ``--config`` it runs the built-in tiny config (``lightning_rlhf/configs/tiny_pipeline.yaml``): the
-built-in addition task, a tokenizer trained locally on the task's texts and a tiny Llama-style model
-built from scratch, on CPU in a few minutes.
+Each step section (``sft``, ``reward``, ``ppo``, ``dpo``, ``grpo``) is that step command's config; the pipeline
+fills in what connects them (model folders, output folders, the shared ``data`` section, the seed). Without
+``--config`` it runs the built-in tiny task on CPU (``configs/tiny_pipeline.yaml``).
 """
 
 from __future__ import annotations
@@ -27,14 +16,20 @@ from typing import Any, Literal, Sequence
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_rlhf.cli import STAGE_CLIS
-from lightning_rlhf.pipeline_resume import bare_resume_flag, finished_step_record, write_step_record
-from lightning_rlhf.pipeline_summary import SUMMARY_METRICS, FitValidation, StepResult, format_summary, merge_summary
-from lightning_rlhf.ranks import process_rank
+from lightning_rlhf.commands.stages import STAGE_CLIS
+from lightning_rlhf.commands.pipeline_resume import bare_resume_flag, finished_step_record, write_step_record
+from lightning_rlhf.commands.pipeline_summary import (
+    SUMMARY_METRICS,
+    FitValidation,
+    StepResult,
+    format_summary,
+    merge_summary,
+)
+from lightning_rlhf.commands.ranks import process_rank
 from lightning_rlhf.strategies.engines import deep_merge
 
 STEPS = ("sft", "reward", "ppo", "dpo", "grpo")
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "tiny_pipeline.yaml"
+DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "tiny_pipeline.yaml"
 EXPORT_SUBDIR = Path("hf") / "final"
 
 
@@ -50,8 +45,7 @@ class TinyModelArgs:
         num_heads: attention heads (must divide ``hidden_size``).
         max_positions: longest sequence in tokens.
         vocab_size: size of the byte-level BPE tokenizer trained on the data's texts.
-        corpus_size: records read from ``data.sources`` to train the tokenizer (the built-in task
-            supplies its full corpus instead).
+        corpus_size: records of ``data.sources`` the tokenizer trains on (the built-in task gives its whole corpus).
         seed: initialisation seed.
     """
 
@@ -70,34 +64,21 @@ class PipelineConfig:
     """Settings of ``lightning-rlhf pipeline``.
 
     Attributes:
-        output_dir: everything goes here: ``base/`` (a tiny model), ``<step>/hf/final`` (exported
-            models), ``<step>/lightning_logs`` (TensorBoard), ``summary.json``.
-        steps: the steps to run (comma-separated or a list), always in the order sft, reward, ppo, dpo, grpo;
-            a later step alone reuses earlier exports found in ``output_dir`` (or the paths its
-            section sets). ``sft,dpo`` trains the SFT policy with DPO instead of a reward model and PPO;
-            ``sft,grpo`` with GRPO and the reward functions its section names.
-        seed: ``seed_everything``, ``data.seed`` and the module's ``seed`` of each step unless its section sets them.
-        base_model: Hugging Face folder of the pretrained policy (SFT starts here; DeepSpeed-Chat's
-            ``--actor-model``). None builds a tiny model from scratch (see ``tiny``).
-        reward_base_model: folder the reward model starts from (DeepSpeed-Chat's ``--reward-model``);
-            None: ``base_model``; ``sft``: the model exported by step 1 (InstructGPT's choice, and
-            what a model trained from scratch needs to learn a reward quickly).
+        output_dir: where everything goes: ``base/``, ``<step>/hf/final``, ``<step>/lightning_logs``, ``summary.json``.
+        steps: steps to run (comma-separated or a list), always in the order sft, reward, ppo, dpo, grpo.
+        seed: ``seed_everything``, ``data.seed`` and each module's ``seed`` unless its section sets them.
+        base_model: Hugging Face folder of the pretrained policy (SFT starts here); None builds a tiny model (``tiny``).
+        reward_base_model: folder the reward model starts from; None: ``base_model``; ``sft``: step 1's export.
         tiny: the model built when ``base_model`` is None.
         evaluate_before: validate each step's starting model before training, for the summary.
         num_threads: PyTorch CPU threads (``torch.set_num_threads``); None keeps PyTorch's choice.
-            Tiny models run fastest on 1, and on a shared machine more threads mostly wait.
-        data: ``PreferenceDataModule`` arguments shared by every step (``sources``, ``split``, ...);
-            a step's own ``data`` section overrides them.
+        data: ``PreferenceDataModule`` arguments shared by every step; a step's own ``data`` overrides them.
         sft: config of step 1, as for ``lightning-rlhf sft fit`` (``model``, ``data``, ``trainer``, ``export``).
         reward: config of step 2, as for ``lightning-rlhf reward fit``.
         ppo: config of step 3, as for ``lightning-rlhf ppo fit``.
         dpo: config of step 2' (DPO from the SFT model), as for ``lightning-rlhf dpo fit``.
         grpo: config of the GRPO step (from the SFT model), as for ``lightning-rlhf grpo fit``.
-        resume: continue an interrupted pipeline in ``output_dir``: the finished steps at the start
-            (those with ``<step>/step_result.json``) are skipped and reused; the first unfinished step
-            resumes from its newest ``last*.ckpt`` (``fit(ckpt_path="last")``: a checkpoint callback in its
-            ``trainer.callbacks``, e.g. ``IterationCheckpoint``), or starts over without one; later
-            steps run.
+        resume: continue in ``output_dir``: reuse finished steps, resume the first unfinished one from ``last*.ckpt``.
     """
 
     output_dir: str = "runs/pipeline"
@@ -118,16 +99,11 @@ class PipelineConfig:
 
 
 def _generation_stats(trainer: Any) -> Any:
-    """The strategy's generation-switch counters (``HybridDeepSpeedStrategy``), or None for other strategies."""
     return getattr(trainer.strategy, "generation_stats", None)
 
 
 def parse_steps(steps: str | Sequence[str]) -> list[str]:
-    """``"sft,reward"`` or ``["sft", "reward"]`` -> ordered, validated step names.
-
-    Args:
-        steps: step names, comma-separated or as a list.
-    """
+    """``"sft,reward"`` or ``["sft", "reward"]`` -> ordered, validated step names."""
     names = [s.strip() for s in (steps.split(",") if isinstance(steps, str) else steps) if s.strip()]
     unknown = [s for s in names if s not in STEPS]
     if unknown or not names:
@@ -136,7 +112,6 @@ def parse_steps(steps: str | Sequence[str]) -> list[str]:
 
 
 def _is_rank_zero() -> bool:
-    """Whether this process writes the pipeline's files (see ``process_rank`` for why not ``RANK`` alone)."""
     return process_rank() == 0
 
 
@@ -192,15 +167,7 @@ def _require(path: Path, step: str, what: str, key: str, check: bool = True) -> 
 
 
 def step_config(config: PipelineConfig, step: str, base: Path, require_exports: bool = True) -> dict[str, Any]:
-    """The LightningCLI config of ``step``: its section plus the pipeline's wiring (explicit values win).
-
-    Args:
-        config: the pipeline settings.
-        step: ``sft``, ``reward``, ``ppo``, ``dpo`` or ``grpo``.
-        base: the starting model folder (see :func:`prepare_base_model`).
-        require_exports: refuse an earlier step's export that does not exist yet (False: name where it will be,
-            to check a config before the earlier steps ran).
-    """
+    """``step``'s LightningCLI config: its section plus the pipeline's wiring (explicit values win)."""
     check = require_exports
     section = copy.deepcopy(getattr(config, step))
     section.pop("ckpt_path", None)  # a fit argument, not part of the step's LightningCLI config (see run_step)
@@ -244,15 +211,7 @@ def _metrics(results: list[dict[str, Any]], step: str) -> dict[str, float]:
 
 
 def run_step(config: PipelineConfig, step: str, base: Path) -> StepResult:
-    """Build one step's objects with its LightningCLI, validate, fit, validate; the export callback writes the model.
-
-    A section's ``ckpt_path`` (e.g. ``--ppo.ckpt_path``) resumes that step's fit from the checkpoint.
-
-    Args:
-        config: the pipeline settings.
-        step: ``sft``, ``reward``, ``ppo``, ``dpo`` or ``grpo``.
-        base: the starting model folder.
-    """
+    """Build one step with its LightningCLI, validate, fit (from a section's ``ckpt_path``), validate."""
     start = time.perf_counter()
     rank_zero_info(f"pipeline: step {step} ...")
     cli = STAGE_CLIS[step](args=step_config(config, step, base), run=False)
@@ -281,17 +240,7 @@ def run_step(config: PipelineConfig, step: str, base: Path) -> StepResult:
 
 
 def run_or_reuse_steps(config: PipelineConfig, steps: Sequence[str], base: Path) -> list[StepResult]:
-    """Run the steps, recording each finished one in ``<output_dir>/<step>/step_result.json``.
-
-    With ``config.resume``, the finished steps at the start are not run again: their record and export are
-    reused. Once a step runs, every later step runs too (their old records describe models trained from an
-    earlier input).
-
-    Args:
-        config: the pipeline settings.
-        steps: the steps to run, in order.
-        base: the starting model folder.
-    """
+    """Run the steps, each recording ``<step>/step_result.json``; ``resume`` reuses the finished ones at the start."""
     results: list[StepResult] = []
     reusing = config.resume
     for step in steps:
@@ -312,11 +261,7 @@ def run_or_reuse_steps(config: PipelineConfig, steps: Sequence[str], base: Path)
 
 
 def run_pipeline(config: PipelineConfig) -> list[StepResult]:
-    """Run ``config.steps`` in order, print the summary and write ``<output_dir>/summary.json``.
-
-    Args:
-        config: the pipeline settings.
-    """
+    """Run ``config.steps`` in order, print the summary and write ``<output_dir>/summary.json``."""
     steps = parse_steps(config.steps)
     if config.num_threads is not None:
         import torch
@@ -335,13 +280,7 @@ def run_pipeline(config: PipelineConfig) -> list[StepResult]:
 
 
 def check_sections(config: PipelineConfig, steps: Sequence[str]) -> None:
-    """Parse every step's section with its LightningCLI before anything trains, so a typo in ``ppo.*`` is
-    reported before SFT and the reward model have spent their time (models are not built here).
-
-    Args:
-        config: the pipeline settings.
-        steps: the steps that will run.
-    """
+    """Parse every step's section before anything trains, so a typo in ``ppo.*`` fails before SFT runs."""
     base = Path(config.base_model) if config.base_model is not None else Path(config.output_dir) / "base"
     for step in steps:
         try:
@@ -352,14 +291,7 @@ def check_sections(config: PipelineConfig, steps: Sequence[str]) -> None:
 
 
 def keep_previous_export(config: PipelineConfig, step: str) -> Path | None:
-    """Move an existing ``<step>/hf/final`` (and ``best``) aside to ``final-vN`` before the step writes a new one.
-
-    Why: ``--steps ppo`` re-runs a step; its earlier result stays available (and named in the log) instead of
-    being silently overwritten.
-
-    Returns:
-        Where the previous ``final`` went, or None when there was none.
-    """
+    """Move an existing ``<step>/hf/final`` (and ``best``) aside to ``final-vN``; returns where ``final`` went."""
     moved = None
     for name in ("final", "best"):
         current = _export_dir(config, step).parent / name
@@ -375,7 +307,6 @@ def keep_previous_export(config: PipelineConfig, step: str) -> Path | None:
 
 
 def build_parser() -> Any:
-    """The jsonargparse parser of ``lightning-rlhf pipeline`` (``--config``, ``--print_config``, every field)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(
@@ -393,17 +324,9 @@ SECTIONS = ("data", "sft", "reward", "ppo", "dpo", "grpo")
 
 
 def split_section_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
-    """Take ``--sft.trainer.max_epochs 2`` style flags out of ``argv`` as a nested dict to merge later.
+    """Take ``--sft.trainer.max_epochs 2`` style flags (values read as YAML) out of ``argv`` as a nested dict.
 
-    The ``data`` and step sections are free-form dicts (each step's LightningCLI validates its own);
-    jsonargparse would replace a whole nested dict on such a flag, so these are deep-merged instead.
-    Values are read as YAML (``2`` -> int, ``[a, b]`` -> list, ``null`` -> None).
-
-    Args:
-        argv: the pipeline's arguments.
-
-    Returns:
-        The other arguments, and ``{section: {key: {...: value}}}``.
+    jsonargparse would replace a whole free-form section on such a flag; the dict is deep-merged instead.
     """
     import yaml
 
@@ -429,11 +352,7 @@ def split_section_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, A
 
 
 def pipeline_main(argv: Sequence[str]) -> list[StepResult] | None:
-    """Parse ``argv`` and run the pipeline (``lightning-rlhf pipeline ...``).
-
-    Args:
-        argv: the arguments after ``pipeline``.
-    """
+    """Parse ``argv`` (the arguments after ``pipeline``) and run the pipeline."""
     argv, overrides = split_section_overrides(bare_resume_flag(argv))
     if not any(a == "--config" or a.startswith("--config=") for a in argv):
         argv = ["--config", str(DEFAULT_CONFIG), *argv]

@@ -1,11 +1,7 @@
 """Warnings that would otherwise repeat on every step and every rank, shown once.
 
-Why: DeepSpeed's ZeRO-3 calls ``torch.distributed.all_gather_into_tensor`` / ``reduce_scatter_tensor``, which torch
-marks deprecated with a ``FutureWarning`` on every call. Python shows a warning once per place, but every
-``warnings.catch_warnings()`` block (Lightning, transformers and DeepSpeed open many per step) resets that
-memory (the ``once`` action's too), so a 2-rank PPO log was ~40% the same two warnings. Here the text of
-each warning shown is remembered outside the ``warnings`` machinery, and a repeat is not shown again;
-ranks other than 0 skip the known per-call deprecations, whose text rank 0 already prints.
+ZeRO-3's collectives warn on every call and each ``warnings.catch_warnings()`` resets Python's once-per-place
+memory, so the texts shown are remembered here; ranks other than 0 skip the known per-call deprecations.
 """
 
 from __future__ import annotations
@@ -13,7 +9,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, TextIO
 
-from lightning_rlhf.ranks import process_rank
+from lightning_rlhf.commands.ranks import process_rank
 
 #: warnings that library code under our strategy raises on every call: (message regex, category)
 REPEATED_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
@@ -37,8 +33,7 @@ def _show_once(show: Any) -> Any:
 
 
 def show_repeated_warnings_once() -> None:
-    """Show each warning text once per process, and the per-call deprecations of :data:`REPEATED_WARNINGS`
-    only on rank 0. Idempotent."""
+    """Show each warning text once per process, :data:`REPEATED_WARNINGS` only on rank 0. Idempotent."""
     if process_rank() != 0:
         for message, category in REPEATED_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category)

@@ -18,29 +18,21 @@ def trained_iterations(trainer: Trainer) -> int:
 class IterationCheckpoint(ModelCheckpoint):
     """A :class:`~lightning.pytorch.callbacks.ModelCheckpoint` that saves every ``every_n_iterations`` batches.
 
-    Why: one PPO iteration advances ``global_step`` by ``2 x ppo_epochs x mini-batches`` (less for a ragged last
-    batch), so ``every_n_train_steps`` lands on irregular iterations and can skip whole epochs. Counted in
-    training batches, a checkpoint falls every N PPO iterations whatever the step count per iteration. The
-    file name's ``{iteration}`` is that count (``epoch=1-iteration=20.ckpt``). For SFT and reward training,
-    where one batch is one step, it equals ``every_n_train_steps``.
+    One PPO iteration is many optimizer steps, so ``every_n_train_steps`` lands irregularly (docs/cli.md).
 
     Args:
         every_n_iterations: save after every this many training batches (PPO iterations).
         filename: checkpoint file name template; ``{iteration}`` is the iteration count.
         every_n_epochs: also save at the end of every this many epochs (0: only by iteration).
-        **kwargs: any other :class:`~lightning.pytorch.callbacks.ModelCheckpoint` argument (``dirpath``,
-            ``save_last``, ``save_top_k``, ``monitor``, ...). Without ``dirpath`` checkpoints go to
-            ``<trainer.default_root_dir>/checkpoints``: one folder for a run and its resumptions, so a new
-            launch with ``ckpt_path="last"`` finds the newest (``ModelCheckpoint`` would use the logger's
-            ``version_N`` folder, which every launch makes anew). ``save_last`` defaults to True here
-            (None too, as LightningCLI passes it; False: no ``last.ckpt``).
+        **kwargs: any other ``ModelCheckpoint`` argument; ``dirpath`` defaults to
+            ``<trainer.default_root_dir>/checkpoints`` and ``save_last`` to True.
     """
 
     def __init__(self, every_n_iterations: int = 10, filename: str | None = "{epoch}-{iteration}",
                  every_n_epochs: int | None = 0, **kwargs: Any) -> None:
         if every_n_iterations < 1:
             raise ValueError(f"IterationCheckpoint.every_n_iterations must be >= 1, got {every_n_iterations}")
-        if kwargs.get("save_last") is None:  # last.ckpt: what ckpt_path="last" resumes from (False: none)
+        if kwargs.get("save_last") is None:  # LightningCLI passes None
             kwargs["save_last"] = True
         super().__init__(filename=filename or "{epoch}-{iteration}", every_n_epochs=every_n_epochs or 0, **kwargs)
         self.every_n_iterations = every_n_iterations
@@ -58,7 +50,6 @@ class IterationCheckpoint(ModelCheckpoint):
             self.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
-        """Save when the iteration count reaches a multiple of ``every_n_iterations``."""
         if self._should_skip_saving_checkpoint(trainer) or trained_iterations(trainer) % self.every_n_iterations:
             return
         candidates = self._monitor_candidates(trainer)

@@ -1,9 +1,6 @@
 """Saving and loading a ``HybridDeepSpeedStrategy`` checkpoint: every engine's shards plus Lightning's state.
 
-Why apart from the strategy: a checkpoint is a protocol of its own (stage into ``<name>.partial``, every rank
-writes its shards, rank 0 writes Lightning's loop state and the completion marker, then publishes; on load the
-marker is checked against the module before any engine reads its shards). The strategy calls :func:`save` and
-:func:`load`; the directory format itself lives in :mod:`lightning_rlhf.strategies.checkpoint`.
+The directory format lives in :mod:`lightning_rlhf.strategies.checkpoint_folder`.
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ from typing import Any, Callable, Union
 
 from lightning.pytorch.trainer.states import TrainerFn
 
-from lightning_rlhf.strategies.checkpoint import (
+from lightning_rlhf.strategies.checkpoint_folder import (
     consolidated_state_dict,
     load_lightning_state,
     load_rank_callbacks,
@@ -31,14 +28,7 @@ PARAM_GROUPS_KEY = "hybrid_deepspeed_param_groups"
 def save(
     strategy: Any, checkpoint: dict, filepath: Union[str, Path], save_single: Callable[[dict, Path], None]
 ) -> None:
-    """Write ``checkpoint`` as a complete-or-absent directory at ``filepath`` (collective: every rank calls it).
-
-    Args:
-        strategy: the ``HybridDeepSpeedStrategy`` (its engines, ranks and barriers).
-        checkpoint: Lightning's checkpoint dict of this rank.
-        filepath: the final directory.
-        save_single: writes a single-engine module's checkpoint into a directory (``DeepSpeedStrategy``'s way).
-    """
+    """Write ``checkpoint`` as a complete-or-absent directory at ``filepath`` (collective: every rank calls it)."""
     final = Path(strategy.broadcast(str(filepath)))
     staging = staging_path(final)
     if strategy.is_global_zero:
@@ -68,15 +58,7 @@ def save(
 
 
 def load(strategy: Any, checkpoint_path: Union[str, Path], load_single: Callable[[Path], dict]) -> dict[str, Any]:
-    """Load a directory written by :func:`save` into the strategy's engines; returns Lightning's state.
-
-    Each rank gets its own callback states back where the checkpoint holds them (see ``save_rank_callbacks``).
-
-    Args:
-        strategy: the ``HybridDeepSpeedStrategy`` whose engines are built for the current stage.
-        checkpoint_path: the checkpoint directory.
-        load_single: loads a single-engine module's checkpoint (``DeepSpeedStrategy``'s way).
-    """
+    """Load a directory written by :func:`save` into the strategy's engines; returns Lightning's state."""
     path = Path(strategy.broadcast(str(checkpoint_path)))
     state = _load_engines(strategy, path, load_single)
     own = load_rank_callbacks(path, strategy.global_rank)
@@ -121,9 +103,8 @@ def _load_engines(strategy: Any, path: Path, load_single: Callable[[Path], dict]
         if loaded is None:
             raise ValueError(f"Checkpoint {path}: DeepSpeed could not load engine {name!r} from {path / name}.")
     state = load_lightning_state(path)
-    # ZeRO optimizers do not bring back the param groups' learning rates; restore them so a scheduler-driven
-    # lr continues where it stopped.
-    saved_groups = state.pop(PARAM_GROUPS_KEY, {})  # popped once: every engine reads its own entry
+    # ZeRO optimizers do not restore the param groups' learning rates
+    saved_groups = state.pop(PARAM_GROUPS_KEY, {})
     for name, engine in trained.items():
         for group, saved in zip(engine.optimizer.param_groups, saved_groups.get(name, [])):
             group.update(saved)
@@ -133,10 +114,7 @@ def _load_engines(strategy: Any, path: Path, load_single: Callable[[Path], dict]
 def _load_weights_for_evaluation(strategy: Any, path: Path, saved: list[str], saved_stage: int) -> None:
     """validate/test/predict: load each saved engine's weights into the inference-only engine of the same child.
 
-    Why not ``engine.load_checkpoint``: outside fit every child is an inference-only engine without an optimizer,
-    and DeepSpeed's module-only load of a ZeRO-3 engine looks for a ``latest`` tag this layout does not write.
-    Children the checkpoint does not hold (frozen reference and reward models, which are never saved) keep the
-    weights ``configure_model`` gave them.
+    Not ``engine.load_checkpoint``: its module-only ZeRO-3 load wants a ``latest`` tag this layout does not write.
     """
     import deepspeed
 

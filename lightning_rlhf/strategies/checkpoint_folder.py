@@ -1,10 +1,7 @@
 """Checkpoint directories that are either complete or visibly not, and their consolidation.
 
-Why: a ZeRO checkpoint is a directory of per-rank shards written by every rank. A crash half-way through
-must never leave something that looks like a checkpoint. So every rank writes into a staging directory
-``<name>.partial``; once all ranks are done, rank 0 writes a marker file and renames the staging directory
-into place. Loading refuses a directory without the marker, naming what is missing, except a checkpoint of
-Lightning's own ``DeepSpeedStrategy`` (a drop-in switch resumes it), whose shards are checked one by one.
+Every rank writes into ``<name>.partial``; rank 0 then writes a marker and renames it into place. Loading
+refuses a directory without the marker, except one of Lightning's own ``DeepSpeedStrategy`` (docs/concepts.md).
 """
 
 from __future__ import annotations
@@ -32,9 +29,7 @@ def staging_path(final: Path) -> Path:
 def publish(staging: Path, final: Path, metadata: dict[str, Any]) -> None:
     """Mark ``staging`` complete and move it to ``final`` (rank 0 only, after every rank has written).
 
-    An existing ``final`` (e.g. ``last.ckpt`` being overwritten) is moved aside first and deleted only once
-    the new directory is in place, so at every instant one complete checkpoint exists under ``final`` or
-    beside it.
+    An existing ``final`` is deleted only once the new one is in place, so a complete checkpoint always exists.
     """
     marker = {"format_version": FORMAT_VERSION, "saved_at": time.time(), **metadata}
     (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2))
@@ -49,18 +44,7 @@ def publish(staging: Path, final: Path, metadata: dict[str, Any]) -> None:
 
 
 def read_marker(path: Path, accept_lightning_deepspeed: bool = False) -> dict[str, Any]:
-    """Validate a checkpoint directory and return its marker.
-
-    Args:
-        path: the checkpoint directory.
-        accept_lightning_deepspeed: also accept a directory without a marker that Lightning's own
-            ``DeepSpeedStrategy`` wrote (switching the strategy string resumes it); see
-            :func:`lightning_deepspeed_marker` for what is checked in place of the marker.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not a directory written by this strategy, or was never completed.
-    """
+    """Validate a checkpoint directory and return its marker (``accept_lightning_deepspeed``: also theirs)."""
     path = Path(path)
     if not path.exists():
         partial = staging_path(path)
@@ -88,14 +72,7 @@ def read_marker(path: Path, accept_lightning_deepspeed: bool = False) -> dict[st
 def lightning_deepspeed_marker(path: Path) -> dict[str, Any]:
     """The marker of a checkpoint that Lightning's ``DeepSpeedStrategy`` wrote, built from what it holds.
 
-    Such a directory has no completion marker. What is checked instead: the ``latest`` file DeepSpeed writes
-    after rank 0's files names a tag directory; that directory holds the model states, which record the ZeRO
-    stage and the number of data-parallel ranks N that saved it; and, from ZeRO stage 1 on, every one of the N
-    per-rank optimizer shards is there (stage 3: every rank's model states too). A shard cut short by a crash
-    is not detected here; DeepSpeed fails when it reads it.
-
-    Raises:
-        ValueError: the tag directory, its model states or a rank's shard is missing.
+    Checked instead of a marker: ``latest`` names a tag whose model states exist, and every rank's shard is there.
     """
     tag = (path / LATEST_FILE).read_text().strip()
     tag_dir = path / tag
@@ -136,12 +113,7 @@ def save_lightning_state(directory: Path, state: dict[str, Any]) -> None:
 
 
 def save_rank_callbacks(directory: Path, rank: int, callbacks: dict[str, Any]) -> None:
-    """Write this rank's callback states beside the shards (every rank, its own file).
-
-    Why: Lightning saves the callback states of rank 0 only and hands them to every rank on load. A callback
-    holding per-rank data, such as an EMA of this rank's ZeRO-3 partition, would then restore rank 0's
-    partition on every rank (same shape, no error).
-    """
+    """Write this rank's callback states beside the shards: Lightning keeps rank 0's only (wrong for a ZeRO-3 EMA)."""
     folder = directory / RANK_CALLBACKS_DIR
     folder.mkdir(exist_ok=True)
     torch.save(callbacks, folder / f"rank{rank}.pt")
@@ -157,8 +129,7 @@ def load_lightning_state(directory: Path) -> dict[str, Any]:
     path = Path(directory) / LIGHTNING_STATE_FILE
     if not path.is_file():
         raise ValueError(f"Checkpoint {directory} is corrupt: {LIGHTNING_STATE_FILE} is missing.")
-    # The file holds Lightning's loop state (plain containers and tensors) written by this strategy; DeepSpeed's
-    # own shards beside it are pickles loaded the same way, so the trust boundary is the checkpoint directory.
+    # DeepSpeed's shards beside it are pickles too: the trust boundary is the checkpoint directory.
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
@@ -197,8 +168,7 @@ def export_engine_to_hf(
         engine: the child module's name, or ``None`` for a single-model checkpoint.
         base_model: a Hugging Face folder with the same architecture (config and tokenizer are taken from it).
         output_dir: where the folder is written.
-        prefix: prefix to strip from the state-dict keys (e.g. ``"model."`` for a single-model checkpoint whose
-            LightningModule holds the Hugging Face model as ``self.model``).
+        prefix: prefix to strip from the state-dict keys (e.g. ``"model."`` for a single-model checkpoint).
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
