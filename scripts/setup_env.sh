@@ -3,7 +3,8 @@
 # pinned first, so pip never pulls a multi-GB CUDA build, then install this package with its extras
 # at the versions the suite last passed with (constraints.txt, the lock; the package itself keeps ranges
 # for its users). CONSTRAINTS= (empty) resolves the newest releases the ranges allow instead
-# (scripts/test_latest.sh does that). SLOW_TIER=0 skips the real-model slow tier's packages.
+# (scripts/test_latest.sh does that). SLOW_TIER=0 skips the real-model slow tier's packages. The dev extra holds
+# reasoning-gym too (the suite tests its data source and reward on the real package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"

@@ -58,10 +58,10 @@ def test_version_is_printed(capsys, flag):
 
 def test_unknown_command_names_the_choices(capsys):
     with pytest.raises(SystemExit, match="unknown command 'train'; choose one of sft, reward, ppo, dpo, grpo, pipeline, "
-                                         "generate"):
+                                         "generate, evaluate"):
         main(["train"])
     assert main([]) is None
-    assert "lightning-rlhf {sft,reward,ppo,dpo,grpo,pipeline,generate}" in capsys.readouterr().out
+    assert "lightning-rlhf {sft,reward,ppo,dpo,grpo,pipeline,generate,evaluate}" in capsys.readouterr().out
 
 
 def _fit_args(root: Path, *extra: str) -> list[str]:

@@ -1,6 +1,6 @@
 """Critic-free advantage estimators (GRPO, Dr. GRPO, RLOO, REINFORCE++, REINFORCE++-baseline), as OpenRLHF's: a
-per-group baseline (a shaping), optionally whitened. Scores are prompt-major; a ``nan`` score (no reward) stays out of
-its group's statistics and gets advantage 0.
+per-group baseline (a shaping), optionally whitened or divided by the batch's reward std. Scores are prompt-major; a
+``nan`` score (no reward) stays out of its group's statistics and gets advantage 0.
 """
 
 from __future__ import annotations
@@ -69,6 +69,15 @@ def _group_std(groups: Tensor, scored: Tensor, mean: Tensor) -> Tensor:
     return torch.where(count > 1, var.sqrt(), 0.0)
 
 
+def _batch_std(scores: Tensor, counted: Tensor, sum_across: Callable[[Tensor], Tensor] | None) -> Tensor:
+    """Unbiased std of ``scores`` ``(batch,)`` where ``counted``, over every rank through ``sum_across``."""
+    total = sum_across or (lambda t: t)
+    sums = total(torch.stack([masked_sum(scores, counted), counted.sum().to(scores.dtype)]))
+    count = sums[1]
+    var = total(masked_sum((scores - sums[0] / count.clamp(min=1)) ** 2, counted)) / (count - 1).clamp(min=1)
+    return torch.where(count > 1, var.sqrt(), 0.0)
+
+
 def _floating(values: Tensor) -> Tensor:
     # float64 stays float64, for exact tests
     return (values if values.is_floating_point() else values.float()).detach()
@@ -97,6 +106,7 @@ class GroupAdvantageEstimator:
         whiten: whiten the advantages over the global batch (REINFORCE++).
         min_group: the smallest ``num_generations`` the shaping makes sense for.
         paper: where it comes from.
+        batch_std: divide the shaped scores by the std of the global batch's scores, over the rows ``mask`` keeps.
     """
 
     name: str
@@ -104,6 +114,7 @@ class GroupAdvantageEstimator:
     whiten: bool
     min_group: int
     paper: str
+    batch_std: bool = False
 
     def __call__(
         self,
@@ -120,7 +131,8 @@ class GroupAdvantageEstimator:
             num_generations: samples per prompt ``G`` (the group size).
             mask: ``(batch, seq)`` true on response tokens.
             kl_penalty: ``(batch, seq)`` ``beta * KL_t`` subtracted as a reward (REINFORCE++); ``None``: none.
-            sum_across: all-reduce sum over ranks so whitening sees the global batch (groups are rank-local).
+            sum_across: all-reduce sum over ranks so whitening and the batch std see the global batch (groups are
+                rank-local).
         """
         if num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {num_generations}")
@@ -131,6 +143,9 @@ class GroupAdvantageEstimator:
             )
         groups = _group_view(scores, num_generations, mask)
         shaped = self.shaping(groups, ~groups.isnan()).flatten()
+        if self.batch_std:
+            kept = mask.bool().any(dim=1) & ~shaped.isnan()
+            shaped = shaped / (_batch_std(groups.flatten(), kept, sum_across) + GRPO_STD_EPS)
         if not self.whiten:
             return _to_tokens(shaped, mask, kl_penalty)
         counted = mask.bool() & ~shaped.isnan().unsqueeze(1)
@@ -163,13 +178,36 @@ reinforce_pp_baseline_advantages = GroupAdvantageEstimator(
     "reinforce_pp_baseline", group_mean_baseline, True, 2, "https://arxiv.org/abs/2501.03262"
 )
 
+#: ``grpo`` with TRL's ``scale_rewards="batch"`` (Lite PPO, https://arxiv.org/abs/2508.08221): the group mean as
+#: baseline, the std of the whole batch's rewards as scale, so a group of nearly equal rewards is not blown up
+grpo_batch_std_advantages = GroupAdvantageEstimator(
+    "grpo", group_mean_baseline, False, 2, "https://arxiv.org/abs/2508.08221", batch_std=True
+)
+
 GROUP_ADVANTAGE_ESTIMATORS: Mapping[str, GroupAdvantageEstimator] = {
     estimator.name: estimator
     for estimator in (grpo_advantages, dr_grpo_advantages, rloo_advantages, reinforce_pp_advantages,
                       reinforce_pp_baseline_advantages)
 }
 
+#: ``scale_rewards`` (TRL's names) -> what ``grpo`` becomes: divided by its group's std or by the batch's; TRL's
+#: ``none`` is ``dr_grpo``, and the other estimators have their own scale
+GRPO_REWARD_SCALES: Mapping[str, GroupAdvantageEstimator] = {
+    "group": grpo_advantages,
+    "batch": grpo_batch_std_advantages,
+}
 
-def get_group_advantage_estimator(name: str) -> GroupAdvantageEstimator:
-    """The estimator called ``name`` in :data:`GROUP_ADVANTAGE_ESTIMATORS`."""
-    return choose(GROUP_ADVANTAGE_ESTIMATORS, name, "advantage estimator")
+
+def get_group_advantage_estimator(name: str, scale_rewards: str = "group") -> GroupAdvantageEstimator:
+    """The estimator called ``name`` in :data:`GROUP_ADVANTAGE_ESTIMATORS`; ``scale_rewards`` (a name in
+    :data:`GRPO_REWARD_SCALES`) picks the std that ``grpo`` divides by, and only ``grpo`` takes another than ``group``.
+    """
+    estimator = choose(GROUP_ADVANTAGE_ESTIMATORS, name, "advantage estimator")
+    scaled = choose(GRPO_REWARD_SCALES, scale_rewards, "scale_rewards")
+    if estimator is grpo_advantages:
+        return scaled
+    if scale_rewards != "group":
+        raise ValueError(f"scale_rewards={scale_rewards!r} replaces the group std that advantage_estimator 'grpo' "
+                         f"divides by; {name!r} divides by none (dr_grpo, rloo) or whitens over the batch "
+                         f"(reinforce_pp*): use advantage_estimator='grpo' or scale_rewards='group'")
+    return estimator

@@ -1,6 +1,7 @@
-"""The critic-free policy loss of GRPO, DAPO and Dr. GRPO, which differ only in its arguments: clip ranges
-(DAPO's clip-higher, https://arxiv.org/abs/2503.14476), the KL in the loss (GRPO, https://arxiv.org/abs/2402.03300,
-eq. 3), the aggregation, and PPO's entropy bonus (https://arxiv.org/abs/1707.06347, eq. 9).
+"""The critic-free policy loss of GRPO, DAPO, Dr. GRPO, GSPO and CISPO, which differ only in its arguments: the
+policy term (:mod:`~lightning_rlhf.algorithms.policy_losses`), clip ranges (DAPO's clip-higher,
+https://arxiv.org/abs/2503.14476), the KL in the loss (GRPO, https://arxiv.org/abs/2402.03300, eq. 3), the
+aggregation, and PPO's entropy bonus (https://arxiv.org/abs/1707.06347, eq. 9).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from torch import Tensor
 
 from lightning_rlhf.algorithms.aggregation import get_loss_aggregation
 from lightning_rlhf.algorithms.kl import get_kl_estimator, kl_k3
-from lightning_rlhf.algorithms.losses import clipped_surrogate
 from lightning_rlhf.algorithms.masked import masked_mean
+from lightning_rlhf.algorithms.policy_losses import get_policy_loss
 
 
 class GRPOLossStats(TypedDict):
-    """Detached token means over the mask of one critic-free policy update (as :class:`PolicyLossStats`)."""
+    """Detached token means over the mask of one critic-free policy update (as :class:`PolicyLossStats`); GSPO's
+    clip fractions and ratio mean are over answers."""
 
     clipfrac_low: Tensor
     clipfrac_high: Tensor
@@ -41,16 +43,19 @@ def grpo_policy_loss(
     kl_estimator: str = "k3",
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
+    policy_loss: str = "clip",
 ) -> tuple[Tensor, GRPOLossStats]:
-    """``aggregate(max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)) + beta * KL_t - c H_t)`` over ``mask``.
+    """``aggregate(policy_t + beta * KL_t - c H_t)`` over ``mask``; ``policy_t`` is PPO's clipped
+    ``max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))`` by default, or GSPO's or CISPO's term.
 
     Args:
         logprobs: ``(batch, seq)`` log-probabilities of the sampled tokens under the current policy.
         old_logprobs: ``(batch, seq)`` the same at sampling time.
         advantages: ``(batch, seq)`` advantages (see :mod:`lightning_rlhf.algorithms.group_advantages`).
         mask: ``(batch, seq)`` true on the response tokens that count.
-        clip_range_low: ``eps_low`` (0.2 in PPO, GRPO and DAPO).
-        clip_range_high: ``eps_high``; above ``clip_range_low`` is DAPO's clip-higher (0.28 in the paper).
+        clip_range_low: ``eps_low`` (0.2 in PPO, GRPO and DAPO; 3e-4 in GSPO's paper).
+        clip_range_high: ``eps_high``; above ``clip_range_low`` is DAPO's clip-higher (0.28 in the paper; 4e-4 in
+            GSPO's).
         aggregation: a name in :data:`~lightning_rlhf.algorithms.aggregation.LOSS_AGGREGATIONS`.
         max_tokens: the constant of ``seq_mean_token_sum_norm`` (the generation's ``max_new_tokens``).
         ref_logprobs: ``(batch, seq)`` reference log-probabilities; required when ``beta > 0``, else only reported.
@@ -58,6 +63,8 @@ def grpo_policy_loss(
         kl_estimator: a name in :data:`~lightning_rlhf.algorithms.kl.KL_ESTIMATORS` (``k3`` as GRPO).
         entropy: ``(batch, seq)`` per-token entropies of the current policy; required when ``entropy_coef > 0``.
         entropy_coef: coefficient ``c`` of the entropy bonus; 0 turns it off.
+        policy_loss: a name in :data:`~lightning_rlhf.algorithms.policy_losses.POLICY_LOSSES`: ``clip`` (PPO's),
+            ``gspo`` (only with ``seq_mean_token_mean``) or ``cispo``.
     """
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
@@ -76,21 +83,20 @@ def grpo_policy_loss(
                          f"got {sorted(tuple(s) for s in shapes)}")
     aggregate = get_loss_aggregation(aggregation)
     estimate_kl = get_kl_estimator(kl_estimator)
-    surrogate = clipped_surrogate(logprobs, old_logprobs, advantages, clip_range_low, clip_range_high)
-    per_token = surrogate.loss
+    term = get_policy_loss(policy_loss, aggregation)(logprobs, old_logprobs, advantages, mask, clip_range_low,
+                                                     clip_range_high)
+    per_token = term.loss
     kl = estimate_kl(logprobs, ref_logprobs) if ref_logprobs is not None else None
     if kl is not None and beta > 0:
         per_token = per_token + beta * kl
     if entropy_coef > 0:
         per_token = per_token - entropy_coef * entropy
-    low = masked_mean(surrogate.clipped_low.float(), mask).detach()
-    high = masked_mean(surrogate.clipped_high.float(), mask).detach()
     stats = GRPOLossStats(
-        clipfrac_low=low,
-        clipfrac_high=high,
-        clipfrac=low + high,
+        clipfrac_low=term.clipfrac_low,
+        clipfrac_high=term.clipfrac_high,
+        clipfrac=term.clipfrac_low + term.clipfrac_high,
         approx_kl=masked_mean(kl_k3(old_logprobs, logprobs, clamp=None), mask).detach(),
-        ratio_mean=masked_mean(surrogate.ratio, mask).detach(),
-        kl=masked_mean(kl, mask).detach() if kl is not None else low.new_zeros(()),
+        ratio_mean=term.ratio_mean,
+        kl=masked_mean(kl, mask).detach() if kl is not None else term.ratio_mean.new_zeros(()),
     )
     return aggregate(per_token, mask, max_tokens), stats

@@ -48,6 +48,15 @@ class ClippedSurrogate(NamedTuple):
     clipped_high: Tensor
 
 
+def check_clip_ranges(clip_range_low: float, clip_range_high: float) -> None:
+    """Refuse clip ranges outside ``0 <= eps_low <= 1`` and ``eps_high >= 0`` (a ratio is never negative)."""
+    if not 0 <= clip_range_low <= 1 or clip_range_high < 0:
+        raise ValueError(
+            f"clip ranges must satisfy 0 <= clip_range_low <= 1 and clip_range_high >= 0, "
+            f"got clip_range_low={clip_range_low}, clip_range_high={clip_range_high}"
+        )
+
+
 def clipped_surrogate(
     logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_range_low: float, clip_range_high: float
 ) -> ClippedSurrogate:
@@ -63,11 +72,7 @@ def clipped_surrogate(
         clip_range_low: ``eps_low``.
         clip_range_high: ``eps_high``.
     """
-    if not 0 <= clip_range_low <= 1 or clip_range_high < 0:
-        raise ValueError(
-            f"clip ranges must satisfy 0 <= clip_range_low <= 1 and clip_range_high >= 0, "
-            f"got clip_range_low={clip_range_low}, clip_range_high={clip_range_high}"
-        )
+    check_clip_ranges(clip_range_low, clip_range_high)
     ratio = torch.exp(logprobs.float() - old_logprobs.float().detach())
     advantages = advantages.float().detach()
     unclipped = -advantages * ratio

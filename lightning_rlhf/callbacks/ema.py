@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from lightning_rlhf.callbacks.export import export_target, find_tokenizer
 from lightning_rlhf.models import export_hf
-from lightning_rlhf.models.zero3 import local_partition
+from lightning_rlhf.models.zero3 import local_partition, release_gathered
 
 
 class EMACallback(Callback):
@@ -92,12 +92,14 @@ class EMACallback(Callback):
         with torch.no_grad():
             for name, param in params.items():
                 local_partition(param).copy_(self.shadow[name])
+        release_gathered(list(params.values()))  # ZeRO-3's persistent parameters: gathered again from the shards
         try:
             yield
         finally:
             with torch.no_grad():
                 for name, param in params.items():
                     local_partition(param).copy_(backup[name])
+            release_gathered(list(params.values()))
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.validate_with_ema and self.shadow and not trainer.sanity_checking:

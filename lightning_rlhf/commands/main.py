@@ -1,4 +1,5 @@
-"""The ``lightning-rlhf`` command: dispatches to a step's LightningCLI, ``pipeline`` or ``generate`` (see USAGE).
+"""The ``lightning-rlhf`` command: dispatches to a step's LightningCLI, ``pipeline``, ``generate`` or ``evaluate``
+(see USAGE).
 
 ``python -m lightning_rlhf.commands`` is the same program, for ``torchrun -m`` and ``deepspeed --module``.
 """
@@ -13,7 +14,7 @@ import lightning_rlhf
 from lightning_rlhf.commands.log_noise import show_repeated_warnings_once
 from lightning_rlhf.commands.stages import STAGE_CLIS
 
-USAGE = """usage: lightning-rlhf {sft,reward,ppo,dpo,grpo,pipeline,generate} ... | --version
+USAGE = """usage: lightning-rlhf {sft,reward,ppo,dpo,grpo,pipeline,generate,evaluate} ... | --version
 
   sft {fit,validate} [--config FILE] [...]                  step 1: supervised fine-tuning
   reward {fit,validate} [--config FILE] [...]               step 2: reward model
@@ -22,6 +23,7 @@ USAGE = """usage: lightning-rlhf {sft,reward,ppo,dpo,grpo,pipeline,generate} ...
   grpo {fit,validate} [--config FILE] [...]                 GRPO, DAPO, RLOO, REINFORCE++ with reward functions
   pipeline [--config FILE] [--steps sft,reward,ppo] [...]   steps 1 -> 2 -> 3, each feeding the next
   generate MODEL_DIR [--prompts FILE.jsonl] [...]           answers from an exported model (stdin if no file)
+  evaluate MODEL_DIR [...] [--tasks '["TASK", ...]'] [...]  greedy accuracy and pass@k on tasks, per task
 
 Add --help after a command for all its options, e.g. `lightning-rlhf ppo fit --help`.
 With no --config, `lightning-rlhf pipeline` runs the built-in tiny task on CPU in a few minutes."""
@@ -68,10 +70,14 @@ def main(argv: Sequence[str] | None = None) -> Any:
         from lightning_rlhf.commands.generate import generate_main
 
         return generate_main(rest)
+    if command == "evaluate":
+        from lightning_rlhf.commands.evaluate import evaluate_main
+
+        return evaluate_main(rest)
     if command not in STAGE_CLIS:
         print(USAGE, file=sys.stderr)
         raise SystemExit(f"lightning-rlhf: unknown command {command!r}; choose one of sft, reward, ppo, dpo, grpo, "
-                         f"pipeline, generate")
+                         f"pipeline, generate, evaluate")
     return STAGE_CLIS[command](args=rest)
 
 

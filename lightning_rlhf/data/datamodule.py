@@ -43,8 +43,8 @@ class RLHFDataModule(LightningDataModule):
         tokenizer: a tokenizer, or a local folder loaded with ``AutoTokenizer.from_pretrained``.
         stage: the step to feed: ``sft`` (prompt + demonstration), ``reward`` (chosen/rejected pairs) or ``rl``
             (left-padded prompts for PPO and GRPO); ``ppo`` is the deprecated name of ``rl``.
-        sources: data files (json, jsonl, jsonl.gz, parquet, csv), ``save_to_disk`` folders or hub names,
-            concatenated; ``None`` uses the built-in synthetic task.
+        sources: data files (json, jsonl, jsonl.gz, parquet, csv), ``save_to_disk`` folders, hub names or
+            ``reasoning_gym:TASK?key=value&...`` tasks, concatenated; ``None`` uses the built-in synthetic task.
         format: every source's adapter (``pairs``, ``rm_static``, ``hh_rlhf``, ``sft``, a registered one) or ``auto``.
         split: ratios of each source given to sft, reward and rl, e.g. ``"2,4,4"`` (20/40/40%).
         eval_fraction: share of each step's part held out for validation.
@@ -161,8 +161,14 @@ class RLHFDataModule(LightningDataModule):
         """Split each source's records between the steps and concatenate: ``{stage: {part: records}}``."""
         out: dict[str, dict[str, list]] = {s: {"train": [], "eval": []} for s in STAGES}
         for index, records in enumerate(per_source):
-            parts = split_indices(len(records), self.hparams.split, self.hparams.seed,
-                                  self.hparams.eval_fraction, source_index=index)
+            split = self.hparams.split
+            if records and all(r.get("response") is None and r.get("chosen") is None for r in records):
+                split = "0,0,1"  # prompt-only records teach SFT and the reward model nothing: all go to "rl"
+                source = self.sources[index] if self.sources else TASK_SOURCE
+                rank_zero_info(f"[data] {source} holds prompt-only records: all {len(records)} go to the rl stage "
+                               f"(split {self.hparams.split!r} applies to sources with responses)")
+            parts = split_indices(len(records), split, self.hparams.seed, self.hparams.eval_fraction,
+                                  source_index=index)
             for stage, by_part in parts.items():
                 for part, indices in by_part.items():
                     out[stage][part].extend(records[i] for i in indices)

@@ -19,6 +19,7 @@ Stage = Literal["sft", "reward", "rl"]
 DROP_LONG_PROMPT = "prompt longer than max_prompt_length"
 DROP_NO_PAIR = "no preference pair (SFT-only record)"
 DROP_SAME_PAIR = "chosen and rejected identical after truncation"
+DROP_NO_RESPONSE = "no response to learn (prompt-only record)"
 
 #: bumped whenever :meth:`Encoder.encode` returns other columns, so that older tokenized caches are not read
 ENCODING_VERSION = 3
@@ -136,7 +137,9 @@ class Encoder:
         if too_long and self.settings.long_prompt_policy == "drop":
             out["drop_reason"] = DROP_LONG_PROMPT
         if stage == "sft":
-            response = record["response"] if record.get("response") is not None else record["chosen"]
+            response = record["response"] if record.get("response") is not None else record.get("chosen")
+            if response is None:
+                return {"drop_reason": DROP_NO_RESPONSE, "truncated": False, "input_ids": [], "prompt_length": 0}
             out["input_ids"] = self.full(prompt_ids, response)
             out["prompt_length"] = len(prompt_ids)
         elif stage == "reward":

@@ -38,6 +38,19 @@ def local_partition(param: torch.Tensor) -> torch.Tensor:
     return shard.narrow(0, 0, min(max(param.ds_numel - rank * size, 0), size))
 
 
+def release_gathered(params: list[torch.Tensor]) -> None:
+    """Free the gathered copy of ZeRO-3 parameters that hold one (persistent ones, under the persistence threshold).
+
+    Such a parameter is used from ``param.data`` and never re-gathered from its shard, so a write to the shard alone
+    (an EMA swap) would not be seen; released, it is gathered from the shards at its next use. No communication.
+    """
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    gathered = [p for p in params if is_partitioned(p) and p.ds_status == ZeroParamStatus.AVAILABLE]
+    if gathered:
+        gathered[0].partition(param_list=gathered, has_been_updated=False)
+
+
 @contextmanager
 def zero3_loading(deepspeed_config: dict[str, Any] | None) -> Iterator[None]:
     """Register a ``HfDeepSpeedConfig`` for the block so ``from_pretrained`` loads partitioned (ZeRO-3 only)."""

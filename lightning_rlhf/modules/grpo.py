@@ -1,10 +1,11 @@
-"""GRPOModule: critic-free RL (GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++) on the loop PPO uses.
+"""GRPOModule: critic-free RL (GRPO, Dr. GRPO, DAPO, GSPO, CISPO, RLOO, REINFORCE++) on the loop PPO uses.
 
 On the shared online loop (:class:`~lightning_rlhf.modules.online.OnlineRLModule`) GRPO samples ``num_generations``
 answers per prompt, turns their rewards into group-relative advantages by a named estimator, and takes clipped,
 aggregated actor steps. No critic; no reference model unless a KL term asks for one. The variants are names, not
 subclasses: DAPO is ``clip_range_high=0.28, loss_aggregation=token_mean, dynamic_sampling=True,
-overlong_buffer_length=...``; Dr. GRPO is ``advantage_estimator=dr_grpo, loss_aggregation=seq_mean_token_sum_norm``.
+overlong_buffer_length=...``; Dr. GRPO is ``advantage_estimator=dr_grpo, loss_aggregation=seq_mean_token_sum_norm``;
+GSPO and CISPO are ``policy_loss`` names.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lightning_rlhf.algorithms.aggregation import get_loss_aggregation
 from lightning_rlhf.algorithms.dapo import dynamic_sampling, mask_truncated, overlong_penalty
 from lightning_rlhf.algorithms.group_advantages import get_group_advantage_estimator
 from lightning_rlhf.algorithms.grpo_loss import grpo_policy_loss
+from lightning_rlhf.algorithms.policy_losses import get_policy_loss
 from lightning_rlhf.models.forward import policy_logprobs
 from lightning_rlhf.modules.deprecations import take_renamed
 from lightning_rlhf.modules.grpo_logging import GRPO_TAGS, group_rollout_metrics
@@ -49,10 +51,18 @@ class GRPOModule(OnlineRLModule):
             ZeRO-3 only generation shares. False runs every row in full.
         advantage_estimator: ``grpo`` (group mean and std), ``dr_grpo`` (no std), ``rloo`` (leave-one-out),
             ``reinforce_pp`` (global whitening) or ``reinforce_pp_baseline`` (group mean, then whitening).
+        scale_rewards: the std ``grpo`` divides by: ``group`` (each group's) or ``batch`` (the rewards of the whole
+            batch, every rank, that the loss keeps: TRL's ``scale_rewards="batch"``, Lite PPO's). TRL's ``none`` is
+            ``dr_grpo``; the other estimators keep their own scale and refuse ``batch``.
+        policy_loss: ``clip`` (PPO's clipped token ratio: GRPO, DAPO), ``gspo`` (one clipped, length-normalised
+            sequence ratio per answer; needs ``seq_mean_token_mean`` and no ``kl_in_reward``) or ``cispo`` (the
+            clipped ratio as a detached weight on ``-A log pi``: no token loses its gradient; the paper aggregates
+            by ``token_mean``).
         loss_aggregation: ``seq_mean_token_mean`` (GRPO), ``token_mean`` (DAPO) or ``seq_mean_token_sum_norm``
             (Dr. GRPO, normalised by ``generation.max_new_tokens``).
-        clip_range_low: lower clip ``eps_low`` of the ratio.
-        clip_range_high: upper clip ``eps_high`` (0.28 is DAPO's clip-higher).
+        clip_range_low: lower clip ``eps_low`` of the ratio (GSPO's paper: 3e-4, its sequence ratio moves little;
+            CISPO's bounds only the top: 1 lifts the bottom).
+        clip_range_high: upper clip ``eps_high`` (0.28 is DAPO's clip-higher; GSPO's paper: 4e-4).
         kl_coef: coefficient of the KL to the reference; 0 (the default, as TRL and DAPO) loads no reference.
         kl_estimator: ``k1``, ``k2`` or ``k3`` estimate of the per-token KL; None: ``k3`` in the loss (GRPO's),
             ``k1`` with ``kl_in_reward`` (the unbiased gradient of KL(pi||ref) through a detached reward).
@@ -79,6 +89,8 @@ class GRPOModule(OnlineRLModule):
         num_generations: int = 8,
         share_prompt_prefix: bool = True,
         advantage_estimator: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = "grpo",
+        scale_rewards: Literal["group", "batch"] = "group",
+        policy_loss: Literal["clip", "gspo", "cispo"] = "clip",
         loss_aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = (
             "seq_mean_token_mean"),
         clip_range_low: float = 0.2,
@@ -97,12 +109,16 @@ class GRPOModule(OnlineRLModule):
         super().__init__(actor, actor_optimizer or GRPO_OPTIMIZER, train_batch_size, **kwargs)
         take_renamed(self.hparams, "GRPOModule", "beta", "kl_coef", default=0.0)
         self.hparams.kl_estimator = kl_estimator or ("k1" if kl_in_reward else "k3")
-        self.estimator = get_group_advantage_estimator(advantage_estimator)
+        self.estimator = get_group_advantage_estimator(advantage_estimator, scale_rewards)
         self._validate()
 
     def _validate(self) -> None:
         hp = self.hparams
         get_kl_estimator(hp.kl_estimator), get_loss_aggregation(hp.loss_aggregation)
+        get_policy_loss(hp.policy_loss, hp.loss_aggregation)
+        if hp.policy_loss == "gspo" and hp.kl_in_reward:
+            raise ValueError("GRPOModule: policy_loss 'gspo' weighs each answer by one advantage, and kl_in_reward "
+                             "gives each token its own; set kl_in_reward=False (the KL goes to the loss)")
         if hp.num_generations < 1:
             raise ValueError(f"GRPOModule.num_generations must be >= 1, got {hp.num_generations}")
         if hp.num_generations < self.estimator.min_group:
@@ -189,7 +205,7 @@ class GRPOModule(OnlineRLModule):
         loss, stats = grpo_policy_loss(
             logprobs, mb.logprobs, mb.advantages, mb.response_mask, hp.clip_range_low, hp.clip_range_high,
             hp.loss_aggregation, self.generation.max_new_tokens, mb.ref_logprobs,
-            0.0 if hp.kl_in_reward else hp.kl_coef, hp.kl_estimator, entropy, hp.entropy_coef)
+            0.0 if hp.kl_in_reward else hp.kl_coef, hp.kl_estimator, entropy, hp.entropy_coef, hp.policy_loss)
         self.optimizer_step(self.optimizers(), loss)
         return {"grpo/policy_loss": loss.detach(), "grpo/clipfrac_low": stats["clipfrac_low"],
                 "grpo/clipfrac_high": stats["clipfrac_high"], "grpo/approx_kl": stats["approx_kl"],

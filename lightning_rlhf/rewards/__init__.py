@@ -11,6 +11,7 @@ from lightning_rlhf.rewards.builtin import (
     exact_answer,
     math_verify_match,
 )
+from lightning_rlhf.rewards.reasoning_gym import final_answer, reasoning_gym_score, reasoning_gym_score_flexible
 from lightning_rlhf.rewards.remote import RemoteScorer
 from lightning_rlhf.rewards.resolve import RewardSpec, resolve_reward_function, resolve_reward_functions
 from lightning_rlhf.rewards.scoring import (
@@ -36,7 +37,10 @@ __all__ = [
     "completion_text",
     "compute_rewards",
     "exact_answer",
+    "final_answer",
     "math_verify_match",
+    "reasoning_gym_score",
+    "reasoning_gym_score_flexible",
     "resolve_reward_function",
     "resolve_reward_functions",
 ]

@@ -1,5 +1,6 @@
 """Built-in reward functions with TRL's signature (docs/rewards.md), for tasks with a checkable answer. The
 ``answer`` column's last number counts (GSM8K's ``"... #### 72"`` works); an answer without one gets ``None``.
+reasoning-gym's verifiers are here by name too (``reasoning_gym_score``, from ``rewards/reasoning_gym.py``).
 """
 
 from __future__ import annotations
@@ -8,19 +9,11 @@ import importlib.util
 import re
 from typing import Any, Callable, Mapping, Sequence
 
+from lightning_rlhf.rewards.reasoning_gym import reasoning_gym_score, reasoning_gym_score_flexible
+from lightning_rlhf.rewards.scoring import completion_text
+
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 ANSWER_ONLY_PATTERN = r"\s*-?\d[\d,]*(?:\.\d+)?\.?\s*"
-
-
-def completion_text(completion: Any) -> str:
-    """The text of one completion: a string as is, a message's or the last message's ``content``."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, Mapping):
-        return str(completion.get("content", ""))
-    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
-        return str(completion[-1].get("content", ""))
-    raise TypeError(f"a completion must be text or chat messages with 'content', got {type(completion).__name__}")
 
 
 def _numbers(text: str) -> list[float]:
@@ -116,11 +109,12 @@ math_verify_match.requires = "math_verify"  # type: ignore[attr-defined]
 
 
 def check_requirements(function: Callable[..., Any], source: str) -> None:
-    """Fail at construction if ``function`` needs a missing module."""
+    """Fail at construction if ``function`` needs a missing module (its ``requires``; ``install``: what to install)."""
     module = getattr(function, "requires", None)
     if isinstance(module, str) and importlib.util.find_spec(module) is None:
+        install = getattr(function, "install", module.replace("_", "-"))
         raise ImportError(f"reward function {source!r} needs the {module!r} module, which is not installed; "
-                          f"pip install {module.replace('_', '-')}, or drop the function from reward_funcs")
+                          f"pip install {install}, or drop the function from reward_funcs")
 
 
 BUILTIN_REWARD_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
@@ -129,4 +123,6 @@ BUILTIN_REWARD_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
     "answer_only_format": answer_only_format,
     "exact_answer": exact_answer,
     "math_verify_match": math_verify_match,
+    "reasoning_gym_score": reasoning_gym_score,
+    "reasoning_gym_score_flexible": reasoning_gym_score_flexible,
 }

@@ -125,17 +125,36 @@ def offload_ready_optimizer(optimizer: Optional[Optimizer], config: dict[str, An
     defaults = optimizer.defaults
     try:
         with cpu_info_asked_once():
-            return DeepSpeedCPUAdam(
+            return keep_param_group_dicts(DeepSpeedCPUAdam(
                 optimizer.param_groups, lr=float(defaults["lr"]), betas=tuple(defaults["betas"]),
                 eps=defaults["eps"], weight_decay=defaults["weight_decay"], bias_correction=True,
                 adamw_mode=bool(defaults.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW))),
-            )
+            ))
     except RuntimeError as err:
         raise RuntimeError(
             f"offload_optimizer needs DeepSpeedCPUAdam, whose CPU kernel DeepSpeed JIT-builds with a C++ compiler "
             f"({err}). Install g++ (build-essential), or set \"zero_force_ds_cpu_optimizer\": false in the DeepSpeed "
             f"config to step the module's {name} on the CPU instead (slower)."
         ) from err
+
+
+def keep_param_group_dicts(optimizer: Optimizer) -> Optimizer:
+    """Make ``load_state_dict`` write the loaded group values into the existing param-group dicts.
+
+    torch's ``Optimizer.load_state_dict`` replaces every group dict; ZeRO calls it on resume, and the scheduler (and
+    the learning-rate monitor) would keep driving the module optimizer's old dicts, leaving the applied lr frozen.
+    """
+    load = optimizer.load_state_dict
+
+    def load_into_shared_groups(state_dict: dict[str, Any]) -> None:
+        shared = optimizer.param_groups
+        load(state_dict)
+        for group, loaded in zip(shared, optimizer.param_groups):
+            group.update({key: value for key, value in loaded.items() if key != "params"})
+        optimizer.param_groups = shared
+
+    optimizer.load_state_dict = load_into_shared_groups  # type: ignore[method-assign]
+    return optimizer
 
 
 _CPU_INFO: dict[str, Any] = {}

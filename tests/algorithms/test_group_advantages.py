@@ -156,3 +156,68 @@ def test_within_group_std_matches_loop(seed, group):
         m = loop_mean(scored) if scored else 0.0
         stds.append(math.sqrt(sum((x - m) ** 2 for x in scored) / (len(scored) - 1)) if len(scored) > 1 else 0.0)
     assert within_group_std(scores, group).item() == pytest.approx(loop_mean(stds), abs=1e-12)
+
+
+def loop_batch_scaled(scores, group, mask, copies: int = 1):
+    """TRL's ``scale_rewards="batch"``: ``(r_i - mean(group)) / (std(batch) + 1e-4)``, the unbiased std over the
+    scored rows with response tokens (``copies`` times over: the other ranks of a fake all-reduce)."""
+    rows = [i for i in range(len(scores)) if not math.isnan(float(scores[i])) and any(mask[i].tolist())]
+    kept = [float(scores[i]) for i in rows] * copies
+    m = loop_mean(kept)
+    std = math.sqrt(sum((x - m) ** 2 for x in kept) / (len(kept) - 1)) if len(kept) > 1 else 0.0
+    centred = loop_shaped("dr_grpo", scores, group)
+    adv = torch.zeros(mask.shape, dtype=torch.float64)
+    for i in range(len(scores)):
+        for j in range(mask.shape[1]):
+            if mask[i, j] and not math.isnan(centred[i]):
+                adv[i, j] = centred[i] / (std + GRPO_STD_EPS)
+    return adv
+
+
+@pytest.mark.parametrize("group", GROUP_SIZES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batch_scaled_grpo_matches_loop(group, seed):
+    scores, mask, _ = random_batch(seed, num_prompts=3, group=group)
+    before = scores.clone()
+    got = get_group_advantage_estimator("grpo", scale_rewards="batch")(scores, group, mask)
+    torch.testing.assert_close(got, loop_batch_scaled(scores, group, mask), atol=1e-9, rtol=1e-9)
+    assert torch.equal(scores.nan_to_num(7.0), before.nan_to_num(7.0))
+
+
+def test_batch_scale_by_hand_and_across_ranks():
+    """Two groups of 4: rewards 1,0,0,0 and 1,1,0,1 (group means 0.25, 0.75); the batch's unbiased std is
+    sqrt(8 * 0.25 / 7). A fake all-reduce that doubles every sum is a second rank holding the same rows: the mean
+    stays, the std becomes sqrt(16 * 0.25 / 15)."""
+    scores = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    mask = torch.ones(8, 3, dtype=torch.bool)
+    estimator = get_group_advantage_estimator("grpo", scale_rewards="batch")
+    got = estimator(scores, 4, mask)
+    assert got[0, 0].item() == pytest.approx(0.75 / (math.sqrt(2 / 7) + GRPO_STD_EPS), rel=1e-12)
+    assert got[5, 2].item() == pytest.approx(0.25 / (math.sqrt(2 / 7) + GRPO_STD_EPS), rel=1e-12)
+    calls = []
+
+    def doubling(t):
+        calls.append(t.clone())
+        return 2 * t
+
+    across = estimator(scores, 4, mask, sum_across=doubling)
+    assert calls, "the batch std must be reduced over ranks"
+    assert across[0, 0].item() == pytest.approx(0.75 / (math.sqrt(4 / 15) + GRPO_STD_EPS), rel=1e-12)
+    torch.testing.assert_close(across, loop_batch_scaled(scores, 4, mask, copies=2), atol=1e-12, rtol=1e-12)
+    # a group of nearly equal rewards stays small, where its own std blows the 0.01 difference up to 1.47
+    near = torch.tensor([1.0, 1.0, 1.0, 1.01, 0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    assert get_group_advantage_estimator("grpo")(near, 4, mask)[3, 0].item() == pytest.approx(1.47, abs=0.01)
+    assert get_group_advantage_estimator("grpo", scale_rewards="batch")(near, 4, mask)[:4].abs().max() < 0.02
+
+
+def test_scale_rewards_applies_to_grpo_only():
+    from lightning_rlhf.algorithms import grpo_advantages, grpo_batch_std_advantages
+
+    assert get_group_advantage_estimator("grpo") is grpo_advantages
+    assert get_group_advantage_estimator("grpo", "batch") is grpo_batch_std_advantages
+    assert get_group_advantage_estimator("rloo", "group") is GROUP_ADVANTAGE_ESTIMATORS["rloo"]
+    for name in ("dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"):
+        with pytest.raises(ValueError, match=f"scale_rewards='batch' replaces the group std .*{name!r}"):
+            get_group_advantage_estimator(name, "batch")
+    with pytest.raises(ValueError, match="unknown scale_rewards 'none'.*'batch', 'group'"):
+        get_group_advantage_estimator("grpo", "none")

@@ -186,6 +186,26 @@ def test_prompt_only_records_reach_the_batch_with_their_reference_columns(task_t
     assert batch["columns"]["level"] == [by_prompt[p]["level"] for p in batch["prompts"]]
 
 
+def test_prompt_only_sources_go_to_the_rl_stage_whole_under_the_default_split(task_tokenizer, tmp_path, caplog):
+    """`grpo fit --data.sources '[prompts.jsonl]'` without `--data.split 0,0,1` died inside datasets.map with a raw
+    TypeError (the default split gave prompt-only records to SFT, which encoded a missing response)."""
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"{i}+1=", "answer": i + 1}) for i in range(40)))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps({"prompt": f"{i}+2=", "chosen": f" {i + 2}", "rejected": " 0"})
+                               for i in range(40)))
+    with caplog.at_level("INFO"):
+        dm = _module(task_tokenizer, tmp_path, stage="rl", sources=[str(path), str(pairs)], eval_fraction=0.1)
+        dm.setup("fit")
+    assert "prompt-only records: all 40 go to the rl stage" in caplog.text
+    from_prompts = {r["prompt"] for r in dm.datasets["train"]} | {r["prompt"] for r in dm.datasets["eval"]}
+    assert {f"{i}+1=" for i in range(40)} <= from_prompts  # every prompt-only record, none lost to sft/reward
+    assert dm.report["split"]["sft"]["train"] + dm.report["split"]["sft"]["eval"] == 8  # 2/10 of the pairs only
+    assert all(r["prompt"].endswith("+2=") for r in dm.datasets["ptx"])  # the ptx mix: records with responses
+    with pytest.raises(ValueError, match="no sft training records"):
+        _module(task_tokenizer, tmp_path, stage="sft", sources=[str(path)]).setup("fit")
+
+
 def test_a_prompt_only_column_named_like_a_reward_argument_is_refused_with_its_record(task_tokenizer, tmp_path):
     path = tmp_path / "prompts.jsonl"
     rows = [{"prompt": "1+1=", "answer": 2}, {"prompt": "2+2=", "completions": 4}]

@@ -140,6 +140,36 @@ def test_every_estimator_trains_with_its_aggregation_and_kl_placement(tmp_path, 
         assert "grpo/kl" in metrics and abs(float(metrics["grpo/kl"])) < 1e-3
 
 
+@pytest.mark.parametrize("setting", [
+    {"policy_loss": "gspo", "clip_range_low": 3e-4, "clip_range_high": 4e-4},  # the GSPO paper's ranges
+    {"policy_loss": "cispo", "clip_range_low": 1.0, "clip_range_high": 0.28, "loss_aggregation": "token_mean"},
+    {"scale_rewards": "batch"},
+], ids=["gspo", "cispo", "scale_rewards_batch"])
+def test_gspo_cispo_and_batch_scaled_rewards_train(tmp_path, actor, setting):
+    """One iteration of each variant: the loss and its clip curves are finite and the actor's weights moved."""
+    torch.manual_seed(0)
+    module = make_module(actor, update_epochs=1, **setting)
+    trainer = make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=make_data(actor))
+    metrics = trainer.logged_metrics
+    for tag in ("grpo/policy_loss", "grpo/clipfrac_low", "grpo/clipfrac_high", "grpo/ratio_mean"):
+        assert torch.isfinite(metrics[tag]), tag
+    start = AutoModelForCausalLM.from_pretrained(str(actor)).state_dict()
+    moved = max((param.detach() - start[name]).abs().max().item() for name, param in module.actor.named_parameters())
+    assert moved > 1e-5
+
+
+def test_variant_settings_that_mean_nothing_fail_at_construction(actor):
+    with pytest.raises(ValueError, match="'gspo' is one term per answer.*got 'token_mean'"):
+        make_module(actor, policy_loss="gspo", loss_aggregation="token_mean")
+    with pytest.raises(ValueError, match="policy_loss 'gspo' weighs each answer by one advantage.*kl_in_reward"):
+        make_module(actor, policy_loss="gspo", kl_coef=0.05, kl_in_reward=True)
+    with pytest.raises(ValueError, match="scale_rewards='batch' replaces the group std .*'dr_grpo'"):
+        make_module(actor, advantage_estimator="dr_grpo", scale_rewards="batch")
+    with pytest.raises(ValueError, match="unknown policy loss 'ppo'"):
+        make_module(actor, policy_loss="ppo")
+
+
 def test_with_lora_the_kl_reference_is_the_actor_with_its_adapters_off(tmp_path, actor):
     """No second model: after training (the adapters no longer zero) the adapter-free actor scores responses
     exactly as a frozen copy loaded from the same folder, while the trained actor scores them differently."""

@@ -98,6 +98,27 @@ def test_a_kl_in_the_reward_moves_the_advantages_and_leaves_the_loss_without_kl(
     assert in_loss.ref_logprobs is not None
 
 
+def test_batch_scaled_rewards_divide_by_the_std_reduced_over_ranks(actor):
+    """``scale_rewards="batch"``: the module hands its all-reduce to the estimator (a fake one that doubles: a
+    second rank with the same rewards), and the batch's std counts only the rows the loss keeps."""
+    grpo = module(actor, scale_rewards="batch", dynamic_sampling=True)
+    calls = []
+
+    def doubling(tensor):
+        calls.append(tensor)
+        return 2 * tensor
+
+    grpo.sum_across_ranks = lambda: doubling
+    rollout, _ = grpo.advantages(experience())
+    assert calls
+    kept = rollout.response_mask
+    expected = get_group_advantage_estimator("grpo", "batch")(SCORES, G, kept, sum_across=doubling)
+    torch.testing.assert_close(rollout.advantages, expected)
+    rows = SCORES[2 * G:]  # the two groups with a signal, twice over
+    std = torch.cat([rows, rows]).std()
+    assert rollout.advantages[2 * G, 0].item() == pytest.approx((1.0 - 0.375) / (std.item() + 1e-4), rel=1e-5)
+
+
 def test_kl_in_reward_keeps_an_estimator_given_explicitly(actor):
     assert module(actor, kl_coef=0.1, kl_in_reward=True, kl_estimator="k3").hparams.kl_estimator == "k3"
     assert module(actor, kl_coef=0.1).hparams.kl_estimator == "k3"  # in the loss: GRPO's k3

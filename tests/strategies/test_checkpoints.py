@@ -100,3 +100,21 @@ def test_each_rank_resumes_its_own_ema_shard_under_zero3(zero3_runs):
             # ZeRO-3 partition; it now averages the filled part only (models/zero3.py::local_partition)
             assert all(math.isfinite(v) for v in values), (rank, name, values)
             assert restored[rank]["start"][name] == pytest.approx(values, abs=0), (rank, name)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("stage", [2, 3])
+def test_an_offloaded_run_resumed_in_fresh_processes_follows_the_schedule_and_the_weights(tmp_path, stage):
+    """offload_optimizer, warm-up + linear decay over 8 steps, killed at step 4 and resumed in new processes: the lr
+    the offloaded optimizer applies, the losses and the final weights equal the uninterrupted run's, step by step.
+    Before the fix the resumed optimizer kept the checkpoint's lr (DeepSpeedCPUAdam's load_state_dict replaced the
+    param-group dicts the scheduler writes)."""
+    for phase in ("full", "first", "second"):
+        run_distributed(WORKER, "offload", tmp_path, "--stage", str(stage), "--phase", phase, nprocs=2, timeout=900)
+    for rank in range(2):
+        full, first, second = (results(tmp_path, f"offload-{phase}-stage{stage}", 2)[rank]
+                               for phase in ("full", "first", "second"))
+        assert len(full["lrs"]) == 8 and len(set(full["lrs"][2:])) == 6  # the schedule moves at every step
+        assert first["lrs"] + second["lrs"] == pytest.approx(full["lrs"], rel=1e-6)
+        assert first["losses"] + second["losses"] == pytest.approx(full["losses"], rel=1e-5)
+        torch.testing.assert_close(torch.tensor(sum(second["weights"], [])), torch.tensor(sum(full["weights"], [])))

@@ -149,3 +149,27 @@ def test_building_cpu_adam_runs_py_cpuinfo_once_per_process(monkeypatch):
         assert type(optimizer).__name__ == "DeepSpeedCPUAdam"
     assert len(calls) == 1
     assert cpuinfo.get_cpu_info is counting  # restored after each build
+
+
+def test_a_resumed_cpu_adam_keeps_the_param_group_dicts_the_scheduler_drives():
+    """ZeRO restores an offloaded run by calling DeepSpeedCPUAdam.load_state_dict, which in torch replaces every
+    param-group dict; the learning-rate scheduler kept writing the module optimizer's old dicts, so the lr stayed at
+    the restored value for the rest of the run. The loaded values go into the shared dicts instead."""
+    import torch
+
+    from lightning_rlhf.strategies.engine_steps import offload_ready_optimizer
+
+    offload = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    adamw = torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}], lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(adamw, lambda step: 1.0 - step / 8)
+    cpu_adam = offload_ready_optimizer(adamw, offload)
+    for _ in range(3):  # the run before the kill
+        scheduler.step()
+    saved = cpu_adam.state_dict()
+    saved["param_groups"][0]["lr"] = 7.0e-4  # the lr at save time, as the checkpoint holds it
+    cpu_adam.load_state_dict(saved)
+    assert all(a is b for a, b in zip(cpu_adam.param_groups, adamw.param_groups))
+    assert cpu_adam.param_groups[0]["lr"] == 7.0e-4  # what was saved is restored...
+    scheduler.step()
+    assert [group["lr"] for group in cpu_adam.param_groups] == pytest.approx([5.0e-4, 5.0e-4])  # ...and driven on

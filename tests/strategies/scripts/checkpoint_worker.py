@@ -10,6 +10,9 @@ Scenarios:
   ema       --phase first: ZeRO-3 fit of actor + critic with an EMA of the actor, checkpoint at step 4; --phase second:
             resume from it;
             each phase records the EMA shard this rank holds (at the end, and right after the restore)
+  offload   Regressor with offload_optimizer and a warm-up + linear-decay schedule over 8 steps: --phase full runs 8
+            steps, --phase first stops at step 4 with a checkpoint, --phase second resumes from it in fresh processes;
+            each records the lr the offloaded optimizer applied at every step, its losses and its final weights
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import sys
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from lightning import seed_everything
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -28,7 +32,7 @@ from lightning_rlhf.callbacks.ema import EMACallback
 from lightning_rlhf.strategies import HybridDeepSpeedStrategy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from strategy_worker import Regressor, StopAt, TwoEngines, loader, run_scenarios, trainer  # noqa: E402
+from strategy_worker import Regressor, StopAt, TwoEngines, gathered, loader, run_scenarios, trainer  # noqa: E402
 
 
 class Evaluated(TwoEngines):
@@ -130,9 +134,44 @@ def run_ema(args, world: int) -> dict:
     return record.seen
 
 
+class ScheduledRegressor(Regressor):
+    """Regressor with 2 warm-up steps then linear decay to 0 at step 8, stepped per optimizer step."""
+
+    def __init__(self):
+        super().__init__()
+        self.applied_lrs: list[float] = []
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=1e-2)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min((step + 1) / 2, (8 - step) / 6))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer):
+        # what the optimizer DeepSpeed steps reads (DeepSpeedCPUAdam's groups under ZeRO), not the scheduler's view
+        engine_optimizer = self.trainer.strategy.deepspeed_engine.optimizer
+        base = getattr(engine_optimizer, "optimizer", engine_optimizer)
+        self.applied_lrs.append(base.param_groups[0]["lr"])
+
+
+def run_offload(args, world: int) -> dict:
+    seed_everything(0)
+    model = ScheduledRegressor()
+    ckpt_dir = Path(args.outdir) / f"offload-stage{args.stage}"
+    strategy = HybridDeepSpeedStrategy(stage=args.stage, offload_optimizer=True, process_group_timeout_s=120)
+    callbacks, ckpt = [], None
+    if args.phase == "first":
+        callbacks = [ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=4, save_top_k=-1), StopAt(4)]
+    elif args.phase == "second":
+        (ckpt,) = ckpt_dir.glob("*.ckpt")
+    trainer(args.stage, 8, "32-true", args.outdir, callbacks=callbacks, max_epochs=-1, strategy=strategy).fit(
+        model, loader(world), ckpt_path=str(ckpt) if ckpt else None)
+    return {"lrs": model.applied_lrs, "losses": model.losses, "weights": gathered(model.net)}
+
+
 def main():
     parser = argparse.ArgumentParser()
-    scenarios = {"evaluate": run_evaluate, "plain": run_plain, "resume": run_resume, "ema": run_ema}
+    scenarios = {"evaluate": run_evaluate, "plain": run_plain, "resume": run_resume, "ema": run_ema,
+                 "offload": run_offload}
     parser.add_argument("scenarios", help=f"comma-separated, of {sorted(scenarios)} (one after the other)")
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--stage", type=int, default=3)
@@ -141,7 +180,7 @@ def main():
     args = parser.parse_args()
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     run_scenarios(parser, scenarios, args, world, lambda name: args.outdir / (
-        f"{name}{f'-{args.phase}' if name == 'ema' else ''}-stage{args.stage}-rank{rank}.json"))
+        f"{name}{f'-{args.phase}' if name in ('ema', 'offload') else ''}-stage{args.stage}-rank{rank}.json"))
 
 
 if __name__ == "__main__":
