@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_rlhf.strategies.checkpoint_folder import interrupted_publish
 
 
 def trained_iterations(trainer: Trainer) -> int:
@@ -42,8 +46,16 @@ class IterationCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
 
     def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+        """Lightning's ``last`` checkpoints, and the complete one a save killed mid-replacement left instead."""
         self._default_dirpath(trainer)  # ckpt_path="last" looks here before setup()
-        return super()._find_last_checkpoints(trainer)
+        found = super()._find_last_checkpoints(trainer)
+        if not found and self.dirpath is not None and os.path.isdir(self.dirpath):
+            last = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+            recovered = interrupted_publish(last)
+            if recovered is not None:
+                rank_zero_warn(f"{last} is missing: a save was killed while replacing it; resuming from {recovered}")
+                found = {str(recovered)}
+        return found
 
     def _default_dirpath(self, trainer: Trainer) -> None:
         if self.dirpath is None:

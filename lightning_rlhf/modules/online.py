@@ -379,19 +379,33 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
         return lambda tensor: self.trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the mini-batch shuffle state, the sampling RNG (rank 0's) and :meth:`extra_state`, so a resumed
-        run draws the rollouts the uninterrupted run would have."""
+        """Save the mini-batch shuffle state, every rank's sampling RNG and :meth:`extra_state`, so a resumed run
+        draws the rollouts the uninterrupted run would have on every rank. Collective: every rank saves."""
+        rngs = [rng_states()]
+        if self.trainer.world_size > 1:
+            rngs = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(rngs, rng_states())
         checkpoint[f"{self.metric_prefix}_state"] = {**self.extra_state(), "shuffle_rng": self._shuffle.get_state(),
-                                                     "rng": rng_states()}
+                                                     "rng": rngs[0], "rng_per_rank": rngs}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore what :meth:`on_save_checkpoint` saved."""
+        """Restore what :meth:`on_save_checkpoint` saved; this rank's sampling RNG when the world size matches."""
         state = checkpoint.get(f"{self.metric_prefix}_state")
-        if state is not None:
-            self.load_extra_state(state)
-            self._shuffle.set_state(state["shuffle_rng"])
+        if state is None:
+            return
+        self.load_extra_state(state)
+        self._shuffle.set_state(state["shuffle_rng"])
+        per_rank, world = state.get("rng_per_rank"), self.trainer.world_size
+        if per_rank is not None and len(per_rank) == world:
+            self._rng_to_restore = per_rank[self.global_rank]
+        else:
             self._rng_to_restore = state.get("rng")
-            rank_zero_info(f"{type(self).__name__}: restored the shuffle and sampling state of the checkpoint")
+            if world > 1:
+                saved = "one rank's" if per_rank is None else f"{len(per_rank)} ranks'"
+                rank_zero_warn(f"{type(self).__name__}: the checkpoint holds {saved} sampling RNG and this run has "
+                               f"{world} ranks: every rank restarts from rank 0's, so rollouts differ from an "
+                               f"uninterrupted run (the training state itself is restored)")
+        rank_zero_info(f"{type(self).__name__}: restored the shuffle and sampling state of the checkpoint")
 
     def on_train_start(self) -> None:
         """Set the sampling RNG a checkpoint saved, now that model building and engine setup are done."""

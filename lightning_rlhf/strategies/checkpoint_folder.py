@@ -43,6 +43,18 @@ def publish(staging: Path, final: Path, metadata: dict[str, Any]) -> None:
         shutil.rmtree(previous)
 
 
+def interrupted_publish(final: Path) -> Path | None:
+    """The complete checkpoint a save of ``final`` left when killed between :func:`publish`'s two renames (None if
+    ``final`` exists or nothing is left): the staging folder when its marker is written (the newer), else ``.old``."""
+    final = Path(final)
+    if final.exists():
+        return None
+    staging, previous = staging_path(final), final.with_name(final.name + ".old")
+    if (staging / MARKER_FILE).is_file():
+        return staging
+    return previous if (previous / MARKER_FILE).is_file() else None
+
+
 def read_marker(path: Path, accept_lightning_deepspeed: bool = False) -> dict[str, Any]:
     """Validate a checkpoint directory and return its marker (``accept_lightning_deepspeed``: also theirs)."""
     path = Path(path)

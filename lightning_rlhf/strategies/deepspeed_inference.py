@@ -43,6 +43,11 @@ def check_kernel_support(model: nn.Module, device: torch.device) -> None:
             f"DeepSpeed's fused inference kernels do not support model family {family!r} (supported: "
             f"{KERNEL_FAMILIES}); use generation_backend='native'"
         )
+    check_kernels_work()
+
+
+def check_kernels_work() -> None:
+    """Raise when DeepSpeed's fused inference kernels cannot run with the installed transformers."""
     if not kernels_work_with_installed_transformers():
         import transformers
 

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_rlhf.strategies.checkpoint_folder import (
     consolidated_state_dict,
     load_lightning_state,
     load_rank_callbacks,
     publish,
+    interrupted_publish,
     read_marker,
     save_lightning_state,
     save_rank_callbacks,
@@ -60,6 +62,11 @@ def save(
 def load(strategy: Any, checkpoint_path: Union[str, Path], load_single: Callable[[Path], dict]) -> dict[str, Any]:
     """Load a directory written by :func:`save` into the strategy's engines; returns Lightning's state."""
     path = Path(strategy.broadcast(str(checkpoint_path)))
+    recovered = interrupted_publish(path)
+    if recovered is not None:
+        rank_zero_warn(f"Checkpoint {path} is missing: a save was killed while replacing it; loading the complete "
+                       f"checkpoint it left, {recovered}")
+        path = recovered
     state = _load_engines(strategy, path, load_single)
     own = load_rank_callbacks(path, strategy.global_rank)
     if own is not None:

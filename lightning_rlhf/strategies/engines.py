@@ -89,6 +89,21 @@ def engine_per_child(module: nn.Module) -> bool:
     return not getattr(module, "automatic_optimization", True) and len(parameterised) > 1
 
 
+def check_engine_stages(base_config: Mapping[str, Any], engine_configs: Optional[Mapping[str, Any]]) -> None:
+    """Refuse a per-engine ZeRO stage: every model of a module is built in one sharded context."""
+    base_stage = (base_config.get("zero_optimization") or {}).get("stage", 0)
+    for name, override in (engine_configs or {}).items():
+        stage = ((override or {}).get("zero_optimization") or {}).get("stage", base_stage)
+        if stage != base_stage:
+            raise ValueError(
+                f"engine_configs[{name!r}] sets ZeRO stage {stage}, but the strategy's stage is {base_stage}: every "
+                f"model of a module is built in one sharded context (ZeRO-3 partitions them all as they are created), "
+                f"so one stage serves every engine (DeepSpeed-Chat's --actor_zero_stage/--critic_zero_stage differ "
+                f"there). Set the stage on the strategy, and use engine_configs for per-engine offload, batch or "
+                f"precision settings."
+            )
+
+
 def plan_engines(
     module: nn.Module,
     optimizers: list[Optimizer],
@@ -120,6 +135,7 @@ def plan_engines(
             )
         by_child[name] = index
     overrides = dict(engine_configs or {})
+    check_engine_stages(base_config, overrides)
     unknown = sorted(set(overrides) - set(children))
     if unknown:
         raise ValueError(

@@ -32,6 +32,7 @@ from lightning_rlhf.strategies.engine_steps import (
 )
 from lightning_rlhf.strategies.engines import (
     EnginePlan,
+    check_engine_stages,
     engine_per_child,
     inference_config,
     plan_engines,
@@ -43,7 +44,9 @@ from lightning_rlhf.strategies.environment import (
     check_tensor_parallel_layout,
     use_cpu_for_deepspeed,
 )
+from lightning_rlhf.strategies.deepspeed_inference import check_kernels_work
 from lightning_rlhf.strategies.generation_replica import GenerationStats
+from lightning_rlhf.strategies.tp_plans import check_generation_layout
 
 GenerationBackend = Literal["native", "deepspeed"]
 
@@ -91,6 +94,8 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         check_positive("tp_gather_partition_size", tp_gather_partition_size)
         if generation_backend not in ("native", "deepspeed"):
             raise ValueError(f"generation_backend must be 'native' or 'deepspeed', got {generation_backend!r}.")
+        if generation_backend == "deepspeed":
+            check_kernels_work()  # transformers 5 broke DeepSpeed's injection: refuse now, not at the first rollout
         if process_group_timeout_s is not None:
             check_positive("process_group_timeout_s", process_group_timeout_s)
             kwargs["timeout"] = timedelta(seconds=process_group_timeout_s)
@@ -110,6 +115,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         self.offload_frozen_models = offload_frozen_models
         self.generation_backend = generation_backend
         self.engine_configs = dict(engine_configs or {})
+        check_engine_stages(self.config or {}, self.engine_configs)
         self.tp_plan = tp_plan
         self._engines: dict[str, Any] = {}
         self._engine_by_optimizer: dict[int, Any] = {}
@@ -212,6 +218,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
     def init_deepspeed(self) -> None:
         self._destroy_engines()
         module = self.lightning_module
+        check_generation_layout(module, self.inference_tp_size, self.tp_plan)
         fitting = module.trainer is not None and module.trainer.state.fn == TrainerFn.FITTING
         several = engine_per_child(module)
         self._configured_optimizers = None

@@ -15,12 +15,23 @@ from torch import nn
 from lightning_rlhf.models.zero3 import is_partitioned, local_partition
 
 
+#: elements per chunk of a fingerprint: its float64 transient stays this small whatever the parameter's size
+FINGERPRINT_CHUNK = 1 << 20
+
+
 def fingerprint(params: Sequence[nn.Parameter]) -> torch.Tensor:
-    """``(2 * len(params),)`` float64: sum and sum of squares of each parameter's local tensor."""
+    """``(2 * len(params),)`` float64: sum and sum of squares of each parameter's local tensor, accumulated over
+    chunks (a whole-tensor float64 copy was two copies of the largest weight at every generation entry)."""
     values = []
     for param in params:
-        local = local_partition(param)
-        values += [torch.sum(local, dtype=torch.float64), torch.sum(local.double().square())]
+        flat = local_partition(param).reshape(-1)
+        total = flat.new_zeros((), dtype=torch.float64)
+        squares = flat.new_zeros((), dtype=torch.float64)
+        for chunk in flat.split(FINGERPRINT_CHUNK):
+            wide = chunk.double()
+            total += wide.sum()
+            squares += wide.square().sum()
+        values += [total, squares]
     return torch.stack([v.cpu() for v in values]) if values else torch.zeros(0, dtype=torch.float64)
 
 
@@ -42,6 +53,10 @@ class ChangedParameters:
         if partitioned and dist.is_available() and dist.is_initialized():
             dist.all_reduce(flat, op=dist.ReduceOp.MAX)
         return [[bool(f) for f in part.tolist()] for part in flat.split([len(group) for group in groups])]
+
+    def forget(self) -> None:
+        """Count every parameter as changed at the next :meth:`changed` (what they compute from changed, not them)."""
+        self._seen = []
 
     def refreshed(self) -> None:
         """The changed parameters were copied: their fingerprints from :meth:`changed` become the reference."""

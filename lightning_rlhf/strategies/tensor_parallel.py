@@ -154,6 +154,7 @@ class InferenceReplica:
         self.groups = self._gather_groups()
         self._sources = [GroupSources.of(group) for group in self.groups]
         self._changed = ChangedParameters()
+        self._adapters_seen: tuple | None = None
         self.last_refresh = RefreshCount(0, len(self.groups), 0)
         del self.base
 
@@ -272,6 +273,9 @@ class InferenceReplica:
         (:mod:`.lora_refresh`). Collective under ZeRO-3. Runs outside ``torch.inference_mode``, whose tensors a
         later refresh could not update in place.
         """
+        adapters = self._adapter_state()
+        if adapters != self._adapters_seen:  # adapters switched off or on: the merged weights change, not the params
+            self._changed.forget()
         flags = self._changed.changed([sources.params for sources in self._sources], self.device)
         gathered = refreshed = adapters_only = 0
         for group, sources, changed in zip(self.groups, self._sources, flags):
@@ -291,8 +295,15 @@ class InferenceReplica:
                     for index in merge:
                         self._write(group[index], group[index].base)
         self._changed.refreshed()
+        self._adapters_seen = adapters
         self.last_refresh = RefreshCount(refreshed, len(self.groups), gathered, adapters_only)
         return self.last_refresh
+
+    def _adapter_state(self) -> tuple:
+        """Each LoRA layer's on/off switch and active adapters, as the merge reads them."""
+        return tuple((bool(getattr(s.lora_owner, "disable_adapters", False)),
+                      tuple(getattr(s.lora_owner, "active_adapters", ()) or ())) for s in self.slots
+                     if s.lora_owner is not None)
 
     def _copy(self, slot: _Slot) -> None:
         """Copy one gathered source into the replica (LoRA merged), keeping its base shard if ``keep_lora_base``."""

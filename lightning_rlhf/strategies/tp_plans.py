@@ -9,9 +9,11 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 from torch import nn
+
+from lightning_rlhf.models.loading import unwrap_model
 
 
 @dataclass(frozen=True)
@@ -261,3 +263,21 @@ def check_divisible(config, tp_size: int) -> None:
                 f"{config.model_type} config.{name}={value} is not divisible by inference_tp_size={tp_size}; "
                 f"choose an inference_tp_size that divides it"
             )
+
+
+def check_generation_layout(module: Any, tp_size: int, tp_plan: dict[str, str] | None) -> None:
+    """Refuse, before any engine is built, a generating child (a causal LM) that ``tp_size`` ranks cannot split:
+    heads or widths not divisible, or a family without a plan. Otherwise it would fail at the first rollout."""
+    if tp_size <= 1:
+        return
+    for name, child in module.named_children():
+        model = unwrap_model(child)
+        config = getattr(model, "config", None)
+        if config is None or not callable(getattr(model, "generate", None)):
+            continue
+        try:
+            check_divisible(config, tp_size)
+            resolve_tp_plan(config, tp_plan)
+        except ValueError as err:
+            raise ValueError(f"{type(module).__name__}.{name} cannot generate split over inference_tp_size="
+                             f"{tp_size}: {err}") from err

@@ -56,6 +56,21 @@ def test_trainable_child_without_optimizer_and_unknown_override_are_errors():
         plan_engines(holder, opts, {**BASE, "optimizer": {"type": "Adam"}}, BASE)
 
 
+def test_a_per_engine_zero_stage_is_refused_when_the_strategy_is_built():
+    """DeepSpeed-Chat's --critic_zero_stage: accepted before, then fit died with `mat2 must be a matrix`."""
+    from lightning_rlhf.strategies import HybridDeepSpeedStrategy
+
+    with pytest.raises(ValueError, match=r"engine_configs\['critic'\] sets ZeRO stage 2, but the strategy's stage is 3"):
+        HybridDeepSpeedStrategy(stage=3, engine_configs={"critic": {"zero_optimization": {"stage": 2}}})
+    same = HybridDeepSpeedStrategy(stage=3, engine_configs={"critic": {"zero_optimization": {"stage": 3}},
+                                                             "actor": {"gradient_clipping": 0.5}})
+    assert same.engine_configs["actor"] == {"gradient_clipping": 0.5}
+    holder = Holder()
+    opts = [torch.optim.SGD(holder.actor.parameters(), lr=0.1), torch.optim.SGD(holder.critic.parameters(), lr=0.1)]
+    with pytest.raises(ValueError, match="sets ZeRO stage 1"):
+        plan_engines(holder, opts, BASE, BASE, {"actor": {"zero_optimization": {"stage": 1}}})
+
+
 def test_inference_config_offload_forces_zero3_and_keeps_precision():
     cfg = inference_config({"bf16": {"enabled": True}, "zero_optimization": {"stage": 2}}, 2, offload=True)
     assert cfg["zero_optimization"] == {"stage": 3, "offload_param": {"device": "cpu", "pin_memory": False}}

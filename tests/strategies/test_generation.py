@@ -192,6 +192,32 @@ def test_single_process_lora_generation_and_forward(tiny_model_factory):
     release_replica(model)
 
 
+def test_switching_the_adapters_off_and_on_refreshes_a_kept_replica(tiny_model_factory):
+    """``with actor.disable_adapter(): with generation_mode(actor)`` generated with the adapters: the replica's
+    change check saw no weight change. The adapters' on/off state now counts as a change."""
+    from peft import LoraConfig, get_peft_model
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama", **SIZES))
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    ids, mask = left_padded_prompts(base.config.vocab_size, base.config.pad_token_id)
+    real = mask.bool()
+
+    def replica_logits():
+        with generation_mode(model) as policy:
+            return policy(ids, mask).logits[real]
+
+    with torch.no_grad():
+        with_adapters = model(input_ids=ids, attention_mask=mask).logits[real]
+        with model.disable_adapter():
+            without = model(input_ids=ids, attention_mask=mask).logits[real]
+    assert not torch.allclose(with_adapters, without, atol=1e-4)
+    assert torch.allclose(replica_logits(), with_adapters, atol=1e-5)
+    with model.disable_adapter():
+        assert torch.allclose(replica_logits(), without, atol=1e-5)
+    assert torch.allclose(replica_logits(), with_adapters, atol=1e-5)  # back on
+    release_replica(model)
+
+
 def test_bf16_replica_merges_lora_in_float32_and_scores_like_the_unmerged_update(tiny_model_factory):
     """A bf16 replica holds ``bf16(W + B @ A * s)`` computed in float32 (one rounding), and the log-probs of what it
     samples agree with the unmerged bf16 forward of the update (the first PPO ratio) to bf16 rounding."""

@@ -305,3 +305,24 @@ def test_manual_backward_with_the_optimizer_frees_the_graph_under_one_engine():
     proc = run_distributed(Path(__file__).parent / "scripts" / "manual_backward_worker.py", nprocs=1)
     assert "graph freed after manual_backward: True" in proc.stdout, proc.stdout[-2000:]
     assert "weights moved: True" in proc.stdout
+
+
+def test_generation_settings_that_cannot_work_are_refused_before_any_model_loads(tiny_model_factory, tmp_path):
+    """generation_backend='deepspeed' under transformers 5, and heads that inference_tp_size cannot split, failed
+    only at the first rollout, after every model had loaded; both are refused at construction / engine setup."""
+    from lightning.pytorch import LightningModule
+    from transformers import AutoModelForCausalLM
+
+    from lightning_rlhf.strategies.deepspeed_inference import kernels_work_with_installed_transformers
+    from lightning_rlhf.strategies.tp_plans import check_generation_layout
+
+    if not kernels_work_with_installed_transformers():
+        with pytest.raises(RuntimeError, match="does not work with transformers .*generation_backend='native'"):
+            HybridDeepSpeedStrategy(generation_backend="deepspeed")
+    module = LightningModule()
+    module.actor = AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama", hidden_size=48, num_heads=3))
+    module.actor.config.num_key_value_heads = 3
+    check_generation_layout(module, 3, None)  # 3 heads over 3 ranks split
+    with pytest.raises(ValueError, match=r"LightningModule.actor cannot generate split over inference_tp_size=2: "
+                                         r"llama config.num_attention_heads=3 is not divisible"):
+        check_generation_layout(module, 2, None)
