@@ -82,7 +82,19 @@ class EMACallback(Callback):
         if step == self._last_step or step % self.every_n_steps:
             return
         self._last_step = step
+        if self._step_skipped(trainer, pl_module):
+            return  # an overflow skipped the model's step: the weights did not move, and DeepSpeed counts no step
         self.update(pl_module, self.decay if step >= self.start_step else 0.0)
+
+    def _step_skipped(self, trainer: Trainer, pl_module: LightningModule) -> bool:
+        """Whether the averaged model's engine applied no step this batch (HybridDeepSpeedStrategy's record)."""
+        applied = getattr(trainer.strategy, "applied_since_reset", None)
+        engines = getattr(trainer.strategy, "engines", None) or {}
+        target = export_target(pl_module, self.model_attr)
+        for name in engines:
+            if getattr(pl_module, name, None) is target:
+                return not applied(child=name)
+        return False
 
     @contextmanager
     def swapped(self, pl_module: LightningModule) -> Iterator[None]:

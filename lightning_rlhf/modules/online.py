@@ -296,10 +296,14 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
         prompts, extra = self.prompt_batch(batch)
         rollout, metrics, samples = self.make_experience(prompts)
         start = time.perf_counter()
+        applied = getattr(self.trainer.strategy, "applied_since_reset", None)
+        if applied is not None:
+            self.trainer.strategy.reset_applied_steps()
         metrics.update(self.update(rollout, extra))
         schedulers = self.lr_schedulers() or []  # one scheduler comes unwrapped, several as a list
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-            scheduler.step()
+            if applied is None or not self.trainer.strategy.engines or applied(scheduler.optimizer):
+                scheduler.step()  # an engine whose every step overflowed keeps its schedule where it was
         metrics["time/training_s"] = time.perf_counter() - start
         metrics = reduce_metrics(self.trainer.strategy, metrics)
         self.on_iteration_end(metrics, len(rollout))

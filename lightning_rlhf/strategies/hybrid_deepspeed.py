@@ -119,6 +119,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         self.tp_plan = tp_plan
         self._engines: dict[str, Any] = {}
         self._engine_by_optimizer: dict[int, Any] = {}
+        self._applied: dict[int, bool] = {}
         self._live_engines: list[Any] = []
         self._engine_hooks: list[Any] = []
         self._configured_optimizers: Optional[tuple[list, list]] = None
@@ -328,7 +329,20 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         engine = self._engine_for(optimizer)
         closure()
         self.precision_plugin._after_closure(self.lightning_module, getattr(optimizer, "_optimizer", optimizer))
-        return engine.step(**kwargs)
+        result = engine.step(**kwargs)
+        self._applied[id(engine)] = self._applied.get(id(engine), False) or engine.was_step_applied()
+        return result
+
+    def reset_applied_steps(self) -> None:
+        """Start a new record of which engines applied a step (an online iteration calls this first)."""
+        self._applied.clear()
+
+    def applied_since_reset(self, optimizer: Any = None, child: Optional[str] = None) -> bool:
+        """Whether the engine of ``optimizer`` (or of the child module ``child``) applied at least one step since
+        :meth:`reset_applied_steps`: an fp16 overflow (or a NaN gradient) skips a step, and a skipped step advances
+        neither that engine's learning-rate schedule nor an EMA, as in DeepSpeed."""
+        engine = self._engines[child] if child is not None else self._engine_for(optimizer)
+        return self._applied.get(id(engine), False)
 
     @contextmanager
     def generation_mode(self, model: nn.Module) -> Iterator[Any]:
