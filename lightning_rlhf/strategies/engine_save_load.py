@@ -37,6 +37,7 @@ def save(
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     strategy.barrier("hybrid_deepspeed.save_checkpoint.start")
+    check_staging_shared(strategy, staging)
     trained = strategy.trainable_engines()
     if strategy.engines:
         state = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
@@ -57,6 +58,24 @@ def save(
         publish(staging, final, {"layout": "several" if strategy.engines else "single", "engines": list(trained),
                                  "zero_stage": strategy.zero_stage, "world_size": strategy.world_size})
     strategy.barrier("hybrid_deepspeed.save_checkpoint.published")
+
+
+def check_staging_shared(strategy: Any, staging: Path) -> None:
+    """Refuse, on every rank at once, a checkpoint folder some rank cannot see (node-local storage): its shards
+    would land in a folder rank 0 never publishes."""
+    import torch
+
+    blind = torch.tensor(0.0 if staging.is_dir() else 1.0, device=strategy.root_device)
+    blind_ranks = int(strategy.reduce(blind.clone(), reduce_op="sum").item()) if strategy.world_size > 1 else 0
+    if blind_ranks:
+        if strategy.is_global_zero:
+            shutil.rmtree(staging, ignore_errors=True)
+        here = " (this rank among them)" if blind.item() else ""
+        raise RuntimeError(
+            f"{blind_ranks} rank(s){here} cannot see the checkpoint folder {staging} that rank 0 created: "
+            f"HybridDeepSpeedStrategy checkpoints need a file system every node shares (each rank writes its shards "
+            f"into one folder). Point the checkpoint dirpath (or trainer.default_root_dir) at shared storage."
+        )
 
 
 def load(strategy: Any, checkpoint_path: Union[str, Path], load_single: Callable[[Path], dict]) -> dict[str, Any]:

@@ -118,3 +118,36 @@ def test_an_offloaded_run_resumed_in_fresh_processes_follows_the_schedule_and_th
         assert first["lrs"] + second["lrs"] == pytest.approx(full["lrs"], rel=1e-6)
         assert first["losses"] + second["losses"] == pytest.approx(full["losses"], rel=1e-5)
         torch.testing.assert_close(torch.tensor(sum(second["weights"], [])), torch.tensor(sum(full["weights"], [])))
+
+
+@pytest.mark.distributed
+def test_a_checkpoint_folder_that_another_node_cannot_see_is_refused_on_every_rank(tmp_path):
+    """Two "nodes" on one machine: node 1 runs in a mount namespace of its own whose checkpoint folder is a tmpfs,
+    as node-local storage would be. Rank 0 alone made and renamed ``<ckpt>.partial``, so node 1's shards were never
+    published; now every rank stops at the first save, naming the folder, instead of writing a broken checkpoint."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.helpers.distributed import free_port
+
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs unshare and root for a mount namespace (node-local storage on one machine)")
+    (tmp_path / "ckpts").mkdir()
+    worker = Path(__file__).parent / "scripts" / "node_local_worker.py"
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
+           "LOCAL_RANK": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    command = [sys.executable, str(worker), str(tmp_path)]
+    node1 = ["unshare", "-m", "sh", "-c", f'mount -t tmpfs tmpfs "{tmp_path / "ckpts"}" && exec "$@"', "-", *command]
+    ranks = [subprocess.Popen(cmd, env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for rank, cmd in enumerate([command, node1])]
+    logs = [rank.communicate(timeout=600)[0] for rank in ranks]
+    assert all(rank.returncode == 0 for rank in ranks), logs
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"result-rank{rank}.json").read_text())
+        assert result["error"] and "1 rank(s)" in result["error"], (rank, result, logs[rank][-2000:])
+        assert "need a file system every node shares" in result["error"]
+    assert ("(this rank among them)" in json.loads((tmp_path / "result-rank1.json").read_text())["error"])
+    assert json.loads((tmp_path / "result-rank0.json").read_text())["saved"] == []  # no half checkpoint left
