@@ -18,7 +18,7 @@ from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from lightning.pytorch.core.optimizer import LightningOptimizer, _init_optimizers_and_lr_schedulers
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
@@ -120,6 +120,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         self._engines: dict[str, Any] = {}
         self._engine_by_optimizer: dict[int, Any] = {}
         self._applied: dict[int, bool] = {}
+        self._offloaded_ids: list[range] = []
         self._live_engines: list[Any] = []
         self._engine_hooks: list[Any] = []
         self._configured_optimizers: Optional[tuple[list, list]] = None
@@ -192,10 +193,14 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         if self.zero_stage != 3 or not self.offload_frozen_models:
             yield
             return
+        from deepspeed.runtime.zero.partition_parameters import Init
+
         from lightning_rlhf.strategies.frozen_models import frozen_models_init
 
+        start = Init.param_id
         with frozen_models_init(inference_config(self.config, self.zero_stage, offload=True)):
             yield
+        self._offloaded_ids.append(range(start, Init.param_id))  # ZeRO-3 numbers parameters as it creates them
 
     @property
     def zero_stage(self) -> int:
@@ -250,6 +255,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
     ) -> None:
         frozen = inference_config(self.config, self.zero_stage, self.offload_frozen_models)
         plans = plan_engines(module, optimizers, self.config, frozen, self.engine_configs, inference_only)
+        self._warn_frozen_not_offloaded([p for p in plans if not p.trainable])
         ds_optimizers: dict[int, Any] = {}
         for plan in plans:
             engine, ds_optimizer = self._initialize_engine(plan)
@@ -269,6 +275,21 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         summary = ", ".join(f"{p.name} ({'trainable' if p.trainable else 'frozen'}, ZeRO-"
                             f"{p.config['zero_optimization']['stage']})" for p in plans)
         rank_zero_info(f"HybridDeepSpeedStrategy: one DeepSpeed engine per child: {summary}")
+
+    def _warn_frozen_not_offloaded(self, frozen: list[EnginePlan]) -> None:
+        """With ``offload_frozen_models``, name the frozen children built outside :meth:`frozen_models_context`:
+        ZeRO-3 never moves a partition, so theirs stay where the training ``zero.Init`` put them."""
+        if self.zero_stage != 3 or not self.offload_frozen_models:
+            return
+        outside = [plan.name for plan in frozen if any(
+            hasattr(p, "ds_id") and not any(p.ds_id in ids for ids in self._offloaded_ids)
+            for p in plan.module.parameters())]
+        if outside:
+            rank_zero_warn(
+                f"offload_frozen_models: frozen {', '.join(outside)} built outside "
+                f"`with frozen_models(strategy):` (lightning_rlhf.strategies.frozen_models), so their ZeRO-3 "
+                f"partitions stay on {self.root_device} instead of the CPU; build them inside it in configure_model."
+            )
 
     def _destroy_engines(self) -> None:
         """Remove an earlier stage's engine hooks, or ZeRO-3's prefetch trace breaks ("pop from an empty deque")."""

@@ -268,6 +268,9 @@ def test_offload_frozen_models_partitions_the_frozen_children_on_the_cpu_under_z
         assert not out["reference"]["same_init_as_policy"] and out["reference"]["partition_devices"] == ["cpu"]
         assert out["policy"]["remote_device"] == ["device:cpu"]
         assert out["elsewhere"]["same_init_as_policy"], "built outside frozen_models: the training zero.Init"
+        if out["rank"] == 0:  # ...and said so (it was silent): naming it, not the reference built inside
+            (warning,) = out["offload_warnings"]
+            assert "frozen elsewhere built outside `with frozen_models(strategy):`" in warning, warning
         assert out["reference"]["partitioned"] and out["policy"]["partitioned"]
         assert out["offload"] == {"reference": True, "elsewhere": True}
         assert out["reference_weights_intact"] and out["reference_output_matches"]

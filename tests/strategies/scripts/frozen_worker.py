@@ -8,6 +8,7 @@ its partitions, whether it is partitioned, plus the frozen engines' offload conf
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -77,11 +78,15 @@ model = WithReference()
 trainer = Trainer(strategy=HybridDeepSpeedStrategy(offload_frozen_models=True, config=config), accelerator="cpu",
                   devices=world, max_steps=3, logger=False, enable_progress_bar=False, enable_checkpointing=False,
                   enable_model_summary=False)
-trainer.fit(model, loader(world))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    trainer.fit(model, loader(world))
 engines = trainer.strategy.engines
 out = {name: placement(getattr(model, name), model.policy) for name in ("policy", "reference", "elsewhere")}
 out["offload"] = {name: engines[name].zero_offload_param() is not None for name in ("reference", "elsewhere")}
 out["losses"] = model.losses
+out["rank"] = dist.get_rank()
+out["offload_warnings"] = [str(w.message) for w in caught if "offload_frozen_models" in str(w.message)]
 with torch.no_grad():
     x = loader(world).dataset.tensors[0][:4]
     full = mlp(1)
