@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_rlhf.strategies.checkpoint_folder import interrupted_publish
 
@@ -62,6 +62,13 @@ class IterationCheckpoint(ModelCheckpoint):
             self.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
+        preempted = getattr(trainer.strategy, "preemption_requested", None)
+        if preempted is not None and preempted():  # SIGTERM (a cluster's preemption): save once, stop
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            trainer.should_stop = True
+            rank_zero_info(f"IterationCheckpoint: SIGTERM received; saved {self.last_model_path} after iteration "
+                           f"{trained_iterations(trainer)} and stopping (resume with ckpt_path=\"last\")")
+            return
         if self._should_skip_saving_checkpoint(trainer) or trained_iterations(trainer) % self.every_n_iterations:
             return
         candidates = self._monitor_candidates(trainer)

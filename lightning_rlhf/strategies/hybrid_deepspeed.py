@@ -135,6 +135,28 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         DDPStrategy.setup_environment(self)
 
     @override
+    def setup(self, trainer: Any) -> None:
+        """Take SIGTERM as a request to stop at the next iteration boundary (:meth:`preemption_requested`):
+        Lightning's own handler runs a collective inside the signal handler, which hangs a multi-rank run."""
+        self._preemption_requested = False
+        connector = getattr(trainer, "_signal_connector", None)
+        if connector is not None:
+            connector._sigterm_notifier_fn = self._note_sigterm
+        super().setup(trainer)
+
+    def _note_sigterm(self, signum: Any, frame: Any) -> None:
+        if not self._preemption_requested and self.launcher is not None:
+            self.launcher.kill(signum)  # the ranks this process started get it too
+        self._preemption_requested = True
+
+    def preemption_requested(self) -> bool:
+        """Whether any rank received SIGTERM since fit started. Collective: every rank calls it together."""
+        flag = torch.tensor(float(getattr(self, "_preemption_requested", False)), device=self.root_device)
+        if self.world_size > 1:
+            flag = self.reduce(flag, reduce_op="sum")
+        return bool(flag.item() > 0)
+
+    @override
     def setup_distributed(self) -> None:
         if isinstance(self.accelerator, CUDAAccelerator):
             _validate_device_index_selection(self.parallel_devices)

@@ -54,3 +54,16 @@ def test_each_rank_resumes_its_own_sampling_rng_and_rolls_out_what_the_uninterru
         assert len(full) == 4 and len(first) == 2 and len(second) == 2
         assert first + second == full, f"rank {rank}: the resumed rollouts differ from the uninterrupted run's"
     assert answers(tmp_path, "full", 0) != answers(tmp_path, "full", 1)  # the ranks do sample different answers
+
+    # preemption: SIGTERM reaches rank 1 during iteration 2 (Lightning's handler ran a collective inside the signal
+    # handler and the run hung until SIGKILL); every rank finishes the iteration, saves once, exits cleanly, and
+    # the resumed run continues exactly
+    preempt = {"class_path": "lightning_rlhf.callbacks.IterationCheckpoint",
+               "init_args": {"every_n_iterations": 100, "dirpath": str(tmp_path / "preempt"), "save_top_k": 0}}
+    fit("sigterm", [preempt, {"class_path": "tests.modules.scripts.rank_rollouts.SigtermAt",
+                              "init_args": {"iteration": 2, "ranks": [1]}}])
+    assert (tmp_path / "preempt" / "last.ckpt").is_dir()
+    fit("after", [preempt], "--ckpt_path", "last")
+    for rank in (0, 1):
+        stopped, resumed = answers(tmp_path, "sigterm", rank), answers(tmp_path, "after", rank)
+        assert len(stopped) == 2 and stopped + resumed == answers(tmp_path, "full", rank), f"rank {rank}"

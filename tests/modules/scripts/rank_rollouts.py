@@ -37,3 +37,17 @@ class RankSkew(Callback):
         import torch
 
         torch.rand(1 + 7 * trainer.global_rank)
+
+
+class SigtermAt(Callback):
+    """Send SIGTERM to this process at the start of training batch ``iteration`` (1-based) on ``ranks``, as a
+    cluster preempting the job would (to one rank first, here)."""
+
+    def __init__(self, iteration: int, ranks: list[int]) -> None:
+        self.iteration, self.ranks = iteration, ranks
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import signal
+
+        if trainer.fit_loop.epoch_loop.total_batch_idx + 1 == self.iteration and trainer.global_rank in self.ranks:
+            os.kill(os.getpid(), signal.SIGTERM)
