@@ -96,6 +96,8 @@ def load(strategy: Any, checkpoint_path: Union[str, Path], load_single: Callable
 def _load_engines(strategy: Any, path: Path, load_single: Callable[[Path], dict]) -> dict[str, Any]:
     marker = read_marker(path, accept_lightning_deepspeed=True)
     expected = "several" if strategy.engines else "single"
+    if marker.get("layout") == "single" and expected == "several":
+        raise ValueError(one_engine_into_several(strategy, path, marker))
     if marker.get("layout") != expected:
         raise ValueError(
             f"Checkpoint {path} holds a {marker.get('layout')!r}-engine layout but this module uses a "
@@ -135,6 +137,26 @@ def _load_engines(strategy: Any, path: Path, load_single: Callable[[Path], dict]
         for group, saved in zip(engine.optimizer.param_groups, saved_groups.get(name, [])):
             group.update(saved)
     return state
+
+
+def one_engine_into_several(strategy: Any, path: Path, marker: dict[str, Any]) -> str:
+    """Why a one-engine checkpoint (Lightning's ``DeepSpeedStrategy``) cannot resume a module split per child, and
+    what to do instead."""
+    module = strategy.lightning_module
+    lightning = bool(marker.get("written_by"))
+    writer = "Lightning's DeepSpeedStrategy" if lightning else "a single-engine run"
+    weights = (f"`lightning.pytorch.utilities.deepspeed.convert_zero_checkpoint_to_fp32_state_dict({str(path)!r}, "
+               f"'weights.ckpt')` then `torch.load('weights.ckpt')['state_dict']`" if lightning else
+               f"`lightning_rlhf.strategies.consolidated_state_dict({str(path)!r})`")
+    return (
+        f"Checkpoint {path} holds one DeepSpeed engine over the whole {type(module).__name__} ({writer}), but "
+        f"HybridDeepSpeedStrategy gives each child its own engine ({', '.join(sorted(strategy.engines))}). ZeRO "
+        f"keeps the optimizer state (and, at stage 3, the weights) as flat partitions of all the module's "
+        f"parameters together, which cannot be re-split into per-child engines, so the optimizer state cannot "
+        f"carry over. Either resume it under strategy='deepspeed', or start a new fit from its weights: {weights} "
+        f"gives the whole module's fp32 state dict; load it with `module.load_state_dict(...)` in configure_model "
+        f"after building the children, and fit without ckpt_path (the optimizer starts afresh)."
+    )
 
 
 def _load_weights_for_evaluation(strategy: Any, path: Path, saved: list[str], saved_stage: int) -> None:

@@ -51,6 +51,21 @@ def test_a_lightning_deepspeed_checkpoint_resumes_after_switching_the_strategy_s
         run_distributed(WORKER, "resume", tmp_path, "--stage", "3", "--ckpt", out["ckpt"], nprocs=1)
 
 
+@pytest.mark.distributed
+def test_a_one_engine_checkpoint_into_a_module_split_per_child_says_why_not_and_what_to_do(zero3_runs, tmp_path):
+    """A Lightning DeepSpeedStrategy checkpoint holds one engine over the module; under hybrid_deepspeed the module
+    gets one engine per child. It was refused as "saved from a different LightningModule"; now the error names
+    why the optimizer state cannot carry over and the two ways on."""
+    (out, _) = results(zero3_runs, "plain-stage3", 2)
+    run_distributed(WORKER, "resume_split", tmp_path, "--stage", "3", "--ckpt", out["ckpt"], nprocs=2)
+    for result in results(tmp_path, "resume_split-stage3", 2):
+        error = result["error"]
+        assert error and "holds one DeepSpeed engine over the whole SplitRegressor (Lightning's DeepSpeedStrategy)" \
+            in error, error
+        assert "gives each child its own engine (net)" in error and "cannot be re-split" in error
+        assert "strategy='deepspeed'" in error and "convert_zero_checkpoint_to_fp32_state_dict" in error
+
+
 def _plain_checkpoint(root: Path, stage: int, world: int, drop: str | None = None) -> Path:
     """A directory laid out as DeepSpeed writes it for Lightning's DeepSpeedStrategy (tag "checkpoint")."""
     tag = root / "plain.ckpt" / "checkpoint"

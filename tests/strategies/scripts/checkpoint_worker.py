@@ -101,6 +101,21 @@ def run_resume(args, world: int) -> dict:
     return {"losses": model.losses}
 
 
+class SplitRegressor(Regressor):
+    """The same model, one DeepSpeed engine per child (as DPO with a reference, or GRPO, get)."""
+
+    engine_per_child = True
+
+
+def run_resume_split(args, world: int) -> dict:
+    try:
+        trainer(args.stage, 8, "32-true", args.outdir, max_epochs=-1).fit(SplitRegressor(), loader(world),
+                                                                          ckpt_path=args.ckpt)
+    except ValueError as err:
+        return {"error": str(err)}
+    return {"error": None}
+
+
 class RecordEMA(Callback):
     """This rank's EMA shard right after the restore (train start) and at the end of training."""
 
@@ -171,7 +186,7 @@ def run_offload(args, world: int) -> dict:
 def main():
     parser = argparse.ArgumentParser()
     scenarios = {"evaluate": run_evaluate, "plain": run_plain, "resume": run_resume, "ema": run_ema,
-                 "offload": run_offload}
+                 "offload": run_offload, "resume_split": run_resume_split}
     parser.add_argument("scenarios", help=f"comma-separated, of {sorted(scenarios)} (one after the other)")
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--stage", type=int, default=3)
