@@ -101,9 +101,13 @@ def _score(completions: Sequence[Any], extract: Callable[[str], str], task: Sequ
     return rewards
 
 
+_ANSWER_IS = re.compile(r"answer is\s*:?\s*(.+)$", re.IGNORECASE)
+
+
 def final_answer(text: str) -> str:
     """The answer part of a worked completion: the last ``<answer>...</answer>``, else the last ``\\boxed{...}``,
-    else what follows the last ``####``, else the last non-empty line; stripped."""
+    else what follows the last ``####``, else the last non-empty line (what follows "answer is" in it, quotes and a
+    final period dropped); stripped."""
     tagged = _ANSWER_TAG.findall(text)
     if tagged:
         return tagged[-1].strip()
@@ -117,7 +121,9 @@ def final_answer(text: str) -> str:
     if "####" in text:
         return text.rpartition("####")[2].strip()
     lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
+    last = lines[-1].strip() if lines else ""
+    stated = _ANSWER_IS.findall(last)  # "The (final) answer is: X." as instruct models say it
+    return stated[-1].strip().strip("\"'`*").rstrip(".").strip("\"'`*").strip() if stated else last
 
 
 def reasoning_gym_score(prompts: Sequence[Any], completions: Sequence[Any], task: Sequence[Any] | None = None,

@@ -66,6 +66,10 @@ def test_the_flexible_variant_reads_the_final_answer_and_the_strict_one_the_whol
     ("x \\boxed{\\frac{1}{2}} y", "\\frac{1}{2}"),
     ("a #### b #### 42 ", "42"),
     ("first\n\n  last line  \n\n", "last line"),
+    ("The final answer is: dud", "dud"),  # how SmolLM2-135M-Instruct answers, untrained
+    ('The answer is: "no."', "no"),
+    ("The final answer is 1.", "1"),
+    ("Reasoning first.\nSo the ANSWER IS **42**", "42"),
     ("", ""),
 ])
 def test_final_answer(text, answer):
