@@ -72,7 +72,7 @@ class PipelineConfig:
         tiny: the model built when ``base_model`` is None.
         evaluate_before: validate each step's starting model before training, for the summary.
         num_threads: PyTorch CPU threads (``torch.set_num_threads``); None keeps PyTorch's choice.
-        data: ``PreferenceDataModule`` arguments shared by every step; a step's own ``data`` overrides them.
+        data: ``RLHFDataModule`` arguments shared by every step; a step's own ``data`` overrides them.
         sft: config of step 1, as for ``lightning-rlhf sft fit`` (``model``, ``data``, ``trainer``, ``export``).
         reward: config of step 2, as for ``lightning-rlhf reward fit``.
         ppo: config of step 3, as for ``lightning-rlhf ppo fit``.
