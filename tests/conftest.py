@@ -100,6 +100,12 @@ def no_process_group_left_behind():
     dist = sys.modules.get("torch.distributed")  # a test that never imported torch left no group (and pays no import)
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        # DeepSpeed caches a clone of the world group; a later in-process engine would use the destroyed one
+        # ("Group ... is not registered"), depending again on which tests shared the worker
+        groups = sys.modules.get("deepspeed.utils.groups")
+        if groups is not None:
+            groups._WORLD_GROUP = None
+            groups._ZERO_PARAM_INTRA_PARALLEL_GROUP = None
 
 
 def pytest_configure(config):
