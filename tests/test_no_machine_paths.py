@@ -3,8 +3,8 @@
 Tests, benchmarks, docs and examples find things relative to the checkout (shared data: ``../shared`` beside it,
 see ``tests/helpers/shared_data.py``) and write commands with placeholders (``<bench-venv>``, ``<smollm2-hf-dir>``,
 ...), so they work wherever the checkout lies. Scanned: the files git tracks, plus new files it does not ignore,
-whose names end in a source, config or documentation suffix. Not scanned: ``benchmarks/results/*.json`` and other
-data files, which record the command lines the measurements were taken with, as they were run.
+whose names end in a source, config, documentation or JSON suffix (``benchmarks/results/*.json`` record the command
+lines of the measurements with the same placeholders).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SUFFIXES = {".py", ".md", ".yaml", ".yml", ".sh", ".toml", ".cfg", ".ini", ".txt", ".rst"}
+SUFFIXES = {".py", ".md", ".yaml", ".yml", ".sh", ".toml", ".cfg", ".ini", ".txt", ".rst", ".json"}
 #: the root folders that name one machine's layout (spelt apart so that this file passes its own search)
 ROOTS = ("work", "root", "home")
 #: an absolute path under one of them (not a URL's or a longer path's middle, such as ``example.com/<root>/``)
