@@ -264,7 +264,8 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
     def configure_optimizers(self) -> dict[str, Any] | list[dict[str, Any]]:
         """AdamW + schedule per trained model (one engine each), stepped once per iteration."""
         total = self.trainer.estimated_stepping_batches
-        configs = [lightning_optimizer_config(model, args, total, self.trainer) for model, args in self.trained_models()]
+        configs = [lightning_optimizer_config(model, args, total, self.trainer)
+                   for model, args in self.trained_models()]
         return configs[0] if len(configs) == 1 else configs
 
     @property
@@ -302,7 +303,7 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
         metrics.update(self.update(rollout, extra))
         schedulers = self.lr_schedulers() or []  # one scheduler comes unwrapped, several as a list
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-            if applied is None or not self.trainer.strategy.engines or applied(scheduler.optimizer):
+            if applied is None or applied(scheduler.optimizer):
                 scheduler.step()  # an engine whose every step overflowed keeps its schedule where it was
         metrics["time/training_s"] = time.perf_counter() - start
         metrics = reduce_metrics(self.trainer.strategy, metrics)
@@ -390,7 +391,7 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
             rngs = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(rngs, rng_states())
         checkpoint[f"{self.metric_prefix}_state"] = {**self.extra_state(), "shuffle_rng": self._shuffle.get_state(),
-                                                     "rng": rngs[0], "rng_per_rank": rngs}
+                                                     "rng_per_rank": rngs}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore what :meth:`on_save_checkpoint` saved; this rank's sampling RNG when the world size matches."""
@@ -399,16 +400,15 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
             return
         self.load_extra_state(state)
         self._shuffle.set_state(state["shuffle_rng"])
-        per_rank, world = state.get("rng_per_rank"), self.trainer.world_size
-        if per_rank is not None and len(per_rank) == world:
-            self._rng_to_restore = per_rank[self.global_rank]
+        saved, world = state.get("rng_per_rank") or [state.get("rng")], self.trainer.world_size  # "rng": before
+        if len(saved) == world:
+            self._rng_to_restore = saved[self.global_rank]
         else:
-            self._rng_to_restore = state.get("rng")
+            self._rng_to_restore = saved[0]
             if world > 1:
-                saved = "one rank's" if per_rank is None else f"{len(per_rank)} ranks'"
-                rank_zero_warn(f"{type(self).__name__}: the checkpoint holds {saved} sampling RNG and this run has "
-                               f"{world} ranks: every rank restarts from rank 0's, so rollouts differ from an "
-                               f"uninterrupted run (the training state itself is restored)")
+                rank_zero_warn(f"{type(self).__name__}: the checkpoint holds {len(saved)} rank(s)' sampling RNG and "
+                               f"this run has {world} ranks: every rank restarts from rank 0's, so rollouts differ "
+                               f"from an uninterrupted run (the training state itself is restored)")
         rank_zero_info(f"{type(self).__name__}: restored the shuffle and sampling state of the checkpoint")
 
     def on_train_start(self) -> None:

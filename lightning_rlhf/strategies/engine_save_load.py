@@ -14,15 +14,16 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_rlhf.strategies.checkpoint_folder import (
     consolidated_state_dict,
+    interrupted_publish,
     load_lightning_state,
     load_rank_callbacks,
     publish,
-    interrupted_publish,
     read_marker,
     save_lightning_state,
     save_rank_callbacks,
     staging_path,
 )
+from lightning_rlhf.strategies.environment import ranks_with
 
 PARAM_GROUPS_KEY = "hybrid_deepspeed_param_groups"
 
@@ -63,14 +64,12 @@ def save(
 def check_staging_shared(strategy: Any, staging: Path) -> None:
     """Refuse, on every rank at once, a checkpoint folder some rank cannot see (node-local storage): its shards
     would land in a folder rank 0 never publishes."""
-    import torch
-
-    blind = torch.tensor(0.0 if staging.is_dir() else 1.0, device=strategy.root_device)
-    blind_ranks = int(strategy.reduce(blind.clone(), reduce_op="sum").item()) if strategy.world_size > 1 else 0
+    blind = not staging.is_dir()
+    blind_ranks = ranks_with(strategy, blind)
     if blind_ranks:
         if strategy.is_global_zero:
             shutil.rmtree(staging, ignore_errors=True)
-        here = " (this rank among them)" if blind.item() else ""
+        here = " (this rank among them)" if blind else ""
         raise RuntimeError(
             f"{blind_ranks} rank(s){here} cannot see the checkpoint folder {staging} that rank 0 created: "
             f"HybridDeepSpeedStrategy checkpoints need a file system every node shares (each rank writes its shards "

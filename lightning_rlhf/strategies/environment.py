@@ -112,3 +112,13 @@ def check_positive(name: str, value: float) -> None:
 def divisors(n: int) -> list[int]:
     """The divisors of ``n``, ascending."""
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def ranks_with(strategy: Any, flag: bool) -> int:
+    """How many ranks pass a true ``flag`` (one all-reduce; collective: every rank calls it together)."""
+    import torch
+
+    count = torch.tensor(float(flag), device=strategy.root_device)
+    if strategy.world_size > 1:
+        count = strategy.reduce(count, reduce_op="sum")
+    return int(count.item())

@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 import lightning_rlhf.strategies.engine_save_load as engine_save_load
+from lightning_rlhf.models.zero3 import is_partitioned
 from lightning_rlhf.strategies.engine_steps import (
     apply_module_clipping,
     follow_engine_forward,
@@ -42,6 +43,7 @@ from lightning_rlhf.strategies.environment import (
     check_accelerator_and_precision,
     check_positive,
     check_tensor_parallel_layout,
+    ranks_with,
     use_cpu_for_deepspeed,
 )
 from lightning_rlhf.strategies.deepspeed_inference import check_kernels_work
@@ -151,10 +153,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
 
     def preemption_requested(self) -> bool:
         """Whether any rank received SIGTERM since fit started. Collective: every rank calls it together."""
-        flag = torch.tensor(float(getattr(self, "_preemption_requested", False)), device=self.root_device)
-        if self.world_size > 1:
-            flag = self.reduce(flag, reduce_op="sum")
-        return bool(flag.item() > 0)
+        return ranks_with(self, getattr(self, "_preemption_requested", False)) > 0
 
     @override
     def setup_distributed(self) -> None:
@@ -304,7 +303,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         if self.zero_stage != 3 or not self.offload_frozen_models:
             return
         outside = [plan.name for plan in frozen if any(
-            hasattr(p, "ds_id") and not any(p.ds_id in ids for ids in self._offloaded_ids)
+            is_partitioned(p) and not any(p.ds_id in ids for ids in self._offloaded_ids)
             for p in plan.module.parameters())]
         if outside:
             rank_zero_warn(
@@ -384,6 +383,8 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         """Whether the engine of ``optimizer`` (or of the child module ``child``) applied at least one step since
         :meth:`reset_applied_steps`: an fp16 overflow (or a NaN gradient) skips a step, and a skipped step advances
         neither that engine's learning-rate schedule nor an EMA, as in DeepSpeed."""
+        if not self._engines:
+            return True  # one engine around the module: Lightning's own DeepSpeed path, nothing recorded here
         engine = self._engines[child] if child is not None else self._engine_for(optimizer)
         return self._applied.get(id(engine), False)
 
