@@ -118,8 +118,11 @@ def num_embeddings(model: nn.Module) -> int:
 
 
 def resize_embeddings(model: nn.Module, size: int) -> None:
-    """``resize_token_embeddings`` on a ZeRO-3 model: the new embedding is built whole, then partitioned."""
+    """``resize_token_embeddings`` on a ZeRO-3 model: the new embedding is built whole, then partitioned where the
+    open ``zero.Init`` puts partitions: a frozen model's offloading one (``frozen_models``) keeps it on the CPU, not
+    the training config's device that transformers has registered."""
     partitioned = any(is_partitioned(p) for p in model.parameters())
+    open_init = _active_zero_init()
     with paused_partitioning():
         model.resize_token_embeddings(size)
     whole = [p for p in model.parameters() if not is_partitioned(p)]
@@ -127,4 +130,7 @@ def resize_embeddings(model: nn.Module, size: int) -> None:
         import deepspeed
         from transformers.integrations.deepspeed import deepspeed_config
 
-        deepspeed.zero.Init(module=model, config_dict_or_path=deepspeed_config())
+        # an offloading Init holds its remote device as text ("cpu", "nvme"); the training one a torch.device
+        offload = getattr(open_init, "remote_device", None)
+        deepspeed.zero.Init(module=model, config_dict_or_path=deepspeed_config(),
+                            remote_device=offload if isinstance(offload, str) else None)

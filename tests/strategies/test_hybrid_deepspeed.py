@@ -259,7 +259,8 @@ def test_one_optimizer_and_a_frozen_child_get_the_same_engines_in_fit_and_valida
 @pytest.mark.distributed
 def test_offload_frozen_models_partitions_the_frozen_children_on_the_cpu_under_zero3(tmp_path):
     """Built in frozen_models(strategy), a frozen child is partitioned by a zero.Init of its own with remote_device
-    "cpu" (on a CUDA host its partitions never touch the GPU); one built outside stays with the training zero.Init."""
+    "cpu" (on a CUDA host its partitions never touch the GPU), its embeddings too when resized for the tokenizer; one
+    built outside stays with the training zero.Init."""
     run_distributed(Path(__file__).parent / "scripts" / "frozen_worker.py", tmp_path, nprocs=2)
     for out in results(tmp_path, "frozen", 2):
         # its own zero.Init, told remote_device="cpu"; the training one has the local
@@ -272,7 +273,11 @@ def test_offload_frozen_models_partitions_the_frozen_children_on_the_cpu_under_z
             (warning,) = out["offload_warnings"]
             assert "frozen elsewhere built outside `with frozen_models(strategy):`" in warning, warning
         assert out["reference"]["partitioned"] and out["policy"]["partitioned"]
-        assert out["offload"] == {"reference": True, "elsewhere": True}
+        # the embeddings of a frozen model resized for a tokenizer without pad: re-partitioned by the offloading
+        # zero.Init too (they went to the training config's device before)
+        assert out["resized_rows"] == 40 and out["resized_embedding"]["remote_device"] == ["str:cpu"], out
+        assert set(out["resized"]["remote_device"]) == {"str:cpu"}, out["resized"]
+        assert out["offload"] == {"reference": True, "elsewhere": True, "resized": True}
         assert out["reference_weights_intact"] and out["reference_output_matches"]
         assert len(out["losses"]) == 3 and all(l == l for l in out["losses"])
 

@@ -17,10 +17,17 @@ import torch.nn.functional as F
 from lightning import LightningModule, Trainer, seed_everything
 
 import lightning_rlhf  # noqa: F401
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lightning_rlhf.models.zero3 import resize_embeddings
 from lightning_rlhf.strategies import HybridDeepSpeedStrategy, MultiEngineBackwardMixin, frozen_models
 
 sys.path.insert(0, str(Path(__file__).parent))
 from strategy_worker import gathered, loader, mlp  # noqa: E402
+
+
+TINY_LLAMA = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
 
 
 class WithReference(MultiEngineBackwardMixin, LightningModule):
@@ -37,6 +44,10 @@ class WithReference(MultiEngineBackwardMixin, LightningModule):
         self.policy = mlp(0)
         with frozen_models(self.trainer.strategy):
             self.reference = mlp(1).requires_grad_(False)
+            # a frozen model whose embeddings grow for a tokenizer without pad (what the loaders do)
+            self.resized = LlamaForCausalLM(TINY_LLAMA)
+            resize_embeddings(self.resized, TINY_LLAMA.vocab_size + 8)
+            self.resized.requires_grad_(False)
         self.elsewhere = mlp(2).requires_grad_(False)
 
     def training_step(self, batch, batch_idx):
@@ -44,6 +55,7 @@ class WithReference(MultiEngineBackwardMixin, LightningModule):
         opt = self.optimizers()
         with torch.no_grad():
             baseline = self.reference(x) + self.elsewhere(x)
+            self.resized(input_ids=torch.arange(4).unsqueeze(0))
         loss = F.mse_loss(self.policy(x) + 0.1 * baseline, y)
         self.manual_backward(loss, opt)
         opt.step()
@@ -82,8 +94,11 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     trainer.fit(model, loader(world))
 engines = trainer.strategy.engines
-out = {name: placement(getattr(model, name), model.policy) for name in ("policy", "reference", "elsewhere")}
-out["offload"] = {name: engines[name].zero_offload_param() is not None for name in ("reference", "elsewhere")}
+out = {name: placement(getattr(model, name), model.policy)
+       for name in ("policy", "reference", "elsewhere", "resized")}
+out["resized_embedding"] = placement(model.resized.get_input_embeddings(), model.policy)
+out["resized_rows"] = int(model.resized.get_input_embeddings().weight.ds_shape[0])
+out["offload"] = {name: engines[name].zero_offload_param() is not None for name in ("reference", "elsewhere", "resized")}
 out["losses"] = model.losses
 out["rank"] = dist.get_rank()
 out["offload_warnings"] = [str(w.message) for w in caught if "offload_frozen_models" in str(w.message)]
