@@ -72,6 +72,15 @@ def test_the_smollm2_grpo_config_parses_with_its_reward_functions_and_chat_task(
     assert parsed.trainer.strategy.init_args.stage == 3
 
 
+def test_the_reasoning_gym_recipe_parses_with_a_task_source_given_on_the_command_line():
+    config = yaml.safe_load((EXAMPLES / "reasoning_gym" / "grpo.yaml").read_text())
+    config["data"]["sources"] = ["reasoning_gym:chain_sum?size=10"]
+    parsed = parse_only("grpo", config)
+    assert parsed.model.reward_gate is True and parsed.model.entropy_target == 0.6
+    assert parsed.model.reward_funcs == ["reasoning_gym_score_flexible", "reasoning_gym_score", "brevity"]
+    assert parsed.data.task is None and parsed.trainer.strategy.init_args.stage == 3
+
+
 def test_the_smollm2_ppo_config_with_reward_functions_and_no_reward_model_parses():
     parsed = parse_only("ppo", yaml.safe_load((EXAMPLES / "smollm2_grpo" / "ppo.yaml").read_text()))
     assert parsed.model.reward_model is None and len(parsed.model.reward_funcs) == 2

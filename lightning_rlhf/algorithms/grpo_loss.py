@@ -1,7 +1,8 @@
 """The critic-free policy loss of GRPO, DAPO, Dr. GRPO, GSPO and CISPO, which differ only in its arguments: the
 policy term (:mod:`~lightning_rlhf.algorithms.policy_losses`), clip ranges (DAPO's clip-higher,
 https://arxiv.org/abs/2503.14476), the KL in the loss (GRPO, https://arxiv.org/abs/2402.03300, eq. 3), the
-aggregation, and PPO's entropy bonus (https://arxiv.org/abs/1707.06347, eq. 9).
+aggregation, and PPO's entropy bonus (https://arxiv.org/abs/1707.06347, eq. 9), optionally switched off above a target
+entropy so that it cannot grow the entropy without bound when the rewards give no signal.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class GRPOLossStats(TypedDict):
     ratio_mean: Tensor
     #: per-token KL to the reference (0 without reference log-probs)
     kl: Tensor
+    #: 1.0 where the entropy bonus was in the loss, 0.0 where it was off (none, or above ``entropy_target``)
+    entropy_bonus_on: Tensor
 
 
 def grpo_policy_loss(
@@ -44,6 +47,7 @@ def grpo_policy_loss(
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
     policy_loss: str = "clip",
+    entropy_target: float | None = None,
 ) -> tuple[Tensor, GRPOLossStats]:
     """``aggregate(policy_t + beta * KL_t - c H_t)`` over ``mask``; ``policy_t`` is PPO's clipped
     ``max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))`` by default, or GSPO's or CISPO's term.
@@ -65,11 +69,16 @@ def grpo_policy_loss(
         entropy_coef: coefficient ``c`` of the entropy bonus; 0 turns it off.
         policy_loss: a name in :data:`~lightning_rlhf.algorithms.policy_losses.POLICY_LOSSES`: ``clip`` (PPO's),
             ``gspo`` (only with ``seq_mean_token_mean``) or ``cispo``.
+        entropy_target: the bonus counts only while the masked mean entropy of this batch is below it (nats, at
+            the log-prob temperature); None: always. A hinge, so the bonus holds the entropy up near the target
+            against collapse and adds nothing above it.
     """
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
     if entropy_coef < 0:
         raise ValueError(f"entropy_coef must be >= 0, got {entropy_coef}")
+    if entropy_target is not None and entropy_target <= 0:
+        raise ValueError(f"entropy_target must be > 0 nats or None, got {entropy_target}")
     if entropy_coef > 0 and entropy is None:
         raise ValueError(f"entropy_coef={entropy_coef} needs the policy's per-token entropy (with its gradient); "
                          f"pass entropy or set entropy_coef=0")
@@ -89,7 +98,10 @@ def grpo_policy_loss(
     kl = estimate_kl(logprobs, ref_logprobs) if ref_logprobs is not None else None
     if kl is not None and beta > 0:
         per_token = per_token + beta * kl
-    if entropy_coef > 0:
+    bonus_on = entropy_coef > 0
+    if bonus_on and entropy_target is not None:
+        bonus_on = bool(masked_mean(entropy.detach(), mask) < entropy_target)
+    if bonus_on:
         per_token = per_token - entropy_coef * entropy
     stats = GRPOLossStats(
         clipfrac_low=term.clipfrac_low,
@@ -98,5 +110,6 @@ def grpo_policy_loss(
         approx_kl=masked_mean(kl_k3(old_logprobs, logprobs, clamp=None), mask).detach(),
         ratio_mean=term.ratio_mean,
         kl=masked_mean(kl, mask).detach() if kl is not None else term.ratio_mean.new_zeros(()),
+        entropy_bonus_on=term.ratio_mean.new_tensor(float(bonus_on)),
     )
     return aggregate(per_token, mask, max_tokens), stats

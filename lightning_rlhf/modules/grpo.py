@@ -70,6 +70,9 @@ class GRPOModule(OnlineRLModule):
             the loss (GRPO).
         entropy_coef: coefficient of an entropy bonus in the loss (0: off); the only gradient a group without
             signal gives.
+        entropy_target: the bonus counts only in mini-batches whose mean token entropy (nats) is below it, so it
+            keeps the answers to a prompt different without growing the entropy when the rewards give no signal
+            (None: always on).
         dynamic_sampling: leave groups whose rewards are all equal out of the loss (DAPO) and count them.
         overlong_buffer_length: DAPO's soft overlong penalty: the ramp, in tokens, before
             ``generation.max_new_tokens`` over which it grows to ``overlong_penalty_factor`` (None: off).
@@ -99,6 +102,7 @@ class GRPOModule(OnlineRLModule):
         kl_estimator: Literal["k1", "k2", "k3"] | None = None,
         kl_in_reward: bool = False,
         entropy_coef: float = 0.0,
+        entropy_target: float | None = None,
         dynamic_sampling: bool = False,
         overlong_buffer_length: int | None = None,
         overlong_penalty_factor: float = 1.0,
@@ -128,6 +132,8 @@ class GRPOModule(OnlineRLModule):
         for name in ("clip_range_low", "clip_range_high", "kl_coef", "overlong_penalty_factor", "entropy_coef"):
             if hp[name] < 0:
                 raise ValueError(f"GRPOModule.{name} must be >= 0, got {hp[name]}")
+        if hp.entropy_target is not None and hp.entropy_target <= 0:
+            raise ValueError(f"GRPOModule.entropy_target must be > 0 nats or None, got {hp.entropy_target}")
         buffer, new = hp.overlong_buffer_length, self.generation.max_new_tokens
         if buffer is not None and not 0 < buffer <= new:
             raise ValueError(f"GRPOModule.overlong_buffer_length must be in [1, generation.max_new_tokens={new}] or "
@@ -205,11 +211,12 @@ class GRPOModule(OnlineRLModule):
         loss, stats = grpo_policy_loss(
             logprobs, mb.logprobs, mb.advantages, mb.response_mask, hp.clip_range_low, hp.clip_range_high,
             hp.loss_aggregation, self.generation.max_new_tokens, mb.ref_logprobs,
-            0.0 if hp.kl_in_reward else hp.kl_coef, hp.kl_estimator, entropy, hp.entropy_coef, hp.policy_loss)
+            0.0 if hp.kl_in_reward else hp.kl_coef, hp.kl_estimator, entropy, hp.entropy_coef, hp.policy_loss,
+            hp.entropy_target)
         self.optimizer_step(self.optimizers(), loss)
         return {"grpo/policy_loss": loss.detach(), "grpo/clipfrac_low": stats["clipfrac_low"],
                 "grpo/clipfrac_high": stats["clipfrac_high"], "grpo/approx_kl": stats["approx_kl"],
-                "grpo/ratio_mean": stats["ratio_mean"]}
+                "grpo/ratio_mean": stats["ratio_mean"], "grpo/entropy_bonus_on": stats["entropy_bonus_on"]}
 
 
 __all__ = ["GRPOModule", "GRPO_OPTIMIZER", "GRPO_TAGS"]

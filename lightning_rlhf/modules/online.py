@@ -93,6 +93,8 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
         reward_weights: one weight per reward function (None: 1.0 each).
         reward_start_iterations: one iteration per reward function from which its weight counts (0 before; still
             logged), e.g. ``[0, 20]``. None: every weight from the start.
+        reward_gate: pay every reward function after the first only in proportion to the first's reward (clipped to
+            ``[0, 1]``): a format or brevity reward then pays only for correct answers (``docs/rewards.md``).
         reward_url: a remote scorer's ``http(s)://`` address, one more reward function after ``reward_funcs``.
         reference: folder of the frozen reference policy; None uses ``actor`` (see each algorithm).
         tokenizer: tokenizer folder; None uses ``actor``. Every model shares it.
@@ -128,6 +130,7 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
         reward_funcs: list[RewardSpec] | None = None,
         reward_weights: list[float] | None = None,
         reward_start_iterations: list[int] | None = None,
+        reward_gate: bool = False,
         reward_url: str | None = None,
         reference: str | None = None,
         tokenizer: str | None = None,
@@ -156,7 +159,7 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
         self.actor_lora = actor_lora
         self.validate_online()
         self.rewards = RewardSources(reward_funcs, reward_weights, reward_model_weight, reward_url,
-                                     reward_start_iterations)
+                                     reward_start_iterations, reward_gate)
         if not self.rewards and reward_model is None:
             raise ValueError(f"{type(self).__name__} needs a reward: give reward_funcs (e.g. ['answer_match']), a "
                              f"reward_model (step 2's export), or both")

@@ -72,6 +72,14 @@ def exact_answer(prompts: Sequence[Any], completions: Sequence[Any], answer: Seq
     return [None if match is None else match * fmt for match, fmt in zip(matches, formats)]
 
 
+def brevity(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+    """``1 / words``: 1.0 for a one-word answer, 0.25 for "The answer is 12.", 0.0 for an empty one. A dense path
+    from the sentences a chat model answers in to the answer alone that verifiers want; collected by any short text,
+    so use it with ``reward_gate`` after a correctness reward, which then pays it only for right answers."""
+    counts = [len(completion_text(c).split()) for c in completions]
+    return [1.0 / n if n else 0.0 for n in counts]
+
+
 class FormatReward:
     """1.0 where the whole completion matches a regular expression, else 0.0; a class so that it pickles.
 
@@ -121,6 +129,7 @@ BUILTIN_REWARD_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
     "answer_match": answer_match,
     "answer_match_shaped": answer_match_shaped,
     "answer_only_format": answer_only_format,
+    "brevity": brevity,
     "exact_answer": exact_answer,
     "math_verify_match": math_verify_match,
     "reasoning_gym_score": reasoning_gym_score,

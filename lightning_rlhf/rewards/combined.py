@@ -32,7 +32,7 @@ class RewardSources:
 
     def __init__(self, reward_funcs: Sequence[RewardSpec] | None, reward_weights: Sequence[float] | None = None,
                  reward_model_weight: float = 1.0, reward_url: str | None = None,
-                 reward_start_iterations: Sequence[int] | None = None) -> None:
+                 reward_start_iterations: Sequence[int] | None = None, reward_gate: bool = False) -> None:
         specs = list(reward_funcs or []) + ([reward_url] if reward_url is not None else [])
         if not specs and reward_weights is not None:
             raise ValueError("reward_weights is set but reward_funcs is not; give the functions the weights are for")
@@ -41,6 +41,11 @@ class RewardSources:
         self.functions, self.weights = resolve_reward_functions(specs, reward_weights)
         self.reward_model_weight = float(reward_model_weight)
         self.start_iterations = checked_start_iterations(reward_start_iterations, len(self.functions))
+        if reward_gate and len(self.functions) < 2:
+            raise ValueError(f"reward_gate pays the reward functions after the first only together with the first, "
+                             f"but there are {len(self.functions)}; give the correctness reward first and at least one "
+                             "more, or set reward_gate=False")
+        self.gate = bool(reward_gate)
 
     def __bool__(self) -> bool:
         return bool(self.functions)
@@ -69,7 +74,7 @@ class RewardSources:
         parts: list[Tensor] = []
         if self.functions:
             scores = compute_rewards(self.functions, self.weights_at(iteration), prompts, completions, columns,
-                                     completion_ids)
+                                     completion_ids, gate_on_first=self.gate)
             per_source.update({name: column for name, column in zip(scores.names, scores.per_function.T)})
             parts.append(scores.total)
         if model_scores is not None:

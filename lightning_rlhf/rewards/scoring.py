@@ -70,8 +70,14 @@ def compute_rewards(
     completions: Sequence[Any],
     columns: Mapping[str, Sequence[Any]] | None = None,
     completion_ids: Sequence[Sequence[int]] | None = None,
+    gate_on_first: bool = False,
 ) -> RewardScores:
     """Call each reward function on the batch: ``total = sum_f w_f * r_f`` over the functions that returned a number.
+
+    With ``gate_on_first`` every function after the first is paid in proportion to the first's reward clipped to
+    ``[0, 1]``, ``total = w_0 r_0 + g * sum_{f>0} w_f r_f`` with ``g = clip(r_0, 0, 1)``, and not at all where the
+    first returned ``None``: a format or length reward then pays only together with correctness, so it can neither
+    be collected by wrong answers nor win against the answers (``docs/rewards.md``, "Gated rewards").
 
     Args:
         functions: resolved functions (:func:`resolve_reward_functions`).
@@ -80,6 +86,7 @@ def compute_rewards(
         completions: the sampled completions, one per row, in the prompts' format.
         columns: the data record's other columns by name, each a sequence with one entry per row.
         completion_ids: the completions' token ids, passed on as TRL does; ``None`` omits them.
+        gate_on_first: pay the other functions only in proportion to the first's reward (above).
 
     Raises:
         RewardError: a function raised, returned the wrong number of rewards, ``nan``/``inf`` or a non-number.
@@ -94,8 +101,9 @@ def compute_rewards(
         for row, value in enumerate(_checked(function, values, batch, prompts)):
             if value is not None:
                 per_function[row, column] = value
-    scored = ~per_function.isnan()
-    weighted = torch.where(scored, per_function * torch.tensor(weights, dtype=torch.float64), 0.0).sum(1)
+    paid = gated(per_function) if gate_on_first else per_function
+    scored = ~paid.isnan()
+    weighted = torch.where(scored, paid * torch.tensor(weights, dtype=torch.float64), 0.0).sum(1)
     return RewardScores(
         total=torch.where(scored.any(1), weighted, float("nan")).float(),
         per_function=per_function.float(),
@@ -103,6 +111,13 @@ def compute_rewards(
         num_none=tuple(int(n) for n in (~scored).sum(0)),
         num_unscored=int((~scored.any(1)).sum()),
     )
+
+
+def gated(per_function: Tensor) -> Tensor:
+    """``(batch, functions)`` rewards with every column after the first multiplied by the first clipped to
+    ``[0, 1]`` (``nan`` where the first is ``nan``)."""
+    gate = per_function[:, :1].clamp(0.0, 1.0)
+    return torch.cat([per_function[:, :1], per_function[:, 1:] * gate], dim=1)
 
 
 def _call_kwargs(

@@ -124,3 +124,22 @@ def test_entropy_bonus_arguments_are_checked():
         grpo_policy_loss(x, x, x, mask, entropy=x, entropy_coef=-1.0)
     with pytest.raises(ValueError, match="must share one shape"):
         grpo_policy_loss(x, x, x, mask, entropy=torch.zeros(2, 4), entropy_coef=0.01)
+
+
+def test_an_entropy_target_switches_the_bonus_off_above_it_so_no_signal_cannot_grow_the_entropy():
+    """The third trap: with no reward signal the bonus is the only gradient and raises the entropy without bound.
+    As a hinge at ``entropy_target`` it acts exactly as the plain bonus below the target and adds nothing above."""
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    no_signal = torch.zeros(2, 3)
+    for level, expected_on in ((0.2, True), (2.0, False)):
+        logp, entropy = torch.zeros(2, 3, requires_grad=True), torch.full((2, 3), level, requires_grad=True)
+        hinged, stats = grpo_policy_loss(logp, logp, no_signal, mask, entropy=entropy, entropy_coef=0.1,
+                                         entropy_target=1.0)
+        plain, _ = grpo_policy_loss(logp, logp, no_signal, mask, entropy=entropy, entropy_coef=0.1)
+        assert stats["entropy_bonus_on"].item() == float(expected_on)
+        assert hinged.item() == pytest.approx(plain.item() if expected_on else 0.0)
+        hinged.backward()
+        assert (entropy.grad is not None and (entropy.grad < 0).all()) if expected_on else entropy.grad is None
+    with pytest.raises(ValueError, match="entropy_target must be > 0"):
+        grpo_policy_loss(no_signal, no_signal, no_signal, mask, entropy=no_signal, entropy_coef=0.1,
+                         entropy_target=0.0)

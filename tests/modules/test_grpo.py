@@ -275,3 +275,23 @@ def test_a_run_resumed_before_a_reward_start_continues_the_schedule(tmp_path, ac
     resumed = make_trainer(tmp_path / "resumed", limit_train_batches=4, limit_val_batches=0)
     resumed.fit(schedule_module(), datamodule=make_data(actor), ckpt_path=str(checkpoint))
     assert [e.value for e in scalars(resumed).Scalars("grpo/reward_mean")] == [1.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize("target,bonus_on", [(100.0, 1.0), (1e-3, 0.0)])
+def test_the_recipe_settings_gate_the_secondary_rewards_and_hinge_the_entropy_bonus(tmp_path, actor, target, bonus_on):
+    """``reward_gate``: brevity (collected by any short text) pays nothing while the correctness reward does not;
+    ``entropy_target``: the bonus is in the loss below the target and out above it (``grpo/entropy_bonus_on``)."""
+    torch.manual_seed(0)
+    module = make_module(actor, reward_funcs=["answer_match", "brevity"], reward_weights=[1.0, 0.5],
+                         reward_gate=True, entropy_coef=0.01, entropy_target=target, update_epochs=1)
+    trainer = make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=make_data(actor))
+    events = scalars(trainer)
+    value = {tag: events.Scalars(tag)[0].value for tag in
+             ("grpo/reward_mean", "grpo/reward/answer_match", "grpo/reward/brevity", "grpo/entropy_bonus_on")}
+    assert value["grpo/reward/brevity"] > 0  # logged unscaled: the untrained model's answers are short
+    # paid only with the answer: at most 1 + 0.5 per right answer, and nothing for the short wrong ones
+    assert value["grpo/reward_mean"] <= 1.5 * value["grpo/reward/answer_match"] + 1e-6, value
+    assert value["grpo/entropy_bonus_on"] == bonus_on
+    with pytest.raises(ValueError, match="entropy_target must be > 0"):
+        make_module(actor, entropy_coef=0.1, entropy_target=-1.0)

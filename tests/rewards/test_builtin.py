@@ -81,3 +81,9 @@ def test_math_verify_equivalence():
     completions = ["The answer is $\\frac{1}{2}$", "It is 0.5", "$\\frac{2}{3}$"]
     assert math_verify_match(["p"] * 3, completions, ["$0.5$"] * 3) == [1.0, 1.0, 0.0]
     assert resolve_reward_function("math_verify_match").function is math_verify_match
+
+
+def test_brevity_pays_one_over_the_words():
+    from lightning_rlhf.rewards import brevity
+    assert brevity(["p"] * 4, ["12", "The answer is 12.", "", [{"role": "assistant", "content": "a b"}]]) == [
+        1.0, 0.25, 0.0, 0.5]

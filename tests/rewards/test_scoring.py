@@ -160,3 +160,34 @@ def test_a_reward_schedule_counts_each_function_from_its_start_iteration_and_sti
 def test_a_bad_reward_schedule_fails_at_construction(starts, message):
     with pytest.raises(ValueError, match=message):
         RewardSources([ones, twos], reward_start_iterations=starts)
+
+
+def _none_for_the_last(prompts, completions, **kwargs):
+    return [1.0] * (len(completions) - 1) + [None]
+
+
+def test_a_gated_reward_pays_the_format_only_with_the_answer_and_not_where_correctness_is_unknown():
+    """The trap this closes: a format or length reward collected by wrong answers. With the gate every function
+    after the first is scaled by the first clipped to [0, 1]; the logged per-function curves stay unscaled."""
+    completions = ["7", "2", "The answer is 4.", "5"]  # right bare, wrong bare, right sentence, right bare
+    answers = ["7", "1", "4", "5"]
+    specs, weights = ["answer_match", "answer_only_format", "brevity"], [1.0, 1.0, 0.5]
+    functions, weights = resolve_reward_functions(specs, weights)
+    plain = compute_rewards(functions, weights, PROMPTS, completions, {"answer": answers})
+    gated = compute_rewards(functions, weights, PROMPTS, completions, {"answer": answers}, gate_on_first=True)
+    assert plain.total.tolist() == pytest.approx([2.5, 1.5, 1.125, 2.5])  # the wrong bare "2" beats nothing
+    assert gated.total.tolist() == pytest.approx([2.5, 0.0, 1.125, 2.5])
+    assert torch.equal(gated.per_function, plain.per_function)
+    partial = compute_rewards(*resolve_reward_functions([lambda prompts, completions, **kw: [0.5, 2.0], twos]),
+                              PROMPTS[:2], ["a", "b"], gate_on_first=True)
+    assert partial.total.tolist() == [0.5 + 1.0, 2.0 + 2.0]  # scaled by clip(first, 0, 1)
+    unknown = compute_rewards(*resolve_reward_functions([_none_for_the_last, twos]), PROMPTS[:2], ["a", "b"],
+                              gate_on_first=True)
+    assert unknown.total[0].item() == 3.0 and unknown.total[1].isnan() and unknown.num_unscored == 1
+
+
+def test_the_gate_needs_a_first_function_and_another():
+    with pytest.raises(ValueError, match="reward_gate pays the reward functions after the first"):
+        RewardSources([ones], reward_gate=True)
+    gated = RewardSources([ones, twos], [1.0, 0.5], reward_gate=True)
+    assert gated.score(["p"], ["a"]).total.tolist() == [2.0]

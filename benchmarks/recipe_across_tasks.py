@@ -1,0 +1,119 @@
+"""One GRPO recipe, several tasks and seeds: train, then score the export on held-out questions with the task's
+own verifier, as a user would with the README's two commands (``grpo fit`` and ``evaluate``).
+
+For each task it evaluates the untrained model once (greedy answers do not depend on the seed), then for each seed
+runs ``lightning-rlhf grpo fit --config RECIPE`` with only ``--data.sources`` (and, for non-reasoning-gym tasks, the
+reward functions) changed, evaluates ``<run>/hf/final``, and reads the run's validation curves from its TensorBoard
+events. Everything lands in one JSON (``--out``), rewritten after every run so that a stopped sweep keeps its part.
+
+    python benchmarks/recipe_across_tasks.py --actor <smollm2-hf-dir> --runs runs/recipe \\
+        --task chain_sum 'min_terms=2&max_terms=2&min_digits=1&max_digits=1' --seeds 0 1 2 \\
+        --out benchmarks/results/recipe_across_tasks.json
+
+A task is ``NAME SETTINGS``: the reasoning-gym task and its settings in the source string's ``key=value&...`` form
+(docs/tasks.md). Training reads ``size=--train_size&seed=0``, evaluation ``size=--eval_size&seed=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def source(task: str, settings: str, size: int, seed: int) -> str:
+    joined = "&".join(part for part in (settings, f"size={size}", f"seed={seed}") if part)
+    return f"reasoning_gym:{task}?{joined}"
+
+
+def run(command: list[str], log: Path) -> tuple[int, float]:
+    """Run ``command`` with its output in ``log``; the exit status and wall seconds."""
+    start = time.perf_counter()
+    with log.open("w") as out:
+        status = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    return status, time.perf_counter() - start
+
+
+def evaluate(model: str, task_source: str, json_path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    command = ["lightning-rlhf", "evaluate", model, "--tasks", json.dumps([task_source]), "--samples",
+               str(args.eval_samples), "--temperature", "0.7", "--max_new_tokens", str(args.max_new_tokens),
+               "--json", str(json_path)]
+    status, _ = run(command, json_path.with_suffix(".log"))
+    if status != 0:
+        raise RuntimeError(f"evaluate failed ({status}); see {json_path.with_suffix('.log')}")
+    (row,) = json.loads(json_path.read_text())["results"]
+    keys = ("greedy_accuracy_strict", "greedy_accuracy_flexible", "pass_at_k_strict", "pass_at_k_flexible")
+    return {key: row[key] for key in keys if key in row} | {"questions": row["questions"]}
+
+
+def curves(run_dir: Path, tags: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+    """The run's scalar curves by tag, from its TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found: dict[str, list[tuple[int, float]]] = {}
+    for events in sorted(run_dir.glob("lightning_logs/version_*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in tags:
+            if tag in accumulator.Tags()["scalars"]:
+                found[tag] = [(e.step, round(e.value, 4)) for e in accumulator.Scalars(tag)]
+    return found
+
+
+CURVES = ("val/reward/reasoning_gym_score", "val/reward/reasoning_gym_score_flexible", "grpo/entropy",
+          "grpo/reward/reasoning_gym_score", "grpo/reward/reasoning_gym_score_flexible", "grpo/response_length",
+          "grpo/groups_without_signal", "grpo/entropy_bonus_on")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--actor", required=True, help="the untrained model's Hugging Face folder")
+    parser.add_argument("--recipe", default="examples/reasoning_gym/grpo.yaml")
+    parser.add_argument("--runs", required=True, help="folder for the runs")
+    parser.add_argument("--task", nargs=2, action="append", required=True, metavar=("NAME", "SETTINGS"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--train_size", type=int, default=1000)
+    parser.add_argument("--eval_size", type=int, default=64)
+    parser.add_argument("--eval_samples", type=int, default=0, help="sampled answers per question (0: greedy only)")
+    parser.add_argument("--max_new_tokens", type=int, default=16)
+    parser.add_argument("--extra", nargs="*", default=[], help="more grpo fit flags, the same for every run")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    runs, out = Path(args.runs), Path(args.out)
+    runs.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k not in ("actor", "runs", "out")},
+                               "cpu": os.cpu_count(), "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
+                               "tasks": []}
+    for name, settings in args.task:
+        held_out = source(name, settings, args.eval_size, 1)
+        entry: dict[str, Any] = {"task": name, "settings": settings, "eval_source": held_out,
+                                 "before": evaluate(args.actor, held_out, runs / f"{name}_before.json", args),
+                                 "runs": []}
+        results["tasks"].append(entry)
+        for seed in args.seeds:
+            run_dir = runs / f"{name}_s{seed}"
+            command = ["lightning-rlhf", "grpo", "fit", "--config", args.recipe, "--seed_everything", str(seed),
+                       "--model.actor", args.actor, "--trainer.default_root_dir", str(run_dir),
+                       "--data.sources", json.dumps([source(name, settings, args.train_size, 0)]), *args.extra]
+            status, seconds = run(command, runs / f"{name}_s{seed}.log")
+            record: dict[str, Any] = {"seed": seed, "status": status, "fit_seconds": round(seconds, 1)}
+            if status == 0:
+                record["after"] = evaluate(str(run_dir / "hf" / "final"), held_out, runs / f"{name}_s{seed}.json",
+                                           args)
+                record["curves"] = curves(run_dir, CURVES)
+            entry["runs"].append(record)
+            out.write_text(json.dumps(results, indent=1))
+            print(json.dumps({"task": name, "seed": seed, "before": entry["before"],
+                              "after": record.get("after"), "seconds": record["fit_seconds"]}), flush=True)
+    out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
