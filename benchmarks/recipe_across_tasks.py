@@ -1,8 +1,8 @@
 """One GRPO recipe, several tasks and seeds: train, then score the export on held-out questions with the task's
 own verifier, as a user would with the README's two commands (``grpo fit`` and ``evaluate``).
 
-For each task it evaluates the untrained model once (greedy answers do not depend on the seed), then for each seed
-runs ``lightning-rlhf grpo fit --config RECIPE`` with only ``--data.sources`` (and, for non-reasoning-gym tasks, the
+It evaluates the untrained model once per task (greedy answers do not depend on the seed), then for each seed and
+task runs ``lightning-rlhf grpo fit --config RECIPE`` with only ``--data.sources`` (and, for non-reasoning-gym tasks, the
 reward functions) changed, evaluates ``<run>/hf/final``, and reads the run's validation curves from its TensorBoard
 events. Everything lands in one JSON (``--out``), rewritten after every run so that a stopped sweep keeps its part.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -44,13 +45,16 @@ def run(command: list[str], log: Path) -> tuple[int, float]:
 def evaluate(model: str, task_source: str, json_path: Path, args: argparse.Namespace) -> dict[str, Any]:
     command = ["lightning-rlhf", "evaluate", model, "--tasks", json.dumps([task_source]), "--samples",
                str(args.eval_samples), "--temperature", "0.7", "--max_new_tokens", str(args.max_new_tokens),
-               "--json", str(json_path)]
+               "--json", str(json_path), "--save_answers", "true"]
     status, _ = run(command, json_path.with_suffix(".log"))
     if status != 0:
         raise RuntimeError(f"evaluate failed ({status}); see {json_path.with_suffix('.log')}")
     (row,) = json.loads(json_path.read_text())["results"]
     keys = ("greedy_accuracy_strict", "greedy_accuracy_flexible", "pass_at_k_strict", "pass_at_k_flexible")
-    return {key: row[key] for key in keys if key in row} | {"questions": row["questions"]}
+    greedy = [answer["greedy"] for answer in row.get("answers", [])]
+    common = max(set(greedy), key=greedy.count) if greedy else None  # a policy that answers everything alike
+    return ({key: row[key] for key in keys if key in row} | {"questions": row["questions"]}
+            | {"most_common_answer": common, "most_common_share": greedy.count(common) / max(1, len(greedy))})
 
 
 def curves(run_dir: Path, tags: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
@@ -83,7 +87,8 @@ def main() -> None:
     parser.add_argument("--eval_size", type=int, default=64)
     parser.add_argument("--eval_samples", type=int, default=0, help="sampled answers per question (0: greedy only)")
     parser.add_argument("--max_new_tokens", type=int, default=16)
-    parser.add_argument("--extra", nargs="*", default=[], help="more grpo fit flags, the same for every run")
+    parser.add_argument("--extra", default="", help="more grpo fit flags in one string, the same for every run, "
+                        "e.g. --extra='--trainer.limit_train_batches 40'")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     runs, out = Path(args.runs), Path(args.out)
@@ -91,22 +96,24 @@ def main() -> None:
     results: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k not in ("actor", "runs", "out")},
                                "cpu": os.cpu_count(), "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
                                "tasks": []}
-    for name, settings in args.task:
+    entries = {}
+    for name, settings in args.task:  # the untrained model once per task: greedy answers do not depend on a seed
         held_out = source(name, settings, args.eval_size, 1)
-        entry: dict[str, Any] = {"task": name, "settings": settings, "eval_source": held_out,
-                                 "before": evaluate(args.actor, held_out, runs / f"{name}_before.json", args),
-                                 "runs": []}
-        results["tasks"].append(entry)
-        for seed in args.seeds:
-            run_dir = runs / f"{name}_s{seed}"
+        entries[name] = {"task": name, "settings": settings, "eval_source": held_out,
+                         "before": evaluate(args.actor, held_out, runs / f"{name}_before.json", args), "runs": []}
+        results["tasks"].append(entries[name])
+    for seed in args.seeds:  # seed-major, so that a stopped sweep has every task at its first seeds
+        for name, settings in args.task:
+            entry, run_dir = entries[name], runs / f"{name}_s{seed}"
             command = ["lightning-rlhf", "grpo", "fit", "--config", args.recipe, "--seed_everything", str(seed),
                        "--model.actor", args.actor, "--trainer.default_root_dir", str(run_dir),
-                       "--data.sources", json.dumps([source(name, settings, args.train_size, 0)]), *args.extra]
+                       "--data.sources", json.dumps([source(name, settings, args.train_size, 0)]),
+                       *shlex.split(args.extra)]
             status, seconds = run(command, runs / f"{name}_s{seed}.log")
             record: dict[str, Any] = {"seed": seed, "status": status, "fit_seconds": round(seconds, 1)}
             if status == 0:
-                record["after"] = evaluate(str(run_dir / "hf" / "final"), held_out, runs / f"{name}_s{seed}.json",
-                                           args)
+                record["after"] = evaluate(str(run_dir / "hf" / "final"), entry["eval_source"],
+                                           runs / f"{name}_s{seed}.json", args)
                 record["curves"] = curves(run_dir, CURVES)
             entry["runs"].append(record)
             out.write_text(json.dumps(results, indent=1))

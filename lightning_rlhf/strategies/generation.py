@@ -58,7 +58,7 @@ def generation_mode(
     *,
     inference_tp_size: int = 1,
     tp_gather_partition_size: int = 8,
-    release_inference_cache: bool = False,
+    release_inference_cache: bool | None = False,
     backend: str = "native",
     tp_plan: dict[str, str] | None = None,
     stats: GenerationStats | None = None,
@@ -70,13 +70,16 @@ def generation_mode(
         model: the trained causal LM (transformers, peft or DeepSpeed engine, maybe ZeRO-3); only read.
         inference_tp_size: ranks per tensor-parallel group (consecutive ranks); 1 keeps a full replica per rank.
         tp_gather_partition_size: decoder layers gathered at once from ZeRO-3 shards (bounds peak memory).
-        release_inference_cache: free the replica on exit instead of keeping it for the next call.
+        release_inference_cache: free the replica on exit instead of keeping it for the next call; None: free it
+            unless ``model`` carries LoRA adapters (:func:`keeps_replica_by_default`).
         backend: ``native`` (PyTorch tensor parallel; CPU and CUDA) or ``deepspeed`` (fused kernels; CUDA only).
         tp_plan: ``module pattern -> 'colwise'|'rowwise'`` for a family without a built-in plan.
         stats: accumulates gather/generate time and tokens; a fresh one if None.
         tp_group: an existing tensor-parallel process group of ``inference_tp_size`` ranks; None forms them.
     """
     _check_args(inference_tp_size, tp_gather_partition_size, backend)
+    if release_inference_cache is None:
+        release_inference_cache = not keeps_replica_by_default(model)
     stats = stats if stats is not None else GenerationStats()
     device = _model_device(model)
     if backend == "deepspeed":
@@ -109,6 +112,17 @@ def generation_mode(
             release_replica(model)
 
 
+def keeps_replica_by_default(model: nn.Module) -> bool:
+    """Whether ``release_inference_cache=None`` keeps ``model``'s replica between rollouts: only with LoRA adapters.
+
+    Fully fine-tuned, every weight changes at every optimizer step, so the next rollout gathers and copies all of
+    them again whether the replica was kept or not, and keeping it only holds ``2 Psi / tp`` bytes through backward
+    and the optimizer step. With LoRA a kept replica (and, under ZeRO-3, its shards of the adapted frozen weights)
+    lets the refresh gather only the adapters. Measured in ``docs/recipes/memory.md``.
+    """
+    return any(hasattr(module, "lora_A") for module in unwrap_model(model).modules())
+
+
 def release_replica(model: nn.Module) -> None:
     """Free the cached inference replica of ``model`` (if any) and its device memory."""
     if _CACHE.pop(model, None) is not None:
@@ -117,4 +131,5 @@ def release_replica(model: nn.Module) -> None:
             torch.cuda.empty_cache()
 
 
-__all__ = ["GenerationReplica", "GenerationStats", "generation_mode", "release_replica", "unwrap_model"]
+__all__ = ["GenerationReplica", "GenerationStats", "generation_mode", "keeps_replica_by_default", "release_replica",
+           "unwrap_model"]

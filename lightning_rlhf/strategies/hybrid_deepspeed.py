@@ -63,8 +63,10 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         inference_tp_size: ranks per tensor-parallel group in :meth:`generation_mode`; must divide the processes
             per node.
         tp_gather_partition_size: transformer layers gathered at once from ZeRO-3 partitions for the replica.
-        release_inference_cache: free the generation replica after every :meth:`generation_mode` exit (saves
-            memory, costs a rebuild).
+        release_inference_cache: free the generation replica after every :meth:`generation_mode` exit (True) or
+            keep it for the next rollout (False). None (default): free it for a fully fine-tuned model, whose
+            weights all change between rollouts so that a kept replica is refilled whole anyway, and keep it for a
+            LoRA model, whose refresh then gathers only the adapters (``docs/recipes/memory.md``).
         offload_frozen_models: keep frozen children (reference, reward model) ZeRO-3 partitioned on the CPU;
             they must be built inside :meth:`frozen_models_context`.
         generation_backend: ``"native"`` (PyTorch tensor parallel, CPU and CUDA) or ``"deepspeed"`` (CUDA only).
@@ -84,7 +86,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         stage: int = 3,
         inference_tp_size: int = 1,
         tp_gather_partition_size: int = 8,
-        release_inference_cache: bool = False,
+        release_inference_cache: Optional[bool] = None,
         offload_frozen_models: bool = False,
         generation_backend: GenerationBackend = "native",
         engine_configs: Optional[dict[str, dict[str, Any]]] = None,

@@ -342,3 +342,26 @@ def test_cuda_zero3_tensor_parallel(tiny_model_factory):
     cases = ["llama:2:lora:step", "opt:2:plain", "gpt2:2:lora"]
     proc = run_distributed(SCRIPTS / "generation_worker.py", ",".join(cases), *paths, env={"GENERATION_DEVICE": "cuda"})
     assert passed_cases(proc.stdout) == cases, proc.stdout
+
+
+def test_by_default_the_replica_is_kept_only_for_a_lora_model(tiny_model_factory):
+    """``release_inference_cache=None`` (the strategy's default): a fully fine-tuned model's replica is refilled
+    whole after every optimizer step, so it is freed on exit rather than held through backward; a LoRA model's is
+    kept so that the next refresh gathers only the adapters. An explicit True / False still decides."""
+    from peft import LoraConfig, get_peft_model
+
+    from lightning_rlhf.strategies.generation import _CACHE, keeps_replica_by_default
+
+    full = AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama", **SIZES))
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama", **SIZES)),
+                          LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert not keeps_replica_by_default(full) and keeps_replica_by_default(lora)
+    for model, kept in ((full, False), (lora, True)):
+        with generation_mode(model, release_inference_cache=None):
+            assert model in _CACHE
+        assert (model in _CACHE) is kept
+        release_replica(model)
+    with generation_mode(full, release_inference_cache=False):
+        pass
+    assert full in _CACHE
+    release_replica(full)
