@@ -295,3 +295,29 @@ def test_the_recipe_settings_gate_the_secondary_rewards_and_hinge_the_entropy_bo
     assert value["grpo/entropy_bonus_on"] == bonus_on
     with pytest.raises(ValueError, match="entropy_target must be > 0"):
         make_module(actor, entropy_coef=0.1, entropy_target=-1.0)
+
+
+def never_right(prompts, completions, **kwargs):
+    """A strict reward the policy never earns: every group is all zeros, so the surrogate has no gradient."""
+    return [0.0] * len(completions)
+
+
+def test_with_no_reward_signal_an_entropy_target_leaves_the_policy_alone_where_the_plain_bonus_widens_it(
+        tmp_path, actor):
+    """The third trap of issue 31 on the tiny model: with no signal the plain bonus is the only gradient, so it
+    moves the weights and raises the entropy rollout after rollout; with the entropy above ``entropy_target`` the
+    bonus is off and, nothing else having a gradient, the weights do not move at all."""
+    start = AutoModelForCausalLM.from_pretrained(str(actor)).state_dict()
+    entropies, moved = {}, {}
+    for target in (None, 1e-3):
+        torch.manual_seed(0)
+        module = make_module(actor, reward_funcs=[never_right], reward_weights=None, entropy_coef=0.1,
+                             entropy_target=target, update_epochs=1,
+                             actor_optimizer=OptimizerArgs(learning_rate=1e-2, scheduler="constant"))
+        trainer = make_trainer(tmp_path / str(target), limit_train_batches=6, limit_val_batches=0)
+        trainer.fit(module, datamodule=make_data(actor))
+        entropies[target] = [e.value for e in scalars(trainer).Scalars("grpo/entropy")]
+        moved[target] = max((p.detach() - start[n]).abs().max().item() for n, p in module.actor.named_parameters())
+    assert moved[None] > 1e-3 and entropies[None][-1] > entropies[None][0], entropies
+    assert moved[1e-3] == 0.0, "above the target the bonus is off: no signal, no gradient, no step"
+    assert entropies[1e-3][-1] == pytest.approx(entropies[1e-3][0], abs=0.05)
