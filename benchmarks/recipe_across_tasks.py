@@ -2,9 +2,9 @@
 own verifier, as a user would with the README's two commands (``grpo fit`` and ``evaluate``).
 
 It evaluates the untrained model once per task (greedy answers do not depend on the seed), then for each seed and
-task runs ``lightning-rlhf grpo fit --config RECIPE`` with only ``--data.sources`` (and, for non-reasoning-gym tasks, the
-reward functions) changed, evaluates ``<run>/hf/final``, and reads the run's validation curves from its TensorBoard
-events. Everything lands in one JSON (``--out``), rewritten after every run so that a stopped sweep keeps its part.
+task runs ``lightning-rlhf grpo fit --config RECIPE`` with only ``--data.sources`` changed, evaluates
+``<run>/hf/final``, and reads the run's curves from its TensorBoard events. Everything lands in one JSON
+(``--out``), rewritten after every run so that a stopped sweep keeps its part.
 
     python benchmarks/recipe_across_tasks.py --actor <smollm2-hf-dir> --runs runs/recipe \\
         --task chain_sum 'min_terms=2&max_terms=2&min_digits=1&max_digits=1' --seeds 0 1 2 \\
@@ -52,7 +52,7 @@ def evaluate(model: str, task_source: str, json_path: Path, args: argparse.Names
     (row,) = json.loads(json_path.read_text())["results"]
     keys = ("greedy_accuracy_strict", "greedy_accuracy_flexible", "pass_at_k_strict", "pass_at_k_flexible")
     greedy = [answer["greedy"] for answer in row.get("answers", [])]
-    common = max(set(greedy), key=greedy.count) if greedy else None  # a policy that answers everything alike
+    common = max(sorted(set(greedy)), key=greedy.count) if greedy else None  # a policy that answers everything alike
     return ({key: row[key] for key in keys if key in row} | {"questions": row["questions"]}
             | {"most_common_answer": common, "most_common_share": greedy.count(common) / max(1, len(greedy))})
 

@@ -87,7 +87,8 @@ def worker(args: argparse.Namespace) -> None:
     lora = LoraArgs(rank=8, alpha=16, target_modules=["q_proj", "v_proj"]) if args.lora else None
     # the entropy bonus gives every update a gradient although a random model earns no reward: every weight moves
     module = GRPOModule(args.proxy, reward_funcs=["answer_match"], actor_lora=lora, num_generations=2,
-                        entropy_coef=0.01, train_batch_size=4, generation=GenerationArgs(max_new_tokens=8, temperature=0.7))
+                        entropy_coef=0.01, train_batch_size=4,
+                        generation=GenerationArgs(max_new_tokens=8, temperature=0.7))
     data = RLHFDataModule(args.proxy, stage="rl", split="0,0,1", task_size=64, batch_size=2, eval_fraction=0,
                           max_prompt_length=48, max_length=64)
     strategy = HybridDeepSpeedStrategy(stage=args.stage, release_inference_cache=args.release)
@@ -110,10 +111,10 @@ def worker(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokenizer", help="a Hugging Face folder whose tokenizer the proxy uses")
+    parser.add_argument("--tokenizer", help="a Hugging Face folder whose tokenizer the proxy uses (required)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--out")
+    parser.add_argument("--out", help="the JSON to write (required)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--proxy", help=argparse.SUPPRESS)
     parser.add_argument("--stage", type=int, help=argparse.SUPPRESS)
@@ -125,6 +126,8 @@ def main() -> None:
     if args.one:
         args.lora, args.release = bool(args.lora), bool(args.release)
         return worker(args)
+    if not args.tokenizer or not args.out:
+        parser.error("--tokenizer and --out are required")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         proxy = Path(tmp) / "opt-proxy"

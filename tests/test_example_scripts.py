@@ -25,7 +25,8 @@ def test_sample_forms_counts_what_the_reward_functions_pay():
     assert count_forms([], [])["right"] == 0.0
 
 
-def test_the_sibling_task_writes_prompt_only_records_whose_answer_column_reaches_the_rewards(tmp_path, tiny_tokenizer):
+def test_the_sibling_task_writes_prompt_only_records_whose_answer_column_reaches_the_rewards(tmp_path,
+                                                                                              tiny_tokenizer):
     import json
     import subprocess
     import sys
@@ -47,5 +48,4 @@ def test_the_sibling_task_writes_prompt_only_records_whose_answer_column_reaches
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     answers = batch["columns"]["answer"]
-    paid = answer_match([""] * len(answers), answers, answers)
-    assert len(answers) > 0 and paid == [1.0] * len(answers)  # the answer column arrives per row, as the reward functions read it
+    assert 0 < len(answers) and set(answers) <= {row["answer"] for row in rows}  # per row, as the rewards read it

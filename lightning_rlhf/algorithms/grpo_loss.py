@@ -71,13 +71,14 @@ def grpo_policy_loss(
             ``gspo`` (only with ``seq_mean_token_mean``) or ``cispo``.
         entropy_target: the bonus counts only while the masked mean entropy of this batch is below it (nats, at
             the log-prob temperature); None: always. A hinge, so the bonus holds the entropy up near the target
-            against collapse and adds nothing above it.
+            against collapse and adds nothing above it. Decided per call: under data parallelism each rank decides
+            for its own mini-batch, so the averaged gradient carries the bonus of the ranks below the target.
     """
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
     if entropy_coef < 0:
         raise ValueError(f"entropy_coef must be >= 0, got {entropy_coef}")
-    if entropy_target is not None and entropy_target <= 0:
+    if entropy_target is not None and not entropy_target > 0:
         raise ValueError(f"entropy_target must be > 0 nats or None, got {entropy_target}")
     if entropy_coef > 0 and entropy is None:
         raise ValueError(f"entropy_coef={entropy_coef} needs the policy's per-token entropy (with its gradient); "
@@ -98,11 +99,12 @@ def grpo_policy_loss(
     kl = estimate_kl(logprobs, ref_logprobs) if ref_logprobs is not None else None
     if kl is not None and beta > 0:
         per_token = per_token + beta * kl
-    bonus_on = entropy_coef > 0
-    if bonus_on and entropy_target is not None:
-        bonus_on = bool(masked_mean(entropy.detach(), mask) < entropy_target)
-    if bonus_on:
-        per_token = per_token - entropy_coef * entropy
+    bonus_on = term.ratio_mean.new_tensor(float(entropy_coef > 0))
+    if entropy_coef > 0:
+        if entropy_target is not None:  # a 0/1 factor, not a branch: no host sync, the same graph on every rank
+            below = (masked_mean(entropy.detach(), mask) < entropy_target) & mask.any()
+            bonus_on = below.to(per_token.dtype)
+        per_token = per_token - entropy_coef * bonus_on * entropy
     stats = GRPOLossStats(
         clipfrac_low=term.clipfrac_low,
         clipfrac_high=term.clipfrac_high,
@@ -110,6 +112,6 @@ def grpo_policy_loss(
         approx_kl=masked_mean(kl_k3(old_logprobs, logprobs, clamp=None), mask).detach(),
         ratio_mean=term.ratio_mean,
         kl=masked_mean(kl, mask).detach() if kl is not None else term.ratio_mean.new_zeros(()),
-        entropy_bonus_on=term.ratio_mean.new_tensor(float(bonus_on)),
+        entropy_bonus_on=bonus_on.detach(),
     )
     return aggregate(per_token, mask, max_tokens), stats

@@ -72,7 +72,7 @@ class GRPOModule(OnlineRLModule):
             signal gives.
         entropy_target: the bonus counts only in mini-batches whose mean token entropy (nats) is below it, so it
             keeps the answers to a prompt different without growing the entropy when the rewards give no signal
-            (None: always on).
+            (None: always on); each rank decides for its own mini-batch (``grpo/entropy_bonus_on``).
         dynamic_sampling: leave groups whose rewards are all equal out of the loss (DAPO) and count them.
         overlong_buffer_length: DAPO's soft overlong penalty: the ramp, in tokens, before
             ``generation.max_new_tokens`` over which it grows to ``overlong_penalty_factor`` (None: off).
@@ -132,8 +132,11 @@ class GRPOModule(OnlineRLModule):
         for name in ("clip_range_low", "clip_range_high", "kl_coef", "overlong_penalty_factor", "entropy_coef"):
             if hp[name] < 0:
                 raise ValueError(f"GRPOModule.{name} must be >= 0, got {hp[name]}")
-        if hp.entropy_target is not None and hp.entropy_target <= 0:
+        if hp.entropy_target is not None and not hp.entropy_target > 0:
             raise ValueError(f"GRPOModule.entropy_target must be > 0 nats or None, got {hp.entropy_target}")
+        if hp.entropy_target is not None and hp.entropy_coef == 0:
+            raise ValueError("GRPOModule.entropy_target bounds the entropy bonus, which is off (entropy_coef=0); set "
+                             "entropy_coef (e.g. 0.1) or leave entropy_target unset")
         buffer, new = hp.overlong_buffer_length, self.generation.max_new_tokens
         if buffer is not None and not 0 < buffer <= new:
             raise ValueError(f"GRPOModule.overlong_buffer_length must be in [1, generation.max_new_tokens={new}] or "
@@ -214,9 +217,12 @@ class GRPOModule(OnlineRLModule):
             0.0 if hp.kl_in_reward else hp.kl_coef, hp.kl_estimator, entropy, hp.entropy_coef, hp.policy_loss,
             hp.entropy_target)
         self.optimizer_step(self.optimizers(), loss)
-        return {"grpo/policy_loss": loss.detach(), "grpo/clipfrac_low": stats["clipfrac_low"],
-                "grpo/clipfrac_high": stats["clipfrac_high"], "grpo/approx_kl": stats["approx_kl"],
-                "grpo/ratio_mean": stats["ratio_mean"], "grpo/entropy_bonus_on": stats["entropy_bonus_on"]}
+        metrics = {"grpo/policy_loss": loss.detach(), "grpo/clipfrac_low": stats["clipfrac_low"],
+                   "grpo/clipfrac_high": stats["clipfrac_high"], "grpo/approx_kl": stats["approx_kl"],
+                   "grpo/ratio_mean": stats["ratio_mean"]}
+        if hp.entropy_target is not None:
+            metrics["grpo/entropy_bonus_on"] = stats["entropy_bonus_on"]
+        return metrics
 
 
 __all__ = ["GRPOModule", "GRPO_OPTIMIZER", "GRPO_TAGS"]

@@ -45,7 +45,8 @@ class RewardScores:
     """The rewards of one batch.
 
     Attributes:
-        total: ``(batch,)`` weighted sum over the functions that applied to each row; ``nan`` where none did.
+        total: ``(batch,)`` weighted sum over the functions that applied to each row (gated by the first with
+            ``gate_on_first``); ``nan`` where none did.
         per_function: ``(batch, num_functions)`` each function's reward, ``nan`` where it returned ``None``.
         names: the functions' names, in column order.
         num_none: per function, how many rows it returned ``None`` for.
@@ -108,7 +109,7 @@ def compute_rewards(
         total=torch.where(scored.any(1), weighted, float("nan")).float(),
         per_function=per_function.float(),
         names=tuple(f.name for f in functions),
-        num_none=tuple(int(n) for n in (~scored).sum(0)),
+        num_none=tuple(int(n) for n in per_function.isnan().sum(0)),
         num_unscored=int((~scored.any(1)).sum()),
     )
 

@@ -70,16 +70,15 @@ def generation_mode(
         model: the trained causal LM (transformers, peft or DeepSpeed engine, maybe ZeRO-3); only read.
         inference_tp_size: ranks per tensor-parallel group (consecutive ranks); 1 keeps a full replica per rank.
         tp_gather_partition_size: decoder layers gathered at once from ZeRO-3 shards (bounds peak memory).
-        release_inference_cache: free the replica on exit instead of keeping it for the next call; None: free it
-            unless ``model`` carries LoRA adapters (:func:`keeps_replica_by_default`).
+        release_inference_cache: free the replica on exit instead of keeping it for the next call; None keeps it
+            on exit for :func:`release_idle_replicas` to free before the next backward unless ``model`` carries
+            LoRA adapters (the strategy's default: validation batches between two steps share one replica).
         backend: ``native`` (PyTorch tensor parallel; CPU and CUDA) or ``deepspeed`` (fused kernels; CUDA only).
         tp_plan: ``module pattern -> 'colwise'|'rowwise'`` for a family without a built-in plan.
         stats: accumulates gather/generate time and tokens; a fresh one if None.
         tp_group: an existing tensor-parallel process group of ``inference_tp_size`` ranks; None forms them.
     """
     _check_args(inference_tp_size, tp_gather_partition_size, backend)
-    if release_inference_cache is None:
-        release_inference_cache = not keeps_replica_by_default(model)
     stats = stats if stats is not None else GenerationStats()
     device = _model_device(model)
     if backend == "deepspeed":
@@ -113,7 +112,7 @@ def generation_mode(
 
 
 def keeps_replica_by_default(model: nn.Module) -> bool:
-    """Whether ``release_inference_cache=None`` keeps ``model``'s replica between rollouts: only with LoRA adapters.
+    """Whether ``release_inference_cache=None`` keeps ``model``'s replica through training: only with LoRA adapters.
 
     Fully fine-tuned, every weight changes at every optimizer step, so the next rollout gathers and copies all of
     them again whether the replica was kept or not, and keeping it only holds ``2 Psi / tp`` bytes through backward
@@ -121,6 +120,15 @@ def keeps_replica_by_default(model: nn.Module) -> bool:
     lets the refresh gather only the adapters. Measured in ``docs/recipes/memory.md``.
     """
     return any(hasattr(module, "lora_A") for module in unwrap_model(model).modules())
+
+
+def release_idle_replicas() -> int:
+    """Free the cached replicas that :func:`keeps_replica_by_default` would not keep (called before a backward
+    under ``release_inference_cache=None``); the number freed."""
+    idle = [model for model in list(_CACHE.keys()) if not keeps_replica_by_default(model)]
+    for model in idle:
+        release_replica(model)
+    return len(idle)
 
 
 def release_replica(model: nn.Module) -> None:
@@ -131,5 +139,5 @@ def release_replica(model: nn.Module) -> None:
             torch.cuda.empty_cache()
 
 
-__all__ = ["GenerationReplica", "GenerationStats", "generation_mode", "keeps_replica_by_default", "release_replica",
-           "unwrap_model"]
+__all__ = ["GenerationReplica", "GenerationStats", "generation_mode", "keeps_replica_by_default",
+           "release_idle_replicas", "release_replica", "unwrap_model"]

@@ -64,9 +64,10 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             per node.
         tp_gather_partition_size: transformer layers gathered at once from ZeRO-3 partitions for the replica.
         release_inference_cache: free the generation replica after every :meth:`generation_mode` exit (True) or
-            keep it for the next rollout (False). None (default): free it for a fully fine-tuned model, whose
-            weights all change between rollouts so that a kept replica is refilled whole anyway, and keep it for a
-            LoRA model, whose refresh then gathers only the adapters (``docs/recipes/memory.md``).
+            keep it for the next rollout (False). None (default): free it before the next backward for a fully
+            fine-tuned model, whose weights all change at every step so that a kept replica is refilled whole
+            anyway (validation batches between two steps still share one), and keep it for a LoRA model, whose
+            refresh then gathers only the adapters (``docs/recipes/memory.md``).
         offload_frozen_models: keep frozen children (reference, reward model) ZeRO-3 partitioned on the CPU;
             they must be built inside :meth:`frozen_models_context`.
         generation_backend: ``"native"`` (PyTorch tensor parallel, CPU and CUDA) or ``"deepspeed"`` (CUDA only).
@@ -358,11 +359,15 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
     def backward(self, closure_loss: torch.Tensor, optimizer: Optional[Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         if optimizer is None and args and isinstance(args[0], (Optimizer, LightningOptimizer)):
             optimizer, args = args[0], args[1:]  # manual_backward(loss, opt): the engine to step, not a backward arg
+        if self.release_inference_cache is None:  # the default: no full replica held through backward and step
+            from lightning_rlhf.strategies.generation import release_idle_replicas
+
+            release_idle_replicas()
         if not self._engines:
             return super().backward(closure_loss, optimizer, *args, **kwargs)
         engine = self._engine_for(optimizer)
         module = self.lightning_module
-        closure_loss = self.precision_plugin.pre_backward(closure_loss, module)
+        closure = self.precision_plugin.pre_backward(closure_loss, module)
         engine.backward(closure_loss, *args, **kwargs)
         return self.precision_plugin.post_backward(closure_loss, module)
 

@@ -344,24 +344,27 @@ def test_cuda_zero3_tensor_parallel(tiny_model_factory):
     assert passed_cases(proc.stdout) == cases, proc.stdout
 
 
-def test_by_default_the_replica_is_kept_only_for_a_lora_model(tiny_model_factory):
-    """``release_inference_cache=None`` (the strategy's default): a fully fine-tuned model's replica is refilled
-    whole after every optimizer step, so it is freed on exit rather than held through backward; a LoRA model's is
-    kept so that the next refresh gathers only the adapters. An explicit True / False still decides."""
+def test_by_default_only_a_lora_model_keeps_its_replica_through_training(tiny_model_factory):
+    """``release_inference_cache=None`` (the strategy's default) keeps every replica on exit, so validation batches
+    between two steps share one; before a backward the strategy frees the replicas of fully fine-tuned models
+    (refilled whole after every step anyway) and keeps a LoRA model's, whose refresh gathers only the adapters."""
     from peft import LoraConfig, get_peft_model
 
-    from lightning_rlhf.strategies.generation import _CACHE, keeps_replica_by_default
+    from lightning_rlhf.strategies.generation import _CACHE, keeps_replica_by_default, release_idle_replicas
 
     full = AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama", **SIZES))
     lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama", **SIZES)),
                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     assert not keeps_replica_by_default(full) and keeps_replica_by_default(lora)
-    for model, kept in ((full, False), (lora, True)):
-        with generation_mode(model, release_inference_cache=None):
-            assert model in _CACHE
-        assert (model in _CACHE) is kept
-        release_replica(model)
-    with generation_mode(full, release_inference_cache=False):
+    replicas = []
+    for model in (full, lora, full):
+        with generation_mode(model, release_inference_cache=None) as policy:
+            replicas.append(policy)
+        assert model in _CACHE
+    assert replicas[0].module is replicas[2].module  # the second entry reused the kept replica
+    assert release_idle_replicas() == 1
+    assert full not in _CACHE and lora in _CACHE
+    release_replica(lora)
+    with generation_mode(full, release_inference_cache=True):
         pass
-    assert full in _CACHE
-    release_replica(full)
+    assert full not in _CACHE

@@ -98,7 +98,8 @@ out = {name: placement(getattr(model, name), model.policy)
        for name in ("policy", "reference", "elsewhere", "resized")}
 out["resized_embedding"] = placement(model.resized.get_input_embeddings(), model.policy)
 out["resized_rows"] = int(model.resized.get_input_embeddings().weight.ds_shape[0])
-out["offload"] = {name: engines[name].zero_offload_param() is not None for name in ("reference", "elsewhere", "resized")}
+out["offload"] = {name: engines[name].zero_offload_param() is not None
+                  for name in ("reference", "elsewhere", "resized")}
 out["losses"] = model.losses
 out["rank"] = dist.get_rank()
 out["offload_warnings"] = [str(w.message) for w in caught if "offload_frozen_models" in str(w.message)]
