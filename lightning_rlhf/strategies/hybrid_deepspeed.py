@@ -367,7 +367,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             return super().backward(closure_loss, optimizer, *args, **kwargs)
         engine = self._engine_for(optimizer)
         module = self.lightning_module
-        closure = self.precision_plugin.pre_backward(closure_loss, module)
+        closure_loss = self.precision_plugin.pre_backward(closure_loss, module)
         engine.backward(closure_loss, *args, **kwargs)
         return self.precision_plugin.post_backward(closure_loss, module)
 
