@@ -84,7 +84,7 @@ def _column(values: Sequence[Any] | None, rows: int) -> list[Any]:
     return [None] * rows if values is None else list(values)
 
 
-def _score(completions: Sequence[Any], extract: Callable[[str], str], task: Sequence[Any] | None,
+def _score(completions: Sequence[Any], extract: Callable[[str, Any], str], task: Sequence[Any] | None,
            metadata: Sequence[Any] | None, answer: Sequence[Any] | None, question: Sequence[Any] | None,
            task_config: Sequence[Any] | None) -> list[float | None]:
     rows = len(completions)
@@ -97,17 +97,27 @@ def _score(completions: Sequence[Any], extract: Callable[[str], str], task: Sequ
             continue
         entry = {"question": asked or "", "answer": reference, "metadata": decode_metadata(meta)}
         score = _scorer(str(name), _config_key(config))
-        rewards.append(_verified(score, extract(completion_text(completion)), entry))
+        rewards.append(_verified(score, extract(completion_text(completion), reference), entry))
     return rewards
 
 
 _ANSWER_IS = re.compile(r"answer is\s*:?\s*(.+)$", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def final_answer(text: str) -> str:
+def final_answer(text: str, reference: Any = None) -> str:
     """The answer part of a worked completion: the last ``<answer>...</answer>``, else the last ``\\boxed{...}``,
     else what follows the last ``####``, else the last non-empty line (what follows "answer is" in it, quotes and a
-    final period dropped); stripped."""
+    final period dropped); stripped. Where the ``reference`` answer is a number and that part is not, the last number
+    of the whole text, as GSM8K's flexible extraction reads it ("7 * 8 = 56" answers 56)."""
+    found = _answer_part(text)
+    if reference is not None and _NUMBER.fullmatch(str(reference).strip()) and not _NUMBER.fullmatch(found):
+        numbers = _NUMBER.findall(text)
+        return numbers[-1] if numbers else found
+    return found
+
+
+def _answer_part(text: str) -> str:
     tagged = _ANSWER_TAG.findall(text)
     if tagged:
         return tagged[-1].strip()
@@ -132,7 +142,7 @@ def reasoning_gym_score(prompts: Sequence[Any], completions: Sequence[Any], task
                         **kwargs: Any) -> list[float | None]:
     """The task's own ``score_answer`` of the whole completion, stripped (in [0, 1]; partial credit where the task
     gives it); ``None`` for rows without the ``task`` and ``metadata`` columns of a ``reasoning_gym:`` source."""
-    return _score(completions, str.strip, task, metadata, answer, question, task_config)
+    return _score(completions, lambda text, reference: text.strip(), task, metadata, answer, question, task_config)
 
 
 def reasoning_gym_score_flexible(prompts: Sequence[Any], completions: Sequence[Any],
@@ -140,7 +150,8 @@ def reasoning_gym_score_flexible(prompts: Sequence[Any], completions: Sequence[A
                                  answer: Sequence[Any] | None = None, question: Sequence[Any] | None = None,
                                  task_config: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
     """As :func:`reasoning_gym_score`, of the completion's :func:`final_answer` (``<answer>`` tags, ``\\boxed{}``,
-    ``####`` or the last line), for policies that work before they answer."""
+    ``####``, the last line, or the last number where the answer is a number), for policies that work before they
+    answer."""
     return _score(completions, final_answer, task, metadata, answer, question, task_config)
 
 

@@ -76,6 +76,27 @@ def test_final_answer(text, answer):
     assert final_answer(text) == answer
 
 
+@pytest.mark.parametrize(("text", "reference", "answer"), [
+    ("7 * 8 = 56", "56", "56"),  # how SmolLM2 answers products after training: the equation alone
+    ("1. 4 * 1 = 4\n\nThe answer is ", "4", "4"),
+    ("7 * 8 = 56\n\nThe final answer is 5", "56", "5"),  # a stated answer is read as stated, right or wrong
+    ("5 - 9 = -4", "-4", "-4"),
+    ("x = 2.50 so", "2.5", "2.50"),
+    ("no digits here", "3", "no digits here"),
+    ("all 3 say: Yes", "Yes", "all 3 say: Yes"),  # a word answer keeps the last line
+])
+def test_final_answer_reads_the_last_number_where_the_reference_is_a_number(text, reference, answer):
+    assert final_answer(text, reference) == answer
+
+
+def test_the_flexible_verifier_scores_an_equation_by_its_result():
+    prompts, columns = _batch("reasoning_gym:products?min_terms=2&max_terms=2&min_digits=1&max_digits=1&size=3&seed=0")
+    worked = [f"{q.split(': ')[-1].split('.')[0]} = {a}" for q, a in zip(columns["question"], columns["answer"])]
+    scores = RewardSources(["reasoning_gym_score", "reasoning_gym_score_flexible"]).score(prompts, worked, columns)
+    assert scores.per_source["reasoning_gym_score_flexible"].tolist() == [1.0] * 3
+    assert all(s < 1.0 for s in scores.per_source["reasoning_gym_score"].tolist())  # partial credit at most
+
+
 def test_rows_without_the_reasoning_gym_columns_are_unscored_and_counted():
     prompts, columns = _batch("reasoning_gym:gcd?size=2&seed=0")
     mixed = {name: values + [None] for name, values in columns.items()}
