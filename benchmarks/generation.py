@@ -1,4 +1,7 @@
-"""Generation throughput: the generation switch vs plain ZeRO-3 ``generate`` vs an unsharded copy.
+"""Generation throughput: the generation switch vs plain ZeRO-3 ``generate`` vs an unsharded copy; with ``--model``,
+one process's decode speed as a fraction of the machine's limit (``benchmarks/decode_limit.py``)::
+
+    python benchmarks/generation.py --model <hf-folder> --batch 32 --new-tokens 64 --json OUT
 
 Run on 2 ranks (CPU/gloo, or GPUs/NCCL when CUDA is present)::
 
@@ -49,6 +52,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (median reported)")
     parser.add_argument("--tp-sizes", default="1,2", help="inference_tp_size values of the switch")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16/float16 (CUDA default fp16)")
+    parser.add_argument("--model", default=None, help="a Hugging Face folder: measure HF generate vs the fast "
+                        "decode in this one process against the machine's limit (decode_limit.py)")
+    parser.add_argument("--threads", type=int, default=2, help="with --model: torch threads")
+    parser.add_argument("--json", default=None, help="with --model: write the result here")
     return parser.parse_args()
 
 
@@ -87,6 +94,11 @@ def timed(methods: dict, device: torch.device, repeats: int) -> dict[str, tuple[
 
 def main() -> None:
     args = parse_args()
+    if args.model:
+        import decode_limit
+
+        decode_limit.main(args)
+        return
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:

@@ -18,17 +18,19 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from lightning_rlhf.models.fast_decode import FastDecoder
 from lightning_rlhf.models.loading import unwrap_model
 from lightning_rlhf.strategies.generation_replica import GenerationReplica, GenerationStats, _clock, tp_mesh
 from lightning_rlhf.strategies.tensor_parallel import InferenceReplica, is_zero3_param
 
-BACKENDS = ("native", "deepspeed")
+BACKENDS = ("native", "fast", "deepspeed")
 
 
 @dataclass
 class _CacheEntry:
     key: tuple
     replica: InferenceReplica
+    decoder: FastDecoder | None = None
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, _CacheEntry]" = weakref.WeakKeyDictionary()
@@ -50,6 +52,10 @@ def _check_args(inference_tp_size: int, tp_gather_partition_size: int, backend: 
         raise ValueError(f"tp_gather_partition_size must be >= 1, got {tp_gather_partition_size}")
     if backend not in BACKENDS:
         raise ValueError(f"generation backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "fast" and inference_tp_size > 1:
+        raise ValueError(f"generation_backend='fast' decodes on a full replica per rank, so inference_tp_size must "
+                         f"be 1 (got {inference_tp_size}); use generation_backend='native' for a tensor-parallel "
+                         f"replica")
 
 
 @contextmanager
@@ -73,7 +79,9 @@ def generation_mode(
         release_inference_cache: free the replica on exit instead of keeping it for the next call; None keeps it
             on exit for :func:`release_idle_replicas` to free before the next backward unless ``model`` carries
             LoRA adapters (the strategy's default: validation batches between two steps share one replica).
-        backend: ``native`` (PyTorch tensor parallel; CPU and CUDA) or ``deepspeed`` (fused kernels; CUDA only).
+        backend: ``native`` (transformers' ``generate``; PyTorch tensor parallel; CPU and CUDA), ``fast`` (the
+            decode loop of :mod:`~lightning_rlhf.models.fast_decode`, ``inference_tp_size=1``) or ``deepspeed``
+            (fused kernels; CUDA only).
         tp_plan: ``module pattern -> 'colwise'|'rowwise'`` for a family without a built-in plan.
         stats: accumulates gather/generate time and tokens; a fresh one if None.
         tp_group: an existing tensor-parallel process group of ``inference_tp_size`` ranks; None forms them.
@@ -92,7 +100,7 @@ def generation_mode(
     mesh = tp_mesh(inference_tp_size, device.type, tp_group) if inference_tp_size > 1 else None
     if mesh is not None and mesh.size() != inference_tp_size:
         raise ValueError(f"tp_group has {mesh.size()} ranks but inference_tp_size={inference_tp_size}")
-    key = (inference_tp_size, tp_gather_partition_size, str(device), repr(tp_plan), id(mesh))
+    key = (inference_tp_size, tp_gather_partition_size, str(device), repr(tp_plan), id(mesh), backend)
     entry = _CACHE.get(model)
     if entry is None or entry.key != key:
         _CACHE.pop(model, None)
@@ -100,12 +108,18 @@ def generation_mode(
                                    keep_lora_base=not release_inference_cache)
         entry = _CacheEntry(key, replica)
         _CACHE[model] = entry
-    stats.add_refresh(entry.replica.refresh())
+    refreshed = entry.replica.refresh()
+    stats.add_refresh(refreshed)
+    if backend == "fast":
+        if entry.decoder is None:
+            entry.decoder = FastDecoder(entry.replica.module)
+        elif refreshed.groups_refreshed:
+            entry.decoder.weights_changed()
     entry.replica.module.generation_config = copy.deepcopy(unwrap_model(model).generation_config)
     stats.add(gather_s=_clock(device) - start)
     group = mesh.get_group() if mesh is not None else None
     try:
-        yield GenerationReplica(entry.replica.module, stats, group)
+        yield GenerationReplica(entry.replica.module, stats, group, entry.decoder)
     finally:
         if release_inference_cache:
             release_replica(model)

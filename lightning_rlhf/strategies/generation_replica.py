@@ -94,10 +94,15 @@ def unpatched_linear() -> Iterator[None]:
 
 
 class GenerationReplica:
-    """What ``generation_mode`` yields: ``generate`` and forward calls on the inference ``module`` replica."""
+    """What ``generation_mode`` yields: ``generate`` and forward calls on the inference ``module`` replica.
 
-    def __init__(self, module: nn.Module, stats: GenerationStats, tp_group=None) -> None:
+    With a ``decoder`` (``generation_backend="fast"``), ``generate`` calls it wherever it implements the arguments
+    (:meth:`~lightning_rlhf.models.fast_decode.FastDecoder.supports`) and transformers' ``generate`` otherwise.
+    """
+
+    def __init__(self, module: nn.Module, stats: GenerationStats, tp_group=None, decoder: Any = None) -> None:
         self.module = module
+        self.decoder = decoder
         self.stats = stats
         self.tp_group = tp_group
         self.config = module.config
@@ -133,7 +138,9 @@ class GenerationReplica:
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
         start = _clock(self.device)
         with unpatched_linear():
-            if self.tp_group is None:
+            if self.tp_group is None and self.decoder is not None and self.decoder.supports(kwargs):
+                out = self.decoder.generate(input_ids, mask, **kwargs)
+            elif self.tp_group is None:
                 out = self.module.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
             else:
                 out = self._generate_in_group(input_ids, mask, pad_id, kwargs)

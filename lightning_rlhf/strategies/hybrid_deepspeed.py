@@ -50,7 +50,7 @@ from lightning_rlhf.strategies.deepspeed_inference import check_kernels_work
 from lightning_rlhf.strategies.generation_replica import GenerationStats
 from lightning_rlhf.strategies.tp_plans import check_generation_layout
 
-GenerationBackend = Literal["native", "deepspeed"]
+GenerationBackend = Literal["native", "fast", "deepspeed"]
 
 
 class HybridDeepSpeedStrategy(DeepSpeedStrategy):
@@ -70,7 +70,10 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             refresh then gathers only the adapters (``docs/recipes/memory.md``).
         offload_frozen_models: keep frozen children (reference, reward model) ZeRO-3 partitioned on the CPU;
             they must be built inside :meth:`frozen_models_context`.
-        generation_backend: ``"native"`` (PyTorch tensor parallel, CPU and CUDA) or ``"deepspeed"`` (CUDA only).
+        generation_backend: ``"native"``: transformers' ``generate`` on the replica (PyTorch tensor parallel, CPU
+            and CUDA). ``"fast"``: our decode loop on it, with the tokens of ``generate`` (a KV cache allocated once,
+            oneDNN-packed weights on the CPU, a compiled static-cache step on CUDA; ``inference_tp_size`` 1;
+            measured in ``docs/recipes/generation.md``). ``"deepspeed"``: fused kernels (CUDA, transformers < 5).
         engine_configs: per-child DeepSpeed config overrides keyed by attribute name, e.g.
             ``{"critic": {"gradient_accumulation_steps": 2}}`` (see docs/concepts.md).
         tp_plan: a tensor-parallel plan (module-name pattern to ``"colwise"``/``"rowwise"``) for other families.
@@ -97,8 +100,12 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
     ) -> None:
         check_positive("inference_tp_size", inference_tp_size)
         check_positive("tp_gather_partition_size", tp_gather_partition_size)
-        if generation_backend not in ("native", "deepspeed"):
-            raise ValueError(f"generation_backend must be 'native' or 'deepspeed', got {generation_backend!r}.")
+        if generation_backend not in ("native", "fast", "deepspeed"):
+            raise ValueError(f"generation_backend must be 'native', 'fast' or 'deepspeed', got {generation_backend!r}.")
+        if generation_backend == "fast" and inference_tp_size > 1:
+            raise ValueError(f"generation_backend='fast' decodes on a full replica per rank, so inference_tp_size "
+                             f"must be 1 (got {inference_tp_size}); use generation_backend='native' for a "
+                             f"tensor-parallel replica.")
         if generation_backend == "deepspeed":
             check_kernels_work()  # transformers 5 broke DeepSpeed's injection: refuse now, not at the first rollout
         if process_group_timeout_s is not None:

@@ -1,0 +1,189 @@
+"""``generation_backend="fast"``'s decode loop: the tokens of transformers' ``generate`` (greedy, and sampled under one
+seed), log-probs equal to a forward pass, the shared prefill, packed weights renewed only when told."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
+
+from lightning_rlhf.models.fast_decode import FastDecoder
+from lightning_rlhf.models.forward import response_logits
+from lightning_rlhf.models.packed_linear import PackedWeights, packing_available
+from lightning_rlhf.models.prompt_cache import shared_prompt_cache
+from lightning_rlhf.models.sampling import StreamedLogprobs
+from tests.models.test_prompt_cache import SIZES, left_padded_prompts
+
+NEW = 10
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_factory):
+    """A tiny llama (grouped-query attention, tied embeddings, pad id set), its left-padded prompts and stop id."""
+    path = tiny_model_factory("llama", **SIZES)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ids, mask = left_padded_prompts(tokenizer)
+    # a stop id the untrained model samples within NEW tokens, so that rows end at different steps
+    with torch.inference_mode():
+        greedy = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False,
+                                pad_token_id=model.config.pad_token_id)
+    stop = int(greedy[0, ids.shape[1] + 2])
+    return model, ids, mask, stop
+
+
+def kwargs(model, stop, **sampling):
+    return dict(max_new_tokens=NEW, eos_token_id=[stop], pad_token_id=model.config.pad_token_id, **sampling)
+
+
+def hf_generate(model, ids, mask, stop, seed=0, **sampling):
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        return model.generate(input_ids=ids, attention_mask=mask, **kwargs(model, stop, **sampling))
+
+
+def fast_generate(decoder, ids, mask, stop, seed=0, **sampling):
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        return decoder.generate(ids, mask, **kwargs(decoder.model, stop, **sampling))
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_greedy_tokens_equal_generates_with_rows_that_stop_early(tiny, pack):
+    model, ids, mask, stop = tiny
+    if pack and not packing_available(model):
+        pytest.skip("this torch build has no oneDNN linear")
+    expected = hf_generate(model, ids, mask, stop, do_sample=False)
+    assert (expected[:, ids.shape[1]:] == stop).any(), "the test needs a row that stops"
+    assert torch.equal(fast_generate(FastDecoder(model, pack=pack), ids, mask, stop, do_sample=False), expected)
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.7, top_k=0, top_p=1.0), dict(temperature=1.3, top_k=5,
+                                                                                           top_p=0.8)])
+def test_sampled_tokens_equal_generates_under_one_seed(tiny, sampling):
+    # unpacked, the logits are bit-identical to generate's, so the same random draws pick the same tokens
+    model, ids, mask, stop = tiny
+    rows = ids.repeat_interleave(4, 0), mask.repeat_interleave(4, 0)
+    expected = hf_generate(model, *rows, stop, seed=3, do_sample=True, **sampling)
+    assert torch.equal(fast_generate(FastDecoder(model, pack=False), *rows, stop, seed=3, do_sample=True,
+                                     **sampling), expected)
+
+
+def test_streamed_logprobs_of_the_packed_decode_equal_a_forward_pass(tiny):
+    model, ids, mask, stop = tiny
+    decoder = FastDecoder(model)
+    stream = StreamedLogprobs(temperature=0.7)
+    torch.manual_seed(1)
+    with torch.inference_mode():
+        sequences = decoder.generate(ids, mask, **kwargs(model, stop, do_sample=True, temperature=0.7),
+                                     logits_processor=LogitsProcessorList([stream]))
+    responses = sequences[:, ids.shape[1]:]
+    logprobs, _ = stream.result(responses)
+    full_mask = torch.cat([mask, torch.ones_like(responses)], dim=1)
+    with torch.no_grad():
+        logits = response_logits(model, sequences, full_mask, responses.shape[1]).float() / 0.7
+    expected = torch.log_softmax(logits, -1).gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+    upto_stop = torch.cumsum((responses == stop).long(), 1) - (responses == stop).long() == 0
+    torch.testing.assert_close(logprobs[upto_stop], expected[upto_stop], atol=1e-4, rtol=1e-4)
+
+
+def test_a_shared_prompt_prefill_gives_the_same_samples(tiny):
+    model, ids, mask, stop = tiny
+    rows = ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)
+    decoder = FastDecoder(model, pack=False)
+    plain = fast_generate(decoder, *rows, stop, seed=5, do_sample=True, temperature=1.0)
+    with torch.inference_mode():
+        cache = shared_prompt_cache(model, ids, mask, 3)
+    assert cache, "the tiny llama shares its prefill"
+    torch.manual_seed(5)
+    with torch.inference_mode():
+        shared = decoder.generate(*rows, **kwargs(model, stop, do_sample=True, temperature=1.0), **cache)
+    assert torch.equal(plain, shared)
+
+
+def test_packed_weights_are_renewed_when_told_and_only_then(tiny):
+    model, ids, mask, stop = tiny
+    if not packing_available(model):
+        pytest.skip("this torch build has no oneDNN linear")
+    model = AutoModelForCausalLM.from_config(model.config).eval()  # a copy whose weights this test may change
+    packed = PackedWeights(model)
+    x = torch.randn(2, model.config.hidden_size)
+    layer = model.model.layers[0].self_attn.q_proj
+    with packed.active() as count:
+        before = layer(x)
+    assert count == sum(type(m) is torch.nn.Linear for m in model.modules())
+    torch.testing.assert_close(before, torch.nn.functional.linear(x, layer.weight), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        layer.weight.mul_(2.0)
+    with packed.active():
+        stale = layer(x)
+    packed.invalidate()
+    with packed.active():
+        renewed = layer(x)
+    torch.testing.assert_close(stale, before)  # the documented contract: without invalidate, the old copy
+    torch.testing.assert_close(renewed, 2 * before, atol=1e-5, rtol=1e-5)
+    assert "forward" not in vars(layer)  # the layer's own forward is back outside the block
+
+
+def test_arguments_it_does_not_implement_are_refused(tiny):
+    model, ids, mask, stop = tiny
+    with pytest.raises(TypeError, match=r"generation_backend='fast'.*\['num_beams'\].*generation_backend='native'"):
+        FastDecoder(model).generate(ids, mask, **kwargs(model, stop), num_beams=2)
+
+
+def test_the_compiled_static_cache_step_gives_the_same_tokens_and_compiles_once_per_bucket(tiny):
+    model, ids, mask, stop = tiny
+    decoder = FastDecoder(model, compile=True, pack=False)
+    expected = hf_generate(model, ids, mask, stop, do_sample=False)
+    assert torch.equal(fast_generate(decoder, ids, mask, stop, do_sample=False), expected)
+    shorter = ids[:, 1:], mask[:, 1:]  # one token shorter: the same cache-length bucket
+    assert torch.equal(fast_generate(decoder, *shorter, stop, do_sample=False),
+                       hf_generate(model, *shorter, stop, do_sample=False))
+    assert decoder.buckets == [(len(ids), 64)] and decoder.compile_s > 0
+
+
+def test_grpo_rollouts_on_the_fast_backend(tmp_path, tiny_model_factory, monkeypatch):
+    """Through ``GRPOModule.generate`` on ``HybridDeepSpeedStrategy(generation_backend="fast")``, groups sharing
+    their prefill: greedy answers equal the native backend's, and the sampled answers' streamed log-probs equal
+    the actor's forward (the ratio of the first update starts at 1)."""
+    from lightning_rlhf.models.forward import policy_logprobs
+    from lightning_rlhf.modules.generation_args import GenerationArgs
+    from lightning_rlhf.modules.rollout import repeat_groups
+    from lightning_rlhf.strategies import HybridDeepSpeedStrategy
+    from lightning_rlhf.strategies.generation import release_replica
+    from tests.modules.test_grpo import make_module, make_trainer
+
+    calls = []
+    decode = FastDecoder.generate
+    monkeypatch.setattr(FastDecoder, "generate", lambda self, *a, **k: calls.append(k) or decode(self, *a, **k))
+    path = tiny_model_factory("llama", **SIZES)
+    ids, mask = left_padded_prompts(AutoTokenizer.from_pretrained(path))
+    batch = repeat_groups({"prompt_input_ids": ids, "prompt_attention_mask": mask}, 3)
+    greedy = {}
+    for backend in ("native", "fast"):
+        module = make_module(path, generation=GenerationArgs(max_new_tokens=6, temperature=0.7), num_generations=3)
+        module.trainer = make_trainer(tmp_path, logger=False,
+                                      strategy=HybridDeepSpeedStrategy(stage=0, generation_backend=backend))
+        module.configure_model()
+        greedy[backend] = module.generate(batch, greedy=True).sequences
+        if backend == "fast":
+            torch.manual_seed(0)
+            sampled = module.generate(batch, greedy=False, with_logprobs=True, group_size=3)
+            assert sampled.logprobs is not None
+            with torch.no_grad():
+                forward, _ = policy_logprobs(module.actor, sampled.sequences, sampled.attention_mask,
+                                             sampled.response_mask.shape[1], temperature=0.7)
+            keep = sampled.response_mask
+            torch.testing.assert_close(sampled.logprobs[keep], forward[keep], atol=1e-4, rtol=1e-4)
+        release_replica(module.actor)
+    assert torch.equal(greedy["native"], greedy["fast"])
+    assert len(calls) == 2 and ("cache" in calls[1] or "past_key_values" in calls[1])  # greedy, then shared prefill
+
+
+def test_the_strategy_refuses_the_fast_backend_with_a_tensor_parallel_replica():
+    from lightning_rlhf.strategies import HybridDeepSpeedStrategy
+
+    with pytest.raises(ValueError, match=r"'fast' decodes on a full replica per rank.*inference_tp_size must be 1"):
+        HybridDeepSpeedStrategy(generation_backend="fast", inference_tp_size=2)
+    with pytest.raises(ValueError, match=r"'native', 'fast' or 'deepspeed', got 'vllm'"):
+        HybridDeepSpeedStrategy(generation_backend="vllm")
