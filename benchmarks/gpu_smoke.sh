@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU smoke test, for a machine with CUDA (CI has none, so these skip there):
-#   1. the @pytest.mark.gpu tests (native and DeepSpeed-kernel backends, NCCL tensor parallel when 2+ GPUs);
+#   1. the @pytest.mark.gpu tests (native, fast and DeepSpeed-kernel backends, NCCL tensor parallel when 2+ GPUs);
 #   2. benchmarks/generation.py on the GPUs (switch vs plain ZeRO-3 generate vs an unsharded copy);
 #   3. benchmarks/gpu_training.py: OPT-125m- and Llama-shaped random models in bf16 under
 #      HybridDeepSpeedStrategy, training and generation tokens/s and model TFLOPs, both generation backends.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import math
 import numbers
-from typing import Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 from lightning_rlhf.rewards.builtin import BUILTIN_REWARD_FUNCTIONS, check_requirements
 from lightning_rlhf.rewards.remote import RemoteScorer
@@ -40,24 +40,28 @@ def resolve_reward_function(spec: RewardSpec) -> NamedRewardFunction:
 
 
 def _import(path: str) -> RewardFunction:
+    others = f"neither a built-in ({', '.join(sorted(BUILTIN_REWARD_FUNCTIONS))}) nor "
+    return import_callable(path, "reward function", others, "nor an http(s):// URL")
+
+
+def import_callable(path: str, what: str, before: str = "", after: str = "") -> Callable[..., Any]:
+    """The callable at import path ``package.module:attribute``, or a ValueError naming ``what`` it was for."""
     module_name, sep, attribute = path.partition(":")
     if not sep or not module_name or not attribute:
-        raise ValueError(
-            f"reward function {path!r} is neither a built-in ({', '.join(sorted(BUILTIN_REWARD_FUNCTIONS))}) nor "
-            f"an import path 'package.module:function' nor an http(s):// URL"
-        )
+        raise ValueError(f"{what} {path!r} is {before or 'not '}an import path 'package.module:function' "
+                         f"{after}".rstrip())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"reward function {path!r}: cannot import module {module_name!r} ({exc}); install it or "
+        raise ValueError(f"{what} {path!r}: cannot import module {module_name!r} ({exc}); install it or "
                          f"put its folder on PYTHONPATH") from exc
     function = module
     for part in attribute.split("."):
         if not hasattr(function, part):
-            raise ValueError(f"reward function {path!r}: {module_name!r} has no attribute {attribute!r}")
+            raise ValueError(f"{what} {path!r}: {module_name!r} has no attribute {attribute!r}")
         function = getattr(function, part)
     if not callable(function):
-        raise ValueError(f"reward function {path!r} is a {type(function).__name__}, not a callable")
+        raise ValueError(f"{what} {path!r} is a {type(function).__name__}, not a callable")
     return function
 
 
