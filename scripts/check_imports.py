@@ -15,8 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lightning_rlhf"
-RANK = {"algorithms": 0, "models": 1, "data": 2, "rewards": 2, "strategies": 2, "callbacks": 3, "modules": 3,
-        "commands": 4}
+RANK = {"algorithms": 0, "models": 1, "data": 2, "rewards": 2, "strategies": 2, "environments": 3, "callbacks": 4,
+        "modules": 4, "commands": 5}
 ALLOWED = {("", "strategies"), ("commands", "")}
 
 

@@ -390,6 +390,8 @@ def test_by_default_only_a_lora_model_keeps_its_replica_through_training(tiny_mo
 
     from lightning_rlhf.strategies.generation import _CACHE, keeps_replica_by_default, release_idle_replicas
 
+    for other in list(_CACHE):  # replicas an earlier test in this process kept would be counted too
+        release_replica(other)
     full = AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama", **SIZES))
     lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama", **SIZES)),
                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
