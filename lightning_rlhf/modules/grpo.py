@@ -22,12 +22,14 @@ from lightning_rlhf.algorithms.group_advantages import get_group_advantage_estim
 from lightning_rlhf.algorithms.grpo_loss import grpo_policy_loss
 from lightning_rlhf.algorithms.policy_losses import get_policy_loss
 from lightning_rlhf.models.forward import policy_logprobs
+from lightning_rlhf.modules.answer_guidance import AnswerGuidance
 from lightning_rlhf.modules.deprecations import take_renamed
 from lightning_rlhf.modules.grpo_logging import GRPO_TAGS, group_rollout_metrics
 from lightning_rlhf.modules.online import Experience, OnlineRLModule
 from lightning_rlhf.modules.optim import OptimizerArgs
 from lightning_rlhf.modules.pooled import pooled_mean, pooled_mean_of
 from lightning_rlhf.modules.rollout import Rollout
+from lightning_rlhf.rewards.projection import resolve_projection
 
 #: TRL's ``GRPOTrainer`` learning rate (for full fine-tuning of 1B+ models); LoRA and tiny models need more
 GRPO_OPTIMIZER = OptimizerArgs(learning_rate=1e-6)
@@ -78,6 +80,12 @@ class GRPOModule(OnlineRLModule):
             ``generation.max_new_tokens`` over which it grows to ``overlong_penalty_factor`` (None: off).
         overlong_penalty_factor: the penalty at the length limit.
         filter_truncated: leave answers cut at the length limit (no EOS) out of the loss (DAPO), counted.
+        answer_projection: answer guidance, for a form of answer the policy never samples: a function mapping an
+            answer to the form the rewards want (``final_answer``: the answer part alone, "7 * 8 = 56" -> "56"; or
+            an import path, the reward functions' signature returning ``list[str | None]``). In each group where the
+            best answer's projection earns more and no answer reads that way yet, it replaces the group's lowest
+            answer (off-policy; log-probs from a forward pass), counted as ``grpo/guided_answers``. Needs reward
+            functions and no reward model (docs/grpo.md, "Answer guidance"). None: off.
         beta: deprecated name of ``kl_coef`` (removed in the next release).
     """
 
@@ -107,6 +115,7 @@ class GRPOModule(OnlineRLModule):
         overlong_buffer_length: int | None = None,
         overlong_penalty_factor: float = 1.0,
         filter_truncated: bool = False,
+        answer_projection: str | None = None,
         beta: float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -115,6 +124,8 @@ class GRPOModule(OnlineRLModule):
         self.hparams.kl_estimator = kl_estimator or ("k1" if kl_in_reward else "k3")
         self.estimator = get_group_advantage_estimator(advantage_estimator, scale_rewards)
         self._validate()
+        if answer_projection is not None:
+            self.answer_guidance = AnswerGuidance(resolve_projection(answer_projection), self.tokenizer)
 
     def _validate(self) -> None:
         hp = self.hparams
@@ -137,6 +148,9 @@ class GRPOModule(OnlineRLModule):
         if hp.entropy_target is not None and hp.entropy_coef == 0:
             raise ValueError("GRPOModule.entropy_target bounds the entropy bonus, which is off (entropy_coef=0); set "
                              "entropy_coef (e.g. 0.1) or leave entropy_target unset")
+        if hp.answer_projection is not None and (hp.reward_model is not None or not self.rewards):
+            raise ValueError("GRPOModule.answer_projection scores its candidates with the reward functions alone; give "
+                             "reward_funcs and no reward_model, or set answer_projection=None")
         buffer, new = hp.overlong_buffer_length, self.generation.max_new_tokens
         if buffer is not None and not 0 < buffer <= new:
             raise ValueError(f"GRPOModule.overlong_buffer_length must be in [1, generation.max_new_tokens={new}] or "

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
 from lightning_rlhf.models.context import check_context_length
 from lightning_rlhf.models.forward import eval_mode, policy_logprobs
+from lightning_rlhf.modules.answer_guidance import AnswerGuidance
 from lightning_rlhf.modules.deprecations import take_renamed
 from lightning_rlhf.modules.generation_args import GenerationArgs
 from lightning_rlhf.modules.online_generation import RolloutGeneration
@@ -152,6 +153,7 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
         take_renamed(self.hparams, type(self).__name__, "ppo_epochs", "update_epochs", default=1)
         self.automatic_optimization = False
         self.task_checker: Callable[[str, str], bool] | None = None
+        self.answer_guidance: AnswerGuidance | None = None  # GRPOModule(answer_projection=...) sets it
         self._rng_to_restore: Any = None
         # copies of the signature's shared default objects; under LightningCLI ``hparams`` holds plain dicts
         self.actor_optimizer = copy.copy(actor_optimizer)
@@ -323,6 +325,10 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
         generated = self.generate(batch, greedy=False, with_logprobs=self.logprobs_from_generation(),
                                   group_size=self.group_size)
         generation_s = time.perf_counter() - start
+        guided = None
+        if self.answer_guidance is not None:
+            generated, guided = self.answer_guidance(self.rewards, batch, generated, self.responses(generated),
+                                                     self.group_size, self.training_iteration())
         sequences, attention_mask = generated.sequences, generated.attention_mask
         length = generated.response_mask.shape[1]
         logprobs, entropy = generated.logprobs, generated.entropy
@@ -347,6 +353,8 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
         success = self.task_success(batch["prompts"], responses)
         if success is not None:
             metrics[f"{prefix}/task_success"] = pooled_mean(success.float())
+        if guided is not None:
+            metrics[f"{prefix}/guided_answers"] = pooled_mean(guided.float())
         return rollout, metrics, (batch["prompts"], responses, self.sample_scores(experience))
 
     def reference_logprobs(self, sequences: Tensor, attention_mask: Tensor, length: int) -> Tensor:

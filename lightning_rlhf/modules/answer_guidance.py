@@ -1,0 +1,105 @@
+"""Answer guidance: a form of answer the policy never samples can still be learned.
+
+GRPO can only reinforce what it samples. A small instruct model asked for "the answer alone" answers "7 * 8 = 56";
+once those answers are right, the bare "56" (which the strict reward pays) is too rare to be sampled, so no reward
+on it is ever learned (issue 31's first trap). Guidance projects each group's best answer onto the wanted form (a
+projection function: "7 * 8 = 56" -> "56"), scores the projection with the same reward functions and, where it earns
+more than the answer it came from and no answer of the group already reads that way, puts it in the group in place
+of the group's lowest answer. The group's advantages then compare it with the sampled answers like any other.
+
+The candidate is off-policy, as a demonstration mixed into a group is (LUFFY's off-policy guidance); its old
+log-probs come from a forward pass of the current policy, so its first ratio is 1. Guidance switches itself off as
+the policy learns the form: a group whose answers already include the projection gets no candidate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from lightning_rlhf.algorithms.guidance import best_rows, replaced_rows
+from lightning_rlhf.modules.rollout import Generated
+from lightning_rlhf.rewards.combined import RewardSources
+from lightning_rlhf.rewards.projection import Projection
+
+
+def _rows(columns: Mapping[str, Sequence[Any]] | None, rows: Sequence[int]) -> dict[str, list[Any]]:
+    return {name: [values[r] for r in rows] for name, values in (columns or {}).items()}
+
+
+class AnswerGuidance:
+    """Replace at most one answer per group by a projected, better-paid candidate (module docstring).
+
+    Args:
+        projection: ``f(prompts, completions, **columns) -> list[str | None]`` (``rewards/projection.py``).
+        tokenizer: the policy's tokenizer; a candidate's tokens are its text's, ended by the stop token its source
+            answer ended with (the tokenizer's EOS where that answer was cut at the length limit).
+    """
+
+    def __init__(self, projection: Projection, tokenizer: Any) -> None:
+        self.projection = projection
+        self.tokenizer = tokenizer
+
+    def project(self, prompts: Sequence[Any], responses: Sequence[str],
+                columns: Mapping[str, Sequence[Any]] | None, rows: Sequence[int]) -> list[str | None]:
+        """The projections of ``rows``, checked: one ``str`` or None per row."""
+        name = getattr(self.projection, "__name__", type(self.projection).__name__)
+        values = self.projection(prompts=[prompts[r] for r in rows], completions=[responses[r] for r in rows],
+                                 **_rows(columns, rows))
+        values = list(values)
+        if len(values) != len(rows) or any(v is not None and not isinstance(v, str) for v in values):
+            raise ValueError(f"answer_projection {name!r} returned {values[:4]!r}... for {len(rows)} answers; return "
+                             "a list with one str (or None) per completion")
+        return values
+
+    def __call__(self, rewards: RewardSources, batch: Mapping[str, Any], generated: Generated,
+                 responses: Sequence[str], group_size: int, iteration: int | None) -> tuple[Generated, Tensor]:
+        """``(generated, guided)``: the rollout with the candidates in place (its log-probs dropped when any was
+        placed, so that a forward pass computes them) and ``(B,)`` which rows are candidates."""
+        prompts, columns = batch["prompts"], batch.get("columns")
+        totals = rewards.score(prompts, responses, columns, None, None, iteration).total
+        sources = best_rows(totals, group_size)
+        groups = [g for g, row in enumerate(sources.tolist()) if row >= 0]
+        projected = self.project(prompts, responses, columns, [int(sources[g]) for g in groups]) if groups else []
+        candidates: dict[int, str] = {}
+        for g, text in zip(groups, projected):
+            group = {r.strip() for r in responses[g * group_size:(g + 1) * group_size]}
+            if text is not None and text.strip() and text.strip() not in group:
+                candidates[g] = text.strip()
+        guided = torch.zeros(len(responses), dtype=torch.bool)
+        if not candidates:
+            return generated, guided
+        rows = [int(sources[g]) for g in candidates]
+        scored = rewards.score([prompts[r] for r in rows], list(candidates.values()), _rows(columns, rows), None, None,
+                               iteration).total
+        candidate_totals = torch.full((len(sources),), float("nan"))
+        candidate_totals[list(candidates)] = scored.float()
+        replaced = replaced_rows(totals, sources, candidate_totals, group_size)
+        placed = {int(row): (int(sources[g]), candidates[g]) for g, row in enumerate(replaced.tolist()) if row >= 0}
+        if not placed:
+            return generated, guided
+        return self._placed(generated, placed, guided), guided
+
+    def _placed(self, generated: Generated, placed: Mapping[int, tuple[int, str]], guided: Tensor) -> Generated:
+        width = generated.response_mask.shape[1]
+        prompt_width = generated.sequences.shape[1] - width
+        sequences, mask = generated.sequences.clone(), generated.response_mask.clone()
+        eos_found = generated.eos_found.clone()
+        for row, (source, text) in placed.items():
+            source_tokens = generated.sequences[source, prompt_width:][generated.response_mask[source]]
+            stop = int(source_tokens[-1]) if bool(generated.eos_found[source]) else self.tokenizer.eos_token_id
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [stop]
+            if len(ids) > width:  # longer than the rollout's answers: keep the sampled answer
+                continue
+            sequences[row, prompt_width:] = self.tokenizer.pad_token_id
+            sequences[row, prompt_width:prompt_width + len(ids)] = torch.tensor(ids, dtype=sequences.dtype)
+            mask[row] = False
+            mask[row, :len(ids)] = True
+            eos_found[row], guided[row] = True, True
+        attention = torch.cat([generated.attention_mask[:, :prompt_width], mask.long()], dim=1)
+        return Generated(sequences, attention.to(generated.attention_mask.dtype), mask, eos_found)
+
+
+__all__ = ["AnswerGuidance"]

@@ -1,0 +1,37 @@
+"""Answer guidance's row choice: each group's best answer is the source, its lowest answer the one replaced."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_rlhf.algorithms.guidance import best_rows, replaced_rows
+
+NAN = math.nan
+
+
+def test_the_source_is_each_groups_best_answer_and_an_unscored_group_has_none():
+    totals = torch.tensor([0.1, 0.9, 0.5, NAN, NAN, NAN, 2.0, 2.0, 1.0])
+    assert best_rows(totals, 3).tolist() == [1, -1, 6]  # the first of tied bests; a group nobody scored: -1
+
+
+def test_a_candidate_replaces_the_lowest_answer_only_where_it_earns_more_than_its_source():
+    totals = torch.tensor([0.1, 0.9, NAN, 1.0, 0.2, 0.3, 0.0, 0.0, 0.0])
+    sources = best_rows(totals, 3)
+    assert sources.tolist() == [1, 3, 6]
+    candidates = torch.tensor([2.5, 1.0, NAN])  # more than 0.9; equal to 1.0 (no gain); no candidate
+    assert replaced_rows(totals, sources, candidates, 3).tolist() == [2, -1, -1]  # the unscored row goes first
+    candidates = torch.tensor([0.5, 1.5, 0.1])
+    assert replaced_rows(totals, sources, candidates, 3).tolist() == [-1, 4, 7]
+
+
+def test_a_group_of_one_keeps_its_answer():
+    totals = torch.tensor([0.0, 1.0])
+    assert replaced_rows(totals, best_rows(totals, 1), torch.tensor([5.0, 5.0]), 1).tolist() == [-1, -1]
+
+
+def test_rewards_that_do_not_split_into_groups_are_refused():
+    with pytest.raises(ValueError, match="do not split into groups of 4"):
+        best_rows(torch.zeros(6), 4)

@@ -1,0 +1,113 @@
+"""Answer guidance: a projected candidate takes a group's lowest answer where it earns more; on the tiny model, the
+candidates reach the update with log-probs of their own tokens (first ratio 1) and are counted."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from lightning_rlhf.modules.answer_guidance import AnswerGuidance
+from lightning_rlhf.modules.rollout import Generated
+from lightning_rlhf.rewards.combined import RewardSources
+from lightning_rlhf.rewards.projection import final_answer_alone, resolve_projection
+from tests.modules.test_grpo import SIZES, make_data, make_module, make_trainer, scalars
+
+WANTED = "7"
+
+
+def alone_pays_most(prompts, completions, **kwargs):
+    """1 for the wanted answer alone, 0.5 for an answer containing it, 0 otherwise."""
+    return [1.0 if c.strip() == WANTED else 0.5 if WANTED in c else 0.0 for c in completions]
+
+
+def to_wanted(prompts, completions, **kwargs):
+    return [WANTED for _ in completions]
+
+
+@pytest.fixture()
+def actor(tiny_model_factory) -> Path:
+    return tiny_model_factory("llama", "causal_lm", seed=0, **SIZES)
+
+
+def test_final_answer_alone_projects_an_equation_to_its_result_and_a_statement_to_its_answer():
+    completions = ["7 * 8 = 56", "The answer is Paris.", "", "#### 12"]
+    assert final_answer_alone([""] * 4, completions, answer=["56", "Paris", "3", "12"]) == ["56", "Paris", None, "12"]
+    assert resolve_projection("final_answer") is final_answer_alone
+    assert resolve_projection("tests.modules.test_answer_guidance:to_wanted") is to_wanted
+    with pytest.raises(ValueError, match="answer_projection 'no_such' is neither a built-in \\(final_answer\\)"):
+        resolve_projection("no_such")
+
+
+def _generated(tokenizer, prompt_ids: list[int], answers: list[str], width: int) -> Generated:
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    rows = [(tokenizer(a, add_special_tokens=False)["input_ids"] + [eos])[:width] for a in answers]
+    responses = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[i < len(r) for i in range(width)] for r in rows])
+    prompts = torch.tensor([prompt_ids] * len(answers))
+    sequences = torch.cat([prompts, responses], 1)
+    attention = torch.cat([torch.ones_like(prompts), mask.long()], 1)
+    return Generated(sequences, attention, mask, torch.ones(len(answers), dtype=torch.bool),
+                     torch.zeros(mask.shape), torch.zeros(mask.shape))
+
+
+def test_the_candidate_replaces_the_lowest_answer_with_its_tokens_and_a_stop(actor):
+    tokenizer = AutoTokenizer.from_pretrained(actor)
+    rewards = RewardSources(["tests.modules.test_answer_guidance:alone_pays_most"])
+    answers = ["is 7", "cat", "bread", "dog", "the 7", "7", "fox", "cat"]  # group 2 already has the bare form
+    generated = _generated(tokenizer, tokenizer("What is 3 + 4?")["input_ids"], answers, width=6)
+    batch = {"prompts": ["What is 3 + 4?"] * 8}
+    guidance = AnswerGuidance(to_wanted, tokenizer)
+    out, guided = guidance(rewards, batch, generated, answers, group_size=4, iteration=0)
+    assert guided.tolist() == [False, True, False, False] + [False] * 4  # "cat" (0.0, the first lowest) goes
+    width = generated.response_mask.shape[1]
+    row = out.sequences[1, -width:][out.response_mask[1]].tolist()
+    assert row == tokenizer(WANTED, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert out.attention_mask[1, -width:].sum() == len(row) and bool(out.eos_found[1])
+    assert out.logprobs is None and out.entropy is None  # computed again by a forward pass
+    keep = [0, 2, 3, 4, 5, 6, 7]
+    assert torch.equal(out.sequences[keep], generated.sequences[keep])
+
+
+def test_no_candidate_where_it_earns_no_more_than_its_source(actor):
+    tokenizer = AutoTokenizer.from_pretrained(actor)
+    rewards = RewardSources(["tests.modules.test_answer_guidance:alone_pays_most"])
+    answers = ["cat", "dog", "fox", "bread"]
+    generated = _generated(tokenizer, tokenizer("hi")["input_ids"], answers, width=6)
+    guidance = AnswerGuidance(lambda prompts, completions, **kw: ["cow"] * len(completions), tokenizer)
+    out, guided = guidance(rewards, {"prompts": ["hi"] * 4}, generated, answers, group_size=4, iteration=0)
+    assert out is generated and not guided.any()
+
+
+def test_a_projection_that_returns_no_text_fails_naming_itself(actor):
+    tokenizer = AutoTokenizer.from_pretrained(actor)
+    answers = ["cat", "dog"]
+    generated = _generated(tokenizer, tokenizer("hi")["input_ids"], answers, width=4)
+    guidance = AnswerGuidance(lambda prompts, completions, **kw: [1.0], tokenizer)
+    with pytest.raises(ValueError, match="answer_projection '<lambda>' returned \\[1.0\\]"):
+        guidance(RewardSources(["tests.modules.test_answer_guidance:alone_pays_most"]), {"prompts": ["hi"] * 2},
+                 generated, answers, group_size=2, iteration=0)
+
+
+def test_guided_grpo_counts_one_candidate_per_group_and_starts_each_update_at_ratio_one(tmp_path, actor):
+    torch.manual_seed(0)
+    module = make_module(actor, reward_funcs=["tests.modules.test_answer_guidance:alone_pays_most"],
+                         reward_weights=None, answer_projection="tests.modules.test_answer_guidance:to_wanted",
+                         update_epochs=1, train_batch_size=16)
+    trainer = make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=make_data(actor))
+    events = scalars(trainer)
+    # 4 prompts x 4 answers: one candidate per group unless the policy sampled the bare "7" itself
+    assert events.Scalars("grpo/guided_answers")[0].value == pytest.approx(0.25)
+    # one mini-batch over the whole rollout: the candidates' old log-probs are the policy's own
+    assert events.Scalars("grpo/ratio_mean")[0].value == pytest.approx(1.0, abs=1e-5)
+    assert events.Scalars("grpo/reward_mean")[0].value >= 0.25  # each group holds a candidate paid 1.0
+
+
+def test_answer_projection_needs_reward_functions_without_a_reward_model(actor, tiny_model_factory):
+    reward_model = tiny_model_factory("llama", "reward", seed=0, **SIZES)
+    with pytest.raises(ValueError, match="answer_projection scores its candidates with the reward functions"):
+        make_module(actor, reward_model=str(reward_model), answer_projection="final_answer")
