@@ -182,3 +182,11 @@ def test_without_reasoning_gym_the_extra_to_install_is_named(always_one, monkeyp
     monkeypatch.setitem(sys.modules, "reasoning_gym", None)
     with pytest.raises(ImportError, match=r"pip install 'lightning-rlhf\[reasoning-gym\]'"):
         main(["evaluate", str(always_one), "--tasks", json.dumps([GCD])])
+
+
+def test_a_builtin_sibling_operation_is_a_task_setting():
+    from lightning_rlhf.commands.evaluate import builtin_task
+
+    task, size = builtin_task("builtin?size=7&operation=*&style=chat")
+    assert (task.operation, task.style, size) == ("*", "chat", 7)
+    assert builtin_task("builtin?operation=%2B")[0].operation == "+"  # a bare + in a query string is a space

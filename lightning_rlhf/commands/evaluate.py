@@ -24,7 +24,7 @@ from lightning_rlhf.modules.rollout import repeat_groups
 from lightning_rlhf.rewards.combined import RewardSources
 
 BUILTIN = "builtin"
-BUILTIN_SETTINGS = ("size", "seed", "max_operand", "style")
+BUILTIN_SETTINGS = ("size", "seed", "max_operand", "style", "operation")
 EXTRACTIONS = ("strict", "flexible")
 #: the (strict, flexible) reward functions of each kind of task
 REWARDS = {"builtin": ("exact_answer", "answer_match"),
@@ -32,7 +32,7 @@ REWARDS = {"builtin": ("exact_answer", "answer_match"),
 METRICS = ("greedy_accuracy_strict", "greedy_accuracy_flexible", "greedy_score_strict", "greedy_score_flexible",
            "pass_at_k_strict", "pass_at_k_flexible", "sample_accuracy_strict", "sample_accuracy_flexible")
 TASK_USAGE = ("reasoning_gym:TASK?key=value&size=N&seed=S (pip install 'lightning-rlhf[reasoning-gym]') or "
-              "builtin[?size=N&seed=S&max_operand=9&style=plain|chat] (the addition task)")
+              "builtin[?size=N&seed=S&max_operand=9&style=plain|chat&operation=%2B|*|-] (the addition task; %2B is +)")
 
 
 def task_kind(task: str) -> str:
@@ -53,7 +53,7 @@ def builtin_task(task: str) -> tuple[SyntheticTask, int]:
         if key not in BUILTIN_SETTINGS:
             raise ValueError(f"task {task!r}: unknown setting {key!r}; the built-in task takes {BUILTIN_SETTINGS}")
         try:
-            settings[key] = raw if key == "style" else int(raw)
+            settings[key] = raw if key in ("style", "operation") else int(raw)
         except ValueError:
             raise ValueError(f"task {task!r}: {key} must be an integer, got {raw!r}") from None
     size = settings.pop("size", 100)

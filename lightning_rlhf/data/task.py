@@ -1,4 +1,5 @@
-"""The built-in synthetic task: small additions, learnable from scratch on a CPU in minutes and checkable by rule.
+"""The built-in synthetic task: small additions (or products or differences: ``operation``), learnable from scratch on
+a CPU in minutes and checkable by rule.
 
 The SFT demonstrations mostly drop the carry while the preference pairs always prefer the right sum, so RLHF has
 something to add (docs/quickstart.md). A response succeeds when, stripped, it is exactly the sum: ``" 12"``.
@@ -12,8 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-_PROMPT = re.compile(r"(\d+)\s*\+\s*(\d+)\s*(?:=|\?)")
-CHAT_PROMPT = "What is {a} + {b}? Answer with the number only."
+_PROMPT = re.compile(r"(\d+)\s*([-+*])\s*(\d+)\s*(?:=|\?)")
+CHAT_PROMPT = "What is {a} {op} {b}? Answer with the number only."
+#: the operations of ``SyntheticTask.operation``; a difference keeps ``a >= b`` (answers are never negative)
+OPERATIONS = {"+": lambda a, b: a + b, "*": lambda a, b: a * b, "-": lambda a, b: a - b}
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,8 @@ class SyntheticTask:
         easy_error_rate: probability that a demonstration of a sum without carry is a mistake.
         hard_error_rate: probability that a demonstration of a sum with a carry drops the carry.
         style: ``plain`` prompts (``"3+4="``, for tiny models from scratch) or ``chat`` questions (instruct models).
+        operation: ``+`` (the addition task), or ``*`` / ``-``: a sibling task in the same wording, for checking that
+            a recipe holds beyond the task it was tuned on (``-`` draws ``a >= b``).
     """
 
     seed: int = 0
@@ -33,6 +38,7 @@ class SyntheticTask:
     easy_error_rate: float = 0.2
     hard_error_rate: float = 0.6
     style: Literal["plain", "chat"] = "plain"
+    operation: Literal["+", "*", "-"] = "+"
 
     def __post_init__(self) -> None:
         if self.max_operand < 1:
@@ -42,24 +48,31 @@ class SyntheticTask:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.style not in ("plain", "chat"):
             raise ValueError(f"style must be 'plain' or 'chat', got {self.style!r}")
+        if self.operation not in OPERATIONS:
+            raise ValueError(f"operation must be one of {sorted(OPERATIONS)}, got {self.operation!r}")
 
     def prompts(self) -> list[str]:
         span = range(self.max_operand + 1)
-        return [self.question(a, b) for a in span for b in span]
+        return [self.question(a, b) for a in span for b in span if self.operation != "-" or a >= b]
 
     def question(self, a: int, b: int) -> str:
-        return CHAT_PROMPT.format(a=a, b=b) if self.style == "chat" else f"{a}+{b}="
+        op = self.operation
+        return CHAT_PROMPT.format(a=a, op=op, b=b) if self.style == "chat" else f"{a}{op}{b}="
+
+    def result(self, a: int, b: int) -> int:
+        """``a`` op ``b``."""
+        return OPERATIONS[self.operation](a, b)
 
     @staticmethod
     def operands(prompt: str) -> tuple[int, int] | None:
         """The two operands of ``prompt``'s last question (raw, formatted or chat), or ``None``."""
         found = _PROMPT.findall(prompt)
-        return (int(found[-1][0]), int(found[-1][1])) if found else None
+        return (int(found[-1][0]), int(found[-1][2])) if found else None
 
     def answer(self, prompt: str) -> str | None:
         """The correct answer text (no leading space) for ``prompt``, or ``None``."""
         ops = self.operands(prompt)
-        return None if ops is None else str(ops[0] + ops[1])
+        return None if ops is None else str(self.result(*ops))
 
     def check(self, prompt: str, response: str) -> bool:
         """Whether ``response`` (decoded without special tokens) is exactly the answer to ``prompt``."""
@@ -84,11 +97,20 @@ class SyntheticTask:
             options.insert(0, f" {total % 10}")
         return options
 
+    def wrong_answers(self, a: int, b: int) -> list[str]:
+        """:meth:`mistakes` for the addition task; for the others: off-by-one, echoed operand, repeated result."""
+        if self.operation == "+":
+            return self.mistakes(a, b)
+        result = self.result(a, b)
+        wrong = {str(result + 1), str(max(result - 1, 0)), str(a), str(b)} - {str(result)}
+        return [f" {w}" for w in sorted(wrong)] + [f" {result} {result}"]
+
     def _mistake(self, a: int, b: int, rng: random.Random, prefer_carry: float) -> str:
-        options = self.mistakes(a, b)
-        if a + b >= 10 and rng.random() < prefer_carry:
+        options = self.wrong_answers(a, b)
+        carry = self.operation == "+" and a + b >= 10
+        if carry and rng.random() < prefer_carry:
             return options[0]
-        return rng.choice(options[1:] if a + b >= 10 else options)
+        return rng.choice(options[1:] if carry else options)
 
     def records(self, n: int) -> list[dict[str, str]]:
         """``n`` records, prompts drawn with replacement: ``prompt``, ``response`` (a demonstration), ``chosen``,
@@ -98,15 +120,17 @@ class SyntheticTask:
         out = []
         for _ in range(n):
             a, b = rng.choice(operand), rng.choice(operand)
-            correct = f" {a + b}"
-            hard = a + b >= 10
+            if self.operation == "-" and a < b:
+                a, b = b, a
+            correct = f" {self.result(a, b)}"
+            hard = self.operation == "+" and a + b >= 10
             if rng.random() < (self.hard_error_rate if hard else self.easy_error_rate):
                 response = self._mistake(a, b, rng, prefer_carry=1.0)
             else:
                 response = correct
             rejected = self._mistake(a, b, rng, prefer_carry=0.5)
             out.append({"prompt": self.question(a, b), "response": response, "chosen": correct, "rejected": rejected,
-                        "columns": json.dumps({"answer": str(a + b)})})
+                        "columns": json.dumps({"answer": correct.strip()})})
         return out
 
     def corpus(self) -> list[str]:
@@ -114,7 +138,7 @@ class SyntheticTask:
         texts = []
         for prompt in self.prompts():
             a, b = self.operands(prompt)  # type: ignore[misc]
-            for answer in [f" {a + b}", *self.mistakes(a, b)]:
+            for answer in [f" {self.result(a, b)}", *self.wrong_answers(a, b)]:
                 texts.append(f"Human: {prompt} Assistant:{answer}")
         return texts
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -77,3 +78,17 @@ def test_corpus_covers_every_prompt_and_answer(task_tokenizer):
     # the tokenizer trained on it reads prompts in a handful of tokens, one per digit
     ids = task_tokenizer("Human: 9+8= Assistant: 17")["input_ids"]
     assert len(ids) <= 14 and task_tokenizer.unk_token_id not in ids
+
+
+@pytest.mark.parametrize("operation, check", [("*", lambda a, b: a * b), ("-", lambda a, b: a - b)])
+def test_a_sibling_operation_asks_in_the_same_words_and_answers_its_own_result(operation, check):
+    task = SyntheticTask(style="chat", operation=operation)
+    records = task.records(200)
+    for record in records:
+        a, b = task.operands(record["prompt"])
+        assert record["prompt"] == f"What is {a} {operation} {b}? Answer with the number only."
+        assert json.loads(record["columns"])["answer"] == str(check(a, b)) == record["chosen"].strip()
+        assert task.check(record["prompt"], f" {check(a, b)} ") and not task.check(record["prompt"], record["rejected"])
+    assert all(check(*task.operands(p)) >= 0 for p in task.prompts())  # differences are never negative
+    with pytest.raises(ValueError, match="operation must be one of"):
+        SyntheticTask(operation="/")
