@@ -14,6 +14,7 @@ from lightning_rlhf.modules.answer_guidance import AnswerGuidance
 from lightning_rlhf.modules.rollout import Generated
 from lightning_rlhf.rewards.combined import RewardSources
 from lightning_rlhf.rewards.projection import final_answer_alone, resolve_projection
+from lightning_rlhf.modules.optim import OptimizerArgs
 from tests.modules.test_grpo import SIZES, make_data, make_module, make_trainer, scalars
 
 WANTED = "7"
@@ -111,3 +112,31 @@ def test_answer_projection_needs_reward_functions_without_a_reward_model(actor, 
     reward_model = tiny_model_factory("llama", "reward", seed=0, **SIZES)
     with pytest.raises(ValueError, match="answer_projection scores its candidates with the reward functions"):
         make_module(actor, reward_model=str(reward_model), answer_projection="final_answer")
+
+
+def only_alone(prompts, completions, **kwargs):
+    """A strict reward: the wanted answer alone, nothing for anything else."""
+    return [1.0 if c.strip() == WANTED else 0.0 for c in completions]
+
+
+def test_a_form_the_policy_never_samples_is_learned_only_with_guidance(tmp_path, actor):
+    """The first trap of issue 31 on the tiny model: the reward pays only a form the untrained policy never
+    samples, so every group is all zeros and nothing is learned; with guidance each group holds a candidate in that
+    form, and the policy comes to sample it itself (rewards above the candidates' own 1 in 4, fewer candidates)."""
+    curves = {}
+    for projection in (None, "tests.modules.test_answer_guidance:to_wanted"):
+        torch.manual_seed(0)
+        module = make_module(actor, reward_funcs=["tests.modules.test_answer_guidance:only_alone"],
+                             reward_weights=None, answer_projection=projection, update_epochs=1,
+                             train_batch_size=16, actor_optimizer=OptimizerArgs(learning_rate=5e-2,
+                                                                                 scheduler="constant"))
+        trainer = make_trainer(tmp_path / str(projection is not None), limit_train_batches=12, limit_val_batches=0)
+        trainer.fit(module, datamodule=make_data(actor))
+        events = scalars(trainer)
+        curves[projection is not None] = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+                                          if tag in ("grpo/reward_mean", "grpo/guided_answers")}
+    assert set(curves[False]["grpo/reward_mean"]) == {0.0} and "grpo/guided_answers" not in curves[False]
+    reward, guided = curves[True]["grpo/reward_mean"], curves[True]["grpo/guided_answers"]
+    assert guided[0] == pytest.approx(0.25) and reward[0] == pytest.approx(0.25)
+    # the last 4 rollouts: the policy samples the form itself, so fewer groups need a candidate and more answers pay
+    assert sum(reward[-4:]) / 4 > 0.3 and sum(guided[-4:]) / 4 < 0.15, curves
