@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 from transformers.cache_utils import Cache, DynamicLayer
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from lightning_rlhf.models.packed_linear import PackedWeights, packing_available
 from lightning_rlhf.models.values import forward_accepts
@@ -146,11 +147,17 @@ class FastDecoder:
         sequences = torch.cat([input_ids, input_ids.new_full((rows, max_new_tokens), pad_token_id)], dim=1)
         running = torch.ones(rows, dtype=torch.bool, device=input_ids.device)
         position, end = positions[:, -1:], prompt_length
+        warpers = _warpers(temperature, top_k, top_p) if do_sample else []
         for step in range(max_new_tokens):
             scores = logits.float()
             for processor in processors:
                 scores = processor(sequences[:, :end], scores)
-            token = _sample(scores, temperature, top_k, top_p) if do_sample else scores.argmax(-1)
+            if do_sample:
+                for warper in warpers:
+                    scores = warper(sequences[:, :end], scores)
+                token = torch.multinomial(scores.softmax(-1), num_samples=1).squeeze(1)
+            else:
+                token = scores.argmax(-1)
             token = torch.where(running, token, token.new_tensor(pad_token_id))
             sequences[:, end] = token
             end += 1
@@ -162,19 +169,17 @@ class FastDecoder:
         return sequences[:, :end]
 
 
-def _sample(scores: Tensor, temperature: float, top_k: int | None, top_p: float) -> Tensor:
-    """One token per row from ``softmax(scores / temperature)`` after top-k and top-p, in ``generate``'s order."""
+def _warpers(temperature: float, top_k: int | None, top_p: float) -> list:
+    """``generate``'s own sampling warpers, in its order (temperature, top-k, top-p), each only where it changes
+    something, so sampled tokens follow the same distribution as HF ``generate``'s."""
+    warpers: list = []
     if temperature != 1.0:
-        scores = scores / temperature
+        warpers.append(TemperatureLogitsWarper(temperature))
     if top_k:
-        kth = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth, -math.inf)
+        warpers.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
     if top_p < 1.0:
-        ordered, order = torch.sort(scores, descending=False)
-        drop = ordered.softmax(-1).cumsum(-1) <= 1 - top_p
-        drop[:, -1] = False  # keep at least the most likely token
-        scores = scores.masked_fill(drop.scatter(1, order, drop), -math.inf)
-    return torch.multinomial(scores.softmax(-1), num_samples=1).squeeze(1)
+        warpers.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+    return warpers
 
 
 class _PreallocatedLayer(DynamicLayer):
