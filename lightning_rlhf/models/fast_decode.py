@@ -27,7 +27,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from lightning_rlhf.models.packed_linear import PackedWeights, packing_available
-from lightning_rlhf.models.values import forward_accepts
+from lightning_rlhf.models.prompt_cache import cache_argument
 
 #: the ``generate`` arguments the loop implements; the first three are required
 ARGUMENTS = ("max_new_tokens", "eos_token_id", "pad_token_id", "do_sample", "temperature", "top_k", "top_p",
@@ -50,7 +50,12 @@ class FastDecoder:
 
     def __init__(self, model: nn.Module, compile: bool | None = None, pack: bool | None = None) -> None:
         self.model = model
-        self._cache_name = "cache" if forward_accepts(model, "cache") else "past_key_values"
+        name = cache_argument(model)
+        if name is None:
+            raise ValueError(f"generation_backend 'fast' decodes with a KV cache, which {type(model).__name__} does not "
+                             "take here (an encoder-decoder or recurrent model, or activation checkpointing in "
+                             "training mode); use generation_backend='native'")
+        self._cache_name = name
         device = next(model.parameters()).device
         self.compile = device.type == "cuda" if compile is None else compile
         self.packed = PackedWeights(model) if (packing_available(model) if pack is None else pack) else None

@@ -187,3 +187,13 @@ def test_the_strategy_refuses_the_fast_backend_with_a_tensor_parallel_replica():
         HybridDeepSpeedStrategy(generation_backend="fast", inference_tp_size=2)
     with pytest.raises(ValueError, match=r"'native', 'fast' or 'deepspeed', got 'vllm'"):
         HybridDeepSpeedStrategy(generation_backend="vllm")
+
+
+def test_a_model_that_drops_its_kv_cache_is_refused_with_the_backend_to_use(tiny_model_factory):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_factory("llama", "causal_lm", seed=0, **SIZES))
+    model.gradient_checkpointing_enable()
+    model.train()  # transformers drops the cache under activation checkpointing in training mode
+    with pytest.raises(ValueError, match="use generation_backend='native'"):
+        FastDecoder(model)
+    model.eval()
+    assert FastDecoder(model, pack=False)._cache_name in ("cache", "past_key_values")
