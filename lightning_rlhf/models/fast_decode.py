@@ -41,8 +41,9 @@ class FastDecoder:
     """Decodes for one model; keep it with the model (compiled steps and packed weights are reused).
 
     Args:
-        model: a transformers causal LM without hooks (the generation replica). After its weights change, call
-            :meth:`weights_changed` (a compiled step reads the live weights; packed copies must be made again).
+        model: a transformers causal LM without hooks (the generation replica). Weights written in place (the
+            replica's refresh) are seen: a compiled step reads the live weights, and a written layer is packed again;
+            after other changes call :meth:`weights_changed`.
         compile: a ``StaticCache`` and a compiled step (``torch.compile``; CUDA graphs on GPU); None compiles on
             CUDA only (on the CPU the compiled step was slower than the eager one with packed weights).
         pack: run the CPU linear layers from oneDNN-packed weights; None where available (float32 on the CPU).
@@ -75,7 +76,8 @@ class FastDecoder:
         return set(kwargs) <= set(ARGUMENTS) and all(kwargs.get(name) is not None for name in ARGUMENTS[:3])
 
     def weights_changed(self) -> None:
-        """Say that the model's weights changed since the last call (the packed copies are made again)."""
+        """Say that the model's weights were replaced in a way their version counters do not show (new tensors, or
+        writes through ``.data``): every packed copy is made again. In-place writes need no call."""
         if self.packed is not None:
             self.packed.invalidate()
 

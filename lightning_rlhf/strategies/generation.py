@@ -111,10 +111,8 @@ def generation_mode(
     refreshed = entry.replica.refresh()
     stats.add_refresh(refreshed)
     if backend == "fast":
-        if entry.decoder is None:
+        if entry.decoder is None:  # the refresh writes the replica in place: its packed layers follow by version
             entry.decoder = FastDecoder(entry.replica.module)
-        elif refreshed.groups_refreshed:
-            entry.decoder.weights_changed()
     entry.replica.module.generation_config = copy.deepcopy(unwrap_model(model).generation_config)
     stats.add(gather_s=_clock(device) - start)
     group = mesh.get_group() if mesh is not None else None

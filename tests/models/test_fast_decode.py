@@ -101,7 +101,7 @@ def test_a_shared_prompt_prefill_gives_the_same_samples(tiny):
     assert torch.equal(plain, shared)
 
 
-def test_packed_weights_are_renewed_when_told_and_only_then(tiny):
+def test_only_the_layers_written_since_are_packed_again(tiny):
     model, ids, mask, stop = tiny
     if not packing_available(model):
         pytest.skip("this torch build has no oneDNN linear")
@@ -111,17 +111,25 @@ def test_packed_weights_are_renewed_when_told_and_only_then(tiny):
     layer = model.model.layers[0].self_attn.q_proj
     with packed.active() as count:
         before = layer(x)
-    assert count == sum(type(m) is torch.nn.Linear for m in model.modules())
+    assert count == packed.repacked == sum(type(m) is torch.nn.Linear for m in model.modules())
     torch.testing.assert_close(before, torch.nn.functional.linear(x, layer.weight), atol=1e-5, rtol=1e-5)
+    with packed.active():
+        again = layer(x)
+    assert packed.repacked == 0 and torch.equal(again, before)
     with torch.no_grad():
-        layer.weight.mul_(2.0)
+        layer.weight.mul_(2.0)  # written in place, as the replica's refresh writes: that layer alone is packed again
+    with packed.active():
+        renewed = layer(x)
+    assert packed.repacked == 1
+    torch.testing.assert_close(renewed, 2 * before, atol=1e-5, rtol=1e-5)
+    layer.weight.data.mul_(0.5)  # through .data the version counter does not move: invalidate() is the way
     with packed.active():
         stale = layer(x)
     packed.invalidate()
     with packed.active():
-        renewed = layer(x)
-    torch.testing.assert_close(stale, before)  # the documented contract: without invalidate, the old copy
-    torch.testing.assert_close(renewed, 2 * before, atol=1e-5, rtol=1e-5)
+        restored = layer(x)
+    torch.testing.assert_close(stale, 2 * before, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(restored, before, atol=1e-5, rtol=1e-5)
     assert "forward" not in vars(layer)  # the layer's own forward is back outside the block
 
 
