@@ -11,7 +11,10 @@ task runs ``lightning-rlhf grpo fit --config RECIPE`` with only ``--data.sources
         --out benchmarks/results/recipe_across_tasks.json
 
 A task is ``NAME SETTINGS``: the reasoning-gym task and its settings in the source string's ``key=value&...`` form
-(docs/tasks.md). Training reads ``size=--train_size&seed=0``, evaluation ``size=--eval_size&seed=1``.
+(docs/tasks.md). Training reads ``size=--train_size&seed=0``, evaluation ``size=--eval_size&seed=1``. The name
+``builtin`` is the built-in task in chat form, ``SETTINGS`` its settings (``operation=*`` for the products sibling,
+``%2B`` for +); it is trained with ``--data.task`` and the reward functions :data:`BUILTIN_REWARDS` in place of the
+recipe's (the issue's "correctness plus exact format", and the recipe's brevity), every other setting the recipe's.
 """
 
 from __future__ import annotations
@@ -27,11 +30,28 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+BUILTIN = "builtin"
+#: the built-in task's rewards, in the order of the recipe's: right (last number), right and alone, brevity
+BUILTIN_REWARDS = ["answer_match", "answer_only_format", "brevity"]
 
 
 def source(task: str, settings: str, size: int, seed: int) -> str:
+    if task == BUILTIN:
+        return f"{BUILTIN}?" + "&".join(part for part in (settings, "style=chat", f"size={size}", f"seed={seed}")
+                                        if part)
     joined = "&".join(part for part in (settings, f"size={size}", f"seed={seed}") if part)
     return f"reasoning_gym:{task}?{joined}"
+
+
+def data_flags(task: str, settings: str, size: int) -> list[str]:
+    """The ``grpo fit`` flags that set the training data (and, for the built-in task, its reward functions)."""
+    if task != BUILTIN:
+        return ["--data.sources", json.dumps([source(task, settings, size, 0)])]
+    from urllib.parse import parse_qsl
+
+    chosen: dict[str, Any] = {key: int(value) if value.isdigit() else value for key, value in parse_qsl(settings)}
+    return ["--data.task", json.dumps({"style": "chat", "seed": 0} | chosen), "--data.task_size", str(size),
+            "--model.reward_funcs", json.dumps(BUILTIN_REWARDS)]
 
 
 def run(command: list[str], log: Path) -> tuple[int, float]:
@@ -73,7 +93,9 @@ def curves(run_dir: Path, tags: tuple[str, ...]) -> dict[str, list[tuple[int, fl
 
 CURVES = ("val/reward/reasoning_gym_score", "val/reward/reasoning_gym_score_flexible", "grpo/entropy",
           "grpo/reward/reasoning_gym_score", "grpo/reward/reasoning_gym_score_flexible", "grpo/response_length",
-          "grpo/groups_without_signal", "grpo/entropy_bonus_on")
+          "grpo/groups_without_signal", "grpo/entropy_bonus_on", "grpo/guided_answers",
+          "val/reward/answer_match", "val/reward/answer_only_format", "grpo/reward/answer_match",
+          "grpo/reward/answer_only_format")
 
 
 def main() -> None:
@@ -107,7 +129,7 @@ def main() -> None:
             entry, run_dir = entries[name], runs / f"{name}_s{seed}"
             command = ["lightning-rlhf", "grpo", "fit", "--config", args.recipe, "--seed_everything", str(seed),
                        "--model.actor", args.actor, "--trainer.default_root_dir", str(run_dir),
-                       "--data.sources", json.dumps([source(name, settings, args.train_size, 0)]),
+                       *data_flags(name, settings, args.train_size),
                        *shlex.split(args.extra)]
             status, seconds = run(command, runs / f"{name}_s{seed}.log")
             record: dict[str, Any] = {"seed": seed, "status": status, "fit_seconds": round(seconds, 1)}
