@@ -10,6 +10,7 @@ its advantages (:meth:`~OnlineRLModule.advantages`), its loss and optimizer step
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Sequence
@@ -327,8 +328,7 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
         generation_s = time.perf_counter() - start
         guided = None
         if self.answer_guidance is not None:
-            generated, guided = self.answer_guidance(self.rewards, batch, generated, self.responses(generated),
-                                                     self.group_size, self.training_iteration())
+            generated, guided = self.guide(batch, generated)
         sequences, attention_mask = generated.sequences, generated.attention_mask
         length = generated.response_mask.shape[1]
         logprobs, entropy = generated.logprobs, generated.entropy
@@ -356,6 +356,18 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
         if guided is not None:
             metrics[f"{prefix}/guided_answers"] = pooled_mean(guided.float())
         return rollout, metrics, (batch["prompts"], responses, self.sample_scores(experience))
+
+    def guide(self, batch: Mapping[str, Any], generated: Generated) -> tuple[Generated, Tensor]:
+        """Answer guidance (``GRPOModule(answer_projection=...)``): candidates in place, and the streamed log-probs
+        dropped on every rank where any rank placed one. Under ZeRO-3 the log-prob forward that replaces them is a
+        collective: a rank that skipped it would leave the others waiting in its all-gathers."""
+        generated, guided = self.answer_guidance(self.rewards, batch, generated, self.responses(generated),
+                                                 self.group_size, self.training_iteration())
+        anywhere = guided.any().float().to(self.device)
+        summed = self.sum_across_ranks()
+        if (summed(anywhere) if summed is not None else anywhere) > 0 and generated.logprobs is not None:
+            generated = dataclasses.replace(generated, logprobs=None, entropy=None)
+        return generated, guided
 
     def reference_logprobs(self, sequences: Tensor, attention_mask: Tensor, length: int) -> Tensor:
         """The reference policy's ``(B, R)`` log-probs of the responses (see :attr:`loads_reference`)."""
