@@ -321,3 +321,28 @@ def test_with_no_reward_signal_an_entropy_target_leaves_the_policy_alone_where_t
     assert moved[None] > 1e-3 and entropies[None][-1] > entropies[None][0], entropies
     assert moved[1e-3] == 0.0, "above the target the bonus is off: no signal, no gradient, no step"
     assert entropies[1e-3][-1] == pytest.approx(entropies[1e-3][0], abs=0.05)
+
+
+def digit_share(prompts, completions, **kwargs):
+    """A format reward any answer can collect, right or wrong: the share of its characters that are digits."""
+    return [sum(c.isdigit() for c in text) / max(1, len(text)) for text in completions]
+
+
+def test_a_secondary_reward_is_collected_without_the_primary_unless_gated(tmp_path, actor):
+    """The second trap of issue 31 on the tiny model: with a correctness reward the policy never earns and a format
+    reward beside it, the plain sum pays wrong answers in the format, so the policy learns the format and nothing
+    else (its reward rises); gated by correctness, the format pays nothing, no group has a signal, and the weights
+    stay."""
+    start = AutoModelForCausalLM.from_pretrained(str(actor)).state_dict()
+    rewards, moved = {}, {}
+    for gate in (False, True):
+        torch.manual_seed(0)
+        module = make_module(actor, reward_funcs=[never_right, digit_share], reward_weights=[1.0, 0.5],
+                             reward_gate=gate, update_epochs=1, train_batch_size=16,
+                             actor_optimizer=OptimizerArgs(learning_rate=3e-2, scheduler="constant"))
+        trainer = make_trainer(tmp_path / str(gate), limit_train_batches=10, limit_val_batches=0)
+        trainer.fit(module, datamodule=make_data(actor))
+        rewards[gate] = [e.value for e in scalars(trainer).Scalars("grpo/reward_mean")]
+        moved[gate] = max((p.detach() - start[n]).abs().max().item() for n, p in module.actor.named_parameters())
+    assert sum(rewards[False][-3:]) / 3 > sum(rewards[False][:3]) / 3 + 0.05, rewards  # the format learned alone
+    assert set(rewards[True]) == {0.0} and moved[True] == 0.0, (rewards, moved)
