@@ -21,6 +21,7 @@ from lightning_rlhf.algorithms.dapo import dynamic_sampling, mask_truncated, ove
 from lightning_rlhf.algorithms.group_advantages import get_group_advantage_estimator
 from lightning_rlhf.algorithms.grpo_loss import grpo_policy_loss
 from lightning_rlhf.algorithms.policy_losses import get_policy_loss
+from lightning_rlhf.environments.episodes import EpisodeArgs
 from lightning_rlhf.models.forward import policy_logprobs
 from lightning_rlhf.modules.answer_guidance import AnswerGuidance
 from lightning_rlhf.modules.deprecations import take_renamed
@@ -85,7 +86,11 @@ class GRPOModule(OnlineRLModule):
             an import path, the reward functions' signature returning ``list[str | None]``). In each group where the
             best answer's projection earns more and no answer reads that way yet, it replaces the group's lowest
             answer (off-policy; log-probs from a forward pass), counted as ``grpo/guided_answers``. Needs reward
-            functions and no reward model (docs/grpo.md, "Answer guidance"). None: off.
+            functions and no reward model (docs/rewards.md, "Answer guidance"). None: off.
+        episodes: multi-turn rollouts (:class:`~lightning_rlhf.environments.episodes.EpisodeArgs`): tools or an
+            environment answer the model between its turns; the loss and KL cover the model's tokens only, the
+            reward functions score the final turn (``completions``) and get the whole episode as ``episode``
+            (docs/environments.md). None: one answer per prompt.
         beta: deprecated name of ``kl_coef`` (removed in the next release).
     """
 
@@ -116,6 +121,7 @@ class GRPOModule(OnlineRLModule):
         overlong_penalty_factor: float = 1.0,
         filter_truncated: bool = False,
         answer_projection: str | None = None,
+        episodes: EpisodeArgs | None = None,
         beta: float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -126,6 +132,8 @@ class GRPOModule(OnlineRLModule):
         self._validate()
         if answer_projection is not None:
             self.answer_guidance = AnswerGuidance(resolve_projection(answer_projection), self.tokenizer)
+        if episodes is not None:
+            self.episode_args, self.environment = episodes, episodes.build()
 
     def _validate(self) -> None:
         hp = self.hparams
@@ -151,6 +159,9 @@ class GRPOModule(OnlineRLModule):
         if hp.answer_projection is not None and (hp.reward_model is not None or not self.rewards):
             raise ValueError("GRPOModule.answer_projection scores its candidates with the reward functions alone; give "
                              "reward_funcs and no reward_model, or set answer_projection=None")
+        if hp.answer_projection is not None and hp.episodes is not None:
+            raise ValueError("GRPOModule.answer_projection replaces single answers and does not apply to multi-turn "
+                             "episodes; set answer_projection=None or episodes=None")
         buffer, new = hp.overlong_buffer_length, self.generation.max_new_tokens
         if buffer is not None and not 0 < buffer <= new:
             raise ValueError(f"GRPOModule.overlong_buffer_length must be in [1, generation.max_new_tokens={new}] or "

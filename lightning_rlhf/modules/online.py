@@ -20,12 +20,15 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_rlhf.environments import Environment
+from lightning_rlhf.environments.episodes import EpisodeArgs
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
 from lightning_rlhf.models.context import check_context_length
 from lightning_rlhf.models.forward import eval_mode, policy_logprobs
 from lightning_rlhf.modules.answer_guidance import AnswerGuidance
 from lightning_rlhf.modules.deprecations import take_renamed
 from lightning_rlhf.modules.generation_args import GenerationArgs
+from lightning_rlhf.modules.online_episodes import EpisodeGeneration, episode_metrics
 from lightning_rlhf.modules.online_generation import RolloutGeneration
 from lightning_rlhf.modules.online_logging import log_iteration, log_samples, progress_bar_curves, reduce_metrics
 from lightning_rlhf.modules.online_logging import source_metrics
@@ -76,7 +79,7 @@ class Experience:
     model_scores: Tensor | None
 
 
-class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModule):
+class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMixin, LightningModule):
     """Base of :class:`~lightning_rlhf.modules.PPOModule` and :class:`~lightning_rlhf.modules.GRPOModule`.
 
     Manual optimization: every optimizer step advances ``trainer.global_step``, so bound a run by iterations
@@ -155,6 +158,8 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
         self.automatic_optimization = False
         self.task_checker: Callable[[str, str], bool] | None = None
         self.answer_guidance: AnswerGuidance | None = None  # GRPOModule(answer_projection=...) sets it
+        self.episode_args: EpisodeArgs | None = None  # GRPOModule(episodes=...) sets both
+        self.environment: Environment | None = None
         self._rng_to_restore: Any = None
         # copies of the signature's shared default objects; under LightningCLI ``hparams`` holds plain dicts
         self.actor_optimizer = copy.copy(actor_optimizer)
@@ -322,9 +327,12 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
     def make_experience(self, batch: Mapping[str, Any]) -> tuple[Rollout, dict[str, Any], tuple]:
         """Generate, score and compute advantages: ``(rollout, metrics, (prompts, responses, scores))``."""
         batch, temperature = repeat_groups(batch, self.group_size), self.generation.logprob_temperature
-        start = time.perf_counter()
-        generated = self.generate(batch, greedy=False, with_logprobs=self.logprobs_from_generation(),
-                                  group_size=self.group_size)
+        start, episodes = time.perf_counter(), None
+        if self.environment is not None:
+            generated, episodes = self.generate_episodes(batch, greedy=False)
+        else:
+            generated = self.generate(batch, greedy=False, with_logprobs=self.logprobs_from_generation(),
+                                      group_size=self.group_size)
         generation_s = time.perf_counter() - start
         guided = None
         if self.answer_guidance is not None:
@@ -337,11 +345,13 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
                                                 share_prompts=self.shares_prompts())
         ref_logprobs = self.reference_logprobs(sequences, attention_mask, length) if self.uses_reference else None
         values = self.rollout_values(sequences, attention_mask, length)
-        responses = self.responses(generated)
+        responses, columns = self.responses(generated), batch.get("columns")
+        if episodes is not None:  # the final answer is scored; the whole episode is there to read
+            responses, columns = episodes.answers, {**(columns or {}), "episode": episodes.texts}
         model_scores = None
         if self.reward_model is not None:
             model_scores = sequence_scores(self.reward_model, sequences, attention_mask)
-        rewards = self.score(batch["prompts"], generated, responses, batch.get("columns"),
+        rewards = self.score(batch["prompts"], generated, responses, columns,
                              None if model_scores is None else self.reward_model_scores(model_scores))
         experience = Experience(batch["prompts"], responses, generated, logprobs, entropy, ref_logprobs, values,
                                 rewards, model_scores)
@@ -355,6 +365,9 @@ class OnlineRLModule(RolloutGeneration, MultiEngineBackwardMixin, LightningModul
             metrics[f"{prefix}/task_success"] = pooled_mean(success.float())
         if guided is not None:
             metrics[f"{prefix}/guided_answers"] = pooled_mean(guided.float())
+        if episodes is not None:
+            metrics.update(episode_metrics(prefix, episodes))
+            responses = episodes.texts  # the samples table shows whole episodes
         return rollout, metrics, (batch["prompts"], responses, self.sample_scores(experience))
 
     def guide(self, batch: Mapping[str, Any], generated: Generated) -> tuple[Generated, Tensor]:

@@ -115,12 +115,17 @@ class RolloutGeneration:
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         """Greedy answers to held-out prompts: the mean reward, each reward function's mean, and task success."""
         batch = self.prompt_batch(batch)[0]
-        generated = self.generate(batch, greedy=True)
-        responses = self.responses(generated)
+        columns = batch.get("columns")
+        if getattr(self, "environment", None) is not None:
+            generated, episodes = self.generate_episodes(batch, greedy=True)
+            responses, columns = episodes.answers, {**(columns or {}), "episode": episodes.texts}
+        else:
+            generated = self.generate(batch, greedy=True)
+            responses = self.responses(generated)
         model_scores = None
         if self.reward_model is not None:
             model_scores = sequence_scores(self.reward_model, generated.sequences, generated.attention_mask)
-        rewards = self.score(batch["prompts"], generated, responses, batch.get("columns"), model_scores)
+        rewards = self.score(batch["prompts"], generated, responses, columns, model_scores)
         n, totals = len(responses), torch.nan_to_num(rewards.total)
         self.log("val/reward_mean", totals.mean(), on_epoch=True, sync_dist=True, batch_size=n)
         for name in self.rewards.names:
