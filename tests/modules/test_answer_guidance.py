@@ -152,31 +152,11 @@ def to_wanted_on_rank_zero(prompts, completions, **kwargs):
 @pytest.mark.distributed
 def test_two_ranks_under_zero3_agree_on_the_log_prob_forward_when_one_places_a_candidate(tmp_path):
     """Before the fix rank 0 ran the (collective) ZeRO-3 forward for its candidates and rank 1 did not: a hang."""
-    import yaml
+    from tests.modules.test_grpo_zero3 import fit_small_grpo_on_two_ranks
 
-    from tests.helpers.distributed import run_distributed
-    from tests.models.fixtures import tiny_folder
-    from tests.modules.test_ppo import read_events
-    from tests.modules.test_grpo_zero3 import CLI
-
-    actor = tiny_folder(tmp_path, "llama", num_heads=4)
-    config = {
-        "model": {"actor": str(actor), "reward_funcs": ["tests.modules.test_answer_guidance:alone_pays_most"],
-                  "answer_projection": "tests.modules.test_answer_guidance:to_wanted_on_rank_zero",
-                  "actor_optimizer": {"learning_rate": 1e-3, "scheduler": "constant"},
-                  "generation": {"max_new_tokens": 4}, "num_generations": 4, "train_batch_size": 8},
-        "data": {"task_size": 200, "batch_size": 2, "max_prompt_length": 16, "max_length": 24, "eval_fraction": 0.1,
-                 "cache_dir": str(tmp_path / "cache")},
-        "trainer": {"accelerator": "cpu", "devices": 2, "max_epochs": 1, "limit_train_batches": 2,
-                    "limit_val_batches": 0, "log_every_n_steps": 1, "default_root_dir": str(tmp_path / "run"),
-                    "enable_progress_bar": False,
-                    "strategy": {"class_path": "lightning_rlhf.strategies.HybridDeepSpeedStrategy",
-                                 "init_args": {"stage": 3}}},
-    }
-    path = tmp_path / "grpo.yaml"
-    path.write_text(yaml.safe_dump(config))
-    run_distributed(CLI, "grpo", "fit", "--config", str(path), nprocs=2, timeout=300)
-    events = read_events(str(sorted((tmp_path / "run" / "lightning_logs").glob("version_*"))[-1]))
+    events = fit_small_grpo_on_two_ranks(tmp_path, {
+        "reward_funcs": ["tests.modules.test_answer_guidance:alone_pays_most"],
+        "answer_projection": "tests.modules.test_answer_guidance:to_wanted_on_rank_zero"})
     # rank 0's 2 groups hold a candidate each, rank 1's none: 2 of the 16 answers of both ranks
     assert [e.value for e in events.Scalars("grpo/guided_answers")] == [pytest.approx(2 / 16)] * 2
     assert all(e.value == pytest.approx(1.0, abs=1e-5) for e in events.Scalars("grpo/ratio_mean"))

@@ -124,31 +124,12 @@ def test_episode_settings_that_cannot_work_fail_at_construction(actor):
 
 @pytest.mark.distributed
 def test_two_ranks_under_zero3_finish_when_their_episodes_differ_in_turns(tmp_path):
-    import yaml
+    from tests.modules.test_grpo_zero3 import fit_small_grpo_on_two_ranks
 
-    from tests.helpers.distributed import run_distributed
-    from tests.models.fixtures import tiny_folder
-    from tests.modules.test_grpo_zero3 import CLI
-    from tests.modules.test_ppo import read_events
-
-    actor = tiny_folder(tmp_path, "llama", num_heads=4)
-    config = {
-        "model": {"actor": str(actor), "reward_funcs": ["answer_match"],
-                  "episodes": {"environment": "tests.modules.test_grpo_episodes:AnswersOnRankZero", "max_turns": 3},
-                  "actor_optimizer": {"learning_rate": 1e-3, "scheduler": "constant"},
-                  "generation": {"max_new_tokens": 4}, "num_generations": 4, "train_batch_size": 8},
-        "data": {"task_size": 200, "batch_size": 2, "max_prompt_length": 16, "max_length": 24, "eval_fraction": 0.1,
-                 "cache_dir": str(tmp_path / "cache")},
-        "trainer": {"accelerator": "cpu", "devices": 2, "max_epochs": 1, "limit_train_batches": 2,
-                    "limit_val_batches": 1, "log_every_n_steps": 1, "default_root_dir": str(tmp_path / "run"),
-                    "enable_progress_bar": False,
-                    "strategy": {"class_path": "lightning_rlhf.strategies.HybridDeepSpeedStrategy",
-                                 "init_args": {"stage": 3}}},
-    }
-    path = tmp_path / "grpo.yaml"
-    path.write_text(yaml.safe_dump(config))
-    run_distributed(CLI, "grpo", "fit", "--config", str(path), nprocs=2, timeout=300)
-    events = read_events(str(sorted((tmp_path / "run" / "lightning_logs").glob("version_*"))[-1]))
+    events = fit_small_grpo_on_two_ranks(tmp_path, {
+        "reward_funcs": ["answer_match"],
+        "episodes": {"environment": "tests.modules.test_grpo_episodes:AnswersOnRankZero", "max_turns": 3}},
+        limit_val_batches=1)
     turns = [e.value for e in events.Scalars("grpo/turns_per_episode")]
     # rank 1's episodes take one turn; rank 0's up to 3 (fewer where the model stops): the mean is between
     assert len(turns) == 2 and all(1.0 < t <= 2.0 for t in turns), turns

@@ -61,3 +61,24 @@ def test_grpo_fit_on_two_ranks_under_zero3_with_the_generation_switch_and_export
     with torch.no_grad():
         out = model.generate(**prompt, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] > prompt["input_ids"].shape[1]
+
+
+def fit_small_grpo_on_two_ranks(tmp_path: Path, model: dict, limit_val_batches: int = 0):
+    """``grpo fit`` of the tiny Llama on 2 CPU ranks under ZeRO-3 (2 prompts x 4 answers per rank, 2 rollouts) with
+    ``model`` settings on top; returns the run's TensorBoard events."""
+    actor = tiny_folder(tmp_path, "llama", num_heads=4)
+    config = {
+        "model": {"actor": str(actor), "actor_optimizer": {"learning_rate": 1e-3, "scheduler": "constant"},
+                  "generation": {"max_new_tokens": 4}, "num_generations": 4, "train_batch_size": 8, **model},
+        "data": {"task_size": 200, "batch_size": 2, "max_prompt_length": 16, "max_length": 24, "eval_fraction": 0.1,
+                 "cache_dir": str(tmp_path / "cache")},
+        "trainer": {"accelerator": "cpu", "devices": 2, "max_epochs": 1, "limit_train_batches": 2,
+                    "limit_val_batches": limit_val_batches, "log_every_n_steps": 1,
+                    "default_root_dir": str(tmp_path / "run"), "enable_progress_bar": False,
+                    "strategy": {"class_path": "lightning_rlhf.strategies.HybridDeepSpeedStrategy",
+                                 "init_args": {"stage": 3}}},
+    }
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_distributed(CLI, "grpo", "fit", "--config", str(path), nprocs=2, timeout=300)
+    return read_events(str(sorted((tmp_path / "run" / "lightning_logs").glob("version_*"))[-1]))
