@@ -190,3 +190,18 @@ def test_a_builtin_sibling_operation_is_a_task_setting():
     task, size = builtin_task("builtin?size=7&operation=*&style=chat")
     assert (task.operation, task.style, size) == ("*", "chat", 7)
     assert builtin_task("builtin?operation=%2B")[0].operation == "+"  # a bare + in a query string is a space
+
+
+def test_with_tools_an_answer_that_calls_none_scores_as_without(tmp_path, always_one):
+    """``--tools``: answers are episodes (the tag protocol); a model that never calls a tool ends every episode
+    after its first turn, so the numbers are those of the plain run, and the settings record the tools."""
+    common = ["evaluate", str(always_one), "--tasks", json.dumps([ADDITION]), "--samples", "2", "--max_new_tokens",
+              "3", "--batch_size", "6", "--save_answers", "true", "--seed", "3"]
+    plain = main(common + ["--json", str(tmp_path / "plain.json")])
+    tooled = main(common + ["--tools", '["tests.environments.test_tools:calc"]', "--max_turns", "2",
+                            "--json", str(tmp_path / "tools.json")])
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds",)}  # noqa: E731
+    assert [strip(r) for r in tooled["results"]] == [strip(r) for r in plain["results"]]
+    assert tooled["settings"]["tools"] == ["tests.environments.test_tools:calc"]
+    with pytest.raises(ValueError, match="tool 'no_such_module:calc': cannot import module"):
+        main(common + ["--tools", '["no_such_module:calc"]'])

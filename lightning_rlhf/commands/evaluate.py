@@ -18,6 +18,7 @@ import torch
 import lightning_rlhf
 from lightning_rlhf.data.reasoning_gym import is_reasoning_gym_source, reasoning_gym_records
 from lightning_rlhf.data.task import SyntheticTask
+from lightning_rlhf.environments.episodes import EpisodeArgs
 from lightning_rlhf.modules.generation_args import GenerationArgs
 from lightning_rlhf.modules.grpo import GRPOModule
 from lightning_rlhf.modules.rollout import repeat_groups
@@ -94,12 +95,19 @@ class Evaluation(GRPOModule):
         self.kept: list[dict[str, Any]] = []
 
     def answers(self, batch: Mapping[str, Any], greedy: bool, group: int) -> tuple[list[str], dict[str, list]]:
-        """The decoded answers and each reward function's scores (``nan``: unscored, counted as 0)."""
-        generated = self.generate(batch, greedy=greedy, group_size=group)
-        responses = self.responses(generated)
-        rewards = self.score(batch["prompts"], generated, responses, batch.get("columns"), None)
+        """The decoded answers (with ``--tools``: whole episodes) and each reward function's scores of the answer
+        (with tools: the final turn) (``nan``: unscored, counted as 0)."""
+        columns = batch.get("columns")
+        if self.environment is not None:
+            generated, episodes = self.generate_episodes(batch, greedy=greedy)
+            responses, shown = episodes.answers, episodes.texts
+            columns = {**(columns or {}), "episode": episodes.texts}
+        else:
+            generated = self.generate(batch, greedy=greedy, group_size=group)
+            responses = shown = self.responses(generated)
+        rewards = self.score(batch["prompts"], generated, responses, columns, None)
         scores = {name: torch.nan_to_num(rewards.per_source[name]).tolist() for name in self.rewards.names}
-        return responses, scores
+        return shown, scores
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         k, names = self.hparams.num_generations, self.rewards.names  # (strict, flexible)
@@ -168,6 +176,10 @@ def build_parser() -> Any:
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling (set again before each task)")
     parser.add_argument("--use_chat_template", type=bool, default=True,
                         help="format prompts with the tokenizer's chat template (as the data module did in training)")
+    parser.add_argument("--tools", type=list[str] | None, default=None,
+                        help="tool functions by import path: answers become episodes with the tag protocol "
+                             "(docs/environments.md) and the final turn is scored")
+    parser.add_argument("--max_turns", type=int, default=4, help="most model turns per episode (with --tools)")
     parser.add_argument("--accelerator", type=str, default="auto", help="Lightning accelerator (one device)")
     parser.add_argument("--json", type=str | None, default=None, help="write every number and the settings here")
     parser.add_argument("--save_answers", type=bool, default=False,
@@ -198,8 +210,10 @@ def evaluate_main(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     result: dict[str, Any] = {"version": lightning_rlhf.__version__, "settings": {
         **settings, "device": str(trainer.strategy.root_device)}, "results": [], "summary": []}
     for model in args.models:
+        episodes = EpisodeArgs(tools=args.tools, max_turns=args.max_turns) if args.tools else None
         module = Evaluation(model, reward_funcs=list(REWARDS[kinds[args.tasks[0]]]), generation=generation,
-                            num_generations=max(args.samples, 1), advantage_estimator="reinforce_pp")
+                            num_generations=max(args.samples, 1), advantage_estimator="reinforce_pp",
+                            episodes=episodes)
         module.sampling = args.samples > 0
         rows = []
         for task in args.tasks:
