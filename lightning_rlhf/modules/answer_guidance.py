@@ -59,7 +59,9 @@ class AnswerGuidance:
         """``(generated, guided)``: the rollout with the candidates in place (its log-probs dropped when any was
         placed, so that a forward pass computes them) and ``(B,)`` which rows are candidates."""
         prompts, columns = batch["prompts"], batch.get("columns")
-        totals = rewards.score(prompts, responses, columns, None, None, iteration).total
+        width = generated.response_mask.shape[1]
+        ids = [row[keep].tolist() for row, keep in zip(generated.sequences[:, -width:], generated.response_mask)]
+        totals = rewards.score(prompts, responses, columns, ids, None, iteration).total
         sources = best_rows(totals, group_size)
         groups = [g for g, row in enumerate(sources.tolist()) if row >= 0]
         projected = self.project(prompts, responses, columns, [int(sources[g]) for g in groups]) if groups else []
@@ -72,7 +74,9 @@ class AnswerGuidance:
         if not candidates:
             return generated, guided
         rows = [int(sources[g]) for g in candidates]
-        scored = rewards.score([prompts[r] for r in rows], list(candidates.values()), _rows(columns, rows), None, None,
+        texts = list(candidates.values())
+        candidate_ids = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        scored = rewards.score([prompts[r] for r in rows], texts, _rows(columns, rows), candidate_ids, None,
                                iteration).total
         candidate_totals = torch.full((len(sources),), float("nan"))
         candidate_totals[list(candidates)] = scored.float()
