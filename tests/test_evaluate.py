@@ -95,7 +95,7 @@ def test_greedy_accuracy_is_the_share_of_questions_whose_answer_is_what_the_mode
 
 
 def test_every_number_is_what_the_reward_functions_give_the_saved_answers(evaluated):
-    from lightning_rlhf.rewards.builtin import BUILTIN_REWARD_FUNCTIONS
+    from lightning_rlhf.rewards.resolve import NAMED_REWARD_FUNCTIONS
 
     result = evaluated[0]
     for row in result["results"]:
@@ -103,7 +103,7 @@ def test_every_number_is_what_the_reward_functions_give_the_saved_answers(evalua
         assert [q["prompt"] for q in row["answers"]] == [r["prompt"] for r in records]  # every question, in order
         columns = [json.loads(r["columns"]) for r in records]
         for extraction, name in row["rewards"].items():
-            reward = BUILTIN_REWARD_FUNCTIONS[name]
+            reward = NAMED_REWARD_FUNCTIONS[name]
 
             def scores(answers: list[str], cols: list[dict]) -> list[float]:
                 return reward([None] * len(answers), answers, **{c: [x[c] for x in cols] for c in cols[0]})

@@ -14,7 +14,12 @@ from lightning_rlhf.rewards.builtin import (
 )
 from lightning_rlhf.rewards.reasoning_gym import final_answer, reasoning_gym_score, reasoning_gym_score_flexible
 from lightning_rlhf.rewards.remote import RemoteScorer
-from lightning_rlhf.rewards.resolve import RewardSpec, resolve_reward_function, resolve_reward_functions
+from lightning_rlhf.rewards.resolve import (
+    NAMED_REWARD_FUNCTIONS,
+    RewardSpec,
+    resolve_reward_function,
+    resolve_reward_functions,
+)
 from lightning_rlhf.rewards.scoring import (
     NamedRewardFunction,
     RewardError,
@@ -26,6 +31,7 @@ from lightning_rlhf.rewards.scoring import (
 __all__ = [
     "BUILTIN_REWARD_FUNCTIONS",
     "FormatReward",
+    "NAMED_REWARD_FUNCTIONS",
     "NamedRewardFunction",
     "RemoteScorer",
     "RewardError",

@@ -1,6 +1,9 @@
 """Built-in reward functions with TRL's signature (docs/rewards.md), for tasks with a checkable answer. The
 ``answer`` column's last number counts (GSM8K's ``"... #### 72"`` works); an answer without one gets ``None``.
-reasoning-gym's verifiers are here by name too (``reasoning_gym_score``, from ``rewards/reasoning_gym.py``).
+
+Standard library only, on purpose: ``benchmarks/grpo_vs_trl.py`` loads this file by path in TRL's environment
+(which has no Lightning) so that both systems run the very same functions. Names that need the package
+(reasoning-gym's verifiers) are added in ``rewards/resolve.py``.
 """
 
 from __future__ import annotations
@@ -9,11 +12,20 @@ import importlib.util
 import re
 from typing import Any, Callable, Mapping, Sequence
 
-from lightning_rlhf.rewards.reasoning_gym import reasoning_gym_score, reasoning_gym_score_flexible
-from lightning_rlhf.rewards.scoring import completion_text
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 ANSWER_ONLY_PATTERN = r"\s*-?\d[\d,]*(?:\.\d+)?\.?\s*"
+
+
+def completion_text(completion: Any) -> str:
+    """The text of one completion: a string as is, a message's or the last message's ``content``."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Mapping):
+        return str(completion.get("content", ""))
+    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
+        return str(completion[-1].get("content", ""))
+    raise TypeError(f"a completion must be text or chat messages with 'content', got {type(completion).__name__}")
 
 
 def _numbers(text: str) -> list[float]:
@@ -132,6 +144,4 @@ BUILTIN_REWARD_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
     "brevity": brevity,
     "exact_answer": exact_answer,
     "math_verify_match": math_verify_match,
-    "reasoning_gym_score": reasoning_gym_score,
-    "reasoning_gym_score_flexible": reasoning_gym_score_flexible,
 }

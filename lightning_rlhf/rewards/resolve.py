@@ -10,10 +10,15 @@ import numbers
 from typing import Any, Callable, Sequence, Union
 
 from lightning_rlhf.rewards.builtin import BUILTIN_REWARD_FUNCTIONS, check_requirements
+from lightning_rlhf.rewards.reasoning_gym import reasoning_gym_score, reasoning_gym_score_flexible
 from lightning_rlhf.rewards.remote import RemoteScorer
 from lightning_rlhf.rewards.scoring import NamedRewardFunction, RewardFunction
 
 RewardSpec = Union[str, RewardFunction]
+#: every reward function a YAML file can name: the standard-library built-ins and reasoning-gym's verifiers
+NAMED_REWARD_FUNCTIONS: dict[str, RewardFunction] = {
+    **BUILTIN_REWARD_FUNCTIONS, "reasoning_gym_score": reasoning_gym_score,
+    "reasoning_gym_score_flexible": reasoning_gym_score_flexible}
 
 
 def resolve_reward_function(spec: RewardSpec) -> NamedRewardFunction:
@@ -29,8 +34,9 @@ def resolve_reward_function(spec: RewardSpec) -> NamedRewardFunction:
         raise TypeError(f"reward_funcs entries must be import paths, URLs or callables, got {spec!r}")
     elif spec.startswith(("http://", "https://")):
         function, source = RemoteScorer(spec), spec
-    elif spec in BUILTIN_REWARD_FUNCTIONS:
-        function, source = BUILTIN_REWARD_FUNCTIONS[spec], f"lightning_rlhf.rewards.builtin:{spec}"
+    elif spec in NAMED_REWARD_FUNCTIONS:
+        function = NAMED_REWARD_FUNCTIONS[spec]
+        source = f"{function.__module__}:{spec}"
     else:
         function, source = _import(spec), spec
     check_requirements(function, source)
@@ -40,7 +46,7 @@ def resolve_reward_function(spec: RewardSpec) -> NamedRewardFunction:
 
 
 def _import(path: str) -> RewardFunction:
-    others = f"neither a built-in ({', '.join(sorted(BUILTIN_REWARD_FUNCTIONS))}) nor "
+    others = f"neither a built-in ({', '.join(sorted(NAMED_REWARD_FUNCTIONS))}) nor "
     return import_callable(path, "reward function", others, "nor an http(s):// URL")
 
 

@@ -12,18 +12,9 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import torch
 from torch import Tensor
 
+from lightning_rlhf.rewards.builtin import completion_text  # noqa: F401  (re-exported: rewards' one text rule)
+
 RewardFunction = Callable[..., Sequence[Union[float, None]]]
-
-
-def completion_text(completion: Any) -> str:
-    """The text of one completion: a string as is, a message's or the last message's ``content``."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, Mapping):
-        return str(completion.get("content", ""))
-    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
-        return str(completion[-1].get("content", ""))
-    raise TypeError(f"a completion must be text or chat messages with 'content', got {type(completion).__name__}")
 
 
 class RewardError(RuntimeError):

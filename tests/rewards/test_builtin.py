@@ -87,3 +87,24 @@ def test_brevity_pays_one_over_the_words():
     from lightning_rlhf.rewards import brevity
     assert brevity(["p"] * 4, ["12", "The answer is 12.", "", [{"role": "assistant", "content": "a b"}]]) == [
         1.0, 0.25, 0.0, 0.5]
+
+
+def test_the_builtins_load_by_file_path_without_the_package(tmp_path):
+    """``benchmarks/grpo_vs_trl.py`` runs these functions in TRL's environment, which has no Lightning: loaded by
+    path with ``lightning_rlhf`` unimportable, they still score (the file once imported the package, and the TRL
+    side of the benchmark failed with ModuleNotFoundError: No module named 'lightning')."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    builtin = Path(__file__).resolve().parents[2] / "lightning_rlhf" / "rewards" / "builtin.py"
+    script = (
+        "import importlib.util, sys\n"
+        "sys.modules['lightning_rlhf'] = None  # any import of the package fails\n"
+        f"spec = importlib.util.spec_from_file_location('rewards_by_path', {str(builtin)!r})\n"
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+        "print(module.answer_match(['q'], ['so 12'], ['12']), module.answer_only_format(['q'], ['12']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[1.0]", "[1.0]"]
