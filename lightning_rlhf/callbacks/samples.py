@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_rlhf.callbacks.export import export_target, find_tokenizer
+from lightning_rlhf.data.collate import pad
 
 IGNORE_INDEX = -100
 
@@ -40,13 +41,7 @@ def prompts_from_batch(batch: dict[str, Any]) -> list[list[int]]:
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     """Left-padded ``(ids, attention_mask)`` for generation."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq):] = 1
-    return ids, mask
+    return pad(sequences, pad_id, left=True)
 
 
 class SampleLoggingCallback(Callback):

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import torch
 from torch import Tensor
 
+from lightning_rlhf.data.collate import pad
 from lightning_rlhf.environments.base import Environment, Message, ToolEnvironment
 
 #: ``(contexts, max_new_tokens) -> new tokens per context``: one model turn for each context (token ids, unpadded),
@@ -89,14 +89,9 @@ class Episodes:
         """``(responses, model_mask, token_mask)``, each ``(rows, longest)`` and right-padded: the tokens after the
         prompt, where the model wrote them, and where any real token is (the attention mask's response part)."""
         width = max(1, max(len(t) for t in self.tokens))
-        responses = torch.full((len(self.tokens), width), pad_token_id, dtype=torch.long)
-        model = torch.zeros(len(self.tokens), width, dtype=torch.bool)
-        real = torch.zeros_like(model)
-        for row, (tokens, mask) in enumerate(zip(self.tokens, self.model_mask)):
-            responses[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            model[row, :len(mask)] = torch.tensor(mask, dtype=torch.bool)
-            real[row, :len(tokens)] = True
-        return responses, model, real
+        responses, real = pad(self.tokens, pad_token_id, width=width)
+        model = pad([[int(m) for m in mask] for mask in self.model_mask], 0, width=width)[0]
+        return responses, model.bool(), real.bool()
 
 
 def _through_stop(tokens: Sequence[int], stop_ids: set[int], pad_token_id: int | None) -> list[int]:

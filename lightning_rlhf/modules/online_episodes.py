@@ -12,22 +12,13 @@ from typing import Any, Mapping
 
 import torch
 
+from lightning_rlhf.data.collate import pad
 from lightning_rlhf.environments.episodes import Episodes, run_episodes
 from lightning_rlhf.models.context import check_context_length
 from lightning_rlhf.models.sampling import sampling_from_policy
 from lightning_rlhf.modules.pooled import Pooled, pooled_mean
 from lightning_rlhf.modules.rollout import Generated, check_left_padded
 from lightning_rlhf.strategies import generation_mode
-
-
-def _left_padded(contexts: list[list[int]], pad_token_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    width = max(len(c) for c in contexts)
-    ids = torch.full((len(contexts), width), pad_token_id, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for row, context in enumerate(contexts):
-        ids[row, width - len(context):] = torch.tensor(context, dtype=torch.long, device=device)
-        mask[row, width - len(context):] = 1
-    return ids, mask
 
 
 class EpisodeGeneration:
@@ -55,7 +46,7 @@ class EpisodeGeneration:
                 kwargs.update(stop_strings=stop_strings, tokenizer=tok)
 
             def turn(contexts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-                ids, mask = _left_padded(contexts, tok.pad_token_id, input_ids.device)
+                ids, mask = (t.to(input_ids.device) for t in pad(contexts, tok.pad_token_id, left=True))
                 with torch.inference_mode():
                     out = policy.generate(input_ids=ids, attention_mask=mask, **{**kwargs,
                                                                                  "max_new_tokens": max_new_tokens})
