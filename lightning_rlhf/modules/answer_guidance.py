@@ -59,9 +59,7 @@ class AnswerGuidance:
         """``(generated, guided)``: the rollout with the candidates in place (its log-probs dropped when any was
         placed, so that a forward pass computes them) and ``(B,)`` which rows are candidates."""
         prompts, columns = batch["prompts"], batch.get("columns")
-        width = generated.response_mask.shape[1]
-        ids = [row[keep].tolist() for row, keep in zip(generated.sequences[:, -width:], generated.response_mask)]
-        totals = rewards.score(prompts, responses, columns, ids, None, iteration).total
+        totals = rewards.score(prompts, responses, columns, generated.response_ids(), None, iteration).total
         sources = best_rows(totals, group_size)
         groups = [g for g, row in enumerate(sources.tolist()) if row >= 0]
         projected = self.project(prompts, responses, columns, [int(sources[g]) for g in groups]) if groups else []
@@ -74,27 +72,27 @@ class AnswerGuidance:
         if not candidates:
             return generated, guided
         rows = [int(sources[g]) for g in candidates]
-        texts = list(candidates.values())
-        candidate_ids = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-        scored = rewards.score([prompts[r] for r in rows], texts, _rows(columns, rows), candidate_ids, None,
-                               iteration).total
+        ids = {g: self.tokenizer(text, add_special_tokens=False)["input_ids"] for g, text in candidates.items()}
+        scored = rewards.score([prompts[r] for r in rows], list(candidates.values()), _rows(columns, rows),
+                               list(ids.values()), None, iteration).total
         candidate_totals = torch.full((len(sources),), float("nan"))
         candidate_totals[list(candidates)] = scored.float()
         replaced = replaced_rows(totals, sources, candidate_totals, group_size)
-        placed = {int(row): (int(sources[g]), candidates[g]) for g, row in enumerate(replaced.tolist()) if row >= 0}
+        placed = {int(row): (int(sources[g]), ids[g]) for g, row in enumerate(replaced.tolist()) if row >= 0}
         if not placed:
             return generated, guided
         return self._placed(generated, placed, guided), guided
 
-    def _placed(self, generated: Generated, placed: Mapping[int, tuple[int, str]], guided: Tensor) -> Generated:
+    def _placed(self, generated: Generated, placed: Mapping[int, tuple[int, list[int]]], guided: Tensor) -> Generated:
+        """The rollout with each ``row -> (source row, candidate tokens)`` written in, ended by its source's stop."""
         width = generated.response_mask.shape[1]
         prompt_width = generated.sequences.shape[1] - width
         sequences, mask = generated.sequences.clone(), generated.response_mask.clone()
         eos_found = generated.eos_found.clone()
-        for row, (source, text) in placed.items():
+        for row, (source, tokens) in placed.items():
             source_tokens = generated.sequences[source, prompt_width:][generated.response_mask[source]]
             stop = int(source_tokens[-1]) if bool(generated.eos_found[source]) else self.tokenizer.eos_token_id
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [stop]
+            ids = tokens + [stop]
             if len(ids) > width:  # longer than the rollout's answers: keep the sampled answer
                 continue
             sequences[row, prompt_width:] = self.tokenizer.pad_token_id

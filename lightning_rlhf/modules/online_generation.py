@@ -101,9 +101,8 @@ class RolloutGeneration:
     def score(self, prompts: list[str], generated: Generated, responses: list[str],
               columns: Mapping[str, list[Any]] | None, model_scores: Tensor | None) -> SampleRewards:
         """Every answer's reward: the reward functions' weighted sum plus ``model_scores`` (None without a model)."""
-        mask = generated.response_mask
-        ids = [row[keep].tolist() for row, keep in zip(generated.sequences[:, -mask.shape[1]:], mask)]
-        return self.rewards.score(prompts, responses, columns, ids, model_scores, self.training_iteration())
+        return self.rewards.score(prompts, responses, columns, generated.response_ids(), model_scores,
+                                  self.training_iteration())
 
     def training_iteration(self) -> int | None:
         """The iteration ``fit`` is at (restored on resume; the reward schedule follows it), None outside ``fit``."""

@@ -60,6 +60,11 @@ class Generated:
     logprobs: Tensor | None = None
     entropy: Tensor | None = None
 
+    def response_ids(self) -> list[list[int]]:
+        """Each row's response tokens where the response mask is true (the ids reward functions receive)."""
+        width = self.response_mask.shape[1]
+        return [row[keep].tolist() for row, keep in zip(self.sequences[:, -width:], self.response_mask)]
+
 
 def response_mask_from_tokens(responses: Tensor, eos_token_id: int | Sequence[int]) -> tuple[Tensor, Tensor]:
     """``(mask, eos_found)``: ``(B, R)`` true through the first EOS (a row without one: throughout), ``(B,)`` EOS seen.
