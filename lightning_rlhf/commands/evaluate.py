@@ -97,17 +97,11 @@ class Evaluation(GRPOModule):
     def answers(self, batch: Mapping[str, Any], greedy: bool, group: int) -> tuple[list[str], dict[str, list]]:
         """The decoded answers (with ``--tools``: whole episodes) and each reward function's scores of the answer
         (with tools: the final turn) (``nan``: unscored, counted as 0)."""
-        columns = batch.get("columns")
-        if self.environment is not None:
-            generated, episodes = self.generate_episodes(batch, greedy=greedy)
-            responses, shown = episodes.answers, episodes.texts
-            columns = {**(columns or {}), "episode": episodes.texts}
-        else:
-            generated = self.generate(batch, greedy=greedy, group_size=group)
-            responses = shown = self.responses(generated)
+        generated, episodes = self.sample_answers(batch, greedy, group_size=group)
+        responses, columns = self.scored_answers(batch, generated, episodes)
         rewards = self.score(batch["prompts"], generated, responses, columns, None)
         scores = {name: torch.nan_to_num(rewards.per_source[name]).tolist() for name in self.rewards.names}
-        return shown, scores
+        return (responses if episodes is None else episodes.texts), scores
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         k, names = self.hparams.num_generations, self.rewards.names  # (strict, flexible)

@@ -20,7 +20,6 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_rlhf.environments import Environment
 from lightning_rlhf.environments.episodes import EpisodeArgs
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
 from lightning_rlhf.models.context import check_context_length
@@ -158,8 +157,7 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         self.automatic_optimization = False
         self.task_checker: Callable[[str, str], bool] | None = None
         self.answer_guidance: AnswerGuidance | None = None  # GRPOModule(answer_projection=...) sets it
-        self.episode_args: EpisodeArgs | None = None  # GRPOModule(episodes=...) sets both
-        self.environment: Environment | None = None
+        self.episode_args: EpisodeArgs | None = None  # GRPOModule(episodes=...) sets it and ``environment``
         self._rng_to_restore: Any = None
         # copies of the signature's shared default objects; under LightningCLI ``hparams`` holds plain dicts
         self.actor_optimizer = copy.copy(actor_optimizer)
@@ -327,12 +325,9 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
     def make_experience(self, batch: Mapping[str, Any]) -> tuple[Rollout, dict[str, Any], tuple]:
         """Generate, score and compute advantages: ``(rollout, metrics, (prompts, responses, scores))``."""
         batch, temperature = repeat_groups(batch, self.group_size), self.generation.logprob_temperature
-        start, episodes = time.perf_counter(), None
-        if self.environment is not None:
-            generated, episodes = self.generate_episodes(batch, greedy=False)
-        else:
-            generated = self.generate(batch, greedy=False, with_logprobs=self.logprobs_from_generation(),
-                                      group_size=self.group_size)
+        start = time.perf_counter()
+        generated, episodes = self.sample_answers(batch, greedy=False, with_logprobs=self.logprobs_from_generation(),
+                                                  group_size=self.group_size)
         generation_s = time.perf_counter() - start
         guided = None
         if self.answer_guidance is not None:
@@ -345,9 +340,7 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
                                                 share_prompts=self.shares_prompts())
         ref_logprobs = self.reference_logprobs(sequences, attention_mask, length) if self.uses_reference else None
         values = self.rollout_values(sequences, attention_mask, length)
-        responses, columns = self.responses(generated), batch.get("columns")
-        if episodes is not None:  # the final answer is scored; the whole episode is there to read
-            responses, columns = episodes.answers, {**(columns or {}), "episode": episodes.texts}
+        responses, columns = self.scored_answers(batch, generated, episodes)
         model_scores = None
         if self.reward_model is not None:
             model_scores = sequence_scores(self.reward_model, sequences, attention_mask)

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import torch
 
 from lightning_rlhf.data.collate import pad
+from lightning_rlhf.environments.base import Environment
 from lightning_rlhf.environments.episodes import Episodes, run_episodes
 from lightning_rlhf.models.context import check_context_length
 from lightning_rlhf.models.sampling import sampling_from_policy
@@ -23,6 +24,26 @@ from lightning_rlhf.strategies import generation_mode
 
 class EpisodeGeneration:
     """The multi-turn half of :class:`~lightning_rlhf.modules.online.OnlineRLModule` (a LightningModule mixin)."""
+
+    #: what answers the model between its turns; None: one answer per prompt (``GRPOModule(episodes=...)`` sets it)
+    environment: Environment | None = None
+
+    def sample_answers(self, batch: Mapping[str, Any], greedy: bool, **generate_args: Any
+                       ) -> tuple[Generated, Episodes | None]:
+        """``(generated, episodes)``: episodes with an environment, else ``generate(batch, greedy, **generate_args)``
+        and None."""
+        if self.environment is not None:
+            return self.generate_episodes(batch, greedy)
+        return self.generate(batch, greedy=greedy, **generate_args), None
+
+    def scored_answers(self, batch: Mapping[str, Any], generated: Generated, episodes: Episodes | None
+                       ) -> tuple[list[str], Mapping[str, Any] | None]:
+        """``(completions, columns)`` for the reward functions: the decoded answers and the batch's columns, or for
+        episodes the final turns, with each whole episode as the ``episode`` column."""
+        columns = batch.get("columns")
+        if episodes is None:
+            return self.responses(generated), columns
+        return episodes.answers, {**(columns or {}), "episode": episodes.texts}
 
     @torch.no_grad()
     def generate_episodes(self, batch: Mapping[str, Any], greedy: bool) -> tuple[Generated, Episodes]:

@@ -114,13 +114,8 @@ class RolloutGeneration:
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         """Greedy answers to held-out prompts: the mean reward, each reward function's mean, and task success."""
         batch = self.prompt_batch(batch)[0]
-        columns = batch.get("columns")
-        if getattr(self, "environment", None) is not None:
-            generated, episodes = self.generate_episodes(batch, greedy=True)
-            responses, columns = episodes.answers, {**(columns or {}), "episode": episodes.texts}
-        else:
-            generated = self.generate(batch, greedy=True)
-            responses = self.responses(generated)
+        generated, episodes = self.sample_answers(batch, greedy=True)
+        responses, columns = self.scored_answers(batch, generated, episodes)
         model_scores = None
         if self.reward_model is not None:
             model_scores = sequence_scores(self.reward_model, generated.sequences, generated.attention_mask)
