@@ -136,6 +136,7 @@ def test_a_form_the_policy_never_samples_is_learned_only_with_guidance(tmp_path,
         curves[projection is not None] = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
                                           if tag in ("grpo/reward_mean", "grpo/guided_answers")}
     assert set(curves[False]["grpo/reward_mean"]) == {0.0} and "grpo/guided_answers" not in curves[False]
+    print(curves)  # the curves the note quotes (pytest -s)
     reward, guided = curves[True]["grpo/reward_mean"], curves[True]["grpo/guided_answers"]
     assert guided[0] == pytest.approx(0.25) and reward[0] == pytest.approx(0.25)
     # the last 4 rollouts: the policy samples the form itself, so fewer groups need a candidate and more answers pay

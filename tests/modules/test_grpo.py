@@ -344,5 +344,6 @@ def test_a_secondary_reward_is_collected_without_the_primary_unless_gated(tmp_pa
         trainer.fit(module, datamodule=make_data(actor))
         rewards[gate] = [e.value for e in scalars(trainer).Scalars("grpo/reward_mean")]
         moved[gate] = max((p.detach() - start[n]).abs().max().item() for n, p in module.actor.named_parameters())
+    print(rewards)  # the curves the note quotes (pytest -s)
     assert sum(rewards[False][-3:]) / 3 > sum(rewards[False][:3]) / 3 + 0.05, rewards  # the format learned alone
     assert set(rewards[True]) == {0.0} and moved[True] == 0.0, (rewards, moved)
