@@ -10,6 +10,11 @@ of the group's lowest answer. The group's advantages then compare it with the sa
 The candidate is off-policy, as a demonstration mixed into a group is (LUFFY's off-policy guidance); its old
 log-probs come from a forward pass of the current policy, so its first ratio is 1. Guidance switches itself off as
 the policy learns the form: a group whose answers already include the projection gets no candidate.
+
+``min_agreement`` teaches the form only where the answer is known: a candidate is placed only in a group where at
+least that share of the answers project to it (the policy already gives that answer, in its own words). A form that
+is learned on answers the model cannot yet give replaces the words it computes them with (issue 31's trap 1b: a
+135M model that writes "7 * 8 = 56" gets 56 and, bare, "168").
 """
 
 from __future__ import annotations
@@ -36,11 +41,16 @@ class AnswerGuidance:
         projection: ``f(prompts, completions, **columns) -> list[str | None]`` (``rewards/projection.py``).
         tokenizer: the policy's tokenizer; a candidate's tokens are its text's, ended by the stop token its source
             answer ended with (the tokenizer's EOS where that answer was cut at the length limit).
+        min_agreement: the share of a group's answers whose projection must equal the candidate (the best answer's
+            projection, which counts itself) for it to be placed; 0 places one wherever it earns more.
     """
 
-    def __init__(self, projection: Projection, tokenizer: Any) -> None:
+    def __init__(self, projection: Projection, tokenizer: Any, min_agreement: float = 0.0) -> None:
+        if not 0.0 <= min_agreement <= 1.0:
+            raise ValueError(f"answer guidance's min_agreement must be in [0, 1], got {min_agreement}")
         self.projection = projection
         self.tokenizer = tokenizer
+        self.min_agreement = min_agreement
 
     def project(self, prompts: Sequence[Any], responses: Sequence[str],
                 columns: Mapping[str, Sequence[Any]] | None, rows: Sequence[int]) -> list[str | None]:
@@ -62,12 +72,7 @@ class AnswerGuidance:
         totals = rewards.score(prompts, responses, columns, generated.response_ids(), None, iteration).total
         sources = best_rows(totals, group_size)
         groups = [g for g, row in enumerate(sources.tolist()) if row >= 0]
-        projected = self.project(prompts, responses, columns, [int(sources[g]) for g in groups]) if groups else []
-        candidates: dict[int, str] = {}
-        for g, text in zip(groups, projected):
-            group = {r.strip() for r in responses[g * group_size:(g + 1) * group_size]}
-            if text is not None and text.strip() and text.strip() not in group:
-                candidates[g] = text.strip()
+        candidates = self._candidates(prompts, responses, columns, sources, groups, group_size)
         guided = torch.zeros(len(responses), dtype=torch.bool)
         if not candidates:
             return generated, guided
@@ -82,6 +87,26 @@ class AnswerGuidance:
         if not placed:
             return generated, guided
         return self._placed(generated, placed, guided), guided
+
+    def _candidates(self, prompts: Sequence[Any], responses: Sequence[str], columns: Mapping[str, Sequence[Any]] | None,
+                    sources: Tensor, groups: Sequence[int], group_size: int) -> dict[int, str]:
+        """``group -> candidate text``: the projection of each group's best answer, where it is text, no answer of the
+        group reads that way yet and at least ``min_agreement`` of the group's answers project to it."""
+        if not groups:
+            return {}
+        rows = ([r for g in groups for r in range(g * group_size, (g + 1) * group_size)] if self.min_agreement
+                else [int(sources[g]) for g in groups])
+        projected = dict(zip(rows, self.project(prompts, responses, columns, rows)))
+        candidates: dict[int, str] = {}
+        for g in groups:
+            text = (projected[int(sources[g])] or "").strip()
+            members = range(g * group_size, (g + 1) * group_size)
+            if not text or text in {responses[r].strip() for r in members}:
+                continue
+            agreeing = sum((projected.get(r) or "").strip() == text for r in members) if self.min_agreement else 0
+            if agreeing >= self.min_agreement * group_size:
+                candidates[g] = text
+        return candidates
 
     def _placed(self, generated: Generated, placed: Mapping[int, tuple[int, list[int]]], guided: Tensor) -> Generated:
         """The rollout with each ``row -> (source row, candidate tokens)`` written in, ended by its source's stop."""

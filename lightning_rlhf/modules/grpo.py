@@ -87,6 +87,8 @@ class GRPOModule(OnlineRLModule):
             best answer's projection earns more and no answer reads that way yet, it replaces the group's lowest
             answer (off-policy; log-probs from a forward pass), counted as ``grpo/guided_answers``. Needs reward
             functions and no reward model (docs/rewards.md, "Answer guidance"). None: off.
+        answer_agreement: answer guidance only in groups where at least this share of the answers project to the
+            candidate, so the form is taught on answers the policy already gives (0: every group).
         episodes: multi-turn rollouts (:class:`~lightning_rlhf.environments.episodes.EpisodeArgs`): tools or an
             environment answer the model between its turns; the loss and KL cover the model's tokens only, the
             reward functions score the final turn (``completions``) and get the whole episode as ``episode``
@@ -121,6 +123,7 @@ class GRPOModule(OnlineRLModule):
         overlong_penalty_factor: float = 1.0,
         filter_truncated: bool = False,
         answer_projection: str | None = None,
+        answer_agreement: float = 0.0,
         episodes: EpisodeArgs | None = None,
         beta: float | None = None,
         **kwargs: Any,
@@ -131,7 +134,8 @@ class GRPOModule(OnlineRLModule):
         self.estimator = get_group_advantage_estimator(advantage_estimator, scale_rewards)
         self._validate()
         if answer_projection is not None:
-            self.answer_guidance = AnswerGuidance(resolve_projection(answer_projection), self.tokenizer)
+            self.answer_guidance = AnswerGuidance(resolve_projection(answer_projection), self.tokenizer,
+                                                  answer_agreement)
         if episodes is not None:
             self.episode_args, self.environment = episodes, episodes.build()
 
@@ -159,6 +163,9 @@ class GRPOModule(OnlineRLModule):
         if hp.answer_projection is not None and (hp.reward_model is not None or not self.rewards):
             raise ValueError("GRPOModule.answer_projection scores its candidates with the reward functions alone; give "
                              "reward_funcs and no reward_model, or set answer_projection=None")
+        if hp.answer_agreement and hp.answer_projection is None:
+            raise ValueError("GRPOModule.answer_agreement gates answer guidance, which is off; set answer_projection "
+                             "(e.g. final_answer) or answer_agreement=0")
         if hp.answer_projection is not None and hp.episodes is not None:
             raise ValueError("GRPOModule.answer_projection replaces single answers and does not apply to multi-turn "
                              "episodes; set answer_projection=None or episodes=None")

@@ -73,6 +73,26 @@ def test_the_candidate_replaces_the_lowest_answer_with_its_tokens_and_a_stop(act
     assert torch.equal(out.sequences[keep], generated.sequences[keep])
 
 
+def first_number(prompts, completions, **kwargs):
+    return [next((w for w in c.split() if w.isdigit()), None) for c in completions]
+
+
+def test_min_agreement_places_a_candidate_only_where_most_answers_give_its_answer(actor):
+    tokenizer = AutoTokenizer.from_pretrained(actor)
+    rewards = RewardSources(["tests.modules.test_answer_guidance:alone_pays_most"])
+    # group 0: three of four answers say 7 in words; group 1: only its best answer does
+    answers = ["is 7", "the 7 cat", "so 7", "dog", "is 7", "5 cats", "9 dogs", "fox"]
+    generated = _generated(tokenizer, tokenizer("What is 3 + 4?")["input_ids"], answers, width=6)
+    batch = {"prompts": ["What is 3 + 4?"] * 8}
+    ungated = AnswerGuidance(first_number, tokenizer)(rewards, batch, generated, answers, group_size=4, iteration=0)
+    assert ungated[1].view(2, 4).any(1).tolist() == [True, True]
+    gated = AnswerGuidance(first_number, tokenizer, min_agreement=0.75)
+    _, guided = gated(rewards, batch, generated, answers, group_size=4, iteration=0)
+    assert guided.tolist() == [False, False, False, True] + [False] * 4  # the lowest answer of group 0 only
+    with pytest.raises(ValueError, match="min_agreement must be in \\[0, 1\\], got 1.5"):
+        AnswerGuidance(first_number, tokenizer, min_agreement=1.5)
+
+
 def test_no_candidate_where_it_earns_no_more_than_its_source(actor):
     tokenizer = AutoTokenizer.from_pretrained(actor)
     rewards = RewardSources(["tests.modules.test_answer_guidance:alone_pays_most"])
@@ -112,6 +132,9 @@ def test_answer_projection_needs_reward_functions_without_a_reward_model(actor, 
     reward_model = tiny_model_factory("llama", "reward", seed=0, **SIZES)
     with pytest.raises(ValueError, match="answer_projection scores its candidates with the reward functions"):
         make_module(actor, reward_model=str(reward_model), answer_projection="final_answer")
+    with pytest.raises(ValueError, match="answer_agreement gates answer guidance, which is off"):
+        make_module(actor, reward_funcs=["tests.modules.test_answer_guidance:alone_pays_most"], reward_weights=None,
+                    answer_agreement=0.5)
 
 
 def only_alone(prompts, completions, **kwargs):
