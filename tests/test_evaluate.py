@@ -169,7 +169,7 @@ def test_a_missing_folder_is_named(tmp_path):
 
 
 @pytest.mark.parametrize(("task", "error"), [
-    ("data/train.jsonl", r"unknown task 'data/train.jsonl'; give reasoning_gym:TASK\?key=value"),
+    ("data/train.txt", r"unknown task 'data/train.txt'; give reasoning_gym:TASK\?key=value"),
     ("reasoning_gym:gdc?size=4", r"unknown reasoning-gym task 'gdc'; did you mean gcd"),
     ("builtin?colour=red", r"unknown setting 'colour'; the built-in task takes"),
 ])
@@ -205,3 +205,20 @@ def test_with_tools_an_answer_that_calls_none_scores_as_without(tmp_path, always
     assert tooled["settings"]["tools"] == ["tests.environments.test_tools:calc"]
     with pytest.raises(ValueError, match="tool 'no_such_module:calc': cannot import module"):
         main(common + ["--tools", '["no_such_module:calc"]'])
+
+
+def test_a_local_file_of_prompts_and_answers_is_a_task_scored_by_its_answer_column(tmp_path, always_one):
+    """A user's own questions: a JSON lines file with ``prompt`` and ``answer``, scored by the answer checks
+    (strict: the number alone; flexible: the last number)."""
+    path = tmp_path / "mine.jsonl"
+    rows = [{"prompt": "What is 5 + 6?", "answer": "11"}, {"prompt": "What is 3 + 4?", "answer": "7"},
+            {"prompt": "What is 10 + 1?", "answer": 11}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = main(["evaluate", str(always_one), "--tasks", json.dumps([str(path)]), "--samples", "0",
+                   "--max_new_tokens", "2", "--save_answers", "true"])
+    (row,) = result["results"]
+    assert [a["greedy"] for a in row["answers"]] == ["11"] * 3  # the model says "1" at every step
+    assert row["rewards"] == {"strict": "exact_answer", "flexible": "answer_match"}
+    assert (row["questions"], row["greedy_accuracy_strict"], row["greedy_accuracy_flexible"]) == (3, 2 / 3, 2 / 3)
+    with pytest.raises(FileNotFoundError, match="task file .*missing.jsonl does not exist"):
+        main(["evaluate", str(always_one), "--tasks", json.dumps([str(tmp_path / "missing.jsonl")])])

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 import torch
 
 import lightning_rlhf
+from lightning_rlhf.data.sources import LOCAL_SUFFIXES
 from lightning_rlhf.data.reasoning_gym import is_reasoning_gym_source, reasoning_gym_records
 from lightning_rlhf.data.task import SyntheticTask
 from lightning_rlhf.environments.episodes import EpisodeArgs
@@ -25,15 +26,17 @@ from lightning_rlhf.modules.rollout import repeat_groups
 from lightning_rlhf.rewards.combined import RewardSources
 
 BUILTIN = "builtin"
-BUILTIN_SETTINGS = ("size", "seed", "max_operand", "style", "operation")
+FILE = "file"
+BUILTIN_SETTINGS = ("size", "seed", "min_operand", "max_operand", "style", "operation")
 EXTRACTIONS = ("strict", "flexible")
 #: the (strict, flexible) reward functions of each kind of task
-REWARDS = {"builtin": ("exact_answer", "answer_match"),
+REWARDS = {"builtin": ("exact_answer", "answer_match"), "file": ("exact_answer", "answer_match"),
            "reasoning_gym": ("reasoning_gym_score", "reasoning_gym_score_flexible")}
 METRICS = ("greedy_accuracy_strict", "greedy_accuracy_flexible", "greedy_score_strict", "greedy_score_flexible",
            "pass_at_k_strict", "pass_at_k_flexible", "sample_accuracy_strict", "sample_accuracy_flexible")
 TASK_USAGE = ("reasoning_gym:TASK?key=value&size=N&seed=S (pip install 'lightning-rlhf[reasoning-gym]') or "
-              "builtin[?size=N&seed=S&max_operand=9&style=plain|chat&operation=%2B|*|-] (the addition task; %2B is +)")
+              "builtin[?size=N&seed=S&min_operand=0&max_operand=9&style=plain|chat&operation=%2B|*|-] (the addition task; %2B is "
+              "+) or a local json / jsonl(.gz) / parquet / csv file of records with a prompt and a numeric answer")
 
 
 def task_kind(task: str) -> str:
@@ -44,6 +47,11 @@ def task_kind(task: str) -> str:
     if task.partition("?")[0] == BUILTIN:
         builtin_task(task)
         return BUILTIN
+    if task.endswith(LOCAL_SUFFIXES):
+        if not Path(task).is_file():
+            raise FileNotFoundError(f"task file {task} does not exist; give a file of records with a 'prompt' and an "
+                                    f"'answer' column")
+        return FILE
     raise ValueError(f"unknown task {task!r}; give {TASK_USAGE}")
 
 
@@ -75,7 +83,7 @@ def prompt_batches(task: str, model: str, max_new_tokens: int, batch_size: int, 
     if positions <= max_new_tokens + 1:
         raise ValueError(f"--max_new_tokens {max_new_tokens} leaves no room for a prompt in the {positions} "
                          f"positions of {model}; lower --max_new_tokens")
-    builtin = not is_reasoning_gym_source(task)
+    builtin = task.partition("?")[0] == BUILTIN
     extra = dict(zip(("task", "task_size"), builtin_task(task))) if builtin else {"sources": [task]}
     data = RLHFDataModule(tokenizer=model, stage="rl", split="0,0,1", eval_fraction=0.0, seed=seed,
                           max_prompt_length=positions - max_new_tokens, max_length=positions,

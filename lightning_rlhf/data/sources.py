@@ -17,7 +17,8 @@ from lightning_rlhf.data.adapters import Adapter, Record, detect_format, get_ada
 from lightning_rlhf.data.reasoning_gym import is_reasoning_gym_source, reasoning_gym_records
 from lightning_rlhf.data.records import DropCounter, FieldError, OnBadRecord, RecordError
 
-_LOCAL_SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json", ".parquet", ".csv")
+#: the file endings read as local data files
+LOCAL_SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json", ".parquet", ".csv")
 
 
 @dataclass
@@ -113,7 +114,7 @@ def iter_rows(source: str, bad: DropCounter, cache_dir: str | None = None) -> It
         cache_dir: ``datasets`` cache for parquet/csv/hub sources.
     """
     path = Path(source)
-    looks_local = path.name.endswith(_LOCAL_SUFFIXES) or path.is_absolute() or source.startswith(".")
+    looks_local = path.name.endswith(LOCAL_SUFFIXES) or path.is_absolute() or source.startswith(".")
     if looks_local and not path.exists():
         raise RecordError(source, None, None, "file does not exist")
     if path.is_file() and path.name.endswith((".jsonl", ".jsonl.gz")):
@@ -123,7 +124,7 @@ def iter_rows(source: str, bad: DropCounter, cache_dir: str | None = None) -> It
     elif path.is_file() and path.name.endswith(".csv"):
         yield from _csv_rows(path, source)
     elif path.is_file() and not path.name.endswith(".parquet"):
-        raise RecordError(source, None, None, f"unsupported file type; use one of {list(_LOCAL_SUFFIXES)}")
+        raise RecordError(source, None, None, f"unsupported file type; use one of {list(LOCAL_SUFFIXES)}")
     else:
         yield from _datasets_rows(source, cache_dir)
 

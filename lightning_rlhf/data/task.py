@@ -15,6 +15,11 @@ from typing import Literal, Sequence
 
 _PROMPT = re.compile(r"(\d+)\s*([-+*])\s*(\d+)\s*(?:=|\?)")
 CHAT_PROMPT = "What is {a} {op} {b}? Answer with the number only."
+#: the ``tool`` style: the question and the tag protocol of ``lightning_rlhf.environments.calculator:calc``
+TOOL_PROMPT = ("What is {a} {op} {b}? You have a calculator: write <tool>calc(EXPRESSION)</tool> and its "
+               "<result> comes back. Then answer with the number only.")
+#: a ``tool`` style demonstration: the call, the result the environment appends, the answer
+TOOL_DEMONSTRATION = "<tool>calc({a} {op} {b})</tool>\n<result>{c}</result>\n{c}"
 #: the operations of ``SyntheticTask.operation``; a difference keeps ``a >= b`` (answers are never negative)
 OPERATIONS = {"+": lambda a, b: a + b, "*": lambda a, b: a * b, "-": lambda a, b: a - b}
 
@@ -25,39 +30,47 @@ class SyntheticTask:
 
     Args:
         seed: seed of the record generator; the same seed gives the same records everywhere.
-        max_operand: operands are drawn from ``0..max_operand`` (9 gives 100 distinct prompts).
+        max_operand: operands are drawn from ``min_operand..max_operand`` (0..9 gives 100 distinct prompts).
         easy_error_rate: probability that a demonstration of a sum without carry is a mistake.
         hard_error_rate: probability that a demonstration of a sum with a carry drops the carry.
-        style: ``plain`` prompts (``"3+4="``, for tiny models from scratch) or ``chat`` questions (instruct models).
+        style: ``plain`` prompts (``"3+4="``, for tiny models from scratch), ``chat`` questions (instruct models) or
+            ``tool`` questions that offer a calculator tool, whose demonstrations (``response``) call it and are
+            always right (docs/environments.md; the error rates apply to the other styles).
         operation: ``+`` (the addition task), or ``*`` / ``-``: a sibling task in the same wording, for checking that
             a recipe holds beyond the task it was tuned on (``-`` draws ``a >= b``).
+        min_operand: the smallest operand (10 with ``max_operand=99``: two-digit numbers).
     """
 
     seed: int = 0
     max_operand: int = 9
     easy_error_rate: float = 0.2
     hard_error_rate: float = 0.6
-    style: Literal["plain", "chat"] = "plain"
+    style: Literal["plain", "chat", "tool"] = "plain"
     operation: Literal["+", "*", "-"] = "+"
+    min_operand: int = 0
 
     def __post_init__(self) -> None:
         if self.max_operand < 1:
             raise ValueError(f"max_operand must be >= 1, got {self.max_operand}")
+        if not 0 <= self.min_operand <= self.max_operand:
+            raise ValueError(f"min_operand must be in [0, max_operand={self.max_operand}], got {self.min_operand}")
         for name in ("easy_error_rate", "hard_error_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.style not in ("plain", "chat"):
-            raise ValueError(f"style must be 'plain' or 'chat', got {self.style!r}")
+        if self.style not in ("plain", "chat", "tool"):
+            raise ValueError(f"style must be 'plain', 'chat' or 'tool', got {self.style!r}")
         if self.operation not in OPERATIONS:
             raise ValueError(f"operation must be one of {sorted(OPERATIONS)}, got {self.operation!r}")
 
     def prompts(self) -> list[str]:
-        span = range(self.max_operand + 1)
+        span = range(self.min_operand, self.max_operand + 1)
         return [self.question(a, b) for a in span for b in span if self.operation != "-" or a >= b]
 
     def question(self, a: int, b: int) -> str:
         op = self.operation
-        return CHAT_PROMPT.format(a=a, op=op, b=b) if self.style == "chat" else f"{a}{op}{b}="
+        if self.style == "plain":
+            return f"{a}{op}{b}="
+        return (CHAT_PROMPT if self.style == "chat" else TOOL_PROMPT).format(a=a, op=op, b=b)
 
     def result(self, a: int, b: int) -> int:
         """``a`` op ``b``."""
@@ -116,7 +129,7 @@ class SyntheticTask:
         """``n`` records, prompts drawn with replacement: ``prompt``, ``response`` (a demonstration), ``chosen``,
         ``rejected`` and ``columns`` (the reference ``answer`` as JSON, as prompt-only data carries it)."""
         rng = random.Random(self.seed)
-        operand = range(self.max_operand + 1)
+        operand = range(self.min_operand, self.max_operand + 1)
         out = []
         for _ in range(n):
             a, b = rng.choice(operand), rng.choice(operand)
@@ -124,7 +137,9 @@ class SyntheticTask:
                 a, b = b, a
             correct = f" {self.result(a, b)}"
             hard = self.operation == "+" and a + b >= 10
-            if rng.random() < (self.hard_error_rate if hard else self.easy_error_rate):
+            if self.style == "tool":
+                response = TOOL_DEMONSTRATION.format(a=a, op=self.operation, b=b, c=correct.strip())
+            elif rng.random() < (self.hard_error_rate if hard else self.easy_error_rate):
                 response = self._mistake(a, b, rng, prefer_carry=1.0)
             else:
                 response = correct

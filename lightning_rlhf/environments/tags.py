@@ -1,7 +1,7 @@
 """The tag protocol for tool calls, for models whose chat template has no tool format (SmolLM2's has none).
 
 The model writes ``<tool>calc(17*23)</tool>``; its turn stops at ``</tool>``; the environment appends
-``<result>391</result>`` to the episode and the model goes on in the same turn. Arguments are Python literals
+``<result>391</result>`` on its own line to the episode and the model goes on in the same turn. Arguments are Python literals
 (``lookup("Paris", limit=2)``); a tool with one parameter also takes the raw text between the parentheses
 (``calc(17*23)`` passes ``"17*23"``).
 """
@@ -54,5 +54,8 @@ def last_call(text: str, parameters: dict[str, Sequence[str]]) -> ToolCall | Non
 
 
 def render_result(text: str) -> str:
-    """How a tool's answer enters the episode."""
-    return f"<result>{text}</result>"
+    """How a tool's answer enters the episode: on its own line. The newlines keep the token boundaries of a
+    demonstration written as one text (``...</tool>\n<result>391</result>\n391``) equal to the episode's, whose
+    parts are tokenized apart: without them a BPE tokenizer merges ``</tool><result>`` into a ``><`` token that a
+    turn stopped at ``</tool>`` never ends with (SmolLM2's does)."""
+    return f"\n<result>{text}</result>\n"

@@ -92,3 +92,19 @@ def test_a_sibling_operation_asks_in_the_same_words_and_answers_its_own_result(o
     assert all(check(*task.operands(p)) >= 0 for p in task.prompts())  # differences are never negative
     with pytest.raises(ValueError, match="operation must be one of"):
         SyntheticTask(operation="/")
+
+
+def test_the_tool_style_offers_the_calculator_and_demonstrates_a_right_call_on_two_digit_operands():
+    task = SyntheticTask(style="tool", operation="*", min_operand=10, max_operand=99, hard_error_rate=1.0,
+                         easy_error_rate=1.0)
+    assert len(task.prompts()) == 90 * 90
+    for record in task.records(50):
+        a, b = task.operands(record["prompt"])
+        assert 10 <= a <= 99 and 10 <= b <= 99 and "<tool>calc(EXPRESSION)</tool>" in record["prompt"]
+        # demonstrations are right whatever the error rates (they teach the protocol, not mistakes)
+        assert record["response"] == f"<tool>calc({a} * {b})</tool>\n<result>{a * b}</result>\n{a * b}"
+        assert json.loads(record["columns"])["answer"] == str(a * b)
+    with pytest.raises(ValueError, match="min_operand must be in \\[0, max_operand=9\\], got 10"):
+        SyntheticTask(min_operand=10)
+    with pytest.raises(ValueError, match="style must be 'plain', 'chat' or 'tool'"):
+        SyntheticTask(style="json")  # type: ignore[arg-type]

@@ -60,7 +60,7 @@ def test_tool_results_enter_unmarked_between_the_models_marked_tokens(tokenizer)
     ep = run_episodes(script, tokenizer, env, records(2), prompts(2), [eos], max_turns=4, max_tokens=64,
                       max_new_tokens=32)
     call = tokenizer("<tool>calc(17*23)</tool>", add_special_tokens=False)["input_ids"]
-    result = tokenizer("<result>391</result>", add_special_tokens=False)["input_ids"]
+    result = tokenizer("\n<result>391</result>\n", add_special_tokens=False)["input_ids"]
     answer = tokenizer(" so 391", add_special_tokens=False)["input_ids"] + [eos]
     assert ep.tokens[0] == call + result + answer
     assert ep.model_mask[0] == [True] * len(call) + [False] * len(result) + [True] * len(answer)
@@ -115,3 +115,22 @@ def test_limits_below_one_are_refused(tokenizer):
     with pytest.raises(ValueError, match="must be >= 1"):
         run_episodes(None, tokenizer, ToolEnvironment([calc]), records(1), prompts(1), [0], max_turns=0,
                      max_tokens=8, max_new_tokens=4)
+
+
+def test_a_tool_demonstration_tokenizes_as_the_episode_its_parts_make(smollm2_folder):
+    """The built-in task's tool demonstrations (an SFT warm-up's data) are one text; an episode is the model's turn,
+    then the result, tokenized apart. Their tokens must agree, or the warm-up teaches tokens no episode holds."""
+    from lightning_rlhf.data.task import SyntheticTask
+    from lightning_rlhf.environments.calculator import calc as calculator
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
+    env = ToolEnvironment([calculator])
+    task = SyntheticTask(style="tool", operation="*", min_operand=10, max_operand=99)
+    for record in task.records(4):
+        a, b = task.operands(record["prompt"])
+        call = f"<tool>calc({a} * {b})</tool>"
+        reply, _, done = env.step([{"role": "assistant", "content": call}])
+        parts = [call, env.render(reply[0]), str(a * b)]
+        assert not done and "".join(parts) == record["response"]
+        ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in parts]
+        assert tokenizer(record["response"], add_special_tokens=False)["input_ids"] == sum(ids, [])

@@ -111,7 +111,7 @@ def test_the_tool_environment_answers_calls_and_ends_at_a_turn_without_one():
     messages.append({"role": "assistant", "content": "<tool>calc(17*23)</tool>"})
     new, reward, done = env.step(messages)
     assert new == [{"role": "tool", "name": "calc", "content": "391", "error": False}] and not done
-    assert reward is None and env.render(new[0]) == "<result>391</result>"
+    assert reward is None and env.render(new[0]) == "\n<result>391</result>\n"
     messages += new + [{"role": "assistant", "content": "391"}]
     assert env.step(messages) == (None, None, True)
     bad, _, done = env.step(messages[:1] + [{"role": "assistant", "content": "<tool>calc(import os)</tool>"}])
@@ -128,3 +128,18 @@ def test_a_tool_path_that_does_not_import_fails_naming_it():
 def test_the_base_environment_says_what_to_implement():
     with pytest.raises(NotImplementedError, match=r"Environment.step: subclass Environment and return"):
         Environment().step([{"role": "assistant", "content": "hi"}])
+
+
+def test_the_calculator_evaluates_arithmetic_and_refuses_everything_else():
+    from lightning_rlhf.environments.calculator import calc as calculator
+
+    assert [calculator(e) for e in ("17 * 23", " 7/2 ", "2^10", "-(3 - 5) * 4", "10 // 3 + 10 % 3", "1.5 * 2")] == [
+        "391", "3.5", "1024", "8", "4", "3"]
+    for bad, error in [("__import__('os')", "only numbers"), ("9**9**9", "power too large"), ("17 *", "not an arith"),
+                       ("True + 1", "only numbers")]:
+        with pytest.raises(ValueError, match=error):
+            calculator(bad)
+    # in an episode a refused expression is an error text, not a crash
+    env = ToolEnvironment([calculator])
+    reply, _, done = env.step([{"role": "assistant", "content": "<tool>calc(open('x'))</tool>"}])
+    assert not done and reply[0]["error"] and "only numbers" in env.render(reply[0])
