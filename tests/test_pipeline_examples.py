@@ -11,7 +11,8 @@ from lightning_rlhf.commands.stages import STAGE_CLIS
 from lightning_rlhf.commands.pipeline import STEPS, PipelineConfig, build_parser, step_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-PIPELINES = sorted(EXAMPLES.glob("*/pipeline.yaml"))
+#: every example config of ``lightning-rlhf pipeline`` (a top-level ``steps``), whatever its file name
+PIPELINES = sorted(p for p in EXAMPLES.glob("*/*.yaml") if "steps" in (yaml.safe_load(p.read_text()) or {}))
 
 
 class _Parsed(Exception):
@@ -34,7 +35,7 @@ def parse_only(stage: str, config: dict) -> dict:
 def test_every_example_is_covered():
     names = {p.parent.name for p in PIPELINES}
     assert {"tiny_cpu", "hh_rlhf", "smollm2_cpu", "opt_1.3b_1gpu", "opt_13b_8gpu", "llama2_7b_lora",
-            "hh_rlhf_dpo"} <= names
+            "hh_rlhf_dpo", "calculator_tool"} <= names
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.parent.name)

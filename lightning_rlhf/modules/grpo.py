@@ -21,7 +21,6 @@ from lightning_rlhf.algorithms.dapo import dynamic_sampling, mask_truncated, ove
 from lightning_rlhf.algorithms.group_advantages import get_group_advantage_estimator
 from lightning_rlhf.algorithms.grpo_loss import grpo_policy_loss
 from lightning_rlhf.algorithms.policy_losses import get_policy_loss
-from lightning_rlhf.environments.episodes import EpisodeArgs
 from lightning_rlhf.models.forward import policy_logprobs
 from lightning_rlhf.modules.answer_guidance import AnswerGuidance
 from lightning_rlhf.modules.deprecations import take_renamed
@@ -89,10 +88,6 @@ class GRPOModule(OnlineRLModule):
             functions and no reward model (docs/rewards.md, "Answer guidance"). None: off.
         answer_agreement: answer guidance only in groups where at least this share of the answers project to the
             candidate, so the form is taught on answers the policy already gives (0: every group).
-        episodes: multi-turn rollouts (:class:`~lightning_rlhf.environments.episodes.EpisodeArgs`): tools or an
-            environment answer the model between its turns; the loss and KL cover the model's tokens only, the
-            reward functions score the final turn (``completions``) and get the whole episode as ``episode``
-            (docs/environments.md). None: one answer per prompt.
         beta: deprecated name of ``kl_coef`` (removed in the next release).
     """
 
@@ -124,7 +119,6 @@ class GRPOModule(OnlineRLModule):
         filter_truncated: bool = False,
         answer_projection: str | None = None,
         answer_agreement: float = 0.0,
-        episodes: EpisodeArgs | None = None,
         beta: float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -136,8 +130,6 @@ class GRPOModule(OnlineRLModule):
         if answer_projection is not None:
             self.answer_guidance = AnswerGuidance(resolve_projection(answer_projection), self.tokenizer,
                                                   answer_agreement)
-        if episodes is not None:
-            self.episode_args, self.environment = episodes, episodes.build()
 
     def _validate(self) -> None:
         hp = self.hparams

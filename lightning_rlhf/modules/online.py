@@ -116,6 +116,10 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         num_samples_to_log: sample generations written to TensorBoard text.
         log_samples_every_n_steps: how often (in iterations) samples are logged.
         seed: seed of the mini-batch shuffle.
+        episodes: multi-turn rollouts (:class:`~lightning_rlhf.environments.episodes.EpisodeArgs`): tools or an
+            environment answer the model between its turns; the loss, the KL and (PPO) the critic cover the model's
+            tokens only, the reward functions score the final turn (``completions``) and get the whole episode as
+            ``episode`` (docs/environments.md). None: one answer per prompt.
         ppo_epochs: deprecated name of ``update_epochs`` (removed in the next release).
     """
 
@@ -149,6 +153,7 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         num_samples_to_log: int = 4,
         log_samples_every_n_steps: int = 10,
         seed: int = 0,
+        episodes: EpisodeArgs | None = None,
         ppo_epochs: int | None = None,
     ) -> None:
         super().__init__()
@@ -157,7 +162,9 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         self.automatic_optimization = False
         self.task_checker: Callable[[str, str], bool] | None = None
         self.answer_guidance: AnswerGuidance | None = None  # GRPOModule(answer_projection=...) sets it
-        self.episode_args: EpisodeArgs | None = None  # GRPOModule(episodes=...) sets it and ``environment``
+        self.episode_args = episodes
+        if episodes is not None:
+            self.environment = episodes.build()
         self._rng_to_restore: Any = None
         # copies of the signature's shared default objects; under LightningCLI ``hparams`` holds plain dicts
         self.actor_optimizer = copy.copy(actor_optimizer)
