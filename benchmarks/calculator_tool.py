@@ -8,7 +8,9 @@ the tool (the plain chat question: its untooled rate) and with it. Curves come f
 everything lands in one JSON, rewritten after every seed.
 
     python benchmarks/calculator_tool.py --base_model <smollm2-hf-dir> --runs runs/calculator --seeds 0 1 2 \\
-        --out benchmarks/results/calculator_tool.json
+        --out benchmarks/results/calculator_tool.json --plot docs/images/calculator_tool_curves.png
+
+``--plot`` alone (with ``--out`` an existing result) redraws the curves without running anything.
 """
 
 from __future__ import annotations
@@ -48,15 +50,48 @@ def evaluate(model: str, style: str, tools: bool, json_path: Path, args: argpars
             **{key: row[key] for key in ("greedy_accuracy_strict", "greedy_accuracy_flexible")}}
 
 
+PANELS = (("grpo/reward/answer_match", "reward: final answer right (rollouts)"),
+          ("grpo/tool_calls_per_episode", "tool calls per episode"),
+          ("grpo/turns_per_episode", "model turns per episode"),
+          ("grpo/tool_errors_per_episode", "tool errors per episode"))
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Each seed's GRPO curves (:data:`PANELS`), one panel per curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
+    for ax, (tag, title) in zip(axes, PANELS):
+        for record in results["runs"]:
+            points = record.get("curves", {}).get(tag, [])
+            if points:
+                ax.plot([s for s, _ in points], [v for _, v in points], label=f"seed {record['seed']}")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("rollout")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base_model", required=True, help="SmolLM2-135M-Instruct's Hugging Face folder")
+    parser.add_argument("--base_model", default=None, help="SmolLM2-135M-Instruct's Hugging Face folder")
     parser.add_argument("--config", default=CONFIG)
-    parser.add_argument("--runs", required=True, help="folder for the runs")
+    parser.add_argument("--runs", default="runs/calculator_tool_benchmark", help="folder for the runs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eval_size", type=int, default=64)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--plot", default=None, help="draw the GRPO curves of every seed into this PNG")
     args = parser.parse_args()
+    if args.plot and Path(args.out).is_file() and not args.base_model:
+        plot(json.loads(Path(args.out).read_text()), Path(args.plot))
+        return
+    if not args.base_model:
+        parser.error("--base_model is required to run (without it, --plot redraws an existing --out)")
     runs, out = Path(args.runs), Path(args.out)
     runs.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"settings": {"config": args.config, "seeds": args.seeds, "eval_size": args.eval_size},
@@ -82,6 +117,8 @@ def main() -> None:
         results["runs"].append(record)
         out.write_text(json.dumps(results, indent=1))
         print(json.dumps({k: v for k, v in record.items() if k != "curves"}), flush=True)
+    if args.plot:
+        plot(results, Path(args.plot))
 
 
 if __name__ == "__main__":
