@@ -69,8 +69,8 @@ def builtin_task(task: str) -> tuple[SyntheticTask, int]:
     return SyntheticTask(**settings), size
 
 
-def prompt_batches(task: str, model: str, max_new_tokens: int, batch_size: int, seed: int, use_chat_template: bool
-                   ) -> tuple[Any, dict[str, Any]]:
+def prompt_batches(task: str, model: str, max_new_tokens: int, batch_size: int, seed: int, use_chat_template: bool,
+                   tools: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
     """The task's left-padded prompt batches as training's data path makes them (every record, in order), and
     the data module's report."""
     from torch.utils.data import DataLoader
@@ -87,7 +87,7 @@ def prompt_batches(task: str, model: str, max_new_tokens: int, batch_size: int, 
     extra = dict(zip(("task", "task_size"), builtin_task(task))) if builtin else {"sources": [task]}
     data = RLHFDataModule(tokenizer=model, stage="rl", split="0,0,1", eval_fraction=0.0, seed=seed,
                           max_prompt_length=positions - max_new_tokens, max_length=positions,
-                          use_chat_template=use_chat_template, batch_size=batch_size, **extra)
+                          use_chat_template=use_chat_template, batch_size=batch_size, tools=tools, **extra)
     data.setup()  # every record goes to rl/train, in record order
     loader = DataLoader(data.datasets["train"], batch_size=batch_size, collate_fn=COLLATORS["rl"](data.pad_id))
     return loader, data.report["tokenized"]["train"]
@@ -182,6 +182,9 @@ def build_parser() -> Any:
                         help="tool functions by import path: answers become episodes with the tag protocol "
                              "(docs/environments.md) and the final turn is scored")
     parser.add_argument("--max_turns", type=int, default=4, help="most model turns per episode (with --tools)")
+    parser.add_argument("--tool_protocol", type=str, default="tags",
+                        help="how --tools are called: tags (<tool>calc(17*23)</tool>) or chat_template (the model's "
+                             "own format; the prompts carry the tools' schemas)")
     parser.add_argument("--accelerator", type=str, default="auto", help="Lightning accelerator (one device)")
     parser.add_argument("--json", type=str | None, default=None, help="write every number and the settings here")
     parser.add_argument("--save_answers", type=bool, default=False,
@@ -212,7 +215,8 @@ def evaluate_main(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
     result: dict[str, Any] = {"version": lightning_rlhf.__version__, "settings": {
         **settings, "device": str(trainer.strategy.root_device)}, "results": [], "summary": []}
     for model in args.models:
-        episodes = EpisodeArgs(tools=args.tools, max_turns=args.max_turns) if args.tools else None
+        episodes = EpisodeArgs(tools=args.tools, max_turns=args.max_turns,
+                               protocol=args.tool_protocol) if args.tools else None
         module = Evaluation(model, reward_funcs=list(REWARDS[kinds[args.tasks[0]]]), generation=generation,
                             num_generations=max(args.samples, 1), advantage_estimator="reinforce_pp",
                             episodes=episodes)
@@ -222,7 +226,8 @@ def evaluate_main(argv: Sequence[str], out: Any = None) -> dict[str, Any]:
             start = time.perf_counter()
             module.rewards = RewardSources(list(REWARDS[kinds[task]]))
             loader, report = prompt_batches(task, model, args.max_new_tokens, args.batch_size, args.seed,
-                                            args.use_chat_template)
+                                            args.use_chat_template,
+                                            args.tools if args.tool_protocol == "chat_template" else None)
             seed_everything(args.seed, verbose=False)
             trainer.validate(module, dataloaders=loader, verbose=False)
             row = {"model": model, "task": task, "k": args.samples, "dropped": report["dropped"],

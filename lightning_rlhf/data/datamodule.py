@@ -21,6 +21,7 @@ from lightning_rlhf.data.resumable import DataPosition, ResumableDataLoader
 from lightning_rlhf.data.sources import SourceReport, load_records
 from lightning_rlhf.data.split import STAGES, split_indices
 from lightning_rlhf.data.task import SyntheticTask
+from lightning_rlhf.data.tool_schemas import tool_schemas_json
 from lightning_rlhf.data.tokenization import (
     ENCODING_VERSION,
     Encoder,
@@ -62,6 +63,9 @@ class RLHFDataModule(LightningDataModule):
         eval_batch_size: validation batch size per rank (default: ``batch_size``).
         num_workers: DataLoader worker processes.
         cache_dir: where tokenized data is cached (default: the ``datasets`` cache).
+        tools: tool functions by import path whose JSON schemas the chat template renders into every prompt
+            (``apply_chat_template(tools=)``), for episodes with ``protocol: chat_template``; the template must
+            render them (None: no tools in the prompt).
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class RLHFDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        tools: list[str] | None = None,
     ) -> None:
         super().__init__()
         if stage == "ppo":
@@ -103,7 +108,8 @@ class RLHFDataModule(LightningDataModule):
         self.save_hyperparameters(ignore=["tokenizer", "task"])
         self.hparams.stage = self.stage = stage
         self.sources = list(sources) if sources is not None else None
-        self.settings = TokenizeSettings(max_prompt_length, max_length, long_prompt_policy, add_eos, use_chat_template)
+        self.settings = TokenizeSettings(max_prompt_length, max_length, long_prompt_policy, add_eos, use_chat_template,
+                                         tool_schemas_json(tools))
         self._tokenizer_arg = tokenizer
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._task = task

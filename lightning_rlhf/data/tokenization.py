@@ -7,6 +7,8 @@ Assistant:"``; responses end with EOS when ``add_eos``; long prompts are dropped
 
 from __future__ import annotations
 
+import json
+
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,6 +38,8 @@ class TokenizeSettings:
     long_prompt_policy: LongPromptPolicy = "drop"
     add_eos: bool = True
     use_chat_template: bool = True
+    #: the tools' JSON schemas (a JSON list) that prompts render through the chat template; None: none
+    tools_json: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.max_prompt_length < self.max_length:
@@ -94,6 +98,14 @@ class Encoder:
         template = getattr(tokenizer, "chat_template", None)
         # an export of an earlier step carries :func:`plain_chat_template`: that is this format, not a chat model's
         self.chat = bool(settings.use_chat_template and template and template != plain_chat_template(tokenizer))
+        self.tools = json.loads(settings.tools_json) if settings.tools_json else None
+        if self.tools is not None:
+            from lightning_rlhf.data.tool_schemas import check_renders_tools
+
+            if not self.chat:
+                raise ValueError("data.tools renders tool schemas through the chat template, and use_chat_template "
+                                 "is off or the tokenizer has none; set use_chat_template=True or drop data.tools")
+            check_renders_tools(tokenizer, self.tools)
         if settings.add_eos and tokenizer.eos_token_id is None:
             raise ValueError("add_eos=True but the tokenizer has no EOS token; set add_eos=False or add one")
 
@@ -101,7 +113,7 @@ class Encoder:
         """The prompt as the model sees it."""
         if self.chat:
             return self.tokenizer.apply_chat_template(
-                dialogue_messages(prompt), tokenize=False, add_generation_prompt=True
+                dialogue_messages(prompt), tools=self.tools, tokenize=False, add_generation_prompt=True
             )
         if _TURN.search(prompt) and prompt.rstrip().endswith("Assistant:"):
             return prompt

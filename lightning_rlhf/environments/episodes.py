@@ -14,7 +14,7 @@ an answer cut at ``max_new_tokens`` (docs/environments.md).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from torch import Tensor
 
@@ -40,6 +40,9 @@ class EpisodeArgs:
         max_tokens: most tokens per episode after the prompt, the environment's included (None: ``max_turns`` x
             ``generation.max_new_tokens``).
         tool_timeout_s: seconds one tool call may run before the episode gets an error message instead.
+        protocol: how ``tools`` are called: ``tags`` (the tag protocol, for any model; describe the tools in the
+            prompt) or ``chat_template`` (the model's own format: ``<tool_call>`` JSON, results as the template's
+            ``tool`` messages; give the data module the same ``tools`` so that prompts carry their schemas).
     """
 
     tools: list[str] | None = None
@@ -47,6 +50,7 @@ class EpisodeArgs:
     max_turns: int = 4
     max_tokens: int | None = None
     tool_timeout_s: float = 5.0
+    protocol: Literal["tags", "chat_template"] = "tags"
 
     def __post_init__(self) -> None:
         if (self.tools is None) == (self.environment is None):
@@ -54,11 +58,20 @@ class EpisodeArgs:
                              "of an Environment class or factory), not both and not neither")
         if self.max_turns < 1:
             raise ValueError(f"EpisodeArgs.max_turns must be >= 1, got {self.max_turns}")
+        if self.protocol not in ("tags", "chat_template"):
+            raise ValueError(f"EpisodeArgs.protocol must be 'tags' or 'chat_template', got {self.protocol!r}")
+        if self.protocol == "chat_template" and self.tools is None:
+            raise ValueError("EpisodeArgs.protocol='chat_template' calls tools; give tools, or protocol='tags' with "
+                             "an environment")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"EpisodeArgs.max_tokens must be >= 1 or None, got {self.max_tokens}")
 
-    def build(self) -> Environment:
-        """The environment these settings name."""
+    def build(self, tokenizer: Any = None) -> Environment:
+        """The environment these settings name (``tokenizer``: the policy's, for ``protocol='chat_template'``)."""
+        if self.tools is not None and self.protocol == "chat_template":
+            from lightning_rlhf.environments.chat_tools import ChatTemplateTools
+
+            return ChatTemplateTools(self.tools, tokenizer, timeout_s=self.tool_timeout_s)
         if self.tools is not None:
             return ToolEnvironment(self.tools, timeout_s=self.tool_timeout_s)
         from lightning_rlhf.rewards.resolve import import_callable

@@ -13,6 +13,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from lightning_rlhf.data.tool_schemas import tool_schema
+
 
 @dataclass(frozen=True)
 class ToolResult:
@@ -21,22 +23,6 @@ class ToolResult:
     text: str
     error: bool = False
     truncated: bool = False
-
-
-def tool_schema(function: Callable[..., Any]) -> dict[str, Any]:
-    """The function's JSON schema as chat templates render ``tools=`` (transformers' ``get_json_schema``, which
-    reads type hints and a Google-style docstring); without a docstring, one built from the signature alone."""
-    from transformers.utils import get_json_schema
-
-    try:
-        return get_json_schema(function)
-    except Exception:
-        parameters = inspect.signature(function).parameters
-        required = [name for name, p in parameters.items() if p.default is inspect.Parameter.empty]
-        return {"type": "function", "function": {
-            "name": function.__name__, "description": (inspect.getdoc(function) or "").split("\n\n")[0],
-            "parameters": {"type": "object", "properties": {name: {"type": "string"} for name in parameters},
-                           "required": required}}}
 
 
 class Toolbox:

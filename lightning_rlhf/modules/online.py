@@ -163,8 +163,6 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         self.task_checker: Callable[[str, str], bool] | None = None
         self.answer_guidance: AnswerGuidance | None = None  # GRPOModule(answer_projection=...) sets it
         self.episode_args = episodes
-        if episodes is not None:
-            self.environment = episodes.build()
         self._rng_to_restore: Any = None
         # copies of the signature's shared default objects; under LightningCLI ``hparams`` holds plain dicts
         self.actor_optimizer = copy.copy(actor_optimizer)
@@ -177,6 +175,8 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
             raise ValueError(f"{type(self).__name__} needs a reward: give reward_funcs (e.g. ['answer_match']), a "
                              f"reward_model (step 2's export), or both")
         self.tokenizer = load_tokenizer(tokenizer or actor)
+        if episodes is not None:
+            self.environment = episodes.build(self.tokenizer)
         self.actor = self.reference = self.reward_model = None
         self._shuffle = torch.Generator().manual_seed(seed)
 
@@ -300,6 +300,12 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         if self.task_checker is None and callable(getattr(task, "check", None)):
             self.task_checker = task.check
         settings = getattr(getattr(self.trainer, "datamodule", None), "settings", None)
+        args = self.episode_args
+        if args is not None and args.protocol == "chat_template" and settings is not None and not \
+                getattr(settings, "tools_json", None):
+            raise ValueError(f"{type(self).__name__}: episodes.protocol='chat_template' calls tools in the chat "
+                             f"template's format, and the prompts carry no tool schemas; give the data module the "
+                             f"same tools (data.tools: {args.tools})")
         prompt = getattr(settings, "max_prompt_length", None)
         if prompt is None:
             return  # a foreign data module: :meth:`generate` checks each batch instead

@@ -1,0 +1,86 @@
+"""Tools in the model's own format: for models whose chat template renders ``tools=`` (Qwen, Hermes, Llama 3.1 ...).
+
+A model trained on tool use knows the format its chat template gives it: the tools' JSON schemas in the prompt,
+calls as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, results as a ``tool`` message. Training it on
+another protocol would teach it a second one. So the prompt is rendered with ``tools=`` (``RLHFDataModule(tools=)``),
+a turn stops at ``</tool_call>``, and a result enters the episode as exactly the text the template puts after the
+assistant's call: its end of turn, the ``tool`` message and the next assistant header. An episode is then token for
+token the conversation the template renders, which is what the model saw in its own training.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable, Sequence
+
+from lightning_rlhf.data.tool_schemas import check_renders_tools
+from lightning_rlhf.environments.base import Message, StepResult, ToolEnvironment
+
+CALL_END = "</tool_call>"
+_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+#: stands for the model's call when the template renders the text that follows it
+_PLACEHOLDER = "TOOLCALLPLACEHOLDER"
+
+
+class ChatTemplateTools(ToolEnvironment):
+    """Tools called in the chat template's format (module docstring).
+
+    Args:
+        tools: plain Python functions (or import paths ``module:function``); called with the JSON ``arguments``.
+        tokenizer: the policy's tokenizer, whose chat template renders the tools and their results.
+        timeout_s: seconds one tool call may run.
+        max_output_chars: longest tool result; longer ones are cut.
+    """
+
+    stop_strings = (CALL_END,)
+
+    def __init__(self, tools: Sequence[Callable[..., Any] | str], tokenizer: Any, timeout_s: float = 5.0,
+                 max_output_chars: int = 1000) -> None:
+        super().__init__(tools, timeout_s, max_output_chars)
+        self.tokenizer = tokenizer
+        self.schemas = self.toolbox.schemas()
+        check_renders_tools(tokenizer, self.schemas)
+
+    def step(self, messages: list[Message]) -> StepResult:
+        found = _CALL.findall(str(messages[-1]["content"]))
+        if not found:
+            return None, None, True
+        name, arguments, problem = _parse(found[-1], self.toolbox.tools)
+        if problem is not None:
+            return [{"role": "tool", "name": name, "content": f"error: {problem}", "error": True}], None, False
+        result = self.toolbox.call(name, (), arguments)
+        return [{"role": "tool", "name": name, "content": result.text, "error": result.error}], None, False
+
+    def render(self, message: Message) -> str:
+        """What the template writes after an assistant turn that ends in a call: the end of that turn, the tool
+        message and the next assistant header."""
+        conversation = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _PLACEHOLDER},
+                        {"role": "tool", "name": message.get("name", ""), "content": str(message["content"])}]
+        text = self.tokenizer.apply_chat_template(conversation, tools=self.schemas, tokenize=False,
+                                                  add_generation_prompt=True)
+        return text[text.rindex(_PLACEHOLDER) + len(_PLACEHOLDER):]
+
+
+def _parse(body: str, tools: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
+    """``(name, arguments, problem)`` of one call's JSON body."""
+    try:
+        call = json.loads(body)
+    except json.JSONDecodeError as err:
+        return "", {}, f"the call is not JSON ({err.msg}); write <tool_call>{{\"name\": ..., \"arguments\": {{...}}}}"\
+                       f"</tool_call>"
+    name = call.get("name") if isinstance(call, dict) else None
+    arguments = call.get("arguments", {}) if isinstance(call, dict) else None
+    if isinstance(arguments, str):  # some templates serialise arguments as a JSON string
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            arguments = None
+    if not isinstance(name, str) or not isinstance(arguments, dict):
+        return str(name or ""), {}, "a call needs a string 'name' and an object 'arguments'"
+    if name not in tools:
+        return name, {}, f"no tool named {name!r}; the tools are {sorted(tools)}"
+    return name, arguments, None
+
+
+__all__ = ["ChatTemplateTools"]
