@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 from urllib.parse import parse_qsl
 
 import torch
@@ -35,8 +35,9 @@ REWARDS = {"builtin": ("exact_answer", "answer_match"), "file": ("exact_answer",
 METRICS = ("greedy_accuracy_strict", "greedy_accuracy_flexible", "greedy_score_strict", "greedy_score_flexible",
            "pass_at_k_strict", "pass_at_k_flexible", "sample_accuracy_strict", "sample_accuracy_flexible")
 TASK_USAGE = ("reasoning_gym:TASK?key=value&size=N&seed=S (pip install 'lightning-rlhf[reasoning-gym]') or "
-              "builtin[?size=N&seed=S&min_operand=0&max_operand=9&style=plain|chat&operation=%2B|*|-] (the addition task; %2B is "
-              "+) or a local json / jsonl(.gz) / parquet / csv file of records with a prompt and a numeric answer")
+              "builtin[?size=N&seed=S&min_operand=0&max_operand=9&style=plain|chat|tool&operation=%2B|*|-] (the "
+              "addition task; %2B is +) or a local json / jsonl(.gz) / parquet / csv file of records with a prompt "
+              "and a numeric answer")
 
 
 def task_kind(task: str) -> str:
@@ -182,7 +183,7 @@ def build_parser() -> Any:
                         help="tool functions by import path: answers become episodes with the tag protocol "
                              "(docs/environments.md) and the final turn is scored")
     parser.add_argument("--max_turns", type=int, default=4, help="most model turns per episode (with --tools)")
-    parser.add_argument("--tool_protocol", type=str, default="tags",
+    parser.add_argument("--tool_protocol", type=Literal["tags", "chat_template"], default="tags",
                         help="how --tools are called: tags (<tool>calc(17*23)</tool>) or chat_template (the model's "
                              "own format; the prompts carry the tools' schemas)")
     parser.add_argument("--accelerator", type=str, default="auto", help="Lightning accelerator (one device)")

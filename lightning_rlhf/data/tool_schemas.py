@@ -58,7 +58,7 @@ def check_renders_tools(tokenizer: Any, schemas: list[dict[str, Any]]) -> None:
 
 def tool_schemas_json(tools: list[str] | None) -> str | None:
     """The JSON schemas of tool functions given by import path, as one JSON text (None for None)."""
-    return None if tools is None else json.dumps(tool_schemas(tools), sort_keys=True)
+    return None if tools is None else json.dumps(tool_schemas(tools))  # key order as apply_chat_template gives it
 
 
 __all__ = ["check_renders_tools", "tool_schema", "tool_schemas", "tool_schemas_json"]

@@ -1,7 +1,7 @@
 """Multi-turn rollouts: environments that answer the model between its turns, and tools they call.
 
 :class:`Environment` and :class:`ToolEnvironment`, bounded tool calls (:class:`Toolbox`), the tag protocol
-(:mod:`.tags`), tools in the model's own chat format (:class:`ChatTemplateTools`) and the token-level episode runner (:mod:`.episodes`), which ``GRPOModule(episodes=...)`` runs
+(:mod:`.tags`), tools in the model's own chat format (:class:`ChatTemplateTools`) and the token-level episode runner (:mod:`.episodes`), which ``GRPOModule`` and ``PPOModule(episodes=...)`` run
 (docs/environments.md).
 """
 

@@ -42,14 +42,16 @@ def calc(expression: str) -> str:
     Returns:
         The value: an integer where the result is whole ("391"), else a decimal rounded to 10 places.
     """
-    try:
-        tree = ast.parse(expression.strip().replace("×", "*").replace("^", "**"), mode="eval")
+    try:  # a bare number may arrive as an int or float (calc(391), {"expression": 17})
+        tree = ast.parse(str(expression).strip().replace("×", "*").replace("^", "**"), mode="eval")
     except SyntaxError:
         raise ValueError(f"not an arithmetic expression: {expression!r}") from None
     value = _value(tree.body)
+    if not isinstance(value, (int, float)):  # (-8) ** 0.5 is complex
+        raise ValueError(f"{expression!r} has no real value")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return str(value) if isinstance(value, int) else f"{value:.10f}".rstrip("0").rstrip(".")
+    return str(value) if isinstance(value, int) else f"{value:.12g}"
 
 
 __all__ = ["calc"]

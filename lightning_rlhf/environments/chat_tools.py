@@ -1,7 +1,9 @@
-"""Tools in the model's own format: for models whose chat template renders ``tools=`` (Qwen, Hermes, Llama 3.1 ...).
+"""Tools in the model's own format, for models whose chat template renders ``tools=`` and that call them the
+Hermes way (Qwen 2.5 / 3, Hermes): ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``.
 
 A model trained on tool use knows the format its chat template gives it: the tools' JSON schemas in the prompt,
-calls as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, results as a ``tool`` message. Training it on
+calls in its own syntax, results as a ``tool`` message. Llama 3.1's bare-JSON calls (``{"name": ...,
+"parameters": ...}``, no closing tag) are not this format and are not parsed here. Training it on
 another protocol would teach it a second one. So the prompt is rendered with ``tools=`` (``RLHFDataModule(tools=)``),
 a turn stops at ``</tool_call>``, and a result enters the episode as exactly the text the template puts after the
 assistant's call: its end of turn, the ``tool`` message and the next assistant header. An episode is then token for
@@ -41,6 +43,12 @@ class ChatTemplateTools(ToolEnvironment):
         self.tokenizer = tokenizer
         self.schemas = self.toolbox.schemas()
         check_renders_tools(tokenizer, self.schemas)
+        try:  # a template that renders tools= but refuses a tool message fails here, not mid-rollout
+            self.render({"role": "tool", "name": next(iter(self.toolbox.tools)), "content": "0"})
+        except Exception as err:
+            raise ValueError(f"the chat template of {getattr(tokenizer, 'name_or_path', '')} renders tools= but not a "
+                             f"tool message after an assistant call ({type(err).__name__}: {err}); use the tag "
+                             f"protocol (EpisodeArgs(protocol='tags'))") from None
 
     def step(self, messages: list[Message]) -> StepResult:
         found = _CALL.findall(str(messages[-1]["content"]))
@@ -59,22 +67,23 @@ class ChatTemplateTools(ToolEnvironment):
                         {"role": "tool", "name": message.get("name", ""), "content": str(message["content"])}]
         text = self.tokenizer.apply_chat_template(conversation, tools=self.schemas, tokenize=False,
                                                   add_generation_prompt=True)
-        return text[text.rindex(_PLACEHOLDER) + len(_PLACEHOLDER):]
+        return text[text.index(_PLACEHOLDER) + len(_PLACEHOLDER):]  # the call; the result may echo model text
 
 
 def _parse(body: str, tools: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
     """``(name, arguments, problem)`` of one call's JSON body."""
     try:
         call = json.loads(body)
-    except json.JSONDecodeError as err:
-        return "", {}, f"the call is not JSON ({err.msg}); write <tool_call>{{\"name\": ..., \"arguments\": {{...}}}}"\
+    except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError; "[[[[..." recurses
+        why = err.msg if isinstance(err, json.JSONDecodeError) else type(err).__name__
+        return "", {}, f"the call is not JSON ({why}); write <tool_call>{{\"name\": ..., \"arguments\": {{...}}}}"\
                        f"</tool_call>"
     name = call.get("name") if isinstance(call, dict) else None
     arguments = call.get("arguments", {}) if isinstance(call, dict) else None
     if isinstance(arguments, str):  # some templates serialise arguments as a JSON string
         try:
             arguments = json.loads(arguments)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             arguments = None
     if not isinstance(name, str) or not isinstance(arguments, dict):
         return str(name or ""), {}, "a call needs a string 'name' and an object 'arguments'"

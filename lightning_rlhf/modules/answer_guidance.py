@@ -104,7 +104,7 @@ class AnswerGuidance:
             if not text or text in {responses[r].strip() for r in members}:
                 continue
             agreeing = sum((projected.get(r) or "").strip() == text for r in members) if self.min_agreement else 0
-            if agreeing >= self.min_agreement * group_size:
+            if agreeing / group_size >= self.min_agreement:
                 candidates[g] = text
         return candidates
 

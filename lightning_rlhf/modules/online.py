@@ -20,6 +20,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_rlhf.data.tool_schemas import tool_schemas_json
 from lightning_rlhf.environments.episodes import EpisodeArgs
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
 from lightning_rlhf.models.context import check_context_length
@@ -42,7 +43,7 @@ from lightning_rlhf.strategies import MultiEngineBackwardMixin, frozen_models
 
 # hparams' typed arguments unpickle under ``weights_only`` on resume, also from the previous release's module paths
 torch.serialization.add_safe_globals([
-    GenerationArgs, LoraArgs, OptimizerArgs,
+    GenerationArgs, LoraArgs, OptimizerArgs, EpisodeArgs,
     (GenerationArgs, "lightning_rlhf.modules.ppo_config.GenerationArgs"),
     (OptimizerArgs, "lightning_rlhf.modules._common.OptimizerArgs"),
 ])
@@ -300,12 +301,8 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         if self.task_checker is None and callable(getattr(task, "check", None)):
             self.task_checker = task.check
         settings = getattr(getattr(self.trainer, "datamodule", None), "settings", None)
-        args = self.episode_args
-        if args is not None and args.protocol == "chat_template" and settings is not None and not \
-                getattr(settings, "tools_json", None):
-            raise ValueError(f"{type(self).__name__}: episodes.protocol='chat_template' calls tools in the chat "
-                             f"template's format, and the prompts carry no tool schemas; give the data module the "
-                             f"same tools (data.tools: {args.tools})")
+        if settings is not None:
+            self._check_prompt_tools(getattr(settings, "tools_json", None))
         prompt = getattr(settings, "max_prompt_length", None)
         if prompt is None:
             return  # a foreign data module: :meth:`generate` checks each batch instead
@@ -313,6 +310,21 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         what = f"data.max_prompt_length ({prompt}) + model.generation.max_new_tokens ({new})"
         for path in dict.fromkeys(p for p in self.model_paths() if p):
             check_context_length(path, prompt + new, what, "data.max_prompt_length or model.generation.max_new_tokens")
+
+    def _check_prompt_tools(self, prompt_tools: str | None) -> None:
+        """The tool schemas the prompts carry (the data module's ``tools``) must be the chat-format episodes' tools."""
+        chat = self.episode_args is not None and self.episode_args.protocol == "chat_template"
+        wanted = tool_schemas_json(self.episode_args.tools) if chat else None
+        if prompt_tools == wanted:
+            return
+        name = type(self).__name__
+        if not chat:
+            raise ValueError(f"{name}: data.tools puts tool schemas in the prompts, and the model calls no tools in "
+                             f"the chat format (model.episodes.protocol is not 'chat_template'); drop data.tools or "
+                             f"set the protocol")
+        raise ValueError(f"{name}: episodes.protocol='chat_template' calls {self.episode_args.tools}, and the prompts "
+                         f"carry {'no tool schemas' if prompt_tools is None else 'the schemas of other tools'}; give "
+                         f"the data module the same tools (data.tools: {self.episode_args.tools})")
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         """One iteration: rollout -> score -> advantages -> update -> log."""

@@ -25,7 +25,7 @@ from lightning_rlhf.strategies import generation_mode
 class EpisodeGeneration:
     """The multi-turn half of :class:`~lightning_rlhf.modules.online.OnlineRLModule` (a LightningModule mixin)."""
 
-    #: what answers the model between its turns; None: one answer per prompt (``GRPOModule(episodes=...)`` sets it)
+    #: what answers the model between its turns; None: one answer per prompt (``episodes=...`` sets it)
     environment: Environment | None = None
 
     def sample_answers(self, batch: Mapping[str, Any], greedy: bool, **generate_args: Any

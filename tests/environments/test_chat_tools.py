@@ -89,6 +89,7 @@ def test_an_episode_is_the_conversation_the_template_renders(folders):
 
 @pytest.mark.parametrize("said, error", [
     ("<tool_call>calc(17*23)</tool_call>", "the call is not JSON"),
+    ("<tool_call>" + "[" * 3000 + "</tool_call>", "the call is not JSON (RecursionError)"),
     ('<tool_call>{"name": "sqrt", "arguments": {}}</tool_call>', "no tool named 'sqrt'"),
     ('<tool_call>{"name": "calc"}</tool_call>', "error: calc raised TypeError"),
     ('<tool_call>{"name": "calc", "arguments": "{\\"expression\\": \\"2*3\\"}"}</tool_call>', None),
@@ -112,6 +113,12 @@ def test_grpo_in_the_chat_format_needs_the_prompts_to_carry_the_tools(folders, t
     trainer = make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0)
     with pytest.raises(ValueError, match="prompts carry no tool schemas; give the data module the same tools"):
         trainer.fit(module, datamodule=make_data(str(folders["hermes"]), max_prompt_length=100, max_length=120))
+    tags = make_module(str(folders["plain"]), tokenizer=str(folders["hermes"]),
+                       episodes=EpisodeArgs(tools=[TOOL], protocol="tags"))
+    with pytest.raises(ValueError, match="data.tools puts tool schemas in the prompts, and the model calls no tools"):
+        make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0).fit(
+            tags, datamodule=make_data(str(folders["hermes"]), max_prompt_length=4000, max_length=4100,
+                                       tools=[TOOL]))
 
 
 def test_evaluate_in_the_chat_format_refuses_a_model_without_one(folders):

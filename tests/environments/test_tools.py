@@ -135,8 +135,9 @@ def test_the_calculator_evaluates_arithmetic_and_refuses_everything_else():
 
     assert [calculator(e) for e in ("17 * 23", " 7/2 ", "2^10", "-(3 - 5) * 4", "10 // 3 + 10 % 3", "1.5 * 2")] == [
         "391", "3.5", "1024", "8", "4", "3"]
+    assert calculator(391) == "391" and calculator(2.5) == "2.5"  # a bare number parsed as a literal by the tags
     for bad, error in [("__import__('os')", "only numbers"), ("9**9**9", "power too large"), ("17 *", "not an arith"),
-                       ("True + 1", "only numbers")]:
+                       ("True + 1", "only numbers"), ("(-8) ** 0.5", "no real value")]:
         with pytest.raises(ValueError, match=error):
             calculator(bad)
     # in an episode a refused expression is an error text, not a crash

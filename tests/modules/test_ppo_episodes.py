@@ -40,3 +40,12 @@ def test_ppo_trains_the_critic_and_the_policy_on_the_models_tokens_of_an_episode
     assert len(turns) == 2 and all(1 <= t <= 3 for t in turns)
     assert {"ppo/tool_calls_per_episode", "ppo/episodes_at_max_turns", "ppo/value_loss"} <= set(
         events.Tags()["scalars"])
+
+
+def test_a_checkpoint_holding_episode_settings_loads_under_weights_only(tmp_path):
+    """Runs built in Python keep ``EpisodeArgs`` in their hparams; resuming reads checkpoints with weights_only."""
+    import lightning_rlhf.modules.online  # noqa: F401 - registers the safe globals
+
+    path = tmp_path / "hparams.pt"
+    torch.save({"episodes": EpisodeArgs(tools=["tests.environments.test_tools:calc"], max_turns=2)}, path)
+    assert torch.load(path, weights_only=True)["episodes"].max_turns == 2
