@@ -16,6 +16,7 @@ from lightning_rlhf.data.collate import pad
 from lightning_rlhf.environments.base import Environment
 from lightning_rlhf.environments.episodes import Episodes, run_episodes
 from lightning_rlhf.models.context import check_context_length
+from lightning_rlhf.models.prompt_cache import shared_prompt_cache
 from lightning_rlhf.models.sampling import sampling_from_policy
 from lightning_rlhf.modules.pooled import Pooled, pooled_mean
 from lightning_rlhf.modules.rollout import Generated, check_left_padded
@@ -33,7 +34,7 @@ class EpisodeGeneration:
         """``(generated, episodes)``: episodes with an environment, else ``generate(batch, greedy, **generate_args)``
         and None."""
         if self.environment is not None:
-            return self.generate_episodes(batch, greedy)
+            return self.generate_episodes(batch, greedy, generate_args.get("group_size", 1))
         return self.generate(batch, greedy=greedy, **generate_args), None
 
     def scored_answers(self, batch: Mapping[str, Any], generated: Generated, episodes: Episodes | None
@@ -46,8 +47,12 @@ class EpisodeGeneration:
         return episodes.answers, {**(columns or {}), "episode": episodes.texts}
 
     @torch.no_grad()
-    def generate_episodes(self, batch: Mapping[str, Any], greedy: bool) -> tuple[Generated, Episodes]:
-        """One episode per prompt row: ``(generated, episodes)``, ``generated.response_mask`` the model's tokens."""
+    def generate_episodes(self, batch: Mapping[str, Any], greedy: bool, group_size: int = 1
+                          ) -> tuple[Generated, Episodes]:
+        """One episode per prompt row: ``(generated, episodes)``, ``generated.response_mask`` the model's tokens.
+
+        ``group_size``: rows ``[i * n, (i + 1) * n)`` repeat one prompt; with ``share_prompt_prefix`` the first turn
+        runs each prompt's prefill once for its group (later turns differ per row and run in full)."""
         input_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
         check_left_padded(prompt_mask)
         tok, args, new = self.tokenizer, self.episode_args, self.generation.max_new_tokens
@@ -69,9 +74,13 @@ class EpisodeGeneration:
             def turn(contexts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
                 ids, mask = (t.to(input_ids.device) for t in pad(contexts, tok.pad_token_id, left=True))
                 with torch.inference_mode():
-                    out = policy.generate(input_ids=ids, attention_mask=mask, **{**kwargs,
+                    shared = shared_prompt_cache(policy, ids[::group_size], mask[::group_size], group_size) \
+                        if share and grouped(contexts, group_size) else {}
+                    out = policy.generate(input_ids=ids, attention_mask=mask, **{**kwargs, **shared,
                                                                                  "max_new_tokens": max_new_tokens})
                 return [row.tolist() for row in out[:, ids.shape[1]:]]
+
+            share = group_size > 1 and self.shares_prompts()
 
             episodes = run_episodes(turn, tok, self.environment, records, prompt_ids, stop_ids, args.max_turns,
                                     max_tokens, new)
@@ -80,6 +89,12 @@ class EpisodeGeneration:
                               torch.cat([prompt_mask.long(), real.long()], 1), model_mask,
                               torch.tensor(episodes.ended, device=input_ids.device))
         return generated, episodes
+
+
+def grouped(contexts: list[list[int]], group_size: int) -> bool:
+    """Whether ``contexts`` are whole groups of ``group_size`` equal rows (a first turn: every row its prompt)."""
+    return len(contexts) % group_size == 0 and all(
+        contexts[row] == contexts[row - row % group_size] for row in range(len(contexts)))
 
 
 def episode_metrics(prefix: str, episodes: Episodes) -> dict[str, Pooled]:

@@ -133,3 +133,26 @@ def test_two_ranks_under_zero3_finish_when_their_episodes_differ_in_turns(tmp_pa
     turns = [e.value for e in events.Scalars("grpo/turns_per_episode")]
     # rank 1's episodes take one turn; rank 0's up to 3 (fewer where the model stops): the mean is between
     assert len(turns) == 2 and all(1.0 < t <= 2.0 for t in turns), turns
+
+
+def test_the_first_turn_of_a_groups_episodes_runs_its_prompt_once(tmp_path, actor):
+    """``share_prompt_prefix``: the first turn (every row its prompt) prefills each prompt once per group; the
+    episodes are the same as without sharing, under one seed (later turns differ per row and run in full)."""
+    from lightning_rlhf.modules.rollout import repeat_groups
+    from tests.models.test_prompt_cache import counted_prompt_tokens, left_padded_prompts
+
+    ids, mask = left_padded_prompts(AutoTokenizer.from_pretrained(actor))
+    batch = {"prompt_input_ids": ids, "prompt_attention_mask": mask, "prompts": ["a", "b", "c"]}
+    group, results, embedded = 4, [], []
+    for share in (False, True):
+        episodes = EpisodeArgs(environment="tests.modules.test_grpo_episodes:AnswersTwice", max_turns=2)
+        module = make_module(actor, episodes=episodes, share_prompt_prefix=share, num_generations=group)
+        module.trainer = make_trainer(tmp_path)
+        module.configure_model()
+        counts = counted_prompt_tokens(module.actor)
+        torch.manual_seed(0)
+        results.append(module.generate_episodes(repeat_groups(batch, group), greedy=False, group_size=group))
+        embedded.append(counts[0])  # the first forward of the first turn: the whole batch, or the shared prefill
+    (plain, plain_episodes), (shared, shared_episodes) = results
+    assert torch.equal(plain.sequences, shared.sequences) and plain_episodes.tokens == shared_episodes.tokens
+    assert embedded == [3 * group * ids.shape[1], 3 * (ids.shape[1] - 1)]
