@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-from lightning_rlhf.environments.tags import CALL_END, last_call, render_result
+from lightning_rlhf.environments.tags import CALL_END, ToolCall, last_call, render_result
 from lightning_rlhf.environments.tools import Toolbox
 
 Message = dict[str, Any]
@@ -58,8 +58,12 @@ class ToolEnvironment(Environment):
         self.toolbox = Toolbox(functions, timeout_s, max_output_chars)
         self._parameters = {name: self.toolbox.parameters(name) for name in self.toolbox.tools}
 
+    def last_call(self, text: str) -> ToolCall | None:
+        """The turn's last tool call (a ``problem`` where it is malformed), or None: the turn calls no tool."""
+        return last_call(text, self._parameters)
+
     def step(self, messages: list[Message]) -> StepResult:
-        call = last_call(str(messages[-1]["content"]), self._parameters)
+        call = self.last_call(str(messages[-1]["content"]))
         if call is None:
             return None, None, True
         if call.problem is not None:

@@ -2,9 +2,9 @@
 Hermes way (Qwen 2.5 / 3, Hermes): ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``.
 
 A model trained on tool use knows the format its chat template gives it: the tools' JSON schemas in the prompt,
-calls in its own syntax, results as a ``tool`` message. Llama 3.1's bare-JSON calls (``{"name": ...,
-"parameters": ...}``, no closing tag) are not this format and are not parsed here. Training it on
-another protocol would teach it a second one. So the prompt is rendered with ``tools=`` (``RLHFDataModule(tools=)``),
+calls in its own syntax, results as a ``tool`` message; training it on another protocol would teach it a second
+one. (Llama 3.1's bare-JSON calls, ``{"name": ..., "parameters": ...}`` with no closing tag, are not this format and
+are not parsed here.) So the prompt is rendered with ``tools=`` (``RLHFDataModule(tools=)``),
 a turn stops at ``</tool_call>``, and a result enters the episode as exactly the text the template puts after the
 assistant's call: its end of turn, the ``tool`` message and the next assistant header. An episode is then token for
 token the conversation the template renders, which is what the model saw in its own training.
@@ -17,7 +17,8 @@ import re
 from typing import Any, Callable, Sequence
 
 from lightning_rlhf.data.tool_schemas import check_renders_tools
-from lightning_rlhf.environments.base import Message, StepResult, ToolEnvironment
+from lightning_rlhf.environments.base import Message, ToolEnvironment
+from lightning_rlhf.environments.tags import ToolCall
 
 CALL_END = "</tool_call>"
 _CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
@@ -50,15 +51,9 @@ class ChatTemplateTools(ToolEnvironment):
                              f"tool message after an assistant call ({type(err).__name__}: {err}); use the tag "
                              f"protocol (EpisodeArgs(protocol='tags'))") from None
 
-    def step(self, messages: list[Message]) -> StepResult:
-        found = _CALL.findall(str(messages[-1]["content"]))
-        if not found:
-            return None, None, True
-        name, arguments, problem = _parse(found[-1], self.toolbox.tools)
-        if problem is not None:
-            return [{"role": "tool", "name": name, "content": f"error: {problem}", "error": True}], None, False
-        result = self.toolbox.call(name, (), arguments)
-        return [{"role": "tool", "name": name, "content": result.text, "error": result.error}], None, False
+    def last_call(self, text: str) -> ToolCall | None:
+        found = _CALL.findall(text)
+        return _parse(found[-1], self.toolbox.tools) if found else None
 
     def render(self, message: Message) -> str:
         """What the template writes after an assistant turn that ends in a call: the end of that turn, the tool
@@ -70,14 +65,14 @@ class ChatTemplateTools(ToolEnvironment):
         return text[text.index(_PLACEHOLDER) + len(_PLACEHOLDER):]  # the call; the result may echo model text
 
 
-def _parse(body: str, tools: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
-    """``(name, arguments, problem)`` of one call's JSON body."""
+def _parse(body: str, tools: dict[str, Any]) -> ToolCall:
+    """One call's JSON body as a :class:`ToolCall` (keyword arguments; a ``problem`` where it is not a call)."""
     try:
         call = json.loads(body)
     except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError; "[[[[..." recurses
         why = err.msg if isinstance(err, json.JSONDecodeError) else type(err).__name__
-        return "", {}, f"the call is not JSON ({why}); write <tool_call>{{\"name\": ..., \"arguments\": {{...}}}}"\
-                       f"</tool_call>"
+        return ToolCall("", problem=f"the call is not JSON ({why}); write <tool_call>{{\"name\": ..., \"arguments\": "
+                                    f"{{...}}}}</tool_call>")
     name = call.get("name") if isinstance(call, dict) else None
     arguments = call.get("arguments", {}) if isinstance(call, dict) else None
     if isinstance(arguments, str):  # some templates serialise arguments as a JSON string
@@ -86,10 +81,10 @@ def _parse(body: str, tools: dict[str, Any]) -> tuple[str, dict[str, Any], str |
         except (ValueError, RecursionError):
             arguments = None
     if not isinstance(name, str) or not isinstance(arguments, dict):
-        return str(name or ""), {}, "a call needs a string 'name' and an object 'arguments'"
+        return ToolCall(str(name or ""), problem="a call needs a string 'name' and an object 'arguments'")
     if name not in tools:
-        return name, {}, f"no tool named {name!r}; the tools are {sorted(tools)}"
-    return name, arguments, None
+        return ToolCall(name, problem=f"no tool named {name!r}; the tools are {sorted(tools)}")
+    return ToolCall(name, kwargs=arguments)
 
 
 __all__ = ["ChatTemplateTools"]
