@@ -6,7 +6,9 @@ Same prompts (``--batch`` chat prompts, left-padded), greedy, no stop token, so 
 ``batch x new_tokens`` tokens; the methods take turns in every repeat and the median is reported. The limit is the
 call's floor from rates measured in the same run: the prefill's multiply-adds at the GEMM rate, plus each decode
 step's time at the slower of its multiply-adds at the GEMM rate and its weight bytes at the memory bandwidth.
-``limit_tok_s`` is ``batch x new_tokens`` over that floor. ``vllm_tok_s`` is null: the vLLM backend is not built.
+``limit_tok_s`` is ``batch x new_tokens`` over that floor. ``vllm_tok_s`` is ``generation_backend="vllm"``'s engine
+(in this process, fed the model's weights in memory), null where vLLM is not installed (it has its own environment:
+``scripts/test_vllm.sh`` builds ``.venv-vllm``; run this script with that environment's python).
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fast = FastDecoder(model)
     methods = {"hf_generate": lambda: model.generate(input_ids=ids, attention_mask=mask, **kwargs),
                "fast": lambda: fast.generate(ids, mask, **kwargs)}
+    engine = vllm_engine(model)
+    if engine is not None:
+        methods["vllm"] = lambda: engine.generate(ids, mask, **kwargs)
     with torch.inference_mode():
         outputs = {name: fn() for name, fn in methods.items()}  # warm-up (packs the weights)
         times: dict[str, list[float]] = {name: [] for name in methods}
@@ -93,7 +98,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "limit_tok_s": round(tokens / floor, 1),
         "hf_generate_tok_s": round(tokens / seconds["hf_generate"], 1),
         "compiled_tok_s": round(tokens / seconds["fast"], 1),
-        "vllm_tok_s": None,
+        "vllm_tok_s": round(tokens / seconds["vllm"], 1) if "vllm" in seconds else None,
+        "vllm_same_greedy_tokens": (bool(torch.equal(outputs["vllm"], outputs["hf_generate"])) if "vllm" in outputs
+                                    else None),
+        "vllm_sync_s": round(engine.last_sync_s, 3) if engine is not None else None,
         "fast_vs_hf_generate": round(seconds["hf_generate"] / seconds["fast"], 2),
         "fast_fraction_of_limit": round(floor / seconds["fast"], 3),
         "hf_generate_fraction_of_limit": round(floor / seconds["hf_generate"], 3),
@@ -103,6 +111,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "fast_decode": {"compiled_step": fast.compile, "packed_weights": fast.packed is not None},
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+
+
+def vllm_engine(model: nn.Module) -> Any:
+    """``generation_backend="vllm"``'s decoder on ``model``, its weights loaded; None without vLLM."""
+    from lightning_rlhf.models.vllm_decode import VLLMDecoder, vllm_missing
+
+    if vllm_missing():
+        return None
+    engine = VLLMDecoder(model)
+    engine.sync()
+    return engine
 
 
 def main(args: argparse.Namespace) -> None:

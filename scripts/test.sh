@@ -9,7 +9,8 @@
 # --maxschedchunk 1: each worker is handed one more test whenever it finishes one. xdist's default hands every
 # worker a quarter of its share up front (about 70 consecutive tests), which put all the longest tests, sorted
 # first (tests/conftest.py), on one worker one after another while the others ran out of work.
-# The 30 slowest tests are listed at the end.
+# The 30 slowest tests are listed at the end. Then scripts/test_vllm.sh runs the vLLM backend's tests in their own
+# environment (its own tested version set, constraints-vllm.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -29,4 +30,8 @@ export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/$VENV/torch_extensions
 # The first offloaded optimizer JIT-compiles DeepSpeed's CPU Adam: at -O0 without debug info (~80 CPU-s), see
 # the script.
 export CXX="${CXX:-$PWD/scripts/cxx_quick_build}"
-exec "$VENV/bin/python" -m pytest -rs --durations=30 "${PARALLEL[@]}" "$@"
+"$VENV/bin/python" -m pytest -rs --durations=30 "${PARALLEL[@]}" "$@"
+# The whole suite (no arguments) goes on with the vLLM backend's tests in their own environment (VLLM_SUITE=0 skips).
+if [ $# -eq 0 ] && [ "${VLLM_SUITE:-1}" = 1 ]; then
+    bash scripts/test_vllm.sh
+fi

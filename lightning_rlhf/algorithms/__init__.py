@@ -80,6 +80,7 @@ from lightning_rlhf.algorithms.preference import (
     sigmoid_loss,
     simpo_loss,
 )
+from lightning_rlhf.algorithms.sampler_mismatch import sampler_logprob_gap, truncated_importance_weights
 
 __all__ = [
     "AdaptiveKLController",
@@ -145,11 +146,13 @@ __all__ = [
     "reinforce_pp_baseline_advantages",
     "response_token_mask",
     "rloo_advantages",
+    "sampler_logprob_gap",
     "seq_mean_token_mean",
     "seq_mean_token_sum_norm",
     "sequence_logprobs",
     "sigmoid_loss",
     "simpo_loss",
     "token_mean",
+    "truncated_importance_weights",
     "within_group_std",
 ]

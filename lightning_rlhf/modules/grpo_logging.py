@@ -14,7 +14,7 @@ GRPO_TAGS: tuple[str, ...] = (
     "grpo/unscored_fraction", "grpo/response_length", "grpo/response_length_max", "grpo/eos_fraction",
     "grpo/entropy", "grpo/policy_loss", "grpo/clipfrac_low", "grpo/clipfrac_high", "grpo/approx_kl",
     "grpo/ratio_mean", "grpo/advantage_mean",
-    "time/generation_s", "time/training_s", "throughput/generated_tokens_per_s",
+    "time/generation_s", "time/logprobs_s", "time/training_s", "throughput/generated_tokens_per_s",
 )
 
 

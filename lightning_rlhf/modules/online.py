@@ -117,6 +117,10 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         num_samples_to_log: sample generations written to TensorBoard text.
         log_samples_every_n_steps: how often (in iterations) samples are logged.
         seed: seed of the mini-batch shuffle.
+        sampler_importance_cap: with a generation engine of its own (``generation_backend="vllm"``), weight each
+            token's policy-gradient term by ``min(pi_trainer / pi_engine, cap)`` (truncated importance sampling;
+            TRL's ``vllm_importance_sampling_cap``). None: off; the gap is logged either way
+            (``<prefix>/sampler_logprob_gap``).
         episodes: multi-turn rollouts (:class:`~lightning_rlhf.environments.episodes.EpisodeArgs`): tools or an
             environment answer the model between its turns; the loss, the KL and (PPO) the critic cover the model's
             tokens only, the reward functions score the final turn (``completions``) and get the whole episode as
@@ -154,6 +158,7 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         num_samples_to_log: int = 4,
         log_samples_every_n_steps: int = 10,
         seed: int = 0,
+        sampler_importance_cap: float | None = None,
         episodes: EpisodeArgs | None = None,
         ppo_epochs: int | None = None,
     ) -> None:
@@ -190,6 +195,8 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
             raise ValueError(f"{name}.generation_batch_size must be >= 1 or None, got {hp.generation_batch_size}")
         if hp.max_grad_norm is not None and hp.max_grad_norm < 0:
             raise ValueError(f"{name}.max_grad_norm must be >= 0 or None, got {hp.max_grad_norm}")
+        if hp.sampler_importance_cap is not None and not hp.sampler_importance_cap > 0:
+            raise ValueError(f"{name}.sampler_importance_cap must be > 0 or None, got {hp.sampler_importance_cap}")
 
     def advantages(self, experience: Experience) -> tuple[Rollout, dict[str, Any]]:
         """The rollout buffer (advantages and the tokens the loss counts) and the rollout's curves."""
@@ -360,11 +367,13 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         sequences, attention_mask = generated.sequences, generated.attention_mask
         length = generated.response_mask.shape[1]
         logprobs, entropy = generated.logprobs, generated.entropy
+        start = time.perf_counter()
         if logprobs is None:
             logprobs, entropy = policy_logprobs(self.actor, sequences, attention_mask, length, temperature, True,
                                                 share_prompts=self.shares_prompts())
         ref_logprobs = self.reference_logprobs(sequences, attention_mask, length) if self.uses_reference else None
         values = self.rollout_values(sequences, attention_mask, length)
+        logprobs_s = time.perf_counter() - start
         responses, columns = self.scored_answers(batch, generated, episodes)
         model_scores = None
         if self.reward_model is not None:
@@ -375,8 +384,11 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
                                 rewards, model_scores)
         rollout, metrics = self.advantages(experience)
         prefix = self.metric_prefix
+        if generated.sampler_logprobs is not None:
+            rollout = self.correct_sampler_mismatch(rollout, generated.sampler_logprobs, metrics)
         metrics.update(source_metrics(prefix, rewards))
-        metrics.update({"time/generation_s": generation_s, "throughput/generated_tokens_per_s":
+        metrics.update({"time/generation_s": generation_s, "time/logprobs_s": logprobs_s,
+                        "throughput/generated_tokens_per_s":
                         generated.response_mask.sum().item() / max(generation_s, 1e-9)})
         success = self.task_success(batch["prompts"], responses)
         if success is not None:

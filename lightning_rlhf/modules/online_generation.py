@@ -3,18 +3,21 @@ the answers, the task checker, and greedy validation."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 from transformers import LogitsProcessorList
 
+from lightning_rlhf.algorithms.sampler_mismatch import truncated_importance_weights
 from lightning_rlhf.models import sequence_scores
 from lightning_rlhf.models.context import check_context_length
 from lightning_rlhf.models.prompt_cache import shared_prompt_cache
 from lightning_rlhf.models.sampling import StreamedLogprobs, sampling_from_policy
 from lightning_rlhf.modules.online_logging import log_samples
-from lightning_rlhf.modules.rollout import Generated, check_left_padded, pad_right, response_mask_from_tokens
+from lightning_rlhf.modules.pooled import pooled_mean
+from lightning_rlhf.modules.rollout import Generated, Rollout, check_left_padded, pad_right, response_mask_from_tokens
 from lightning_rlhf.rewards.combined import SampleRewards
 from lightning_rlhf.strategies import generation_mode
 
@@ -50,12 +53,13 @@ class RolloutGeneration:
                              f"the prompt batch ({prompt_length} tokens wide) + "
                              f"model.generation.max_new_tokens ({new})",
                              "the prompts or model.generation.max_new_tokens")
-        responses, logprobs, entropies = [], [], []
+        responses, logprobs, entropies, sampler_logprobs = [], [], [], []
         with generation_mode(self.trainer.strategy, self.actor) as policy, \
                 sampling_from_policy(policy, tok) as stop_ids:
             kwargs = self.generation.generate_kwargs(tok.pad_token_id, stop_ids, greedy=greedy)
-            with_logits = with_logprobs and getattr(policy, "tp_group", None) is None  # a TP replica: ids only
-            share = group_size > 1 and chunk % group_size == 0 and self.shares_prompts()
+            engine = getattr(policy, "engine", False)  # vLLM: no logits to stream, its own prompt cache
+            with_logits = with_logprobs and getattr(policy, "tp_group", None) is None and not engine
+            share = group_size > 1 and chunk % group_size == 0 and self.shares_prompts() and not engine
             for start in range(0, len(input_ids), chunk):
                 prompt, mask = input_ids[start : start + chunk], prompt_mask[start : start + chunk]
                 stream = StreamedLogprobs(self.generation.logprob_temperature) if with_logits else None
@@ -70,6 +74,8 @@ class RolloutGeneration:
                     raise RuntimeError(f"generate returned shape {tuple(sequences.shape)} that does not start with "
                                        f"the {tuple(prompt.shape)} prompts; expected prompt + response rows")
                 responses.append(sequences[:, prompt_length:])
+                if engine:
+                    sampler_logprobs.append(policy.sampler_logprobs().to(sequences.device))
                 if stream is not None:
                     step_logprobs, step_entropy = stream.result(responses[-1])
                     logprobs.append(step_logprobs.clone())
@@ -78,10 +84,23 @@ class RolloutGeneration:
         response_mask, eos_found = response_mask_from_tokens(responses, stop_ids)
         sequences = torch.cat([input_ids, responses], dim=1)
         attention_mask = torch.cat([prompt_mask.long(), response_mask.long()], dim=1)
+        sampled = pad_right(sampler_logprobs, 0.0) if sampler_logprobs else None
         if not logprobs:
-            return Generated(sequences, attention_mask, response_mask, eos_found)
+            return Generated(sequences, attention_mask, response_mask, eos_found, sampler_logprobs=sampled)
         return Generated(sequences, attention_mask, response_mask, eos_found,
-                         pad_right(logprobs, 0.0), pad_right(entropies, 0.0))
+                         pad_right(logprobs, 0.0), pad_right(entropies, 0.0), sampled)
+
+    def correct_sampler_mismatch(self, rollout: Rollout, sampler_logprobs: Tensor, metrics: dict[str, Any]) -> Rollout:
+        """Log the gap between the trainer's log-probs and the generation engine's, and with
+        ``sampler_importance_cap`` weight the advantages by the truncated importance ratio."""
+        sampled, mask = sampler_logprobs.to(rollout.logprobs), rollout.response_mask
+        metrics[f"{self.metric_prefix}/sampler_logprob_gap"] = pooled_mean((rollout.logprobs - sampled).abs(), mask)
+        cap = self.hparams.sampler_importance_cap
+        if cap is None:
+            return rollout
+        weights = truncated_importance_weights(rollout.logprobs, sampled, mask, cap)
+        metrics[f"{self.metric_prefix}/sampler_importance_weight"] = pooled_mean(weights, mask)
+        return dataclasses.replace(rollout, advantages=rollout.advantages * weights)
 
     def decode(self, responses: Tensor, response_mask: Tensor) -> list[str]:
         """Response texts without special tokens (masked positions dropped)."""

@@ -12,7 +12,7 @@ PPO_TAGS: tuple[str, ...] = (
     "ppo/value_loss", "ppo/clipfrac", "ppo/approx_kl", "ppo/entropy", "ppo/response_length",
     "ppo/eos_fraction", "ppo/value_explained_variance", "ppo/advantage_mean", "ppo/return_mean",
     "ppo/value_mean",
-    "time/generation_s", "time/training_s", "throughput/generated_tokens_per_s",
+    "time/generation_s", "time/logprobs_s", "time/training_s", "throughput/generated_tokens_per_s",
 )
 
 

@@ -51,7 +51,8 @@ class Rollout:
 @dataclass
 class Generated:
     """What one rollout's ``generate`` returns, laid out as :class:`Rollout`; ``eos_found`` is ``(B,)``, and
-    ``logprobs``/``entropy`` (from ``generate``'s own logits) are None when not requested or not available."""
+    ``logprobs``/``entropy`` (from ``generate``'s own logits) are None when not requested or not available.
+    ``sampler_logprobs`` are the log-probs a generation engine of its own (vLLM) reported for its tokens."""
 
     sequences: Tensor
     attention_mask: Tensor
@@ -59,6 +60,7 @@ class Generated:
     eos_found: Tensor
     logprobs: Tensor | None = None
     entropy: Tensor | None = None
+    sampler_logprobs: Tensor | None = None
 
     def response_ids(self) -> list[list[int]]:
         """Each row's response tokens where the response mask is true (the ids reward functions receive)."""

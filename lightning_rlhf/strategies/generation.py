@@ -13,7 +13,7 @@ import gc
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -23,14 +23,14 @@ from lightning_rlhf.models.loading import unwrap_model
 from lightning_rlhf.strategies.generation_replica import GenerationReplica, GenerationStats, _clock, tp_mesh
 from lightning_rlhf.strategies.tensor_parallel import InferenceReplica, is_zero3_param
 
-BACKENDS = ("native", "fast", "deepspeed")
+BACKENDS = ("native", "fast", "deepspeed", "vllm")
 
 
 @dataclass
 class _CacheEntry:
     key: tuple
     replica: InferenceReplica
-    decoder: FastDecoder | None = None
+    decoder: Any = None  # FastDecoder or VLLMDecoder
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, _CacheEntry]" = weakref.WeakKeyDictionary()
@@ -52,10 +52,10 @@ def _check_args(inference_tp_size: int, tp_gather_partition_size: int, backend: 
         raise ValueError(f"tp_gather_partition_size must be >= 1, got {tp_gather_partition_size}")
     if backend not in BACKENDS:
         raise ValueError(f"generation backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "fast" and inference_tp_size > 1:
-        raise ValueError(f"generation_backend='fast' decodes on a full replica per rank, so inference_tp_size must "
-                         f"be 1 (got {inference_tp_size}); use generation_backend='native' for a tensor-parallel "
-                         f"replica")
+    if backend in ("fast", "vllm") and inference_tp_size > 1:
+        raise ValueError(f"generation_backend={backend!r} decodes on a full replica per rank, so inference_tp_size "
+                         f"must be 1 (got {inference_tp_size}); use generation_backend='native' for a "
+                         f"tensor-parallel replica")
 
 
 @contextmanager
@@ -69,6 +69,7 @@ def generation_mode(
     tp_plan: dict[str, str] | None = None,
     stats: GenerationStats | None = None,
     tp_group=None,
+    engine_kwargs: dict[str, Any] | None = None,
 ) -> Iterator[GenerationReplica]:
     """Switch ``model`` to fast generation: a hook-free, optionally tensor-parallel replica of its latest weights.
 
@@ -80,11 +81,13 @@ def generation_mode(
             on exit for :func:`release_idle_replicas` to free before the next backward unless ``model`` carries
             LoRA adapters (the strategy's default: validation batches between two steps share one replica).
         backend: ``native`` (transformers' ``generate``; PyTorch tensor parallel; CPU and CUDA), ``fast`` (the
-            decode loop of :mod:`~lightning_rlhf.models.fast_decode`, ``inference_tp_size=1``) or ``deepspeed``
-            (fused kernels; CUDA only).
+            decode loop of :mod:`~lightning_rlhf.models.fast_decode`, ``inference_tp_size=1``), ``deepspeed``
+            (fused kernels; CUDA only) or ``vllm`` (a vLLM engine in this process, :mod:`~lightning_rlhf.models.
+            vllm_decode`, fed the replica's weights after each refresh; ``inference_tp_size=1``).
         tp_plan: ``module pattern -> 'colwise'|'rowwise'`` for a family without a built-in plan.
         stats: accumulates gather/generate time and tokens; a fresh one if None.
         tp_group: an existing tensor-parallel process group of ``inference_tp_size`` ranks; None forms them.
+        engine_kwargs: more ``vllm.LLM`` arguments for ``backend="vllm"`` (read when the engine is built).
     """
     _check_args(inference_tp_size, tp_gather_partition_size, backend)
     stats = stats if stats is not None else GenerationStats()
@@ -110,9 +113,15 @@ def generation_mode(
         _CACHE[model] = entry
     refreshed = entry.replica.refresh()
     stats.add_refresh(refreshed)
-    if backend == "fast":
-        if entry.decoder is None:  # the refresh writes the replica in place: its packed layers follow by version
-            entry.decoder = FastDecoder(entry.replica.module)
+    if backend == "fast" and entry.decoder is None:  # the refresh writes in place: packed layers follow by version
+        entry.decoder = FastDecoder(entry.replica.module)
+    if backend == "vllm":
+        if entry.decoder is None:
+            from lightning_rlhf.models.vllm_decode import VLLMDecoder
+
+            entry.decoder = VLLMDecoder(entry.replica.module, engine_kwargs=engine_kwargs)
+        if entry.decoder.sync():
+            stats.add_sync(entry.decoder.last_sync_s)
     entry.replica.module.generation_config = copy.deepcopy(unwrap_model(model).generation_config)
     stats.add(gather_s=_clock(device) - start)
     group = mesh.get_group() if mesh is not None else None

@@ -33,6 +33,8 @@ class GenerationStats:
         groups_skipped: gather groups left as they were (unchanged since the previous switch).
         bytes_gathered: bytes of ZeRO-3 partitioned weights all-gathered for the refreshes.
         groups_adapters_only: of ``groups_refreshed``, those refreshed from their LoRA adapters alone.
+        sync_s: seconds spent loading the replica's weights into a vLLM engine (``generation_backend="vllm"``).
+        syncs: number of those loads.
     """
 
     gather_s: float = 0.0
@@ -44,6 +46,8 @@ class GenerationStats:
     groups_skipped: int = 0
     bytes_gathered: int = 0
     groups_adapters_only: int = 0
+    sync_s: float = 0.0
+    syncs: int = 0
 
     def add(self, gather_s: float = 0.0, generate_s: float = 0.0, new_tokens: int = 0, calls: int = 0) -> None:
         """Accumulate one measurement and update ``tokens_per_s``."""
@@ -61,9 +65,15 @@ class GenerationStats:
         self.bytes_gathered += count.bytes_gathered
         self.groups_adapters_only += count.groups_adapters_only
 
+    def add_sync(self, seconds: float) -> None:
+        """Accumulate one weight load into a generation engine."""
+        self.sync_s += seconds
+        self.syncs += 1
+
     def reset(self) -> None:
         """Zero every counter (e.g. at the start of a logging interval)."""
-        self.gather_s = self.generate_s = self.tokens_per_s = 0.0
+        self.gather_s = self.generate_s = self.tokens_per_s = self.sync_s = 0.0
+        self.syncs = 0
         self.new_tokens = self.calls = self.groups_refreshed = self.groups_skipped = self.bytes_gathered = 0
         self.groups_adapters_only = 0
 
@@ -96,8 +106,8 @@ def unpatched_linear() -> Iterator[None]:
 class GenerationReplica:
     """What ``generation_mode`` yields: ``generate`` and forward calls on the inference ``module`` replica.
 
-    With a ``decoder`` (``generation_backend="fast"``), ``generate`` calls it wherever it implements the arguments
-    (:meth:`~lightning_rlhf.models.fast_decode.FastDecoder.supports`) and transformers' ``generate`` otherwise.
+    With a ``decoder`` (``generation_backend="fast"`` or ``"vllm"``), ``generate`` calls it wherever it implements
+    the arguments (its ``supports``) and transformers' ``generate`` otherwise.
     """
 
     def __init__(self, module: nn.Module, stats: GenerationStats, tp_group=None, decoder: Any = None) -> None:
@@ -107,6 +117,16 @@ class GenerationReplica:
         self.tp_group = tp_group
         self.config = module.config
         self.generation_config = module.generation_config
+
+    @property
+    def engine(self) -> bool:
+        """Whether generation runs on an engine of its own (vLLM): it takes no logits processor (the rollout's
+        log-probs come from a forward pass) and caches shared prompts itself."""
+        return self.decoder is not None and hasattr(self.decoder, "last_logprobs")
+
+    def sampler_logprobs(self) -> torch.Tensor | None:
+        """``(B, R)`` log-probs the engine gave the tokens of the last ``generate`` (None without an engine)."""
+        return self.decoder.last_logprobs if self.engine else None
 
     @property
     def device(self) -> torch.device:

@@ -24,6 +24,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 import lightning_rlhf.strategies.engine_save_load as engine_save_load
+from lightning_rlhf.models.vllm_decode import vllm_missing
 from lightning_rlhf.models.zero3 import is_partitioned
 from lightning_rlhf.strategies.engine_steps import (
     apply_module_clipping,
@@ -50,7 +51,7 @@ from lightning_rlhf.strategies.deepspeed_inference import check_kernels_work
 from lightning_rlhf.strategies.generation_replica import GenerationStats
 from lightning_rlhf.strategies.tp_plans import check_generation_layout
 
-GenerationBackend = Literal["native", "fast", "deepspeed"]
+GenerationBackend = Literal["native", "fast", "deepspeed", "vllm"]
 
 
 class HybridDeepSpeedStrategy(DeepSpeedStrategy):
@@ -74,6 +75,10 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             and CUDA). ``"fast"``: our decode loop on it, with the tokens of ``generate`` (a KV cache allocated once,
             oneDNN-packed weights on the CPU, a compiled static-cache step on CUDA; ``inference_tp_size`` 1;
             measured in ``docs/recipes/generation.md``). ``"deepspeed"``: fused kernels (CUDA, transformers < 5).
+            ``"vllm"``: a vLLM engine in each rank's process, fed the replica's weights in memory after every refresh
+            (``inference_tp_size`` 1; the ``vllm`` extra; docs/recipes/generation.md).
+        vllm_engine_kwargs: more ``vllm.LLM`` arguments for ``generation_backend="vllm"``, e.g.
+            ``{"gpu_memory_utilization": 0.3}``.
         engine_configs: per-child DeepSpeed config overrides keyed by attribute name, e.g.
             ``{"critic": {"gradient_accumulation_steps": 2}}`` (see docs/concepts.md).
         tp_plan: a tensor-parallel plan (module-name pattern to ``"colwise"``/``"rowwise"``) for other families.
@@ -93,6 +98,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         release_inference_cache: Optional[bool] = None,
         offload_frozen_models: bool = False,
         generation_backend: GenerationBackend = "native",
+        vllm_engine_kwargs: Optional[dict[str, Any]] = None,
         engine_configs: Optional[dict[str, dict[str, Any]]] = None,
         tp_plan: Optional[dict[str, str]] = None,
         process_group_timeout_s: Optional[float] = None,
@@ -100,12 +106,15 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
     ) -> None:
         check_positive("inference_tp_size", inference_tp_size)
         check_positive("tp_gather_partition_size", tp_gather_partition_size)
-        if generation_backend not in ("native", "fast", "deepspeed"):
-            raise ValueError(f"generation_backend must be 'native', 'fast' or 'deepspeed', got {generation_backend!r}.")
-        if generation_backend == "fast" and inference_tp_size > 1:
-            raise ValueError(f"generation_backend='fast' decodes on a full replica per rank, so inference_tp_size "
-                             f"must be 1 (got {inference_tp_size}); use generation_backend='native' for a "
-                             f"tensor-parallel replica.")
+        if generation_backend not in ("native", "fast", "deepspeed", "vllm"):
+            raise ValueError(f"generation_backend must be 'native', 'fast', 'deepspeed' or 'vllm', got "
+                             f"{generation_backend!r}.")
+        if generation_backend in ("fast", "vllm") and inference_tp_size > 1:
+            raise ValueError(f"generation_backend={generation_backend!r} decodes on a full replica per rank, so "
+                             f"inference_tp_size must be 1 (got {inference_tp_size}); use "
+                             f"generation_backend='native' for a tensor-parallel replica.")
+        if generation_backend == "vllm" and vllm_missing():
+            raise ImportError(vllm_missing())
         if generation_backend == "deepspeed":
             check_kernels_work()  # transformers 5 broke DeepSpeed's injection: refuse now, not at the first rollout
         if process_group_timeout_s is not None:
@@ -117,6 +126,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             raise TypeError(
                 f"HybridDeepSpeedStrategy: {err}. It accepts every DeepSpeedStrategy argument plus inference_tp_size, "
                 "tp_gather_partition_size, release_inference_cache, offload_frozen_models, generation_backend, "
+                "vllm_engine_kwargs, "
                 "engine_configs, tp_plan and process_group_timeout_s."
             ) from err
         # Lightning writes gradient_clipping into the config later
@@ -126,6 +136,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         self.release_inference_cache = release_inference_cache
         self.offload_frozen_models = offload_frozen_models
         self.generation_backend = generation_backend
+        self.vllm_engine_kwargs = vllm_engine_kwargs
         self.engine_configs = dict(engine_configs or {})
         check_engine_stages(self.config or {}, self.engine_configs)
         self.tp_plan = tp_plan
@@ -416,6 +427,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             tp_gather_partition_size=self.tp_gather_partition_size,
             release_inference_cache=self.release_inference_cache,
             backend=self.generation_backend,
+            engine_kwargs=self.vllm_engine_kwargs,
             tp_plan=self.tp_plan,
             stats=self.generation_stats,
         ) as replica:

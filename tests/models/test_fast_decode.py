@@ -193,8 +193,10 @@ def test_the_strategy_refuses_the_fast_backend_with_a_tensor_parallel_replica():
 
     with pytest.raises(ValueError, match=r"'fast' decodes on a full replica per rank.*inference_tp_size must be 1"):
         HybridDeepSpeedStrategy(generation_backend="fast", inference_tp_size=2)
-    with pytest.raises(ValueError, match=r"'native', 'fast' or 'deepspeed', got 'vllm'"):
-        HybridDeepSpeedStrategy(generation_backend="vllm")
+    with pytest.raises(ValueError, match=r"'native', 'fast', 'deepspeed' or 'vllm', got 'sglang'"):
+        HybridDeepSpeedStrategy(generation_backend="sglang")
+    with pytest.raises(ValueError, match=r"'vllm' decodes on a full replica per rank.*inference_tp_size must be 1"):
+        HybridDeepSpeedStrategy(generation_backend="vllm", inference_tp_size=2)
 
 
 def test_a_model_that_drops_its_kv_cache_is_refused_with_the_backend_to_use(tiny_model_factory):

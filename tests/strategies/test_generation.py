@@ -332,7 +332,7 @@ def test_bad_arguments_fail_clearly(tiny_model_factory):
         with generation_mode(model, inference_tp_size=0):
             pass
     with pytest.raises(ValueError, match="generation backend must be one of"):
-        with generation_mode(model, backend="vllm"):
+        with generation_mode(model, backend="sglang"):
             pass
     with pytest.raises(RuntimeError, match="needs torch.distributed"):
         with generation_mode(model, inference_tp_size=2):
