@@ -4,6 +4,9 @@
 #   2. benchmarks/generation.py on the GPUs (switch vs plain ZeRO-3 generate vs an unsharded copy);
 #   3. benchmarks/gpu_training.py: OPT-125m- and Llama-shaped random models in bf16 under
 #      HybridDeepSpeedStrategy, training and generation tokens/s and model TFLOPs, both generation backends.
+#   4. where vLLM is installed (the vllm extra), the vLLM backend's tests on CUDA: greedy tokens equal to generate's
+#      after every weight load, sampled log-probs against a forward pass, a GRPO run's log-prob gap
+#      (tests/strategies/test_vllm_backend.py); skipped with a line saying so where vLLM is absent.
 # Every step runs even if an earlier one fails; the exit status says whether all passed.
 #   bash benchmarks/gpu_smoke.sh            # from the repository root, in the project's environment
 set -uo pipefail
@@ -21,4 +24,9 @@ TP=$([ "$GPUS" -ge 2 ] && echo "1,2" || echo "1")
 for family in opt llama; do
   "$PYTHON" -m torch.distributed.run --nproc_per_node=1 benchmarks/gpu_training.py --family "$family" || status=1
 done
+if "$PYTHON" -c "import vllm" 2>/dev/null; then
+  VLLM_ENABLE_V1_MULTIPROCESSING=0 "$PYTHON" -m pytest -rs tests/strategies/test_vllm_backend.py "$@" || status=1
+else
+  echo "gpu_smoke.sh: vLLM is not installed here; the vLLM backend was not checked (pip install 'lightning-rlhf[vllm]')"
+fi
 exit $status
