@@ -7,6 +7,8 @@ benchmarks/README.md describes)::
     python benchmarks/grpo_vs_trl.py --trl-python <trl-venv>/bin/python            # tiny Llama, 3 repeats
     python benchmarks/grpo_vs_trl.py --trl-python ... --model <smollm2-hf-dir> --steps 10 --repeats 2 --lr 2e-4
     python benchmarks/grpo_vs_trl.py --systems ours --steps 2 --repeats 1 --hidden 32 --layers 2   # smoke
+    python benchmarks/grpo_vs_trl.py --trl-python ... --model ... --generation-backend vllm \
+        --ours-python .venv-vllm/bin/python     # ours on the vLLM backend (its own environment, scripts/test_vllm.sh)
 
 The task is the built-in addition task in chat form (``SyntheticTask(style="chat")``: "What is a + b? Answer
 with the number only.", an ``answer`` column). Its 100 distinct questions are shuffled once: ``--held-out``
@@ -98,6 +100,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--held-out", type=int, default=36, help="distinct questions kept for the greedy evaluation")
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs per system")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generation-backend", choices=("native", "fast", "vllm"), default=None,
+                   help="ours under HybridDeepSpeedStrategy(stage=0, generation_backend=...) (default: Lightning's "
+                   "single-device strategy, transformers' generate)")
+    p.add_argument("--ours-python", default=sys.executable,
+                   help="interpreter for our workers (e.g. .venv-vllm/bin/python for --generation-backend vllm)")
     add_comparison_arguments(p, SYSTEMS, RESULTS / "grpo_vs_trl.json", RESULTS / "grpo_vs_trl.png",
                              "the latest trl and peft")
     return p.parse_args(argv)
@@ -217,18 +224,25 @@ def worker_ours(args: argparse.Namespace, assets: dict[str, Any]) -> dict[str, A
 
     loader = DataLoader(assets["train"], batch_size=args.batch, shuffle=False, collate_fn=collate)
     keys = ("grpo/reward_mean", "grpo/groups_without_signal", "grpo/response_length", "time/generation_s",
-            "time/training_s")
+            "time/logprobs_s", "time/training_s")
     timer = loop_timer(keys)
+    strategy: Any = "auto"
+    if args.generation_backend:
+        from lightning_rlhf.strategies import HybridDeepSpeedStrategy
+
+        strategy = HybridDeepSpeedStrategy(stage=0, generation_backend=args.generation_backend)
     trainer = Trainer(accelerator="cpu", devices=1, precision="32-true", max_epochs=1, limit_train_batches=args.steps,
-                      logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      strategy=strategy, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       num_sanity_val_steps=0, log_every_n_steps=1, callbacks=[timer])
     trainer.fit(module, train_dataloaders=loader)
     torch.set_grad_enabled(True)
     loop_s, episodes = timer.end - timer.start, args.batch * group * len(timer.steps)
     generation_s = sum(timer.metrics["time/generation_s"])
     training_s = sum(timer.metrics["time/training_s"])
+    logprobs_s = sum(timer.metrics["time/logprobs_s"])  # the step split: generate / log-probs / update
     return {"episodes": episodes, "loop_s": loop_s, "episodes_per_s": episodes / loop_s,
-            "loop_cpu_s": timer.cpu_end - timer.cpu_start, "generation_s": generation_s, "training_s": training_s,
+            "loop_cpu_s": timer.cpu_end - timer.cpu_start, "generation_s": generation_s, "logprobs_s": logprobs_s,
+            "training_s": training_s,
             "rewards": timer.metrics["grpo/reward_mean"],
             "no_signal": timer.metrics["grpo/groups_without_signal"],
             "response_length": timer.metrics["grpo/response_length"],
@@ -310,10 +324,11 @@ def measure(args: argparse.Namespace, assets_path: Path, systems: list[str], sav
     script, runs = Path(__file__).resolve(), []
     common = ["--assets", str(assets_path), "--threads", str(args.threads), "--steps", str(args.steps),
               "--batch", str(args.batch), "--generations", str(args.generations), "--response", str(args.response),
-              "--lr", str(args.lr), "--lora-rank", str(args.lora_rank), "--seed", str(args.seed)]
+              "--lr", str(args.lr), "--lora-rank", str(args.lora_rank), "--seed", str(args.seed),
+              *(["--generation-backend", args.generation_backend] if args.generation_backend else [])]
     for repeat in range(args.repeats):
         for system in (systems if repeat % 2 == 0 else systems[::-1]):
-            python = args.trl_python if system == "trl" else sys.executable
+            python = args.trl_python if system == "trl" else args.ours_python
             run = run_worker(script, ["--worker", system, *common], python, timeout=3600)
             run["repeat"] = repeat
             runs.append(run)
