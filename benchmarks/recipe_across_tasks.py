@@ -95,7 +95,7 @@ CURVES = ("val/reward/reasoning_gym_score", "val/reward/reasoning_gym_score_flex
           "grpo/reward/reasoning_gym_score", "grpo/reward/reasoning_gym_score_flexible", "grpo/response_length",
           "grpo/groups_without_signal", "grpo/entropy_bonus_on", "grpo/guided_answers",
           "val/reward/answer_match", "val/reward/answer_only_format", "grpo/reward/answer_match",
-          "grpo/reward/answer_only_format")
+          "grpo/reward/answer_only_format", "grpo/reward/brevity", "val/reward/brevity")
 
 
 def main() -> None:
