@@ -29,6 +29,8 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(args.tag), figsize=(4.2 * len(args.tag), 3.3), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    line = 0
     for spec in args.run:
         label, _, path = spec.partition("=")
         if not path:
@@ -36,16 +38,17 @@ def main() -> None:
         task = json.loads(Path(path).read_text())["tasks"][0]
         for record in task["runs"]:
             name = label if len(task["runs"]) == 1 else f"{label}, seed {record['seed']}"
+            color, line = colors[line % len(colors)], line + 1  # one colour per run in every panel
             for ax, (tag, _) in zip(axes[0], args.tag):
                 points = record.get("curves", {}).get(tag, [])
                 if points:
-                    ax.plot([s for s, _ in points], [v for _, v in points], label=name, marker="." if
-                            tag.startswith("val/") else None)
+                    ax.plot([s for s, _ in points], [v for _, v in points], label=name, color=color,
+                            marker="." if tag.startswith("val/") else None)
     for ax, (_, title) in zip(axes[0], args.tag):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("rollout")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=7)  # the first panel holds every run's line
     if args.title:
         fig.suptitle(args.title, fontsize=10)
     fig.tight_layout()
