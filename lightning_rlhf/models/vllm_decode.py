@@ -1,14 +1,10 @@
 """Rollouts on a vLLM engine in the training process: what ``generation_backend="vllm"`` runs.
 
-Why: every peer (TRL's colocate mode, OpenRLHF's hybrid engine, veRL) generates with vLLM inside the training job;
-its paged KV cache, prefix caching and kernels are what make rollouts fast on a GPU. The engine here lives in each
-rank's own process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), is built from the model's config alone (no weights read
-from disk: ``load_format="dummy"``), and is fed the generation replica's tensors in memory after every refresh
-(:meth:`VLLMDecoder.sync`), so it samples from the policy the trainer just updated, LoRA merged.
-
-What it does not give: the logits. The rollout's old log-probs come from a forward pass of the training model, and
-the log-probs vLLM reports for the tokens it sampled are kept (:attr:`VLLMDecoder.last_logprobs`) for the gap
-between the two engines, which the online loop logs and can correct for (``sampler_importance_cap``).
+Why: every peer (TRL's colocate mode, OpenRLHF, veRL) generates with vLLM inside the training job. The engine lives
+in each rank's own process, is built from the model's config alone (``load_format="dummy"``) and is fed the
+generation replica's tensors in memory after every refresh (:meth:`VLLMDecoder.sync`). It gives no logits: the old
+log-probs come from the trainer's forward, and vLLM's own (:attr:`VLLMDecoder.last_logprobs`) measure the gap
+(docs/recipes/generation.md).
 """
 
 from __future__ import annotations
@@ -47,8 +43,7 @@ class _Engine:
 
 
 #: engines by architecture, kept for the process: vLLM's shutdown tears down the job's process group with its own,
-#: and building an engine per rollout would cost more than the rollout. A replica made again (a fully fine-tuned
-#: model's, freed before each backward) reuses its engine with a full load.
+#: and a replica made again (a fully fine-tuned model's) reuses its engine with a full load.
 _ENGINES: dict[str, _Engine] = {}
 
 
@@ -167,9 +162,8 @@ class VLLMDecoder:
 
 
 def _release_engines() -> None:
-    """At exit, drop vLLM's process-group handles: its own exit hook destroys them after torch.distributed already
-    has, and prints a traceback ("Invalid process group specified") at the end of every run. The process ends;
-    nothing else is lost."""
+    """At exit, drop vLLM's process-group handles: its own exit hook would destroy them after torch.distributed
+    has, and print a traceback at the end of every run."""
     _ENGINES.clear()
     from vllm.distributed import parallel_state
 

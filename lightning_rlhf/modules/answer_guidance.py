@@ -8,12 +8,8 @@ more than the answer it came from and no answer of the group already reads that 
 of the group's lowest answer. The group's advantages then compare it with the sampled answers like any other.
 
 The candidate is off-policy, as a demonstration mixed into a group is (LUFFY's off-policy guidance); its old
-log-probs come from a forward pass of the current policy, so its first ratio is 1. Guidance supplies a form the
-group does not sample, and only that: a group with any answer already in the form (an answer that is its own
-projection, right or wrong) gets no candidate, so once the policy samples the form its own rewards decide whether
-the form costs answers. (Placing candidates beside sampled bare answers pushed the form on however often it was
-wrong: on the built-in addition, 60 rollouts, the bare form reached 50-84% of the samples while the right ones fell
-from 0.88 to 0.34-0.75; docs/tasks.md, round 7.)
+log-probs come from a forward pass of the current policy, so its first ratio is 1. Guidance switches itself off as
+the policy learns the form: a group whose answers already include the projection gets no candidate.
 
 ``min_agreement`` teaches the form only where the answer is known: a candidate is placed only in a group where at
 least that share of the answers project to it (the policy already gives that answer, in its own words). A form that
@@ -95,21 +91,19 @@ class AnswerGuidance:
     def _candidates(self, prompts: Sequence[Any], responses: Sequence[str], columns: Mapping[str, Sequence[Any]] | None,
                     sources: Tensor, groups: Sequence[int], group_size: int) -> dict[int, str]:
         """``group -> candidate text``: the projection of each group's best answer, where it is text, no answer of the
-        group is in the wanted form yet (its own projection) and at least ``min_agreement`` of the group's answers
-        project to it."""
+        group reads that way yet and at least ``min_agreement`` of the group's answers project to it."""
         if not groups:
             return {}
-        rows = [r for g in groups for r in range(g * group_size, (g + 1) * group_size)]
-        projected = {r: (text or "").strip() for r, text in zip(rows, self.project(prompts, responses, columns, rows))}
+        rows = ([r for g in groups for r in range(g * group_size, (g + 1) * group_size)] if self.min_agreement
+                else [int(sources[g]) for g in groups])
+        projected = dict(zip(rows, self.project(prompts, responses, columns, rows)))
         candidates: dict[int, str] = {}
         for g in groups:
-            text = projected[int(sources[g])]
+            text = (projected[int(sources[g])] or "").strip()
             members = range(g * group_size, (g + 1) * group_size)
-            # an answer that is its own projection is in the wanted form already: the group samples the form, and
-            # its own rewards say whether the form costs answers (a candidate would push the form regardless)
-            if not text or any(projected[r] and projected[r] == responses[r].strip() for r in members):
+            if not text or text in {responses[r].strip() for r in members}:
                 continue
-            agreeing = sum(projected[r] == text for r in members) if self.min_agreement else 0
+            agreeing = sum((projected.get(r) or "").strip() == text for r in members) if self.min_agreement else 0
             if agreeing / group_size >= self.min_agreement:
                 candidates[g] = text
         return candidates

@@ -83,7 +83,7 @@ class GRPOModule(OnlineRLModule):
         answer_projection: answer guidance, for a form of answer the policy never samples: a function mapping an
             answer to the form the rewards want (``final_answer``: the answer part alone, "7 * 8 = 56" -> "56"; or
             an import path, the reward functions' signature returning ``list[str | None]``). In each group where the
-            best answer's projection earns more and no answer is in that form yet, it replaces the group's lowest
+            best answer's projection earns more and no answer reads that way yet, it replaces the group's lowest
             answer (off-policy; log-probs from a forward pass), counted as ``grpo/guided_answers``. Needs reward
             functions and no reward model (docs/rewards.md, "Answer guidance"). None: off.
         answer_agreement: answer guidance only in groups where at least this share of the answers project to the

@@ -93,20 +93,6 @@ def test_min_agreement_places_a_candidate_only_where_most_answers_give_its_answe
         AnswerGuidance(first_number, tokenizer, min_agreement=1.5)
 
 
-def test_no_candidate_where_an_answer_is_in_the_wanted_form_already_even_a_wrong_one(actor):
-    """A group that samples the bare form, right or wrong, gets no candidate: its own rewards then say whether the
-    form costs answers. Placing one beside a wrong bare answer pushed the bare form on however often it was wrong
-    (the built-in addition, round 7 of docs/tasks.md: right answers fell from 0.88 to 0.34-0.75)."""
-    tokenizer = AutoTokenizer.from_pretrained(actor)
-    rewards = RewardSources(["tests.modules.test_answer_guidance:alone_pays_most"])
-    # group 0: "5" is bare (its own projection) and wrong; group 1: nothing bare
-    answers = ["is 7", "cat", "5", "dog", "is 7", "cat", "fox", "dog"]
-    generated = _generated(tokenizer, tokenizer("What is 3 + 4?")["input_ids"], answers, width=6)
-    guidance = AnswerGuidance(first_number, tokenizer)
-    _, guided = guidance(rewards, {"prompts": ["What is 3 + 4?"] * 8}, generated, answers, group_size=4, iteration=0)
-    assert guided.view(2, 4).any(1).tolist() == [False, True]
-
-
 def test_no_candidate_where_it_earns_no_more_than_its_source(actor):
     tokenizer = AutoTokenizer.from_pretrained(actor)
     rewards = RewardSources(["tests.modules.test_answer_guidance:alone_pays_most"])

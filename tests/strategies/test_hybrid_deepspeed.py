@@ -53,7 +53,7 @@ def test_constructor_errors_name_the_option():
     with pytest.raises(ValueError, match="inference_tp_size must be positive"):
         HybridDeepSpeedStrategy(inference_tp_size=0)
     with pytest.raises(ValueError, match="generation_backend"):
-        HybridDeepSpeedStrategy(generation_backend="vllm")
+        HybridDeepSpeedStrategy(generation_backend="sglang")
 
 
 class _Tiny(LightningModule):
