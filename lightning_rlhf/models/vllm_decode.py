@@ -75,9 +75,8 @@ class VLLMDecoder:
             _ENGINES[key] = _Engine(self._build(model, param.dtype, engine_kwargs))
         self._engine = _ENGINES[key]
         self.llm = self._engine.llm
-        #: seconds of the last :meth:`sync` and of all of them
+        #: seconds of the last :meth:`sync` (the strategy's ``generation_stats`` sums them)
         self.last_sync_s = 0.0
-        self.sync_s = 0.0
         #: ``(B, R)`` log-probs vLLM gave the tokens of the last :meth:`generate` (0 after a row's end)
         self.last_logprobs: Tensor | None = None
         self._versions: dict[str, int] = {}
@@ -124,7 +123,6 @@ class VLLMDecoder:
         self.llm.reset_prefix_cache()  # cached prompt keys were computed with the old weights
         self._versions, self._engine.holder = versions, id(self)
         self.last_sync_s = time.perf_counter() - start
-        self.sync_s += self.last_sync_s
         return True
 
     @torch.no_grad()

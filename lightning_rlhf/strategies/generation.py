@@ -20,10 +20,9 @@ from torch import nn
 
 from lightning_rlhf.models.fast_decode import FastDecoder
 from lightning_rlhf.models.loading import unwrap_model
-from lightning_rlhf.strategies.generation_replica import GenerationReplica, GenerationStats, _clock, tp_mesh
+from lightning_rlhf.strategies.generation_replica import GenerationReplica, GenerationStats, _clock, check_backend, tp_mesh
 from lightning_rlhf.strategies.tensor_parallel import InferenceReplica, is_zero3_param
 
-BACKENDS = ("native", "fast", "deepspeed", "vllm")
 
 
 @dataclass
@@ -50,12 +49,7 @@ def _check_args(inference_tp_size: int, tp_gather_partition_size: int, backend: 
         raise ValueError(f"inference_tp_size must be >= 1, got {inference_tp_size}")
     if tp_gather_partition_size < 1:
         raise ValueError(f"tp_gather_partition_size must be >= 1, got {tp_gather_partition_size}")
-    if backend not in BACKENDS:
-        raise ValueError(f"generation backend must be one of {BACKENDS}, got {backend!r}")
-    if backend in ("fast", "vllm") and inference_tp_size > 1:
-        raise ValueError(f"generation_backend={backend!r} decodes on a full replica per rank, so inference_tp_size "
-                         f"must be 1 (got {inference_tp_size}); use generation_backend='native' for a "
-                         f"tensor-parallel replica")
+    check_backend(backend, inference_tp_size)
 
 
 @contextmanager

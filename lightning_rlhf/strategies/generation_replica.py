@@ -17,6 +17,20 @@ import torch.distributed as dist
 from torch import nn
 
 _MESHES: dict[tuple, Any] = {}
+BACKENDS = ("native", "fast", "deepspeed", "vllm")
+
+
+def check_backend(backend: str, inference_tp_size: int) -> None:
+    """Refuse an unknown backend, or a full-replica backend with a tensor-parallel replica (the strategy checks at
+    construction, ``generation_mode`` at every call)."""
+    if backend not in BACKENDS:
+        names = ", ".join(repr(name) for name in BACKENDS[:-1]) + f" or {BACKENDS[-1]!r}"
+        raise ValueError(f"generation backend must be one of {names}, got {backend!r} (the strategy's "
+                         f"generation_backend)")
+    if backend in ("fast", "vllm") and inference_tp_size > 1:
+        raise ValueError(f"generation_backend={backend!r} decodes on a full replica per rank, so inference_tp_size "
+                         f"must be 1 (got {inference_tp_size}); use generation_backend='native' for a "
+                         f"tensor-parallel replica")
 
 
 @dataclass

@@ -48,7 +48,7 @@ from lightning_rlhf.strategies.environment import (
     use_cpu_for_deepspeed,
 )
 from lightning_rlhf.strategies.deepspeed_inference import check_kernels_work
-from lightning_rlhf.strategies.generation_replica import GenerationStats
+from lightning_rlhf.strategies.generation_replica import GenerationStats, check_backend
 from lightning_rlhf.strategies.tp_plans import check_generation_layout
 
 GenerationBackend = Literal["native", "fast", "deepspeed", "vllm"]
@@ -106,15 +106,9 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
     ) -> None:
         check_positive("inference_tp_size", inference_tp_size)
         check_positive("tp_gather_partition_size", tp_gather_partition_size)
-        if generation_backend not in ("native", "fast", "deepspeed", "vllm"):
-            raise ValueError(f"generation_backend must be 'native', 'fast', 'deepspeed' or 'vllm', got "
-                             f"{generation_backend!r}.")
-        if generation_backend in ("fast", "vllm") and inference_tp_size > 1:
-            raise ValueError(f"generation_backend={generation_backend!r} decodes on a full replica per rank, so "
-                             f"inference_tp_size must be 1 (got {inference_tp_size}); use "
-                             f"generation_backend='native' for a tensor-parallel replica.")
-        if generation_backend == "vllm" and vllm_missing():
-            raise ImportError(vllm_missing())
+        check_backend(generation_backend, inference_tp_size)
+        if generation_backend == "vllm" and (missing := vllm_missing()):
+            raise ImportError(missing)
         if generation_backend == "deepspeed":
             check_kernels_work()  # transformers 5 broke DeepSpeed's injection: refuse now, not at the first rollout
         if process_group_timeout_s is not None:
