@@ -247,10 +247,8 @@ def save_figure(fig: Any, path: Path, what: str) -> None:
 
 
 def add_comparison_arguments(parser: Any, systems: Sequence[str], out: Path, plot: Path, trl_python: str) -> None:
-    """The arguments every side-by-side script shares: repeats, threads, systems, TRL's interpreter, outputs,
-    and the hidden ones of a worker (one measurement in a fresh interpreter)."""
-    import argparse
-
+    """The arguments every side-by-side script shares (each adds its own ``--repeats``): threads, systems, TRL's
+    interpreter, outputs, and the hidden ones of a worker (one measurement in a fresh interpreter)."""
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--systems", default=",".join(systems), help="which systems to run")
     parser.add_argument("--trl-python", default=sys.executable,
@@ -263,21 +261,6 @@ def add_comparison_arguments(parser: Any, systems: Sequence[str], out: Path, plo
 
 
 # -- processes and statistics ---------------------------------------------------------------------------
-def add_comparison_args(p: argparse.ArgumentParser, systems: Sequence[str], out: Path, plot: Path,
-                        trl_help: str) -> None:
-    """The arguments of an interleaved ours-vs-TRL comparison: repeats, threads, which systems, the TRL
-    interpreter, where the JSON and PNG go, ``--report-only``, and the hidden ``--worker`` / ``--assets``."""
-    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per system")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--systems", default=",".join(systems), help="which systems to run")
-    p.add_argument("--trl-python", default=sys.executable, help=trl_help)
-    p.add_argument("--out", type=Path, default=out, help="JSON of every run")
-    p.add_argument("--plot", type=Path, default=plot)
-    p.add_argument("--report-only", action="store_true", help="print the report and redraw the PNG from --out")
-    p.add_argument("--worker", choices=systems, help=argparse.SUPPRESS)
-    p.add_argument("--assets", help=argparse.SUPPRESS)
-
-
 def interleaved_runs(script: Path, systems: Sequence[str], repeats: int, worker_args: list[str], trl_python: str,
                      save: Callable[[list[dict[str, Any]]], None],
                      describe: Callable[[dict[str, Any]], str]) -> list[dict[str, Any]]:

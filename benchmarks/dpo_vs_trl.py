@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    HH_RLHF, TRL_FP32_NO_RECOMPUTE, add_comparison_args, chosen_systems, corpus_texts, interleaved_runs, machine,
+    HH_RLHF, TRL_FP32_NO_RECOMPUTE, add_comparison_arguments, chosen_systems, corpus_texts, interleaved_runs, machine,
     median, report_result, set_threads, trl_effective_settings,
 )
 
@@ -61,8 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=24, help="optimizer steps per run")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (linear decay to 0)")
     p.add_argument("--beta", type=float, default=0.1)
-    add_comparison_args(p, SYSTEMS, RESULTS / "dpo_vs_trl.json", RESULTS / "dpo_vs_trl.png",
-                        "interpreter that imports trl's DPOTrainer")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per system")
+    add_comparison_arguments(p, SYSTEMS, RESULTS / "dpo_vs_trl.json", RESULTS / "dpo_vs_trl.png",
+                             "trl's DPOTrainer")
     return p.parse_args(argv)
 
 
