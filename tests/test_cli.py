@@ -151,3 +151,19 @@ def test_console_script_exits_zero_and_prints_no_python_objects():
                            "--help"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "pipeline" in proc.stdout and "StepResult" not in proc.stdout + proc.stderr
+
+
+# step configs only: a file with ``steps:`` is a pipeline (examples/calculator_tool/grpo.yaml), parsed in
+# tests/test_pipeline_examples.py
+STEP_EXAMPLES = sorted(p for p in (Path(__file__).parents[1] / "examples").glob("*/*.yaml")
+                       if p.stem in STAGE_CLIS and "steps" not in yaml.safe_load(p.read_text()))
+
+
+@pytest.mark.parametrize("path", STEP_EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_step_example_parses_and_weights_each_reward(capsys, path):
+    """A user's first command is an example's: each step YAML under examples/ parses as its step's config, and
+    where it weights reward functions it gives one weight to each."""
+    config = _print_config(capsys, path.stem, "fit", "--config", str(path))
+    model = config["model"]
+    if model.get("reward_weights") is not None:
+        assert len(model["reward_weights"]) == len(model["reward_funcs"]), (path, model["reward_funcs"])
