@@ -63,6 +63,8 @@ def run(command: list[str], log: Path) -> tuple[int, float]:
 
 
 def evaluate(model: str, task_source: str, json_path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from lightning_rlhf.rewards import answer_only_format
+
     command = ["lightning-rlhf", "evaluate", model, "--tasks", json.dumps([task_source]), "--samples",
                str(args.eval_samples), "--temperature", "0.7", "--max_new_tokens", str(args.max_new_tokens),
                "--json", str(json_path), "--save_answers", "true"]
@@ -73,8 +75,11 @@ def evaluate(model: str, task_source: str, json_path: Path, args: argparse.Names
     keys = ("greedy_accuracy_strict", "greedy_accuracy_flexible", "pass_at_k_strict", "pass_at_k_flexible")
     greedy = [answer["greedy"] for answer in row.get("answers", [])]
     common = max(sorted(set(greedy)), key=greedy.count) if greedy else None  # a policy that answers everything alike
+    # the exact format of a numeric task, right or not (the strict score is right *and* in that form)
+    alone = sum(answer_only_format([None] * len(greedy), greedy)) / max(1, len(greedy))
     return ({key: row[key] for key in keys if key in row} | {"questions": row["questions"]}
-            | {"most_common_answer": common, "most_common_share": greedy.count(common) / max(1, len(greedy))})
+            | {"most_common_answer": common, "most_common_share": greedy.count(common) / max(1, len(greedy)),
+               "number_alone_share": alone})
 
 
 def curves(run_dir: Path, tags: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
