@@ -20,9 +20,14 @@ from torch import nn
 
 from lightning_rlhf.models.fast_decode import FastDecoder
 from lightning_rlhf.models.loading import unwrap_model
-from lightning_rlhf.strategies.generation_replica import GenerationReplica, GenerationStats, _clock, check_backend, tp_mesh
+from lightning_rlhf.strategies.generation_replica import (
+    GenerationReplica,
+    GenerationStats,
+    _clock,
+    check_backend,
+    tp_mesh,
+)
 from lightning_rlhf.strategies.tensor_parallel import InferenceReplica, is_zero3_param
-
 
 
 @dataclass
