@@ -41,4 +41,12 @@ def replaced_rows(totals: Tensor, sources: Tensor, candidate_totals: Tensor, gro
     return torch.where(has_source & gains & (worst != sources), worst, -1)
 
 
-__all__ = ["best_rows", "replaced_rows"]
+def imitation_loss(logprobs: Tensor, response_mask: Tensor, demonstrations: Tensor) -> Tensor:
+    """The mean negative log-likelihood per token of the demonstration rows (``demonstrations`` ``(B,)`` bool), 0
+    (with the graph kept) in a mini-batch without one: supervised learning of a guided answer beside its policy
+    gradient, so its tokens are learned at a rate the advantages' scaling does not set (SFT mixed into RL)."""
+    mask = response_mask & demonstrations.to(response_mask.device).unsqueeze(1)
+    return -(logprobs * mask).sum() / mask.sum().clamp(min=1)
+
+
+__all__ = ["best_rows", "imitation_loss", "replaced_rows"]

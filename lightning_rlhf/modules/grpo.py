@@ -20,6 +20,7 @@ from lightning_rlhf.algorithms.aggregation import get_loss_aggregation
 from lightning_rlhf.algorithms.dapo import dynamic_sampling, mask_truncated, overlong_penalty
 from lightning_rlhf.algorithms.group_advantages import get_group_advantage_estimator
 from lightning_rlhf.algorithms.grpo_loss import grpo_policy_loss
+from lightning_rlhf.algorithms.guidance import imitation_loss
 from lightning_rlhf.algorithms.policy_losses import get_policy_loss
 from lightning_rlhf.models.forward import policy_logprobs
 from lightning_rlhf.modules.answer_guidance import AnswerGuidance
@@ -88,6 +89,9 @@ class GRPOModule(OnlineRLModule):
             functions and no reward model (docs/rewards.md, "Answer guidance"). None: off.
         answer_agreement: answer guidance only in groups where at least this share of the answers project to the
             candidate, so the form is taught on answers the policy already gives (0: every group).
+        answer_imitation_coef: coefficient of a negative log-likelihood on the guided answers beside their policy
+            gradient (SFT mixed into RL): the right answer in the wanted form is learned as a fact, not only as a
+            form whose pull depends on how the advantages are scaled (0: off; needs ``answer_projection``).
         beta: deprecated name of ``kl_coef`` (removed in the next release).
     """
 
@@ -119,6 +123,7 @@ class GRPOModule(OnlineRLModule):
         filter_truncated: bool = False,
         answer_projection: str | None = None,
         answer_agreement: float = 0.0,
+        answer_imitation_coef: float = 0.0,
         beta: float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -144,7 +149,8 @@ class GRPOModule(OnlineRLModule):
             raise ValueError(f"GRPOModule: advantage_estimator {hp.advantage_estimator!r} compares answers to the same "
                              f"prompt, so num_generations must be >= {self.estimator.min_group}, got "
                              f"{hp.num_generations}; raise num_generations or use 'reinforce_pp'")
-        for name in ("clip_range_low", "clip_range_high", "kl_coef", "overlong_penalty_factor", "entropy_coef"):
+        for name in ("clip_range_low", "clip_range_high", "kl_coef", "overlong_penalty_factor", "entropy_coef",
+                     "answer_imitation_coef"):
             if hp[name] < 0:
                 raise ValueError(f"GRPOModule.{name} must be >= 0, got {hp[name]}")
         if hp.entropy_target is not None and not hp.entropy_target > 0:
@@ -158,6 +164,9 @@ class GRPOModule(OnlineRLModule):
         if hp.answer_agreement and hp.answer_projection is None:
             raise ValueError("GRPOModule.answer_agreement gates answer guidance, which is off; set answer_projection "
                              "(e.g. final_answer) or answer_agreement=0")
+        if hp.answer_imitation_coef and hp.answer_projection is None:
+            raise ValueError("GRPOModule.answer_imitation_coef imitates the guided answers, and answer guidance is off; "
+                             "set answer_projection (e.g. final_answer) or answer_imitation_coef=0")
         if hp.answer_projection is not None and hp.episodes is not None:
             raise ValueError("GRPOModule.answer_projection replaces single answers and does not apply to multi-turn "
                              "episodes; set answer_projection=None or episodes=None")
@@ -206,8 +215,11 @@ class GRPOModule(OnlineRLModule):
                                         response_mask, generated.eos_found, experience.entropy, advantages, loss_mask)
         metrics.update(self.setting_metrics(response_mask, counts, logprobs, ref_logprobs))
         keep_ref = ref_logprobs if self.uses_reference and not hp.kl_in_reward else None
+        demonstrations = None
+        if hp.answer_imitation_coef and experience.guided is not None:
+            demonstrations = experience.guided.to(self.device)
         rollout = Rollout(generated.sequences, generated.attention_mask, loss_mask, logprobs, advantages,
-                          ref_logprobs=keep_ref)
+                          ref_logprobs=keep_ref, demonstrations=demonstrations)
         return rollout, metrics
 
     def setting_metrics(self, response_mask: Tensor, counts: Mapping[str, int], logprobs: Tensor,
@@ -240,12 +252,18 @@ class GRPOModule(OnlineRLModule):
             hp.loss_aggregation, self.generation.max_new_tokens, mb.ref_logprobs,
             0.0 if hp.kl_in_reward else hp.kl_coef, hp.kl_estimator, entropy, hp.entropy_coef, hp.policy_loss,
             hp.entropy_target)
+        imitation = None
+        if mb.demonstrations is not None:
+            imitation = imitation_loss(logprobs, mb.response_mask, mb.demonstrations)
+            loss = loss + hp.answer_imitation_coef * imitation
         self.optimizer_step(self.optimizers(), loss)
         metrics = {"grpo/policy_loss": loss.detach(), "grpo/clipfrac_low": stats["clipfrac_low"],
                    "grpo/clipfrac_high": stats["clipfrac_high"], "grpo/approx_kl": stats["approx_kl"],
                    "grpo/ratio_mean": stats["ratio_mean"]}
         if hp.entropy_target is not None:
             metrics["grpo/entropy_bonus_on"] = stats["entropy_bonus_on"]
+        if imitation is not None:
+            metrics["grpo/imitation_nll"] = imitation.detach()
         return metrics
 
 

@@ -77,6 +77,7 @@ class Experience:
     values: Tensor | None
     rewards: SampleRewards
     model_scores: Tensor | None
+    guided: Tensor | None = None  # (B,) the answers answer guidance placed
 
 
 class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMixin, LightningModule):
@@ -381,7 +382,7 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         rewards = self.score(batch["prompts"], generated, responses, columns,
                              None if model_scores is None else self.reward_model_scores(model_scores))
         experience = Experience(batch["prompts"], responses, generated, logprobs, entropy, ref_logprobs, values,
-                                rewards, model_scores)
+                                rewards, model_scores, guided)
         rollout, metrics = self.advantages(experience)
         prefix = self.metric_prefix
         if generated.sampler_logprobs is not None:

@@ -16,8 +16,9 @@ from torch import Tensor
 class Rollout:
     """One buffer of experience, batch first: ``sequences``, ``attention_mask`` ``(B, P + R)``, the rest ``(B, R)``.
 
-    ``logprobs`` and ``values`` are from sampling time; ``values`` and ``returns`` are None without a critic, and
-    ``ref_logprobs`` unless the update's loss needs them (GRPO's KL)."""
+    ``logprobs`` and ``values`` are from sampling time; ``values`` and ``returns`` are None without a critic,
+    ``ref_logprobs`` unless the update's loss needs them (GRPO's KL), ``demonstrations`` ``(B,)`` (the guided
+    answers) unless the loss imitates them."""
 
     sequences: Tensor
     attention_mask: Tensor
@@ -27,6 +28,7 @@ class Rollout:
     values: Tensor | None = None
     returns: Tensor | None = None
     ref_logprobs: Tensor | None = None
+    demonstrations: Tensor | None = None
 
     @property
     def prompt_length(self) -> int:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_rlhf.algorithms.guidance import best_rows, replaced_rows
+from lightning_rlhf.algorithms.guidance import best_rows, imitation_loss, replaced_rows
 
 NAN = math.nan
 
@@ -35,3 +35,14 @@ def test_a_group_of_one_keeps_its_answer():
 def test_rewards_that_do_not_split_into_groups_are_refused():
     with pytest.raises(ValueError, match="do not split into groups of 4"):
         best_rows(torch.zeros(6), 4)
+
+
+def test_imitation_is_the_mean_token_nll_of_the_demonstrations_alone():
+    logprobs = torch.tensor([[-1.0, -3.0, -9.0], [-0.5, -0.5, -0.5], [-2.0, -4.0, -6.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, False], [True, True, True], [True, False, False]])
+    loss = imitation_loss(logprobs, mask, torch.tensor([True, False, True]))
+    assert loss.item() == pytest.approx((1.0 + 3.0 + 2.0) / 3)  # rows 0 and 2, their masked tokens only
+    loss.backward()
+    assert logprobs.grad[1].abs().sum() == 0 and logprobs.grad[0, 2] == 0
+    none = imitation_loss(logprobs, mask, torch.zeros(3, dtype=torch.bool))
+    assert none.item() == 0.0 and none.requires_grad  # a mini-batch without demonstrations still backpropagates

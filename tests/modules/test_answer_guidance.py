@@ -166,6 +166,42 @@ def test_a_form_the_policy_never_samples_is_learned_only_with_guidance(tmp_path,
     assert sum(reward[-4:]) / 4 > 0.3 and sum(guided[-4:]) / 4 < 0.15, curves
 
 
+@torch.no_grad()
+def wanted_logprob(module, datamodule) -> float:
+    """The policy's mean log-probability of answering the wanted form ("7", then EOS) to a batch of prompts."""
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    ids = module.tokenizer(WANTED, add_special_tokens=False)["input_ids"] + [module.tokenizer.eos_token_id]
+    answer = torch.tensor(ids).expand(len(batch["prompt_input_ids"]), -1)
+    sequences = torch.cat([batch["prompt_input_ids"], answer], dim=1)
+    mask = torch.cat([batch["prompt_attention_mask"], torch.ones_like(answer)], dim=1)
+    logits = module.actor(input_ids=sequences, attention_mask=mask).logits[:, -len(ids) - 1:-1]
+    return float(logits.log_softmax(-1).gather(-1, answer.unsqueeze(-1)).sum((1, 2)).mean())
+
+
+def test_imitating_the_guided_answers_raises_their_probability_beyond_the_policy_gradient(tmp_path, actor):
+    """``answer_imitation_coef`` adds the guided answers' NLL to the loss (logged as ``grpo/imitation_nll``): with
+    the same seed and rewards, the policy ends with more probability on the guided form than with the candidates'
+    policy gradient alone."""
+    logprob = {}
+    for coef in (0.0, 1.0):
+        torch.manual_seed(0)
+        module = make_module(actor, reward_funcs=["tests.modules.test_answer_guidance:only_alone"],
+                             reward_weights=None, answer_projection="tests.modules.test_answer_guidance:to_wanted",
+                             answer_imitation_coef=coef, update_epochs=1, train_batch_size=16,
+                             actor_optimizer=OptimizerArgs(learning_rate=1e-2, scheduler="constant"))
+        trainer = make_trainer(tmp_path / str(coef), limit_train_batches=5, limit_val_batches=0)
+        trainer.fit(module, datamodule=make_data(actor))
+        events = scalars(trainer)
+        assert ("grpo/imitation_nll" in events.Tags()["scalars"]) == bool(coef)
+        logprob[coef] = wanted_logprob(module, make_data(actor))
+    print(logprob)
+    assert logprob[1.0] > logprob[0.0] + 0.5, logprob
+    with pytest.raises(ValueError, match="answer_imitation_coef imitates the guided answers, and answer guidance is off"):
+        make_module(actor, reward_funcs=["tests.modules.test_answer_guidance:only_alone"], reward_weights=None,
+                    answer_imitation_coef=1.0)
+
+
 def to_wanted_on_rank_zero(prompts, completions, **kwargs):
     """Candidates on rank 0 only: the ranks disagree on whether the rollout needs a log-prob forward."""
     import torch.distributed as dist
