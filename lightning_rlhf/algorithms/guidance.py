@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_rlhf.algorithms.masked import masked_mean
+
 
 def _grouped(totals: Tensor, group_size: int) -> Tensor:
     if group_size < 1 or len(totals) % group_size:
@@ -45,8 +47,7 @@ def imitation_loss(logprobs: Tensor, response_mask: Tensor, demonstrations: Tens
     """The mean negative log-likelihood per token of the demonstration rows (``demonstrations`` ``(B,)`` bool), 0
     (with the graph kept) in a mini-batch without one: supervised learning of a guided answer beside its policy
     gradient, so its tokens are learned at a rate the advantages' scaling does not set (SFT mixed into RL)."""
-    mask = response_mask & demonstrations.to(response_mask.device).unsqueeze(1)
-    return -(logprobs * mask).sum() / mask.sum().clamp(min=1)
+    return -masked_mean(logprobs, response_mask & demonstrations.to(response_mask.device).unsqueeze(1))
 
 
 __all__ = ["best_rows", "imitation_loss", "replaced_rows"]

@@ -46,3 +46,5 @@ def test_imitation_is_the_mean_token_nll_of_the_demonstrations_alone():
     assert logprobs.grad[1].abs().sum() == 0 and logprobs.grad[0, 2] == 0
     none = imitation_loss(logprobs, mask, torch.zeros(3, dtype=torch.bool))
     assert none.item() == 0.0 and none.requires_grad  # a mini-batch without demonstrations still backpropagates
+    padded = torch.tensor([[-1.0, float("-inf")]])  # a padding position's log-prob never reaches the mean
+    assert imitation_loss(padded, torch.tensor([[True, False]]), torch.tensor([True])).item() == 1.0
