@@ -43,6 +43,25 @@ def replaced_rows(totals: Tensor, sources: Tensor, candidate_totals: Tensor, gro
     return torch.where(has_source & gains & (worst != sources), worst, -1)
 
 
+def form_sums(totals: Tensor, in_form: Tensor) -> Tensor:
+    """``(4,)``: the summed total reward and the count of the scored answers already in the wanted form, then the
+    same of the other answers; summed across ranks before :func:`form_earns_less` compares them."""
+    scored = ~torch.isnan(totals.float())
+    values = torch.nan_to_num(totals.float())
+    form = in_form.to(values.device) & scored
+    other = ~in_form.to(values.device) & scored
+    return torch.stack([values[form].sum(), form.sum(), values[other].sum(), other.sum()]).float()
+
+
+def form_earns_less(sums: Tensor) -> bool:
+    """Whether the answers in the wanted form earn less on average than the others (``sums`` from
+    :func:`form_sums`); False while either kind is missing, so a form nobody samples yet can still be taught."""
+    form_total, form_count, other_total, other_count = (float(v) for v in sums)
+    if not form_count or not other_count:
+        return False
+    return form_total / form_count < other_total / other_count
+
+
 def imitation_loss(logprobs: Tensor, response_mask: Tensor, demonstrations: Tensor) -> Tensor:
     """The mean negative log-likelihood per token of the demonstration rows (``demonstrations`` ``(B,)`` bool), 0
     (with the graph kept) in a mini-batch without one: supervised learning of a guided answer beside its policy
@@ -50,4 +69,4 @@ def imitation_loss(logprobs: Tensor, response_mask: Tensor, demonstrations: Tens
     return -masked_mean(logprobs, response_mask & demonstrations.to(response_mask.device).unsqueeze(1))
 
 
-__all__ = ["best_rows", "imitation_loss", "replaced_rows"]
+__all__ = ["best_rows", "form_earns_less", "form_sums", "imitation_loss", "replaced_rows"]

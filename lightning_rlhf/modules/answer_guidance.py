@@ -15,16 +15,23 @@ the policy learns the form: a group whose answers already include the projection
 least that share of the answers project to it (the policy already gives that answer, in its own words). A form that
 is learned on answers the model cannot yet give replaces the words it computes them with (issue 31's trap 1b: a
 135M model that writes "7 * 8 = 56" gets 56 and, bare, "168").
+
+``form_parity`` teaches the form only while the policy can give its answers in it: guidance pauses for a rollout in
+which the sampled answers already in the wanted form (equal to their own projection) earn less on average than the
+other answers, summed over the ranks. Agreement alone did not stop a task the model starts 70% right on from going
+bare before its bare answers were right: it answered "1" to most differences and ended below its start (docs/tasks.md,
+round 10). Paused, the policy gradient pays the right answers in words above the wrong bare ones, and the form comes
+back as the bare answers catch up.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from lightning_rlhf.algorithms.guidance import best_rows, replaced_rows
+from lightning_rlhf.algorithms.guidance import best_rows, form_earns_less, form_sums, replaced_rows
 from lightning_rlhf.modules.rollout import Generated
 from lightning_rlhf.rewards.combined import RewardSources
 from lightning_rlhf.rewards.projection import Projection
@@ -43,14 +50,18 @@ class AnswerGuidance:
             answer ended with (the tokenizer's EOS where that answer was cut at the length limit).
         min_agreement: the share of a group's answers whose projection must equal the candidate (the best answer's
             projection, which counts itself) for it to be placed; 0 places one wherever it earns more.
+        form_parity: place none in a rollout whose answers already in the wanted form earn less on average than the
+            others (module docstring).
     """
 
-    def __init__(self, projection: Projection, tokenizer: Any, min_agreement: float = 0.0) -> None:
+    def __init__(self, projection: Projection, tokenizer: Any, min_agreement: float = 0.0,
+                 form_parity: bool = False) -> None:
         if not 0.0 <= min_agreement <= 1.0:
             raise ValueError(f"answer guidance's min_agreement must be in [0, 1], got {min_agreement}")
         self.projection = projection
         self.tokenizer = tokenizer
         self.min_agreement = min_agreement
+        self.form_parity = form_parity
 
     def project(self, prompts: Sequence[Any], responses: Sequence[str],
                 columns: Mapping[str, Sequence[Any]] | None, rows: Sequence[int]) -> list[str | None]:
@@ -65,15 +76,22 @@ class AnswerGuidance:
         return values
 
     def __call__(self, rewards: RewardSources, batch: Mapping[str, Any], generated: Generated,
-                 responses: Sequence[str], group_size: int, iteration: int | None) -> tuple[Generated, Tensor]:
+                 responses: Sequence[str], group_size: int, iteration: int | None,
+                 reduce: Callable[[Tensor], Tensor] | None = None) -> tuple[Generated, Tensor]:
         """``(generated, guided)``: the rollout with the candidates in place (its log-probs dropped when any was
-        placed, so that a forward pass computes them) and ``(B,)`` which rows are candidates."""
+        placed, so that a forward pass computes them) and ``(B,)`` which rows are candidates. ``reduce`` sums a
+        tensor over the ranks (``form_parity``; every rank must call this then)."""
         prompts, columns = batch["prompts"], batch.get("columns")
         totals = rewards.score(prompts, responses, columns, generated.response_ids(), None, iteration).total
         sources = best_rows(totals, group_size)
         groups = [g for g, row in enumerate(sources.tolist()) if row >= 0]
-        candidates = self._candidates(prompts, responses, columns, sources, groups, group_size)
+        every_row = bool(self.min_agreement or self.form_parity)
+        rows = range(len(responses)) if every_row else [int(sources[g]) for g in groups]
+        projected = dict(zip(rows, self.project(prompts, responses, columns, rows))) if rows else {}
         guided = torch.zeros(len(responses), dtype=torch.bool)
+        if self.form_parity and self._form_earns_less(totals, responses, projected, reduce):
+            return generated, guided
+        candidates = self._candidates(responses, projected, sources, groups, group_size)
         if not candidates:
             return generated, guided
         rows = [int(sources[g]) for g in candidates]
@@ -88,15 +106,20 @@ class AnswerGuidance:
             return generated, guided
         return self._placed(generated, placed, guided), guided
 
-    def _candidates(self, prompts: Sequence[Any], responses: Sequence[str], columns: Mapping[str, Sequence[Any]] | None,
-                    sources: Tensor, groups: Sequence[int], group_size: int) -> dict[int, str]:
+    @staticmethod
+    def _form_earns_less(totals: Tensor, responses: Sequence[str], projected: Mapping[int, str | None],
+                         reduce: Callable[[Tensor], Tensor] | None) -> bool:
+        """Whether this rollout's answers already in the wanted form earn less on average than the others, on every
+        rank (summed by ``reduce``)."""
+        in_form = torch.tensor([bool(projected.get(r)) and projected[r].strip() == text.strip()
+                                for r, text in enumerate(responses)], dtype=torch.bool)
+        sums = form_sums(totals, in_form)
+        return form_earns_less(reduce(sums) if reduce is not None else sums)
+
+    def _candidates(self, responses: Sequence[str], projected: Mapping[int, str | None], sources: Tensor,
+                    groups: Sequence[int], group_size: int) -> dict[int, str]:
         """``group -> candidate text``: the projection of each group's best answer, where it is text, no answer of the
         group reads that way yet and at least ``min_agreement`` of the group's answers project to it."""
-        if not groups:
-            return {}
-        rows = ([r for g in groups for r in range(g * group_size, (g + 1) * group_size)] if self.min_agreement
-                else [int(sources[g]) for g in groups])
-        projected = dict(zip(rows, self.project(prompts, responses, columns, rows)))
         candidates: dict[int, str] = {}
         for g in groups:
             text = (projected[int(sources[g])] or "").strip()

@@ -89,6 +89,9 @@ class GRPOModule(OnlineRLModule):
             functions and no reward model (docs/rewards.md, "Answer guidance"). None: off.
         answer_agreement: answer guidance only in groups where at least this share of the answers project to the
             candidate, so the form is taught on answers the policy already gives (0: every group).
+        answer_form_parity: answer guidance pauses for a rollout whose answers already in the wanted form earn less
+            on average than the others (over all ranks), so the form is taught only while the policy's answers in it
+            are as good as its answers in words.
         answer_imitation_coef: coefficient of a negative log-likelihood on the guided answers beside their policy
             gradient (SFT mixed into RL): the right answer in the wanted form is learned as a fact, not only as a
             form whose pull depends on how the advantages are scaled (0: off; needs ``answer_projection``).
@@ -123,6 +126,7 @@ class GRPOModule(OnlineRLModule):
         filter_truncated: bool = False,
         answer_projection: str | None = None,
         answer_agreement: float = 0.0,
+        answer_form_parity: bool = False,
         answer_imitation_coef: float = 0.0,
         beta: float | None = None,
         **kwargs: Any,
@@ -134,7 +138,7 @@ class GRPOModule(OnlineRLModule):
         self._validate()
         if answer_projection is not None:
             self.answer_guidance = AnswerGuidance(resolve_projection(answer_projection), self.tokenizer,
-                                                  answer_agreement)
+                                                  answer_agreement, answer_form_parity)
 
     def _validate(self) -> None:
         hp = self.hparams
@@ -164,6 +168,9 @@ class GRPOModule(OnlineRLModule):
         if hp.answer_agreement and hp.answer_projection is None:
             raise ValueError("GRPOModule.answer_agreement gates answer guidance, which is off; set answer_projection "
                              "(e.g. final_answer) or answer_agreement=0")
+        if hp.answer_form_parity and hp.answer_projection is None:
+            raise ValueError("GRPOModule.answer_form_parity pauses answer guidance, which is off; set answer_projection "
+                             "(e.g. final_answer) or answer_form_parity=false")
         if hp.answer_imitation_coef and hp.answer_projection is None:
             raise ValueError("GRPOModule.answer_imitation_coef imitates the guided answers, and answer guidance is off; "
                              "set answer_projection (e.g. final_answer) or answer_imitation_coef=0")

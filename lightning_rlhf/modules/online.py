@@ -405,10 +405,11 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         """Answer guidance (``GRPOModule(answer_projection=...)``): candidates in place, and the streamed log-probs
         dropped on every rank where any rank placed one. Under ZeRO-3 the log-prob forward that replaces them is a
         collective: a rank that skipped it would leave the others waiting in its all-gathers."""
-        generated, guided = self.answer_guidance(self.rewards, batch, generated, self.responses(generated),
-                                                 self.group_size, self.training_iteration())
-        anywhere = guided.any().float().to(self.device)
         summed = self.sum_across_ranks()
+        reduce = None if summed is None else (lambda tensor: summed(tensor.to(self.device)).cpu())
+        generated, guided = self.answer_guidance(self.rewards, batch, generated, self.responses(generated),
+                                                 self.group_size, self.training_iteration(), reduce)
+        anywhere = guided.any().float().to(self.device)
         if (summed(anywhere) if summed is not None else anywhere) > 0 and generated.logprobs is not None:
             generated = dataclasses.replace(generated, logprobs=None, entropy=None)
         return generated, guided

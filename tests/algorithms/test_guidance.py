@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_rlhf.algorithms.guidance import best_rows, imitation_loss, replaced_rows
+from lightning_rlhf.algorithms.guidance import best_rows, form_earns_less, form_sums, imitation_loss, replaced_rows
 
 NAN = math.nan
 
@@ -48,3 +48,15 @@ def test_imitation_is_the_mean_token_nll_of_the_demonstrations_alone():
     assert none.item() == 0.0 and none.requires_grad  # a mini-batch without demonstrations still backpropagates
     padded = torch.tensor([[-1.0, float("-inf")]])  # a padding position's log-prob never reaches the mean
     assert imitation_loss(padded, torch.tensor([[True, False]]), torch.tensor([True])).item() == 1.0
+
+
+def test_the_form_earns_less_when_its_mean_total_is_below_the_others_and_never_while_one_kind_is_missing():
+    totals = torch.tensor([0.0, 1.15, 1.0, 1.0, NAN, 0.0])
+    in_form = torch.tensor([True, True, False, False, True, False])
+    sums = form_sums(totals, in_form)  # the unscored answer counts on neither side
+    assert sums.tolist() == pytest.approx([1.15, 2.0, 2.0, 3.0])
+    assert form_earns_less(sums)  # 0.575 < 0.667
+    assert not form_earns_less(form_sums(totals, torch.tensor([False, True, False, False, True, False])))  # 1.15 > 0.5
+    assert not form_earns_less(form_sums(totals, torch.zeros(6, dtype=torch.bool)))  # nobody answers in the form yet
+    assert not form_earns_less(form_sums(totals, torch.ones(6, dtype=torch.bool)))
+    assert form_earns_less(sums + torch.tensor([0.0, 2.0, 0.0, 0.0]))  # summed across ranks: two more at 0

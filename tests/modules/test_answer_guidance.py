@@ -93,6 +93,26 @@ def test_min_agreement_places_a_candidate_only_where_most_answers_give_its_answe
         AnswerGuidance(first_number, tokenizer, min_agreement=1.5)
 
 
+def test_form_parity_pauses_guidance_while_the_answers_in_the_wanted_form_earn_less_than_the_others(actor):
+    tokenizer = AutoTokenizer.from_pretrained(actor)
+    rewards = RewardSources(["tests.modules.test_answer_guidance:alone_pays_most"])
+    prompt, batch = tokenizer("What is 3 + 4?")["input_ids"], {"prompts": ["What is 3 + 4?"] * 8}
+    guidance = AnswerGuidance(first_number, tokenizer, form_parity=True)
+    # "5" and "9" are in the wanted form (their own projection) and earn 0; the answers in words earn 0.25 on average
+    answers = ["is 7", "the 7 cat", "5", "dog", "is 7", "9", "cat", "fox"]
+    _, guided = guidance(rewards, batch, _generated(tokenizer, prompt, answers, 6), answers, group_size=4, iteration=0)
+    assert not guided.any()
+    # nobody answers in the form: guided as without the check, one candidate per group
+    answers = ["is 7", "the 7 cat", "so 5", "dog", "is 7", "a 9", "cat", "fox"]
+    _, guided = guidance(rewards, batch, _generated(tokenizer, prompt, answers, 6), answers, group_size=4, iteration=0)
+    assert guided.view(2, 4).sum(1).tolist() == [1, 1]
+    # the same rollout, but another rank's answers in the form earned less: summed over the ranks, it pauses here too
+    another_rank = torch.tensor([0.0, 8.0, 0.0, 0.0])
+    _, guided = guidance(rewards, batch, _generated(tokenizer, prompt, answers, 6), answers, group_size=4,
+                         iteration=0, reduce=lambda sums: sums + another_rank)
+    assert not guided.any()
+
+
 def test_no_candidate_where_it_earns_no_more_than_its_source(actor):
     tokenizer = AutoTokenizer.from_pretrained(actor)
     rewards = RewardSources(["tests.modules.test_answer_guidance:alone_pays_most"])
@@ -135,6 +155,9 @@ def test_answer_projection_needs_reward_functions_without_a_reward_model(actor, 
     with pytest.raises(ValueError, match="answer_agreement gates answer guidance, which is off"):
         make_module(actor, reward_funcs=["tests.modules.test_answer_guidance:alone_pays_most"], reward_weights=None,
                     answer_agreement=0.5)
+    with pytest.raises(ValueError, match="answer_form_parity pauses answer guidance, which is off"):
+        make_module(actor, reward_funcs=["tests.modules.test_answer_guidance:alone_pays_most"], reward_weights=None,
+                    answer_form_parity=True)
 
 
 def only_alone(prompts, completions, **kwargs):
@@ -220,3 +243,36 @@ def test_two_ranks_under_zero3_agree_on_the_log_prob_forward_when_one_places_a_c
     # rank 0's 2 groups hold a candidate each, rank 1's none: 2 of the 16 answers of both ranks
     assert [e.value for e in events.Scalars("grpo/guided_answers")] == [pytest.approx(2 / 16)] * 2
     assert all(e.value == pytest.approx(1.0, abs=1e-5) for e in events.Scalars("grpo/ratio_mean"))
+
+
+def half_or_alone_on_rank_zero(prompts, completions, **kwargs):
+    """Rank 0: 1 for the wanted answer alone, 0.5 for anything else; rank 1: nothing."""
+    import torch.distributed as dist
+
+    return [(1.0 if c.strip() == WANTED else 0.5) if dist.get_rank() == 0 else 0.0 for c in completions]
+
+
+_projections_made = []
+
+
+def wanted_on_rank_zero_and_itself_on_rank_one_first(prompts, completions, **kwargs):
+    """Rank 0: the wanted answer. Rank 1: each answer itself in the first rollout (so all of them are in the wanted
+    form there, earning 0), nothing after."""
+    import torch.distributed as dist
+
+    _projections_made.append(1)
+    if dist.get_rank() == 0:
+        return [WANTED for _ in completions]
+    return list(completions) if len(_projections_made) == 1 else [None for _ in completions]
+
+
+@pytest.mark.distributed
+def test_form_parity_decides_over_both_ranks_under_zero3(tmp_path):
+    """Rank 0 alone has no answer in the wanted form; rank 1's earn less than rank 0's in words, so in the first
+    rollout guidance pauses on both ranks; in the second rank 1 has none and rank 0 guides both its groups."""
+    from tests.modules.test_grpo_zero3 import fit_small_grpo_on_two_ranks
+
+    events = fit_small_grpo_on_two_ranks(tmp_path, {
+        "reward_funcs": ["tests.modules.test_answer_guidance:half_or_alone_on_rank_zero"], "answer_form_parity": True,
+        "answer_projection": "tests.modules.test_answer_guidance:wanted_on_rank_zero_and_itself_on_rank_one_first"})
+    assert [e.value for e in events.Scalars("grpo/guided_answers")] == [0.0, pytest.approx(2 / 16)]
