@@ -62,6 +62,7 @@ class AnswerGuidance:
         self.tokenizer = tokenizer
         self.min_agreement = min_agreement
         self.form_parity = form_parity
+        self.paused = False  # whether form_parity held back the last call's candidates (``grpo/guidance_paused``)
 
     def project(self, prompts: Sequence[Any], responses: Sequence[str],
                 columns: Mapping[str, Sequence[Any]] | None, rows: Sequence[int]) -> list[str | None]:
@@ -89,7 +90,8 @@ class AnswerGuidance:
         rows = range(len(responses)) if every_row else [int(sources[g]) for g in groups]
         projected = dict(zip(rows, self.project(prompts, responses, columns, rows))) if rows else {}
         guided = torch.zeros(len(responses), dtype=torch.bool)
-        if self.form_parity and self._form_earns_less(totals, responses, projected, reduce):
+        self.paused = self.form_parity and self._form_earns_less(totals, responses, projected, reduce)
+        if self.paused:
             return generated, guided
         candidates = self._candidates(responses, projected, sources, groups, group_size)
         if not candidates:

@@ -396,6 +396,8 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
             metrics[f"{prefix}/task_success"] = pooled_mean(success.float())
         if guided is not None:
             metrics[f"{prefix}/guided_answers"] = pooled_mean(guided.float())
+            if self.answer_guidance.form_parity:  # the same on every rank: the check sums over them
+                metrics[f"{prefix}/guidance_paused"] = float(self.answer_guidance.paused)
         if episodes is not None:
             metrics.update(episode_metrics(prefix, episodes))
             responses = episodes.texts  # the samples table shows whole episodes

@@ -101,7 +101,7 @@ def test_form_parity_pauses_guidance_while_the_answers_in_the_wanted_form_earn_l
     # "5" and "9" are in the wanted form (their own projection) and earn 0; the answers in words earn 0.25 on average
     answers = ["is 7", "the 7 cat", "5", "dog", "is 7", "9", "cat", "fox"]
     _, guided = guidance(rewards, batch, _generated(tokenizer, prompt, answers, 6), answers, group_size=4, iteration=0)
-    assert not guided.any()
+    assert not guided.any() and guidance.paused
     # nobody answers in the form: guided as without the check, one candidate per group
     answers = ["is 7", "the 7 cat", "so 5", "dog", "is 7", "a 9", "cat", "fox"]
     _, guided = guidance(rewards, batch, _generated(tokenizer, prompt, answers, 6), answers, group_size=4, iteration=0)
@@ -276,3 +276,4 @@ def test_form_parity_decides_over_both_ranks_under_zero3(tmp_path):
         "reward_funcs": ["tests.modules.test_answer_guidance:half_or_alone_on_rank_zero"], "answer_form_parity": True,
         "answer_projection": "tests.modules.test_answer_guidance:wanted_on_rank_zero_and_itself_on_rank_one_first"})
     assert [e.value for e in events.Scalars("grpo/guided_answers")] == [0.0, pytest.approx(2 / 16)]
+    assert [e.value for e in events.Scalars("grpo/guidance_paused")] == [1.0, 0.0]
