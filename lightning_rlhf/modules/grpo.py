@@ -24,6 +24,7 @@ from lightning_rlhf.algorithms.guidance import imitation_loss
 from lightning_rlhf.algorithms.policy_losses import get_policy_loss
 from lightning_rlhf.models.forward import policy_logprobs
 from lightning_rlhf.modules.answer_guidance import AnswerGuidance
+from lightning_rlhf.modules.answer_replay import AnswerReplay
 from lightning_rlhf.modules.deprecations import take_renamed
 from lightning_rlhf.modules.grpo_logging import GRPO_TAGS, group_rollout_metrics
 from lightning_rlhf.modules.online import Experience, OnlineRLModule
@@ -95,6 +96,9 @@ class GRPOModule(OnlineRLModule):
         answer_imitation_coef: coefficient of a negative log-likelihood on the guided answers beside their policy
             gradient (SFT mixed into RL): the right answer in the wanted form is learned as a fact, not only as a
             form whose pull depends on how the advantages are scaled (0: off; needs ``answer_projection``).
+        answer_replay: guided answers of earlier rollouts imitated beside each mini-batch's own: each rank keeps the
+            latest guided answer per prompt and adds this many, drawn at random, to every mini-batch, so imitation
+            covers every prompt guidance has answered (0: off; needs ``answer_imitation_coef``).
         beta: deprecated name of ``kl_coef`` (removed in the next release).
     """
 
@@ -128,6 +132,7 @@ class GRPOModule(OnlineRLModule):
         answer_agreement: float = 0.0,
         answer_form_parity: bool = False,
         answer_imitation_coef: float = 0.0,
+        answer_replay: int = 0,
         beta: float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -136,6 +141,7 @@ class GRPOModule(OnlineRLModule):
         self.hparams.kl_estimator = kl_estimator or ("k1" if kl_in_reward else "k3")
         self.estimator = get_group_advantage_estimator(advantage_estimator, scale_rewards)
         self._validate()
+        self.replay = AnswerReplay(self.tokenizer.pad_token_id) if answer_replay else None
         if answer_projection is not None:
             self.answer_guidance = AnswerGuidance(resolve_projection(answer_projection), self.tokenizer,
                                                   answer_agreement, answer_form_parity)
@@ -154,7 +160,7 @@ class GRPOModule(OnlineRLModule):
                              f"prompt, so num_generations must be >= {self.estimator.min_group}, got "
                              f"{hp.num_generations}; raise num_generations or use 'reinforce_pp'")
         for name in ("clip_range_low", "clip_range_high", "kl_coef", "overlong_penalty_factor", "entropy_coef",
-                     "answer_imitation_coef"):
+                     "answer_imitation_coef", "answer_replay"):
             if hp[name] < 0:
                 raise ValueError(f"GRPOModule.{name} must be >= 0, got {hp[name]}")
         if hp.entropy_target is not None and not hp.entropy_target > 0:
@@ -174,6 +180,9 @@ class GRPOModule(OnlineRLModule):
         if hp.answer_imitation_coef and hp.answer_projection is None:
             raise ValueError("GRPOModule.answer_imitation_coef imitates the guided answers, and answer guidance is off; "
                              "set answer_projection (e.g. final_answer) or answer_imitation_coef=0")
+        if hp.answer_replay and not hp.answer_imitation_coef:
+            raise ValueError("GRPOModule.answer_replay replays guided answers into the imitation term, which is off; set "
+                             "answer_imitation_coef (e.g. 3.0) or answer_replay=0")
         if hp.answer_projection is not None and hp.episodes is not None:
             raise ValueError("GRPOModule.answer_projection replaces single answers and does not apply to multi-turn "
                              "episodes; set answer_projection=None or episodes=None")
@@ -225,6 +234,8 @@ class GRPOModule(OnlineRLModule):
         demonstrations = None
         if hp.answer_imitation_coef and experience.guided is not None:
             demonstrations = experience.guided.to(self.device)
+            if self.replay is not None:
+                self.replay.add(generated.sequences, generated.attention_mask, response_mask, experience.guided)
         rollout = Rollout(generated.sequences, generated.attention_mask, loss_mask, logprobs, advantages,
                           ref_logprobs=keep_ref, demonstrations=demonstrations)
         return rollout, metrics
@@ -250,18 +261,22 @@ class GRPOModule(OnlineRLModule):
         """One clipped, aggregated actor step (KL in the loss unless ``kl_in_reward``; optional entropy bonus)."""
         hp = self.hparams
         bonus = hp.entropy_coef > 0  # the entropies, with their gradient, only when they are in the loss
+        sequences, attention_mask, demonstrations, imitated = self.with_replayed_answers(mb)
         logprobs, entropy = policy_logprobs(
-            self.actor, mb.sequences, mb.attention_mask, mb.response_mask.shape[1],
+            self.actor, sequences, attention_mask, mb.response_mask.shape[1],
             self.generation.logprob_temperature, with_entropy=bonus, entropy_grad=bonus,
             share_prompts=hp.share_prompt_prefix)
+        rows = len(mb.sequences)  # the rollout's rows; replayed ones follow them and count in the imitation alone
+        imitated_logprobs, logprobs = logprobs, logprobs[:rows]
+        entropy = entropy[:rows] if entropy is not None else None
         loss, stats = grpo_policy_loss(
             logprobs, mb.logprobs, mb.advantages, mb.response_mask, hp.clip_range_low, hp.clip_range_high,
             hp.loss_aggregation, self.generation.max_new_tokens, mb.ref_logprobs,
             0.0 if hp.kl_in_reward else hp.kl_coef, hp.kl_estimator, entropy, hp.entropy_coef, hp.policy_loss,
             hp.entropy_target)
         imitation = None
-        if mb.demonstrations is not None:
-            imitation = imitation_loss(logprobs, mb.response_mask, mb.demonstrations)
+        if demonstrations is not None:
+            imitation = imitation_loss(imitated_logprobs, imitated, demonstrations)
             loss = loss + hp.answer_imitation_coef * imitation
         self.optimizer_step(self.optimizers(), loss)
         metrics = {"grpo/policy_loss": loss.detach(), "grpo/clipfrac_low": stats["clipfrac_low"],
@@ -271,7 +286,44 @@ class GRPOModule(OnlineRLModule):
             metrics["grpo/entropy_bonus_on"] = stats["entropy_bonus_on"]
         if imitation is not None:
             metrics["grpo/imitation_nll"] = imitation.detach()
+        if self.replay is not None:
+            metrics["grpo/replayed_answers"] = torch.tensor(float(len(sequences) - rows))
         return metrics
+
+    def with_replayed_answers(self, mb: Rollout) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        """``(sequences, attention_mask, demonstrations, imitated mask)``: the mini-batch's rows, followed by up to
+        ``answer_replay`` kept guided answers (:class:`~lightning_rlhf.modules.answer_replay.AnswerReplay`) in its
+        layout; the flags and response mask of the rows the imitation term averages over."""
+        replayed = None
+        if self.replay is not None:
+            replayed = self.replay.rows(self.hparams.answer_replay, mb.prompt_length, mb.response_mask.shape[1],
+                                        self._shuffle, mb.sequences.device)
+        if replayed is None:
+            return mb.sequences, mb.attention_mask, mb.demonstrations, mb.response_mask
+        sequences, attention_mask, answer_mask = replayed
+        own = mb.demonstrations if mb.demonstrations is not None else torch.zeros(
+            len(mb.sequences), dtype=torch.bool, device=mb.sequences.device)
+        flags = torch.cat([own, torch.ones(len(sequences), dtype=torch.bool, device=own.device)])
+        return (torch.cat([mb.sequences, sequences.to(mb.sequences.dtype)]),
+                torch.cat([mb.attention_mask, attention_mask.to(mb.attention_mask.dtype)]), flags,
+                torch.cat([mb.response_mask, answer_mask]))
+
+    def extra_state(self) -> dict[str, Any]:
+        """Every rank's kept guided answers (``answer_replay``), so a resumed run replays what it would have.
+        Collective under several ranks, as saving is."""
+        if self.replay is None:
+            return {}
+        states = [self.replay.state_dict()]
+        if self.trainer.world_size > 1:
+            states = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(states, self.replay.state_dict())
+        return {"answer_replay_per_rank": states}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore this rank's kept guided answers (rank 0's where the world size changed)."""
+        saved = state.get("answer_replay_per_rank")
+        if self.replay is not None and saved:
+            self.replay.load_state_dict(saved[self.global_rank] if len(saved) == self.trainer.world_size else saved[0])
 
 
 __all__ = ["GRPOModule", "GRPO_OPTIMIZER", "GRPO_TAGS"]
