@@ -81,3 +81,20 @@ def test_replay_keeps_imitating_guided_answers_after_their_rollout(tmp_path, act
     with pytest.raises(ValueError, match="answer_replay replays guided answers into the imitation term, which is off"):
         make_module(actor, reward_funcs=["tests.modules.test_answer_guidance:only_alone"], reward_weights=None,
                     answer_projection="final_answer", answer_replay=4)
+
+
+@pytest.mark.distributed
+def test_two_ranks_under_zero3_replay_their_own_answers_and_checkpoint_both(tmp_path):
+    """Each rank replays the answers it kept; the checkpoint holds both ranks' (gathered: saving is collective)."""
+    from tests.modules.test_grpo_zero3 import fit_small_grpo_on_two_ranks
+
+    checkpoint = {"class_path": "lightning_rlhf.callbacks.IterationCheckpoint",
+                  "init_args": {"every_n_iterations": 2, "dirpath": str(tmp_path / "ckpt"), "save_top_k": 0}}
+    events = fit_small_grpo_on_two_ranks(tmp_path, {
+        "reward_funcs": ["tests.modules.test_answer_guidance:alone_pays_most"],
+        "answer_projection": "tests.modules.test_answer_guidance:to_wanted", "answer_imitation_coef": 1.0,
+        "answer_replay": 2}, callbacks=[checkpoint])
+    assert [e.value for e in events.Scalars("grpo/replayed_answers")] == [2.0, 2.0]  # both ranks, both rollouts
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt" / "lightning_state.pt", weights_only=False)
+    saved = state["grpo_state"]["answer_replay_per_rank"]
+    assert len(saved) == 2 and all(rank["answers"] for rank in saved)

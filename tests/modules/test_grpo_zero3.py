@@ -63,9 +63,10 @@ def test_grpo_fit_on_two_ranks_under_zero3_with_the_generation_switch_and_export
     assert out.shape[1] > prompt["input_ids"].shape[1]
 
 
-def fit_small_grpo_on_two_ranks(tmp_path: Path, model: dict, limit_val_batches: int = 0):
+def fit_small_grpo_on_two_ranks(tmp_path: Path, model: dict, limit_val_batches: int = 0,
+                                callbacks: list[dict] | None = None):
     """``grpo fit`` of the tiny Llama on 2 CPU ranks under ZeRO-3 (2 prompts x 4 answers per rank, 2 rollouts) with
-    ``model`` settings on top; returns the run's TensorBoard events."""
+    ``model`` settings and trainer ``callbacks`` on top; returns the run's TensorBoard events."""
     actor = tiny_folder(tmp_path, "llama", num_heads=4)
     config = {
         "model": {"actor": str(actor), "actor_optimizer": {"learning_rate": 1e-3, "scheduler": "constant"},
@@ -75,6 +76,7 @@ def fit_small_grpo_on_two_ranks(tmp_path: Path, model: dict, limit_val_batches: 
         "trainer": {"accelerator": "cpu", "devices": 2, "max_epochs": 1, "limit_train_batches": 2,
                     "limit_val_batches": limit_val_batches, "log_every_n_steps": 1,
                     "default_root_dir": str(tmp_path / "run"), "enable_progress_bar": False,
+                    **({"callbacks": callbacks} if callbacks else {}),
                     "strategy": {"class_path": "lightning_rlhf.strategies.HybridDeepSpeedStrategy",
                                  "init_args": {"stage": 3}}},
     }
