@@ -44,8 +44,7 @@ def replaced_rows(totals: Tensor, sources: Tensor, candidate_totals: Tensor, gro
 
 
 def form_sums(totals: Tensor, in_form: Tensor) -> Tensor:
-    """``(4,)``: the summed total reward and the count of the scored answers already in the wanted form, then the
-    same of the other answers; summed across ranks before :func:`form_earns_less` compares them."""
+    """``(4,)``: total reward and count of the scored answers in the wanted form, then of the others."""
     scored = ~torch.isnan(totals.float())
     values = torch.nan_to_num(totals.float())
     form = in_form.to(values.device) & scored
@@ -54,8 +53,7 @@ def form_sums(totals: Tensor, in_form: Tensor) -> Tensor:
 
 
 def form_earns_less(sums: Tensor) -> bool:
-    """Whether the answers in the wanted form earn less on average than the others (``sums`` from
-    :func:`form_sums`); False while either kind is missing, so a form nobody samples yet can still be taught."""
+    """Whether the form's answers earn less on average than the others (False while either kind is missing)."""
     form_total, form_count, other_total, other_count = (float(v) for v in sums)
     if not form_count or not other_count:
         return False

@@ -16,12 +16,9 @@ least that share of the answers project to it (the policy already gives that ans
 is learned on answers the model cannot yet give replaces the words it computes them with (issue 31's trap 1b: a
 135M model that writes "7 * 8 = 56" gets 56 and, bare, "168").
 
-``form_parity`` teaches the form only while the policy can give its answers in it: guidance pauses for a rollout in
-which the sampled answers already in the wanted form (equal to their own projection) earn less on average than the
-other answers, summed over the ranks. Agreement alone did not stop a task the model starts 70% right on from going
-bare before its bare answers were right: it answered "1" to most differences and ended below its start (docs/tasks.md,
-round 10). Paused, the policy gradient pays the right answers in words above the wrong bare ones, and the form comes
-back as the bare answers catch up.
+``form_parity`` pauses guidance for a rollout whose answers already in the wanted form (equal to their projection)
+earn less on average than the others, over all ranks: the form is taught only while the policy's answers in it are
+as good (docs/tasks.md, rounds 10-11; strict: one wrong bare answer can pause a rollout).
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """Replay of guided answers: imitation that covers every prompt guidance has answered, not only this rollout's.
 
-Imitating the guided answers (``answer_imitation_coef``) teaches a form and, with it, the answers of the few prompts
-in the rollout (4 in the reasoning-gym recipe). The form generalises to every prompt at once, the answers do not:
-on one-digit differences the bare form took over within 20 rollouts while the bare answers were right for about one
-question in five, and the answers in words were lost (issue 31's first trap; docs/tasks.md, rounds 10-11). Plain
-supervised learning of the 55 bare differences, 16 a step, learns them all within 50 steps (the same LoRA), so what
-is missing is coverage. Each rank keeps the latest guided answer to every prompt it has seen and adds some of them,
-drawn at random, to each mini-batch's forward pass, where the imitation term counts them with the rollout's own
-guided answers (SFT replay beside RL: the demonstrations stay in the loss after their rollout has gone).
+Imitating the guided answers teaches a form at once for every prompt, but the answers only for the rollout's few:
+the bare form won while the bare answers were mostly wrong (docs/tasks.md, round 11), though plain SFT of the same
+answers learns them in a few dozen steps (``benchmarks/sft_bare_answers.py``). Each rank keeps the latest guided
+answer per prompt and adds some, drawn at random, to every mini-batch, where the imitation term counts them.
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ from torch import Tensor
 
 
 class AnswerReplay:
-    """The latest guided answer per prompt (token ids, the answer ended by its stop token), oldest dropped first.
+    """The latest guided answer per prompt (token ids, ended by its stop token), the oldest dropped first.
 
     Args:
         pad_token_id: the id that pads the rows :meth:`rows` builds.
@@ -48,9 +44,8 @@ class AnswerReplay:
 
     def rows(self, count: int, prompt_width: int, response_width: int, generator: torch.Generator,
              device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor] | None:
-        """``(sequences, attention_mask, response_mask)`` of up to ``count`` kept answers drawn without replacement,
-        in a mini-batch's layout (prompts left-padded to ``prompt_width``, answers right-padded to
-        ``response_width``; longer ones are not drawn), or None where none fits."""
+        """``(sequences, attention_mask, response_mask)`` of up to ``count`` kept answers drawn without replacement
+        in a mini-batch's layout (longer ones are not drawn), or None where none fits."""
         fitting = [(p, a) for p, a in self.answers.items() if len(p) <= prompt_width and len(a) <= response_width]
         if not fitting or count < 1:
             return None

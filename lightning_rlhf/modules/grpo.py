@@ -91,14 +91,12 @@ class GRPOModule(OnlineRLModule):
         answer_agreement: answer guidance only in groups where at least this share of the answers project to the
             candidate, so the form is taught on answers the policy already gives (0: every group).
         answer_form_parity: answer guidance pauses for a rollout whose answers already in the wanted form earn less
-            on average than the others (over all ranks), so the form is taught only while the policy's answers in it
-            are as good as its answers in words.
+            on average than the others (over all ranks): the form is taught only while its answers are as good.
         answer_imitation_coef: coefficient of a negative log-likelihood on the guided answers beside their policy
             gradient (SFT mixed into RL): the right answer in the wanted form is learned as a fact, not only as a
             form whose pull depends on how the advantages are scaled (0: off; needs ``answer_projection``).
-        answer_replay: guided answers of earlier rollouts imitated beside each mini-batch's own: each rank keeps the
-            latest guided answer per prompt and adds this many, drawn at random, to every mini-batch, so imitation
-            covers every prompt guidance has answered (0: off; needs ``answer_imitation_coef``).
+        answer_replay: each rank keeps the latest guided answer per prompt and adds this many, drawn at random, to
+            every mini-batch's imitation term (0: off; needs ``answer_imitation_coef``).
         beta: deprecated name of ``kl_coef`` (removed in the next release).
     """
 
@@ -291,9 +289,8 @@ class GRPOModule(OnlineRLModule):
         return metrics
 
     def with_replayed_answers(self, mb: Rollout) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-        """``(sequences, attention_mask, demonstrations, imitated mask)``: the mini-batch's rows, followed by up to
-        ``answer_replay`` kept guided answers (:class:`~lightning_rlhf.modules.answer_replay.AnswerReplay`) in its
-        layout; the flags and response mask of the rows the imitation term averages over."""
+        """The mini-batch's sequences and attention mask followed by up to ``answer_replay`` kept guided answers, and
+        the demonstration flags and response mask the imitation term reads."""
         replayed = None
         if self.replay is not None:
             replayed = self.replay.rows(self.hparams.answer_replay, mb.prompt_length, mb.response_mask.shape[1],
@@ -309,8 +306,7 @@ class GRPOModule(OnlineRLModule):
                 torch.cat([mb.response_mask, answer_mask]))
 
     def extra_state(self) -> dict[str, Any]:
-        """Every rank's kept guided answers (``answer_replay``), so a resumed run replays what it would have.
-        Collective under several ranks, as saving is."""
+        """Every rank's kept guided answers (``answer_replay``; collective, as saving is)."""
         if self.replay is None:
             return {}
         states = [self.replay.state_dict()]
