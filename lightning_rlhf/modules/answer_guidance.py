@@ -60,6 +60,7 @@ class AnswerGuidance:
         self.min_agreement = min_agreement
         self.form_parity = form_parity
         self.paused = False  # whether form_parity held back the last call's candidates (``grpo/guidance_paused``)
+        self.exemplars = torch.zeros(0, dtype=torch.bool)  # the last call's sampled answers worth keeping (below)
 
     def project(self, prompts: Sequence[Any], responses: Sequence[str],
                 columns: Mapping[str, Sequence[Any]] | None, rows: Sequence[int]) -> list[str | None]:
@@ -87,6 +88,7 @@ class AnswerGuidance:
         rows = range(len(responses)) if every_row else [int(sources[g]) for g in groups]
         projected = dict(zip(rows, self.project(prompts, responses, columns, rows))) if rows else {}
         guided = torch.zeros(len(responses), dtype=torch.bool)
+        self.exemplars = self._exemplars(totals, responses, projected, sources, group_size)
         self.paused = self.form_parity and self._form_earns_less(totals, responses, projected, reduce)
         if self.paused:
             return generated, guided
@@ -104,6 +106,19 @@ class AnswerGuidance:
         if not placed:
             return generated, guided
         return self._placed(generated, placed, guided), guided
+
+    @staticmethod
+    def _exemplars(totals: Tensor, responses: Sequence[str], projected: Mapping[int, str | None], sources: Tensor,
+                   group_size: int) -> Tensor:
+        """``(B,)``: each group's best answer where it is already in the wanted form and beats some answer of its
+        group, the policy's own demonstrations of the form (``answer_replay`` keeps them with the guided ones)."""
+        exemplars = torch.zeros(len(responses), dtype=torch.bool)
+        scores = torch.nan_to_num(totals.float(), nan=float("-inf")).view(-1, group_size)
+        for group, row in enumerate(sources.tolist()):
+            text = (projected.get(row) or "").strip() if row >= 0 else ""
+            if text and text == responses[row].strip() and scores[group].max() > scores[group].min():
+                exemplars[row] = True
+        return exemplars
 
     @staticmethod
     def _form_earns_less(totals: Tensor, responses: Sequence[str], projected: Mapping[int, str | None],

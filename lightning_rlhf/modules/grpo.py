@@ -95,8 +95,9 @@ class GRPOModule(OnlineRLModule):
         answer_imitation_coef: coefficient of a negative log-likelihood on the guided answers beside their policy
             gradient (SFT mixed into RL): the right answer in the wanted form is learned as a fact, not only as a
             form whose pull depends on how the advantages are scaled (0: off; needs ``answer_projection``).
-        answer_replay: each rank keeps the latest guided answer per prompt and adds this many, drawn at random, to
-            every mini-batch's imitation term (0: off; needs ``answer_imitation_coef``).
+        answer_replay: each rank keeps the latest guided answer per prompt (or sampled one already in the wanted
+            form that is its group's best) and adds this many, drawn at random, to every mini-batch's imitation term
+            (0: off; needs ``answer_imitation_coef``).
         beta: deprecated name of ``kl_coef`` (removed in the next release).
     """
 
@@ -232,8 +233,9 @@ class GRPOModule(OnlineRLModule):
         demonstrations = None
         if hp.answer_imitation_coef and experience.guided is not None:
             demonstrations = experience.guided.to(self.device)
-            if self.replay is not None:
-                self.replay.add(generated.sequences, generated.attention_mask, response_mask, experience.guided)
+            if self.replay is not None:  # the guided answers and the group-best ones already in the form
+                kept = experience.guided | self.answer_guidance.exemplars
+                self.replay.add(generated.sequences, generated.attention_mask, response_mask, kept)
         rollout = Rollout(generated.sequences, generated.attention_mask, loss_mask, logprobs, advantages,
                           ref_logprobs=keep_ref, demonstrations=demonstrations)
         return rollout, metrics

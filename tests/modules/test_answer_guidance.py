@@ -113,6 +113,19 @@ def test_form_parity_pauses_guidance_while_the_answers_in_the_wanted_form_earn_l
     assert not guided.any()
 
 
+def test_a_groups_best_answer_already_in_the_wanted_form_is_an_exemplar_where_the_group_has_a_signal(actor):
+    tokenizer = AutoTokenizer.from_pretrained(actor)
+    rewards = RewardSources(["tests.modules.test_answer_guidance:alone_pays_most"])
+    # group 0: "7" is best and bare; group 1: bare answers, all paid 0 (no signal); group 2: best "is 7" in words
+    answers = ["dog", "7", "is 7", "cat", "5", "9", "fox", "dog", "is 7", "cat", "3", "bread"]
+    guidance = AnswerGuidance(first_number, tokenizer)
+    generated = _generated(tokenizer, tokenizer("What is 3 + 4?")["input_ids"], answers, 6)
+    _, guided = guidance(rewards, {"prompts": ["What is 3 + 4?"] * 12}, generated, answers, group_size=4,
+                         iteration=0)
+    assert guidance.exemplars.nonzero().flatten().tolist() == [1]
+    assert guided.nonzero().flatten().tolist() == [9]  # group 2's candidate "7" takes "cat"
+
+
 def test_no_candidate_where_it_earns_no_more_than_its_source(actor):
     tokenizer = AutoTokenizer.from_pretrained(actor)
     rewards = RewardSources(["tests.modules.test_answer_guidance:alone_pays_most"])
