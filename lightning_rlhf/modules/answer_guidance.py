@@ -110,8 +110,7 @@ class AnswerGuidance:
     @staticmethod
     def _exemplars(totals: Tensor, responses: Sequence[str], projected: Mapping[int, str | None], sources: Tensor,
                    group_size: int) -> Tensor:
-        """``(B,)``: each group's best answer where it is already in the wanted form and beats some answer of its
-        group, the policy's own demonstrations of the form (``answer_replay`` keeps them with the guided ones)."""
+        """``(B,)``: each group's best answer where it is in the wanted form and beats another (for replay)."""
         exemplars = torch.zeros(len(responses), dtype=torch.bool)
         scores = torch.nan_to_num(totals.float(), nan=float("-inf")).view(-1, group_size)
         for group, row in enumerate(sources.tolist()):
