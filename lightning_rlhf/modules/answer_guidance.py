@@ -88,8 +88,12 @@ class AnswerGuidance:
         rows = range(len(responses)) if every_row else [int(sources[g]) for g in groups]
         projected = dict(zip(rows, self.project(prompts, responses, columns, rows))) if rows else {}
         guided = torch.zeros(len(responses), dtype=torch.bool)
-        self.exemplars = self._exemplars(totals, responses, projected, sources, group_size)
-        self.paused = self.form_parity and self._form_earns_less(totals, responses, projected, reduce)
+        in_form = torch.tensor([bool(projected.get(r)) and projected[r].strip() == text.strip()
+                                for r, text in enumerate(responses)], dtype=torch.bool)
+        self.exemplars = self._exemplars(totals, in_form, sources, group_size)
+        if self.form_parity:
+            sums = form_sums(totals, in_form)
+            self.paused = form_earns_less(reduce(sums) if reduce is not None else sums)
         if self.paused:
             return generated, guided
         candidates = self._candidates(responses, projected, sources, groups, group_size)
@@ -108,26 +112,15 @@ class AnswerGuidance:
         return self._placed(generated, placed, guided), guided
 
     @staticmethod
-    def _exemplars(totals: Tensor, responses: Sequence[str], projected: Mapping[int, str | None], sources: Tensor,
-                   group_size: int) -> Tensor:
+    def _exemplars(totals: Tensor, in_form: Tensor, sources: Tensor, group_size: int) -> Tensor:
         """``(B,)``: each group's best answer where it is in the wanted form and beats another (for replay)."""
-        exemplars = torch.zeros(len(responses), dtype=torch.bool)
         scores = torch.nan_to_num(totals.float(), nan=float("-inf")).view(-1, group_size)
+        signal = scores.max(1).values > scores.min(1).values
+        exemplars = torch.zeros_like(in_form)
         for group, row in enumerate(sources.tolist()):
-            text = (projected.get(row) or "").strip() if row >= 0 else ""
-            if text and text == responses[row].strip() and scores[group].max() > scores[group].min():
+            if row >= 0 and in_form[row] and signal[group]:
                 exemplars[row] = True
         return exemplars
-
-    @staticmethod
-    def _form_earns_less(totals: Tensor, responses: Sequence[str], projected: Mapping[int, str | None],
-                         reduce: Callable[[Tensor], Tensor] | None) -> bool:
-        """Whether this rollout's answers already in the wanted form earn less on average than the others, on every
-        rank (summed by ``reduce``)."""
-        in_form = torch.tensor([bool(projected.get(r)) and projected[r].strip() == text.strip()
-                                for r, text in enumerate(responses)], dtype=torch.bool)
-        sums = form_sums(totals, in_form)
-        return form_earns_less(reduce(sums) if reduce is not None else sums)
 
     def _candidates(self, responses: Sequence[str], projected: Mapping[int, str | None], sources: Tensor,
                     groups: Sequence[int], group_size: int) -> dict[int, str]:

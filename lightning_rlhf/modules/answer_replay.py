@@ -1,9 +1,8 @@
 """Replay of guided answers: imitation that covers every prompt guidance has answered, not only this rollout's.
 
-Imitating the guided answers teaches a form at once for every prompt, but the answers only for the rollout's few:
-the bare form won while the bare answers were mostly wrong (docs/tasks.md, round 11), though plain SFT of the same
-answers learns them in a few dozen steps (``benchmarks/sft_bare_answers.py``). Each rank keeps the latest guided
-answer per prompt and adds some, drawn at random, to every mini-batch, where the imitation term counts them.
+Imitating the guided answers teaches a form for every prompt at once but the answers only for the rollout's few, so
+the bare form won with wrong answers (docs/tasks.md, round 11). Each rank keeps the latest right answer in the wanted
+form per prompt (guided, or the policy's own) and adds some, drawn at random, to every mini-batch's imitation term.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from torch import Tensor
 
 
 class AnswerReplay:
-    """The latest guided answer per prompt (token ids, ended by its stop token), the oldest dropped first.
+    """The latest kept answer per prompt (token ids, ended by its stop token), the oldest dropped first.
 
     Args:
         pad_token_id: the id that pads the rows :meth:`rows` builds.
@@ -33,7 +32,7 @@ class AnswerReplay:
         return len(self.answers)
 
     def add(self, sequences: Tensor, attention_mask: Tensor, response_mask: Tensor, rows: Tensor) -> None:
-        """Keep the guided ``rows`` (``(B,)`` bool) of a rollout laid out as ``prompt (left-padded) + response``."""
+        """Keep the ``rows`` (``(B,)`` bool) of a rollout laid out as ``prompt (left-padded) + response``."""
         prompt_width = sequences.shape[1] - response_mask.shape[1]
         for row in rows.nonzero().flatten().tolist():
             prompt = tuple(sequences[row, :prompt_width][attention_mask[row, :prompt_width].bool()].tolist())
@@ -44,8 +43,7 @@ class AnswerReplay:
 
     def rows(self, count: int, prompt_width: int, response_width: int, generator: torch.Generator,
              device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor] | None:
-        """``(sequences, attention_mask, response_mask)`` of up to ``count`` kept answers drawn without replacement
-        in a mini-batch's layout (longer ones are not drawn), or None where none fits."""
+        """Up to ``count`` kept answers that fit, drawn without replacement, in a mini-batch's layout (or None)."""
         fitting = [(p, a) for p, a in self.answers.items() if len(p) <= prompt_width and len(a) <= response_width]
         if not fitting or count < 1:
             return None

@@ -291,7 +291,7 @@ class GRPOModule(OnlineRLModule):
         return metrics
 
     def with_replayed_answers(self, mb: Rollout) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-        """The mini-batch's sequences and attention mask followed by up to ``answer_replay`` kept guided answers, and
+        """The mini-batch's sequences and attention mask followed by up to ``answer_replay`` kept answers, and
         the demonstration flags and response mask the imitation term reads."""
         replayed = None
         if self.replay is not None:
@@ -308,20 +308,16 @@ class GRPOModule(OnlineRLModule):
                 torch.cat([mb.response_mask, answer_mask]))
 
     def extra_state(self) -> dict[str, Any]:
-        """Every rank's kept guided answers (``answer_replay``; collective, as saving is)."""
+        """Every rank's kept answers (``answer_replay``; collective, as saving is)."""
         if self.replay is None:
             return {}
-        states = [self.replay.state_dict()]
-        if self.trainer.world_size > 1:
-            states = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(states, self.replay.state_dict())
-        return {"answer_replay_per_rank": states}
+        return {"answer_replay_per_rank": self.gathered_per_rank(self.replay.state_dict())}
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        """Restore this rank's kept guided answers (rank 0's where the world size changed)."""
+        """Restore this rank's kept answers (rank 0's where the world size changed)."""
         saved = state.get("answer_replay_per_rank")
         if self.replay is not None and saved:
-            self.replay.load_state_dict(saved[self.global_rank] if len(saved) == self.trainer.world_size else saved[0])
+            self.replay.load_state_dict(self.own_rank_of(saved))
 
 
 __all__ = ["GRPOModule", "GRPO_OPTIMIZER", "GRPO_TAGS"]

@@ -456,12 +456,20 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Save the mini-batch shuffle state, every rank's sampling RNG and :meth:`extra_state`, so a resumed run
         draws the rollouts the uninterrupted run would have on every rank. Collective: every rank saves."""
-        rngs = [rng_states()]
-        if self.trainer.world_size > 1:
-            rngs = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(rngs, rng_states())
         checkpoint[f"{self.metric_prefix}_state"] = {**self.extra_state(), "shuffle_rng": self._shuffle.get_state(),
-                                                     "rng_per_rank": rngs}
+                                                     "rng_per_rank": self.gathered_per_rank(rng_states())}
+
+    def gathered_per_rank(self, value: Any) -> list[Any]:
+        """``value`` of every rank, in rank order, for a checkpoint (collective under several ranks)."""
+        if self.trainer.world_size <= 1:
+            return [value]
+        values = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(values, value)
+        return values
+
+    def own_rank_of(self, saved: Sequence[Any]) -> Any:
+        """This rank's entry of a :meth:`gathered_per_rank` list, rank 0's where the world size changed."""
+        return saved[self.global_rank] if len(saved) == self.trainer.world_size else saved[0]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore what :meth:`on_save_checkpoint` saved; this rank's sampling RNG when the world size matches."""
@@ -471,10 +479,8 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         self.load_extra_state(state)
         self._shuffle.set_state(state["shuffle_rng"])
         saved, world = state.get("rng_per_rank") or [state.get("rng")], self.trainer.world_size  # "rng": before
-        if len(saved) == world:
-            self._rng_to_restore = saved[self.global_rank]
-        else:
-            self._rng_to_restore = saved[0]
+        self._rng_to_restore = self.own_rank_of(saved)
+        if len(saved) != world:
             if world > 1:
                 rank_zero_warn(f"{type(self).__name__}: the checkpoint holds {len(saved)} rank(s)' sampling RNG and "
                                f"this run has {world} ranks: every rank restarts from rank 0's, so rollouts differ "
