@@ -11,7 +11,8 @@ task runs ``lightning-rlhf grpo fit --config RECIPE`` with only ``--data.sources
         --out benchmarks/results/recipe_across_tasks.json
 
 A task is ``NAME SETTINGS``: the reasoning-gym task and its settings in the source string's ``key=value&...`` form
-(docs/tasks.md). Training reads ``size=--train_size&seed=0``, evaluation ``size=--eval_size&seed=1``. The name
+(docs/tasks.md). Training reads ``size=--train_size&seed=0``, evaluation ``size=--eval_size&seed=EVAL_SEED``
+(reasoning-gym draws item ``i`` of seed ``s`` from ``Random(s + i)``, so seed 1 would repeat training items). The name
 ``builtin`` is the built-in task in chat form, ``SETTINGS`` its settings (``operation=*`` for the products sibling,
 ``%2B`` for +); it is trained with ``--data.task`` and the reward functions :data:`BUILTIN_REWARDS` in place of the
 recipe's (the issue's "correctness plus exact format", and the recipe's brevity), every other setting the recipe's.
@@ -31,6 +32,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTIN = "builtin"
+#: the held-out seed of a reasoning-gym task: past every training item's ``seed + index`` (the built-in task's
+#: generator draws a whole set from one seed, so its held-out seed stays 1)
+EVAL_SEED = 1_000_000
 #: the built-in task's rewards, in the order of the recipe's: right (last number), right and alone, brevity
 BUILTIN_REWARDS = ["answer_match", "answer_only_format", "brevity"]
 
@@ -82,6 +86,26 @@ def evaluate(model: str, task_source: str, json_path: Path, args: argparse.Names
                "number_alone_share": alone})
 
 
+def held_out_baselines(task: str, settings: str, train_size: int, eval_size: int) -> dict[str, Any] | None:
+    """What a held-out score is to be read against (reasoning-gym tasks; ``None`` for the built-in one): the share
+    of the held-out questions that also occur in the training records (small settings have few distinct
+    questions), and the held-out set's most common answer with its share, the score of giving it to every question."""
+    if task == BUILTIN:
+        return None
+    from lightning_rlhf.data.reasoning_gym import reasoning_gym_records
+
+    def columns(size: int, seed: int) -> list[dict[str, Any]]:
+        return [json.loads(r["columns"]) for r in reasoning_gym_records(source(task, settings, size, seed))]
+
+    trained = {record["question"] for record in columns(train_size, 0)}
+    held_out = columns(eval_size, EVAL_SEED)
+    answers = [str(record["answer"]) for record in held_out]
+    common = max(sorted(set(answers)), key=answers.count)
+    return {"distinct_training_questions": len(trained),
+            "held_out_in_training": sum(r["question"] in trained for r in held_out) / len(held_out),
+            "most_common_answer": common, "most_common_answer_share": answers.count(common) / len(answers)}
+
+
 def curves(run_dir: Path, tags: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
     """The run's scalar curves by tag, from its TensorBoard event files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -125,8 +149,9 @@ def main() -> None:
                                "tasks": []}
     entries = {}
     for name, settings in args.task:  # the untrained model once per task: greedy answers do not depend on a seed
-        held_out = source(name, settings, args.eval_size, 1)
+        held_out = source(name, settings, args.eval_size, 1 if name == BUILTIN else EVAL_SEED)
         entries[name] = {"task": name, "settings": settings, "eval_source": held_out,
+                         "held_out": held_out_baselines(name, settings, args.train_size, args.eval_size),
                          "before": evaluate(args.actor, held_out, runs / f"{name}_before.json", args), "runs": []}
         results["tasks"].append(entries[name])
     for seed in args.seeds:  # seed-major, so that a stopped sweep has every task at its first seeds
