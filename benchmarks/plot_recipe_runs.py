@@ -48,8 +48,8 @@ def main() -> None:
             for ax, (tag, _) in zip(axes[0], args.tag):
                 points = record.get("curves", {}).get(tag, [])
                 if points:
-                    ax.plot([s for s, _ in points], trailing_mean([v for _, v in points], args.smooth), label=name, color=color, linestyle=style,
-                            marker="." if tag.startswith("val/") else None)
+                    ax.plot([s for s, _ in points], trailing_mean([v for _, v in points], args.smooth), label=name,
+                            color=color, linestyle=style, marker="." if tag.startswith("val/") else None)
     for ax, (_, title) in zip(axes[0], args.tag):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("rollout")

@@ -33,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 BUILTIN = "builtin"
 #: the held-out seed of a reasoning-gym task: past every training item's ``seed + index`` (the built-in task's
-#: generator draws a whole set from one seed, so its held-out seed stays 1)
+#: generator draws a whole set from one seed, so its held-out seed stays 1; :func:`held_out_seed`)
 EVAL_SEED = 1_000_000
 #: the built-in task's rewards, in the order of the recipe's: right (last number), right and alone, brevity
 BUILTIN_REWARDS = ["answer_match", "answer_only_format", "brevity"]
@@ -45,6 +45,18 @@ def source(task: str, settings: str, size: int, seed: int) -> str:
                                         if part)
     joined = "&".join(part for part in (settings, f"size={size}", f"seed={seed}") if part)
     return f"reasoning_gym:{task}?{joined}"
+
+
+def held_out_seed(task: str) -> int:
+    return 1 if task == BUILTIN else EVAL_SEED
+
+
+def most_common(values: list[str]) -> tuple[str | None, float]:
+    """The most common value (the first in sorted order on a tie) and its share; ``(None, 0.0)`` for none."""
+    if not values:
+        return None, 0.0
+    common = max(sorted(set(values)), key=values.count)
+    return common, values.count(common) / len(values)
 
 
 def data_flags(task: str, settings: str, size: int) -> list[str]:
@@ -78,11 +90,11 @@ def evaluate(model: str, task_source: str, json_path: Path, args: argparse.Names
     (row,) = json.loads(json_path.read_text())["results"]
     keys = ("greedy_accuracy_strict", "greedy_accuracy_flexible", "pass_at_k_strict", "pass_at_k_flexible")
     greedy = [answer["greedy"] for answer in row.get("answers", [])]
-    common = max(sorted(set(greedy)), key=greedy.count) if greedy else None  # a policy that answers everything alike
+    common, share = most_common(greedy)  # a policy that answers everything alike
     # the exact format of a numeric task, right or not (the strict score is right *and* in that form)
     alone = sum(answer_only_format([None] * len(greedy), greedy)) / max(1, len(greedy))
     return ({key: row[key] for key in keys if key in row} | {"questions": row["questions"]}
-            | {"most_common_answer": common, "most_common_share": greedy.count(common) / max(1, len(greedy)),
+            | {"most_common_answer": common, "most_common_share": share,
                "number_alone_share": alone})
 
 
@@ -98,12 +110,11 @@ def held_out_baselines(task: str, settings: str, train_size: int, eval_size: int
         return [json.loads(r["columns"]) for r in reasoning_gym_records(source(task, settings, size, seed))]
 
     trained = {record["question"] for record in columns(train_size, 0)}
-    held_out = columns(eval_size, EVAL_SEED)
-    answers = [str(record["answer"]) for record in held_out]
-    common = max(sorted(set(answers)), key=answers.count)
+    held_out = columns(eval_size, held_out_seed(task))
+    common, share = most_common([str(record["answer"]) for record in held_out])
     return {"distinct_training_questions": len(trained),
             "held_out_in_training": sum(r["question"] in trained for r in held_out) / len(held_out),
-            "most_common_answer": common, "most_common_answer_share": answers.count(common) / len(answers)}
+            "most_common_answer": common, "most_common_answer_share": share}
 
 
 def curves(run_dir: Path, tags: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
@@ -149,7 +160,7 @@ def main() -> None:
                                "tasks": []}
     entries = {}
     for name, settings in args.task:  # the untrained model once per task: greedy answers do not depend on a seed
-        held_out = source(name, settings, args.eval_size, 1 if name == BUILTIN else EVAL_SEED)
+        held_out = source(name, settings, args.eval_size, held_out_seed(name))
         entries[name] = {"task": name, "settings": settings, "eval_source": held_out,
                          "held_out": held_out_baselines(name, settings, args.train_size, args.eval_size),
                          "before": evaluate(args.actor, held_out, runs / f"{name}_before.json", args), "runs": []}
