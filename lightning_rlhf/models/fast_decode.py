@@ -3,14 +3,15 @@
 Why: transformers' ``generate`` grows its KV cache by concatenation at every step and runs every linear layer
 with PyTorch's default GEMM, which for the few dozen rows of a decode step reaches a fraction of the machine's
 matmul rate (``benchmarks/generation.py`` measures both). This loop decodes into a KV cache allocated once for the
-call and, on the CPU, runs the linear layers from weights packed for oneDNN (:mod:`.packed_linear`). With
+call and, on the CPU, runs the linear layers from weights packed for oneDNN (:mod:`.packed_linear`) and attends with
+one query token without the flash-attention kernel (:mod:`.decode_attention`). With
 ``compile=True`` (the default on CUDA) the cache is a ``StaticCache`` of a fixed length and the one-token step is
 compiled (CUDA graphs on GPU) once per shape bucket: rows x cache length rounded up to :data:`CACHE_BUCKET`.
 
 It decodes as ``generate`` does with the arguments rollouts pass (``GenerationArgs.generate_kwargs``): greedy or
-sampled from ``softmax(logits / temperature)`` after top-k / top-p, custom logits processors first (so
-:class:`~lightning_rlhf.models.sampling.StreamedLogprobs` sees the raw logits), finished rows padded, stopping when
-every row has ended. A shared prompt prefix (``past_key_values`` from
+sampled from ``softmax(logits / temperature)`` after top-k / top-p (drawn by :func:`sample_tokens`), custom logits
+processors first (so :class:`~lightning_rlhf.models.sampling.StreamedLogprobs` sees the raw logits), finished rows
+padded, stopping when every row has ended. A shared prompt prefix (``past_key_values`` from
 :func:`~lightning_rlhf.models.prompt_cache.shared_prompt_cache`) is copied into the cache.
 """
 
@@ -19,13 +20,14 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from lightning_rlhf.models.decode_attention import one_token_attention
 from lightning_rlhf.models.packed_linear import PackedWeights, packing_available
 from lightning_rlhf.models.prompt_cache import cache_argument
 
@@ -81,6 +83,10 @@ class FastDecoder:
         if self.packed is not None:
             self.packed.invalidate()
 
+    def packed_linears(self) -> ContextManager:
+        """Within the block the linear layers run packed (if packing): for the replica's other inference forwards."""
+        return self.packed.active() if self.packed is not None else nullcontext()
+
     def _forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any) -> Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=True, logits_to_keep=1, **{self._cache_name: cache}).logits[:, -1]
@@ -122,7 +128,7 @@ class FastDecoder:
         total = prompt_length + max_new_tokens
         length = math.ceil(total / CACHE_BUCKET) * CACHE_BUCKET if self.compile else total
         started, new_bucket = time.perf_counter(), self.compile and (rows, length) not in self.buckets
-        with self.packed.active() if self.packed is not None else nullcontext():
+        with self.packed_linears(), one_token_attention(self.model) if not self.compile else nullcontext():
             sequences = self._decode(input_ids, attention_mask, self._cache(rows, length), length, max_new_tokens,
                                      eos_token_id, pad_token_id, do_sample, temperature, top_k, top_p,
                                      list(logits_processor or []), past_key_values)
@@ -162,7 +168,7 @@ class FastDecoder:
             if do_sample:
                 for warper in warpers:
                     scores = warper(sequences[:, :end], scores)
-                token = torch.multinomial(scores.softmax(-1), num_samples=1).squeeze(1)
+                token = sample_tokens(scores.softmax(-1))
             else:
                 token = scores.argmax(-1)
             token = torch.where(running, token, token.new_tensor(pad_token_id))
@@ -174,6 +180,19 @@ class FastDecoder:
             position = position + 1
             logits = self._step(token[:, None], seen(end), position, cache)
         return sequences[:, :end]
+
+
+def sample_tokens(probs: Tensor) -> Tensor:
+    """One token per row of ``probs`` ``(B, V)``: one uniform number per row against its float64 cumulative sum.
+
+    Why not ``torch.multinomial``: it draws an exponential number for every vocabulary entry, costly on the CPU. The
+    distribution is the same; the tokens drawn under one seed differ from ``generate``'s.
+    """
+    cdf = probs.double().cumsum(-1)
+    target = torch.rand(len(probs), 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    token = torch.searchsorted(cdf, target, right=True).squeeze(1)
+    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).to(torch.uint8).argmax(-1)  # never past the last allowed token
+    return torch.minimum(token, last)
 
 
 def _warpers(temperature: float, top_k: int | None, top_p: float) -> list:

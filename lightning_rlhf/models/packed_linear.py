@@ -1,32 +1,75 @@
-"""Linear layers run from weights pre-packed for oneDNN while a CPU decode loop runs.
+"""Linear layers run from weights pre-packed for oneDNN: in a CPU decode loop, and frozen layers in training.
 
-Why: a decode step multiplies a few dozen rows by every weight matrix, a shape where PyTorch's default CPU GEMM
-reaches a fraction of what the same multiply reaches with the weight packed once into oneDNN's blocked layout
-(``benchmarks/generation.py`` measures both). Packing costs one pass over the weights, so the packed copies are kept
-in a :class:`PackedWeights` and a layer is packed again only when its weight was written since (its version counter
-moved: the generation replica's refresh writes in place, and under LoRA only the adapted layers).
+Why: PyTorch's default CPU GEMM reaches a fraction of oneDNN's with a packed weight, for a decode step's few rows
+and on some CPUs for every shape (``benchmarks/generation.py``). A layer is packed again only when its weight was
+written since (its version counter moved). With ``backward=True`` frozen layers (LoRA's base weights, the output
+layer) also keep their transposed weight packed: it gives the input's gradient, and they need no weight gradient.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
+import functools
+from contextlib import ExitStack, contextmanager
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 
 def packing_available(model: nn.Module) -> bool:
-    """Whether ``model``'s linear layers can run packed: float32 weights on the CPU, and oneDNN in this build."""
+    """Whether ``model``'s linear layers can run packed: float32 on the CPU, no autocast, oneDNN in this build."""
     param = next(model.parameters(), None)
     return (param is not None and param.device.type == "cpu" and param.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def _forward(layer: nn.Linear, packed: Tensor, x: Tensor) -> Tensor:
+@contextmanager
+def frozen_layers_packed(models: Iterable[nn.Module], kept: dict[int, "PackedWeights"]) -> Iterator[int]:
+    """Within the block the frozen linear layers of ``models`` (where :func:`packing_available`) run packed, backward
+    included; ``kept`` holds the packed copies between blocks. Yields how many layers run packed."""
+    with ExitStack() as stack:
+        count = 0
+        for model in models:
+            if packing_available(model):
+                packed = kept.setdefault(id(model), PackedWeights(model, backward=True))
+                count += stack.enter_context(packed.active())
+        yield count
+
+
+def _linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
     shape = x.shape
-    out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), packed, layer.bias, "none", [], "")
+    out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), packed, bias, "none", [], "")
     return out.reshape(*shape[:-1], out.shape[-1])
+
+
+def _forward(layer: nn.Linear, packed: Tensor, x: Tensor) -> Tensor:
+    return _linear(x, packed, layer.bias)
+
+
+class _FrozenLinear(torch.autograd.Function):
+    """``x W^T + b`` for a frozen ``W`` and ``b``; the input's gradient from ``W^T`` packed."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, packed: Tensor, transposed: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.transposed = transposed
+        return _linear(x, packed, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        return _linear(grad.contiguous(), ctx.transposed, None), None, None, None
+
+
+def _frozen_forward(layer: nn.Linear, packed: Tensor, transposed: Tensor, x: Tensor) -> Tensor:
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _FrozenLinear.apply(x, packed, transposed, layer.bias)
+    return _linear(x, packed, layer.bias)
+
+
+def _frozen(layer: nn.Linear) -> bool:
+    """A layer whose weight (and bias) take no gradient and are held whole (not ZeRO-3 partitioned)."""
+    params = [p for p in (layer.weight, layer.bias) if p is not None]
+    return all(not p.requires_grad and not hasattr(p, "ds_id") for p in params)
 
 
 class PackedWeights:
@@ -34,9 +77,10 @@ class PackedWeights:
     whose weight was written in place since (or for all after :meth:`invalidate`: a weight swapped for another
     tensor, or written through ``.data``, which the version counter does not see)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, backward: bool = False) -> None:
         self.model = model
-        self._packed: dict[int, tuple[int, Tensor]] = {}
+        self.backward = backward
+        self._packed: dict[int, tuple[int, Tensor, Tensor | None]] = {}
         #: layers packed (again) by the last :meth:`active`
         self.repacked = 0
 
@@ -46,17 +90,23 @@ class PackedWeights:
 
     @contextmanager
     def active(self) -> Iterator[int]:
-        """Within the block, every plain ``nn.Linear`` runs from its packed weight (inference only: no gradient);
-        yields their number. Layers of subclasses (LoRA, quantised) keep their own forward."""
-        layers = [m for m in self.model.modules() if type(m) is nn.Linear and "forward" not in vars(m)]
+        """Within the block, every plain ``nn.Linear`` runs from its packed weight (with ``backward``: every frozen
+        one, and gradients flow to its input; without, inference only); yields their number. Layers of subclasses
+        (LoRA, quantised) keep their own forward; a LoRA layer's frozen ``base_layer`` is a plain one."""
+        layers = [m for m in self.model.modules() if type(m) is nn.Linear and "forward" not in vars(m)
+                  and (not self.backward or _frozen(m))]
         self.repacked = 0
         for layer in layers:
-            version, packed = self._packed.get(id(layer), (None, None))
+            version, packed, transposed = self._packed.get(id(layer), (None, None, None))
             if packed is None or version != layer.weight._version:
-                packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), None)
-                self._packed[id(layer)] = (layer.weight._version, packed)
+                weight = layer.weight.detach()
+                packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+                transposed = (torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), None)
+                              if self.backward else None)
+                self._packed[id(layer)] = (layer.weight._version, packed, transposed)
                 self.repacked += 1
-            layer.forward = lambda x, layer=layer, packed=packed: _forward(layer, packed, x)
+            layer.forward = (functools.partial(_frozen_forward, layer, packed, transposed) if self.backward
+                             else functools.partial(_forward, layer, packed))
         try:
             yield len(layers)
         finally:

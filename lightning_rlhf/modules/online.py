@@ -25,6 +25,7 @@ from lightning_rlhf.environments.episodes import EpisodeArgs
 from lightning_rlhf.models import LoraArgs, load_causal_lm, load_tokenizer, load_value_model, sequence_scores
 from lightning_rlhf.models.context import check_context_length
 from lightning_rlhf.models.forward import eval_mode, policy_logprobs
+from lightning_rlhf.models.packed_linear import PackedWeights, frozen_layers_packed
 from lightning_rlhf.modules.answer_guidance import AnswerGuidance
 from lightning_rlhf.modules.deprecations import take_renamed
 from lightning_rlhf.modules.generation_args import GenerationArgs
@@ -106,6 +107,9 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         tokenizer: tokenizer folder; None uses ``actor``. Every model shares it.
         actor_lora: LoRA settings of the actor (None: full fine-tuning).
         actor_gradient_checkpointing: recompute the actor's activations in backward.
+        packed_linears: in the update, run the trained models' frozen linear layers (LoRA's base weights, a frozen
+            output layer) from weights packed once for oneDNN, their backward included, where oneDNN runs them
+            (CPU, float32, no autocast; docs/recipes/generation.md); costs two more copies of those weights.
         max_grad_norm: gradient-norm clip of each model's update (None: none); DeepSpeed's ``gradient_clipping``
             under :class:`~lightning_rlhf.strategies.HybridDeepSpeedStrategy`.
         generation: sampling settings of the rollouts (validation decodes greedily).
@@ -150,6 +154,7 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         tokenizer: str | None = None,
         actor_lora: LoraArgs | None = None,
         actor_gradient_checkpointing: bool = False,
+        packed_linears: bool = True,
         max_grad_norm: float | None = 1.0,
         generation: GenerationArgs | None = GenerationArgs(),
         generation_batch_size: int | None = None,
@@ -186,6 +191,7 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
             self.environment = episodes.build(self.tokenizer)
         self.actor = self.reference = self.reward_model = None
         self._shuffle = torch.Generator().manual_seed(seed)
+        self._packed_layers: dict[int, PackedWeights] = {}
 
     def validate_online(self) -> None:
         hp, name = self.hparams, type(self).__name__
@@ -428,11 +434,13 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
     def update(self, rollout: Rollout, extra_batch: Any = None) -> dict[str, Any]:
         """``update_epochs`` passes over shuffled mini-batches of ``train_batch_size`` rows; metrics averaged."""
         hp, sums, count = self.hparams, {}, 0
-        for _ in range(hp.update_epochs):
-            for minibatch in rollout.minibatches(hp.train_batch_size, self._shuffle):
-                step = self.update_step(minibatch)
-                sums = {k: sums.get(k, 0.0) + v for k, v in step.items()}
-                count += 1
+        models = [model for model, _ in self.trained_models()] if hp.packed_linears else []
+        with frozen_layers_packed(models, self._packed_layers):
+            for _ in range(hp.update_epochs):
+                for minibatch in rollout.minibatches(hp.train_batch_size, self._shuffle):
+                    step = self.update_step(minibatch)
+                    sums = {k: sums.get(k, 0.0) + v for k, v in step.items()}
+                    count += 1
         return {k: v / count for k, v in sums.items()}
 
     def optimizer_step(self, optimizer: Any, loss: Tensor) -> None:

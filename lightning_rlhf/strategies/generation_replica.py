@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -200,7 +200,8 @@ class GenerationReplica:
         input_ids = input_ids.to(self.device)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
         if self.tp_group is None:
-            with unpatched_linear():
+            packed = getattr(self.decoder, "packed_linears", None)  # the fast backend's packed weights, no gradient
+            with unpatched_linear(), packed() if packed and not torch.is_grad_enabled() else nullcontext():
                 return self.module(input_ids=input_ids, attention_mask=mask, **kwargs)
         tensor_args = sorted(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
         if tensor_args:

@@ -1,5 +1,5 @@
-"""``generation_backend="fast"``'s decode loop: the tokens of transformers' ``generate`` (greedy, and sampled under one
-seed), log-probs equal to a forward pass, the shared prefill, packed weights renewed only when told."""
+"""``generation_backend="fast"``'s decode loop: the tokens of transformers' ``generate`` (greedy; sampled: its
+distribution), log-probs equal to a forward pass, the shared prefill, packed weights renewed only when told."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
-from lightning_rlhf.models.fast_decode import FastDecoder
+from lightning_rlhf.models.fast_decode import FastDecoder, _warpers, sample_tokens
 from lightning_rlhf.models.forward import response_logits
 from lightning_rlhf.models.packed_linear import PackedWeights, packing_available
 from lightning_rlhf.models.prompt_cache import shared_prompt_cache
@@ -58,15 +58,34 @@ def test_greedy_tokens_equal_generates_with_rows_that_stop_early(tiny, pack):
     assert torch.equal(fast_generate(FastDecoder(model, pack=pack), ids, mask, stop, do_sample=False), expected)
 
 
+def test_sample_tokens_draws_each_token_with_its_probability_and_never_a_masked_one():
+    probs = torch.tensor([0.5, 0.0, 0.3, 1e-3, 0.199, 0.0])  # zeros inside and at the end (top-k / top-p masks)
+    torch.manual_seed(0)
+    tokens = sample_tokens(probs.expand(200_000, -1))
+    frequency = torch.bincount(tokens, minlength=len(probs)).double() / len(tokens)
+    assert frequency[probs == 0].sum() == 0
+    sigma = (probs.double() * (1 - probs.double()) / len(tokens)).sqrt()
+    assert ((frequency - probs.double()).abs() <= 5 * sigma).all(), (frequency, probs)
+
+
 @pytest.mark.parametrize("sampling", [dict(temperature=0.7, top_k=0, top_p=1.0), dict(temperature=1.3, top_k=5,
                                                                                            top_p=0.8)])
-def test_sampled_tokens_equal_generates_under_one_seed(tiny, sampling):
-    # unpacked, the logits are bit-identical to generate's, so the same random draws pick the same tokens
+def test_sampled_tokens_follow_generates_distribution(tiny, sampling):
+    # the first token of many copies of one prompt, against softmax of generate's own warpers on a forward pass
     model, ids, mask, stop = tiny
-    rows = ids.repeat_interleave(4, 0), mask.repeat_interleave(4, 0)
-    expected = hf_generate(model, *rows, stop, seed=3, do_sample=True, **sampling)
-    assert torch.equal(fast_generate(FastDecoder(model, pack=False), *rows, stop, seed=3, do_sample=True,
-                                     **sampling), expected)
+    rows = 4000
+    copies = ids[:1].expand(rows, -1), mask[:1].expand(rows, -1)
+    tokens = fast_generate(FastDecoder(model, pack=False), *copies, stop, seed=3, do_sample=True, **sampling,
+                           )[:, ids.shape[1]]
+    with torch.no_grad():
+        logits = model(input_ids=ids[:1], attention_mask=mask[:1]).logits[:, -1].float()
+    for warper in _warpers(**sampling):
+        logits = warper(ids[:1], logits)
+    probs = logits.softmax(-1)[0].double()
+    frequency = torch.bincount(tokens, minlength=len(probs)).double() / rows
+    assert frequency[probs == 0].sum() == 0, "a token the warpers removed was sampled"
+    sigma = (probs * (1 - probs) / rows).sqrt()
+    assert ((frequency - probs).abs() <= 5 * sigma + 1e-9).all()
 
 
 def test_streamed_logprobs_of_the_packed_decode_equal_a_forward_pass(tiny):
