@@ -50,6 +50,17 @@ def bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
     return 2 * src.numel() * 4 / best / 1e9
 
 
+def sampling_ms(rows: int, model: nn.Module, repeats: int = 20) -> dict[str, float]:
+    """Milliseconds to draw one token per row from a ``(rows, vocabulary)`` distribution: ``torch.multinomial``
+    (``generate``'s) against the fast decode's :func:`~lightning_rlhf.models.fast_decode.sample_tokens`."""
+    from lightning_rlhf.models.fast_decode import sample_tokens
+
+    probs = torch.randn(rows, model.get_output_embeddings().weight.shape[0]).softmax(-1)
+    draws = {"multinomial": lambda: torch.multinomial(probs, 1), "inverse_cdf": lambda: sample_tokens(probs)}
+    return {name: round(1e3 * statistics.median(_seconds(draw) for _ in range(repeats)), 2)
+            for name, draw in draws.items()}
+
+
 def _seconds(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
@@ -97,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.repeats):
             for name, fn in methods.items():
                 times[name].append(_seconds(fn))
-    rates, gbs = gemm_gflops(args.threads), bandwidth_gbs()
+    rates, gbs, sampling = gemm_gflops(args.threads), bandwidth_gbs(), sampling_ms(args.batch, model)
     gflops = rates["best"]
     tokens = args.batch * args.new_tokens
     floor = limit_seconds(model, args.batch, int(mask.sum()), args.new_tokens, gflops, gbs)
@@ -118,7 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "same_greedy_tokens": bool(torch.equal(outputs["fast"], outputs["hf_generate"])),
         "gemm_gflops": round(gflops, 1), "gemm_gflops_by_kernel": {k: round(v, 1) for k, v in rates.items()
                                                                    if k != "best"},
-        "bandwidth_gbs": round(gbs, 1),
+        "bandwidth_gbs": round(gbs, 1), "sampling_ms_per_step": sampling,
         "seconds": {name: [round(t, 3) for t in values] for name, values in times.items()},
         "fast_decode": {"compiled_step": fast.compile, "packed_weights": fast.packed is not None},
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

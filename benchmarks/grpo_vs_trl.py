@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--held-out", type=int, default=36, help="distinct questions kept for the greedy evaluation")
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs per system")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--generation-backend", choices=("native", "fast", "vllm"), default=None,
+    p.add_argument("--generation-backend", choices=("auto", "native", "fast", "vllm"), default=None,
                    help="ours under HybridDeepSpeedStrategy(stage=0, generation_backend=...) (default: Lightning's "
                    "single-device strategy, transformers' generate)")
     p.add_argument("--ours-python", default=sys.executable,

@@ -46,8 +46,7 @@ class FastDecoder:
         model: a transformers causal LM without hooks (the generation replica). Weights written in place (the
             replica's refresh) are seen: a compiled step reads the live weights, and a written layer is packed again;
             after other changes call :meth:`weights_changed`.
-        compile: a ``StaticCache`` and a compiled step (``torch.compile``; CUDA graphs on GPU); None compiles on
-            CUDA only (on the CPU the compiled step was slower than the eager one with packed weights).
+        compile: a ``StaticCache`` and a compiled step (``torch.compile``; CUDA graphs on GPU); None: on CUDA only.
         pack: run the CPU linear layers from oneDNN-packed weights; None where available (float32 on the CPU).
     """
 

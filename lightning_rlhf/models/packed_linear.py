@@ -26,8 +26,7 @@ def packing_available(model: nn.Module) -> bool:
 
 @contextmanager
 def frozen_layers_packed(models: Iterable[nn.Module], kept: dict[int, "PackedWeights"]) -> Iterator[int]:
-    """Within the block the frozen linear layers of ``models`` (where :func:`packing_available`) run packed, backward
-    included; ``kept`` holds the packed copies between blocks. Yields how many layers run packed."""
+    """The frozen linear layers of ``models`` run packed in the block, backward included; ``kept`` holds the copies."""
     with ExitStack() as stack:
         count = 0
         for model in models:
@@ -73,9 +72,8 @@ def _frozen(layer: nn.Linear) -> bool:
 
 
 class PackedWeights:
-    """The packed weights of one model's plain ``nn.Linear`` layers, made on first use and made again for a layer
-    whose weight was written in place since (or for all after :meth:`invalidate`: a weight swapped for another
-    tensor, or written through ``.data``, which the version counter does not see)."""
+    """The packed weights of one model's plain ``nn.Linear`` layers, made on first use and again after an in-place
+    write (for a swapped tensor or a ``.data`` write, which the version counter misses: :meth:`invalidate`)."""
 
     def __init__(self, model: nn.Module, backward: bool = False) -> None:
         self.model = model
@@ -90,9 +88,8 @@ class PackedWeights:
 
     @contextmanager
     def active(self) -> Iterator[int]:
-        """Within the block, every plain ``nn.Linear`` runs from its packed weight (with ``backward``: every frozen
-        one, and gradients flow to its input; without, inference only); yields their number. Layers of subclasses
-        (LoRA, quantised) keep their own forward; a LoRA layer's frozen ``base_layer`` is a plain one."""
+        """Within the block every plain ``nn.Linear`` (with ``backward``: every frozen one, gradients flowing to its
+        input; without, inference only) runs packed; yields their number. Subclasses (LoRA) keep their forward."""
         layers = [m for m in self.model.modules() if type(m) is nn.Linear and "forward" not in vars(m)
                   and (not self.backward or _frozen(m))]
         self.repacked = 0

@@ -107,9 +107,8 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         tokenizer: tokenizer folder; None uses ``actor``. Every model shares it.
         actor_lora: LoRA settings of the actor (None: full fine-tuning).
         actor_gradient_checkpointing: recompute the actor's activations in backward.
-        packed_linears: in the update, run the trained models' frozen linear layers (LoRA's base weights, a frozen
-            output layer) from weights packed once for oneDNN, their backward included, where oneDNN runs them
-            (CPU, float32, no autocast; docs/recipes/generation.md); costs two more copies of those weights.
+        packed_linears: run the update's frozen linear layers (LoRA's base weights, the head) from oneDNN-packed
+            weights where oneDNN runs them (CPU, float32); costs two copies of them (docs/recipes/generation.md).
         max_grad_norm: gradient-norm clip of each model's update (None: none); DeepSpeed's ``gradient_clipping``
             under :class:`~lightning_rlhf.strategies.HybridDeepSpeedStrategy`.
         generation: sampling settings of the rollouts (validation decodes greedily).

@@ -20,6 +20,7 @@ from torch import nn
 
 from lightning_rlhf.models.fast_decode import FastDecoder
 from lightning_rlhf.models.loading import unwrap_model
+from lightning_rlhf.models.packed_linear import packing_available
 from lightning_rlhf.strategies.generation_replica import (
     GenerationReplica,
     GenerationStats,
@@ -80,8 +81,9 @@ def generation_mode(
             on exit for :func:`release_idle_replicas` to free before the next backward unless ``model`` carries
             LoRA adapters (the strategy's default: validation batches between two steps share one replica).
         backend: ``native`` (transformers' ``generate``; PyTorch tensor parallel; CPU and CUDA), ``fast`` (the
-            decode loop of :mod:`~lightning_rlhf.models.fast_decode`, ``inference_tp_size=1``), ``deepspeed``
-            (fused kernels; CUDA only) or ``vllm`` (a vLLM engine in this process, :mod:`~lightning_rlhf.models.
+            decode loop of :mod:`~lightning_rlhf.models.fast_decode`, ``inference_tp_size=1``), ``auto`` (``fast``
+            where its packed weights run: a float32 CPU replica, ``inference_tp_size=1``; else ``native``),
+            ``deepspeed`` (fused kernels; CUDA only) or ``vllm`` (a vLLM engine in this process, :mod:`~lightning_rlhf.models.
             vllm_decode`, fed the replica's weights after each refresh; ``inference_tp_size=1``).
         tp_plan: ``module pattern -> 'colwise'|'rowwise'`` for a family without a built-in plan.
         stats: accumulates gather/generate time and tokens; a fresh one if None.
@@ -112,7 +114,8 @@ def generation_mode(
         _CACHE[model] = entry
     refreshed = entry.replica.refresh()
     stats.add_refresh(refreshed)
-    if backend == "fast" and entry.decoder is None:  # the refresh writes in place: packed layers follow by version
+    fast = backend == "fast" or (backend == "auto" and mesh is None and packing_available(entry.replica.module))
+    if fast and entry.decoder is None:  # the refresh writes in place: packed layers follow by version
         entry.decoder = FastDecoder(entry.replica.module)
     if backend == "vllm":
         if entry.decoder is None:

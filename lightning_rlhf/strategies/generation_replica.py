@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 _MESHES: dict[tuple, Any] = {}
-BACKENDS = ("native", "fast", "deepspeed", "vllm")
+BACKENDS = ("auto", "native", "fast", "deepspeed", "vllm")
 
 
 def check_backend(backend: str, inference_tp_size: int) -> None:

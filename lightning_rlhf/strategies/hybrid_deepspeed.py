@@ -51,7 +51,7 @@ from lightning_rlhf.strategies.deepspeed_inference import check_kernels_work
 from lightning_rlhf.strategies.generation_replica import GenerationStats, check_backend
 from lightning_rlhf.strategies.tp_plans import check_generation_layout
 
-GenerationBackend = Literal["native", "fast", "deepspeed", "vllm"]
+GenerationBackend = Literal["auto", "native", "fast", "deepspeed", "vllm"]
 
 
 class HybridDeepSpeedStrategy(DeepSpeedStrategy):
@@ -71,10 +71,11 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
             refresh then gathers only the adapters (``docs/recipes/memory.md``).
         offload_frozen_models: keep frozen children (reference, reward model) ZeRO-3 partitioned on the CPU;
             they must be built inside :meth:`frozen_models_context`.
-        generation_backend: ``"native"``: transformers' ``generate`` on the replica (PyTorch tensor parallel, CPU
-            and CUDA). ``"fast"``: our decode loop on it, with the tokens of ``generate`` (a KV cache allocated once,
-            oneDNN-packed weights on the CPU, a compiled static-cache step on CUDA; ``inference_tp_size`` 1;
-            measured in ``docs/recipes/generation.md``). ``"deepspeed"``: fused kernels (CUDA, transformers < 5).
+        generation_backend: ``"auto"``: ``"fast"`` on a float32 CPU replica with ``inference_tp_size`` 1 (measured
+            faster there: ``docs/recipes/generation.md``), else ``"native"``: transformers' ``generate`` on the replica
+            (PyTorch tensor parallel, CPU and CUDA). ``"fast"``: our decode loop, ``generate``'s greedy tokens (CPU:
+            packed weights, one-token attention; CUDA: a compiled static-cache step; ``inference_tp_size`` 1).
+            ``"deepspeed"``: fused kernels (CUDA, transformers < 5).
             ``"vllm"``: a vLLM engine in each rank's process, fed the replica's weights in memory after every refresh
             (``inference_tp_size`` 1; the ``vllm`` extra; docs/recipes/generation.md).
         vllm_engine_kwargs: more ``vllm.LLM`` arguments for ``generation_backend="vllm"``, e.g.
@@ -97,7 +98,7 @@ class HybridDeepSpeedStrategy(DeepSpeedStrategy):
         tp_gather_partition_size: int = 8,
         release_inference_cache: Optional[bool] = None,
         offload_frozen_models: bool = False,
-        generation_backend: GenerationBackend = "native",
+        generation_backend: GenerationBackend = "auto",
         vllm_engine_kwargs: Optional[dict[str, Any]] = None,
         engine_configs: Optional[dict[str, dict[str, Any]]] = None,
         tp_plan: Optional[dict[str, str]] = None,
