@@ -133,7 +133,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": {name: [round(t, 3) for t in values] for name, values in times.items()},
         "fast_decode": {"compiled_step": fast.compile, "packed_weights": fast.packed is not None},
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **({"fast_profile_self_ms": profile(methods["fast"])} if getattr(args, "profile", False) else {}),
     }
+
+
+def profile(fn: Callable[[], Any], top: int = 6) -> dict[str, float]:
+    """The operators that took the most CPU time (their own, in ms) in one call of ``fn`` under ``torch.profiler``."""
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        fn()
+    ops = sorted(prof.key_averages(), key=lambda op: op.self_cpu_time_total, reverse=True)[:top]
+    return {op.key: round(op.self_cpu_time_total / 1e3, 1) for op in ops}
 
 
 def vllm_engine(model: nn.Module) -> Any:

@@ -56,6 +56,8 @@ def parse_args() -> argparse.Namespace:
                         "decode in this one process against the machine's limit (decode_limit.py)")
     parser.add_argument("--threads", type=int, default=2, help="with --model: torch threads")
     parser.add_argument("--json", default=None, help="with --model: write the result here")
+    parser.add_argument("--profile", action="store_true", help="with --model: add the fast decode's costliest "
+                        "operators in one call (torch.profiler)")
     return parser.parse_args()
 
 
