@@ -9,6 +9,7 @@ layer) also keep their transposed weight packed: it gives the input's gradient, 
 from __future__ import annotations
 
 import functools
+import weakref
 from contextlib import ExitStack, contextmanager
 from typing import Any, Iterable, Iterator
 
@@ -73,12 +74,12 @@ def _frozen(layer: nn.Linear) -> bool:
 
 class PackedWeights:
     """The packed weights of one model's plain ``nn.Linear`` layers, made on first use and again after an in-place
-    write (for a swapped tensor or a ``.data`` write, which the version counter misses: :meth:`invalidate`)."""
+    write or for a swapped weight (for a ``.data`` write, which the version counter misses: :meth:`invalidate`)."""
 
     def __init__(self, model: nn.Module, backward: bool = False) -> None:
         self.model = model
         self.backward = backward
-        self._packed: dict[int, tuple[int, Tensor, Tensor | None]] = {}
+        self._packed: dict[int, tuple[Any, int, Tensor, Tensor | None]] = {}
         #: layers packed (again) by the last :meth:`active`
         self.repacked = 0
 
@@ -94,13 +95,13 @@ class PackedWeights:
                   and (not self.backward or _frozen(m))]
         self.repacked = 0
         for layer in layers:
-            version, packed, transposed = self._packed.get(id(layer), (None, None, None))
-            if packed is None or version != layer.weight._version:
+            source, version, packed, transposed = self._packed.get(id(layer), (None, None, None, None))
+            if packed is None or source() is not layer.weight or version != layer.weight._version:
                 weight = layer.weight.detach()
                 packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
                 transposed = (torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), None)
                               if self.backward else None)
-                self._packed[id(layer)] = (layer.weight._version, packed, transposed)
+                self._packed[id(layer)] = (weakref.ref(layer.weight), layer.weight._version, packed, transposed)
                 self.repacked += 1
             layer.forward = (functools.partial(_frozen_forward, layer, packed, transposed) if self.backward
                              else functools.partial(_forward, layer, packed))

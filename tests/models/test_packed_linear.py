@@ -53,3 +53,18 @@ def test_nothing_is_packed_where_onednn_cannot_run_it_or_every_layer_trains(tiny
         assert count == 0  # full fine-tuning: every weight takes a gradient
     with torch.autocast("cpu", dtype=torch.bfloat16), frozen_layers_packed([lora_model], {}) as count:
         assert count == 0
+
+
+def test_a_swapped_weight_is_packed_again():
+    # a new parameter at version 0 where the packed one was at version 0 too: only its identity tells them apart
+    layer = torch.nn.Linear(8, 4, bias=False)
+    if not packing_available(layer):
+        pytest.skip("this torch build has no oneDNN linear")
+    layer.weight = torch.nn.Parameter(torch.randn(4, 8), requires_grad=False)
+    x, kept = torch.randn(3, 8, requires_grad=True), {}
+    with frozen_layers_packed([layer], kept):
+        layer(x)
+    layer.weight = torch.nn.Parameter(torch.randn(4, 8), requires_grad=False)
+    with frozen_layers_packed([layer], kept):
+        out = layer(x)
+    torch.testing.assert_close(out, x @ layer.weight.T)
