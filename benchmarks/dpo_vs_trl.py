@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=24, help="optimizer steps per run")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (linear decay to 0)")
     p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--no-packed-linears", action="store_true", help="ours: DPOModule(packed_linears=False), the "
+                   "frozen reference's linear layers on PyTorch's own GEMM")
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs per system")
     add_comparison_arguments(p, SYSTEMS, RESULTS / "dpo_vs_trl.json", RESULTS / "dpo_vs_trl.png",
                              "trl's DPOTrainer")
@@ -156,7 +158,8 @@ def worker_ours(args: argparse.Namespace, assets: dict[str, Any]) -> dict[str, A
                 for p, c, r in assets["pairs"]]
     loader = DataLoader(examples, batch_size=args.batch, shuffle=False, collate_fn=RewardCollator(assets["pad_id"]))
     module = DPOModule(assets["policy"], loss_type="sigmoid", beta=args.beta, dropout=0.0,
-                       optimizer=OptimizerArgs(learning_rate=args.lr, betas=(0.9, 0.999), scheduler="linear"))
+                       optimizer=OptimizerArgs(learning_rate=args.lr, betas=(0.9, 0.999), scheduler="linear"),
+                       packed_linears=not args.no_packed_linears)
     recorder = Recorder()
     trainer = Trainer(accelerator="cpu", devices=1, max_steps=args.steps, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -257,7 +260,8 @@ def trl_version(python: str) -> str:
 def measure(args: argparse.Namespace, assets: Path, systems: list[str], save: Any) -> list[dict[str, Any]]:
     """Every (repeat, system) run, the order alternating per repeat; ``save(runs)`` after every run."""
     common = ["--assets", str(assets), "--threads", str(args.threads), "--steps", str(args.steps), "--batch",
-              str(args.batch), "--lr", str(args.lr), "--beta", str(args.beta)]
+              str(args.batch), "--lr", str(args.lr), "--beta", str(args.beta),
+              *(["--no-packed-linears"] if args.no_packed_linears else [])]
     return interleaved_runs(Path(__file__).resolve(), systems, args.repeats, common, args.trl_python, save,
                             lambda run: f"{run['pairs_per_s']:7.2f} pairs/s ({run['pairs'] / run['loop_cpu_s']:.2f} "
                                         f"per CPU-s), final loss {run['loss'][-1]:.4f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_rlhf.models import LoraArgs, count_parameters, load_tokenizer
 from lightning_rlhf.models.context import check_context_length
+from lightning_rlhf.models.packed_linear import PackedWeights, frozen_layers_packed
 from lightning_rlhf.modules.optim import OptimizerArgs, lightning_optimizer_config
 from lightning_rlhf.modules.placement import sharded_loading
 
@@ -34,6 +36,7 @@ class HFModelModule(LightningModule):
         torch_dtype: str | None = None,
         trust_remote_code: bool = False,
         optimizer: OptimizerArgs | None = OptimizerArgs(),
+        packed_linears: bool = True,
     ) -> None:
         super().__init__()
         built = isinstance(model, nn.Module)
@@ -51,6 +54,9 @@ class HFModelModule(LightningModule):
         self.trust_remote_code = trust_remote_code
         self.optimizer_args = copy.copy(optimizer or OptimizerArgs())  # the signature's default is shared
         self.model: PreTrainedModel | None = None
+        self.packed_linears = packed_linears
+        self._packed_layers: dict[int, PackedWeights] = {}
+        self._packing: ExitStack | None = None
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -100,6 +106,24 @@ class HFModelModule(LightningModule):
             self._model_in = None
             trainable, total = count_parameters(self.model)
             rank_zero_info(f"{type(self).__name__}: {trainable:,} trainable of {total:,} parameters")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """From here to the batch's end (its backward and step included) frozen linear layers run packed."""
+        self._stop_packing()  # a batch that raised left them packed
+        if self.packed_linears:
+            self._packing = ExitStack()
+            self._packing.enter_context(frozen_layers_packed([self], self._packed_layers))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._stop_packing()
+
+    def on_train_end(self) -> None:
+        self._stop_packing()
+
+    def _stop_packing(self) -> None:
+        if self._packing is not None:
+            self._packing.close()
+            self._packing = None
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (decay groups, optional LoRA learning rate) with warmup + cosine decay per step."""

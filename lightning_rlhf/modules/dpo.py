@@ -59,6 +59,8 @@ class DPOModule(HFModelModule):
         torch_dtype: parameter dtype when loading (``bfloat16``, ``float16``; None keeps float32).
         trust_remote_code: allow custom modelling code from the model folder.
         optimizer: AdamW + warmup/cosine settings (defaults: lr 5e-7 as DeepSpeed-Chat's DPO, no warmup).
+        packed_linears: run frozen linear layers (LoRA's base weights, a reference) from oneDNN-packed weights where
+            oneDNN runs them (CPU, float32; docs/recipes/generation.md).
         loss_type: ``sigmoid`` (DPO), ``ipo``, ``hinge`` (SLiC) or ``simpo``.
         beta: inverse temperature of the implicit reward (DPO 0.1; SimPO's papers use 2-2.5).
         label_smoothing: conservative DPO's label-flip probability in ``[0, 0.5)`` (``sigmoid``, ``simpo``).
@@ -79,6 +81,7 @@ class DPOModule(HFModelModule):
         torch_dtype: str | None = None,
         trust_remote_code: bool = False,
         optimizer: OptimizerArgs | None = None,
+        packed_linears: bool = True,
         loss_type: str = "sigmoid",
         beta: float = 0.1,
         label_smoothing: float = 0.0,
@@ -88,7 +91,7 @@ class DPOModule(HFModelModule):
         gamma: float | None = None,
     ) -> None:
         super().__init__(model, tokenizer, lora, gradient_checkpointing, dropout, torch_dtype, trust_remote_code,
-                         optimizer or OptimizerArgs(learning_rate=5e-7))
+                         optimizer or OptimizerArgs(learning_rate=5e-7), packed_linears)
         take_renamed(self.hparams, "DPOModule", "gamma", "simpo_margin", default=0.5)
         simpo_margin = self.hparams.simpo_margin
         self.variant = get_preference_loss(loss_type)

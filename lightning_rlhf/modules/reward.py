@@ -48,6 +48,8 @@ class RewardModule(HFModelModule):
         torch_dtype: parameter dtype when loading (``bfloat16``, ``float16``; None keeps float32).
         trust_remote_code: allow custom modelling code from the model folder.
         optimizer: AdamW + warmup/cosine settings (defaults: lr 1e-5, no warmup, cosine to 0).
+        packed_linears: run frozen linear layers (LoRA's base weights, a reference) from oneDNN-packed weights where
+            oneDNN runs them (CPU, float32; docs/recipes/generation.md).
         reward_stats_max_batches: training batches scored for ``reward_stats.json`` (None: all).
     """
 
@@ -61,10 +63,12 @@ class RewardModule(HFModelModule):
         torch_dtype: str | None = None,
         trust_remote_code: bool = False,
         optimizer: OptimizerArgs | None = OptimizerArgs(),
+        packed_linears: bool = True,
         reward_stats_max_batches: int | None = None,
     ) -> None:
         super().__init__(
-            model, tokenizer, lora, gradient_checkpointing, dropout, torch_dtype, trust_remote_code, optimizer
+            model, tokenizer, lora, gradient_checkpointing, dropout, torch_dtype, trust_remote_code, optimizer,
+            packed_linears,
         )
         if reward_stats_max_batches is not None and reward_stats_max_batches <= 0:
             raise ValueError(f"reward_stats_max_batches must be positive or None, got {reward_stats_max_batches}")

@@ -28,6 +28,8 @@ class SFTModule(HFModelModule):
         torch_dtype: parameter dtype when loading (``bfloat16``, ``float16``; None keeps float32).
         trust_remote_code: allow custom modelling code from the model folder.
         optimizer: AdamW + warmup/cosine settings (defaults: lr 1e-5, no warmup, cosine to 0).
+        packed_linears: run frozen linear layers (LoRA's base weights, a reference) from oneDNN-packed weights where
+            oneDNN runs them (CPU, float32; docs/recipes/generation.md).
     """
 
     def __init__(
@@ -40,9 +42,11 @@ class SFTModule(HFModelModule):
         torch_dtype: str | None = None,
         trust_remote_code: bool = False,
         optimizer: OptimizerArgs | None = OptimizerArgs(),
+        packed_linears: bool = True,
     ) -> None:
         super().__init__(
-            model, tokenizer, lora, gradient_checkpointing, dropout, torch_dtype, trust_remote_code, optimizer
+            model, tokenizer, lora, gradient_checkpointing, dropout, torch_dtype, trust_remote_code, optimizer,
+            packed_linears,
         )
         self.val_loss = MeanMetric()
         self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)

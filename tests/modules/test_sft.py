@@ -89,3 +89,21 @@ def test_sft_on_builtin_task_cuts_eval_perplexity(tmp_path):
         return before / after
 
     assert median_clears("SFT eval perplexity cut (before / after)", perplexity_cut, 20, strict=True)
+
+
+def test_packed_frozen_layers_train_lora_as_pytorchs_own_layers(tmp_path):
+    # packed_linears (the default) against PyTorch's own layers: the same adapters after three steps
+    sft, _ = random_batches()
+    trained = {}
+    for packed in (True, False):
+        seed_everything(0)
+        module = SFTModule(str(tiny_folder(tmp_path)), lora=LoraArgs(rank=4, alpha=8), packed_linears=packed,
+                           optimizer=OptimizerArgs(learning_rate=5e-2))
+        _trainer(tmp_path, max_steps=3).fit(module, sft)
+        trained[packed] = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
+        assert bool(module._packed_layers) == packed, "the packed copies are made only with packed_linears"
+        assert all("forward" not in vars(m) for m in module.modules()), "the layers' own forward is back"
+    assert trained[True].keys() == trained[False].keys() and trained[True]
+    assert any(v.abs().sum() > 0 for n, v in trained[True].items() if "lora_B" in n), "the adapters trained"
+    for name, value in trained[False].items():
+        torch.testing.assert_close(trained[True][name], value, rtol=1e-4, atol=1e-5, msg=name)
