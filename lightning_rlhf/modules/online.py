@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, ContextManager, Mapping, Sequence
 
 import torch
 from lightning.pytorch import LightningModule
@@ -374,16 +374,17 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         length = generated.response_mask.shape[1]
         logprobs, entropy = generated.logprobs, generated.entropy
         start = time.perf_counter()
-        if logprobs is None:
-            logprobs, entropy = policy_logprobs(self.actor, sequences, attention_mask, length, temperature, True,
-                                                share_prompts=self.shares_prompts())
-        ref_logprobs = self.reference_logprobs(sequences, attention_mask, length) if self.uses_reference else None
-        values = self.rollout_values(sequences, attention_mask, length)
-        logprobs_s = time.perf_counter() - start
-        responses, columns = self.scored_answers(batch, generated, episodes)
-        model_scores = None
-        if self.reward_model is not None:
-            model_scores = sequence_scores(self.reward_model, sequences, attention_mask)
+        with self.frozen_layers_packed([self.reference, self.reward_model] + [m for m, _ in self.trained_models()]):
+            if logprobs is None:
+                logprobs, entropy = policy_logprobs(self.actor, sequences, attention_mask, length, temperature, True,
+                                                    share_prompts=self.shares_prompts())
+            ref_logprobs = self.reference_logprobs(sequences, attention_mask, length) if self.uses_reference else None
+            values = self.rollout_values(sequences, attention_mask, length)
+            logprobs_s = time.perf_counter() - start
+            responses, columns = self.scored_answers(batch, generated, episodes)
+            model_scores = None
+            if self.reward_model is not None:
+                model_scores = sequence_scores(self.reward_model, sequences, attention_mask)
         rewards = self.score(batch["prompts"], generated, responses, columns,
                              None if model_scores is None else self.reward_model_scores(model_scores))
         experience = Experience(batch["prompts"], responses, generated, logprobs, entropy, ref_logprobs, values,
@@ -433,14 +434,19 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
     def update(self, rollout: Rollout, extra_batch: Any = None) -> dict[str, Any]:
         """``update_epochs`` passes over shuffled mini-batches of ``train_batch_size`` rows; metrics averaged."""
         hp, sums, count = self.hparams, {}, 0
-        models = [model for model, _ in self.trained_models()] if hp.packed_linears else []
-        with frozen_layers_packed(models, self._packed_layers):
+        with self.frozen_layers_packed([model for model, _ in self.trained_models()]):
             for _ in range(hp.update_epochs):
                 for minibatch in rollout.minibatches(hp.train_batch_size, self._shuffle):
                     step = self.update_step(minibatch)
                     sums = {k: sums.get(k, 0.0) + v for k, v in step.items()}
                     count += 1
         return {k: v / count for k, v in sums.items()}
+
+    def frozen_layers_packed(self, models: list[nn.Module | None]) -> ContextManager[int]:
+        """:func:`~lightning_rlhf.models.packed_linear.frozen_layers_packed` over the given models (with
+        ``packed_linears``); the packed copies are kept from one block to the next."""
+        return frozen_layers_packed([m for m in models if m is not None] if self.hparams.packed_linears else [],
+                                    self._packed_layers)
 
     def optimizer_step(self, optimizer: Any, loss: Tensor) -> None:
         """Backward, step (clipping in :meth:`on_before_optimizer_step`) and zero the gradients of one model."""
