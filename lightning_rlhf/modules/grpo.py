@@ -27,10 +27,10 @@ from lightning_rlhf.modules.answer_guidance import AnswerGuidance
 from lightning_rlhf.modules.answer_replay import AnswerReplay
 from lightning_rlhf.modules.deprecations import take_renamed
 from lightning_rlhf.modules.grpo_logging import GRPO_TAGS, group_rollout_metrics
-from lightning_rlhf.modules.online import Experience, OnlineRLModule
+from lightning_rlhf.modules.online import OnlineRLModule
 from lightning_rlhf.modules.optim import OptimizerArgs
 from lightning_rlhf.modules.pooled import pooled_mean, pooled_mean_of
-from lightning_rlhf.modules.rollout import Rollout
+from lightning_rlhf.modules.rollout import Experience, Rollout
 from lightning_rlhf.rewards.projection import resolve_projection
 
 #: TRL's ``GRPOTrainer`` learning rate (for full fine-tuning of 1B+ models); LoRA and tiny models need more

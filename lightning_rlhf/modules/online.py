@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, ContextManager, Mapping, Sequence
 
 import torch
@@ -37,8 +36,8 @@ from lightning_rlhf.modules.optim import OptimizerArgs, lightning_optimizer_conf
 from lightning_rlhf.modules.placement import attached_strategy, sharded_loading
 from lightning_rlhf.modules.pooled import pooled_mean
 from lightning_rlhf.modules.rng import rng_states, set_rng_states
-from lightning_rlhf.modules.rollout import Generated, Rollout, repeat_groups
-from lightning_rlhf.rewards.combined import RewardSources, SampleRewards
+from lightning_rlhf.modules.rollout import Experience, Generated, Rollout, repeat_groups
+from lightning_rlhf.rewards.combined import RewardSources
 from lightning_rlhf.rewards.resolve import RewardSpec
 from lightning_rlhf.strategies import MultiEngineBackwardMixin, frozen_models
 
@@ -61,24 +60,6 @@ def freeze(*models: Any) -> None:
         if model is not None:
             model.requires_grad_(False)
             model.eval()
-
-
-@dataclass
-class Experience:
-    """What one rollout produced, before an algorithm turns it into advantages: one row per answer (a group's
-    prompt repeated), per-token tensors ``(B, R)``; ``ref_logprobs``, ``values`` and ``model_scores`` (the reward
-    model's raw ``(B,)`` scores) are None without the model that makes them."""
-
-    prompts: list[str]
-    responses: list[str]
-    generated: Generated
-    logprobs: Tensor
-    entropy: Tensor | None
-    ref_logprobs: Tensor | None
-    values: Tensor | None
-    rewards: SampleRewards
-    model_scores: Tensor | None
-    guided: Tensor | None = None  # (B,) the answers answer guidance placed
 
 
 class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMixin, LightningModule):

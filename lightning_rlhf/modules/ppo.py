@@ -21,11 +21,11 @@ from lightning_rlhf.data.datamodule import reshuffled_passes
 from lightning_rlhf.models import LoraArgs, load_value_model
 from lightning_rlhf.models.forward import critic_values, forward_kwargs, policy_logprobs
 from lightning_rlhf.modules.generation_args import GenerationArgs
-from lightning_rlhf.modules.online import Experience, OnlineRLModule
+from lightning_rlhf.modules.online import OnlineRLModule
 from lightning_rlhf.modules.optim import OptimizerArgs
 from lightning_rlhf.modules.ppo_logging import PPO_TAGS, rollout_metrics
 from lightning_rlhf.modules.reward import read_reward_stats
-from lightning_rlhf.modules.rollout import Rollout
+from lightning_rlhf.modules.rollout import Experience, Rollout
 
 #: DeepSpeed-Chat's learning rates (tuned for 1B+ models)
 ACTOR_OPTIMIZER = OptimizerArgs(learning_rate=9.65e-6)

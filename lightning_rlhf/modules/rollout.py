@@ -11,6 +11,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from lightning_rlhf.rewards.combined import SampleRewards
+
 
 @dataclass
 class Rollout:
@@ -68,6 +70,24 @@ class Generated:
         """Each row's response tokens where the response mask is true (the ids reward functions receive)."""
         width = self.response_mask.shape[1]
         return [row[keep].tolist() for row, keep in zip(self.sequences[:, -width:], self.response_mask)]
+
+
+@dataclass
+class Experience:
+    """What one rollout produced, before an algorithm turns it into advantages: one row per answer (a group's
+    prompt repeated), per-token tensors ``(B, R)``; ``ref_logprobs``, ``values`` and ``model_scores`` (the reward
+    model's raw ``(B,)`` scores) are None without the model that makes them."""
+
+    prompts: list[str]
+    responses: list[str]
+    generated: Generated
+    logprobs: Tensor
+    entropy: Tensor | None
+    ref_logprobs: Tensor | None
+    values: Tensor | None
+    rewards: SampleRewards
+    model_scores: Tensor | None
+    guided: Tensor | None = None  # (B,) the answers answer guidance placed
 
 
 def response_mask_from_tokens(responses: Tensor, eos_token_id: int | Sequence[int]) -> tuple[Tensor, Tensor]:

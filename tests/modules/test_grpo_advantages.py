@@ -13,7 +13,7 @@ from lightning_rlhf.algorithms.group_advantages import get_group_advantage_estim
 from lightning_rlhf.algorithms.masked import masked_whiten
 from lightning_rlhf.modules import GRPOModule
 from lightning_rlhf.modules.generation_args import GenerationArgs
-from lightning_rlhf.modules.online import Experience
+from lightning_rlhf.modules.rollout import Experience
 from lightning_rlhf.modules.rollout import Generated
 from lightning_rlhf.rewards.combined import SampleRewards
 
