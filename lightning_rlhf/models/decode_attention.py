@@ -1,6 +1,5 @@
-"""One-token attention for the CPU decode loop: PyTorch's CPU flash-attention kernel (``sdpa``) spends most of a
-one-query call setting up its blocks, where three batched products on the grouped heads cost less. Prompts and
-anything beyond a plain mask (soft-capping, sinks, position biases) keep ``sdpa``."""
+"""One-token attention for the CPU decode loop: three batched products on the grouped heads, where ``sdpa``'s CPU
+flash kernel spends most of a one-query call setting up. Prompts, soft-capping, sinks, position biases keep ``sdpa``."""
 
 from __future__ import annotations
 

@@ -182,16 +182,15 @@ class FastDecoder:
 
 
 def sample_tokens(probs: Tensor) -> Tensor:
-    """One token per row of ``probs`` ``(B, V)``: one uniform number per row against its float64 cumulative sum.
+    """One token per row of ``probs`` ``(B, V)``: a uniform number below the row's total against its float64 cumsum.
 
     Why not ``torch.multinomial``: it draws an exponential number for every vocabulary entry, costly on the CPU. The
     distribution is the same; the tokens drawn under one seed differ from ``generate``'s.
     """
     cdf = probs.double().cumsum(-1)
-    target = torch.rand(len(probs), 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
-    token = torch.searchsorted(cdf, target, right=True).squeeze(1)
-    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).to(torch.uint8).argmax(-1)  # never past the last allowed token
-    return torch.minimum(token, last)
+    total = cdf[:, -1:]
+    target = torch.minimum(torch.rand_like(total) * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(1)
 
 
 def _warpers(temperature: float, top_k: int | None, top_p: float) -> list:

@@ -43,10 +43,6 @@ def _linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
     return out.reshape(*shape[:-1], out.shape[-1])
 
 
-def _forward(layer: nn.Linear, packed: Tensor, x: Tensor) -> Tensor:
-    return _linear(x, packed, layer.bias)
-
-
 class _FrozenLinear(torch.autograd.Function):
     """``x W^T + b`` for a frozen ``W`` and ``b``; the input's gradient from ``W^T`` packed."""
 
@@ -60,8 +56,8 @@ class _FrozenLinear(torch.autograd.Function):
         return _linear(grad.contiguous(), ctx.transposed, None), None, None, None
 
 
-def _frozen_forward(layer: nn.Linear, packed: Tensor, transposed: Tensor, x: Tensor) -> Tensor:
-    if torch.is_grad_enabled() and x.requires_grad:
+def _packed_forward(layer: nn.Linear, packed: Tensor, transposed: Tensor | None, x: Tensor) -> Tensor:
+    if transposed is not None and torch.is_grad_enabled() and x.requires_grad:
         return _FrozenLinear.apply(x, packed, transposed, layer.bias)
     return _linear(x, packed, layer.bias)
 
@@ -103,8 +99,7 @@ class PackedWeights:
                               if self.backward else None)
                 self._packed[id(layer)] = (weakref.ref(layer.weight), layer.weight._version, packed, transposed)
                 self.repacked += 1
-            layer.forward = (functools.partial(_frozen_forward, layer, packed, transposed) if self.backward
-                             else functools.partial(_forward, layer, packed))
+            layer.forward = functools.partial(_packed_forward, layer, packed, transposed)
         try:
             yield len(layers)
         finally:

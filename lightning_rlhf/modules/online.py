@@ -88,8 +88,8 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
         tokenizer: tokenizer folder; None uses ``actor``. Every model shares it.
         actor_lora: LoRA settings of the actor (None: full fine-tuning).
         actor_gradient_checkpointing: recompute the actor's activations in backward.
-        packed_linears: run the update's frozen linear layers (LoRA's base weights, the head) from oneDNN-packed
-            weights where oneDNN runs them (CPU, float32); costs two copies of them (docs/recipes/generation.md).
+        packed_linears: frozen linear layers (LoRA's base weights, the head, reference, reward model) in the update
+            and scoring run from oneDNN-packed weights on CPU float32 (docs/recipes/generation.md).
         max_grad_norm: gradient-norm clip of each model's update (None: none); DeepSpeed's ``gradient_clipping``
             under :class:`~lightning_rlhf.strategies.HybridDeepSpeedStrategy`.
         generation: sampling settings of the rollouts (validation decodes greedily).
@@ -362,10 +362,10 @@ class OnlineRLModule(RolloutGeneration, EpisodeGeneration, MultiEngineBackwardMi
             ref_logprobs = self.reference_logprobs(sequences, attention_mask, length) if self.uses_reference else None
             values = self.rollout_values(sequences, attention_mask, length)
             logprobs_s = time.perf_counter() - start
-            responses, columns = self.scored_answers(batch, generated, episodes)
             model_scores = None
             if self.reward_model is not None:
                 model_scores = sequence_scores(self.reward_model, sequences, attention_mask)
+        responses, columns = self.scored_answers(batch, generated, episodes)
         rewards = self.score(batch["prompts"], generated, responses, columns,
                              None if model_scores is None else self.reward_model_scores(model_scores))
         experience = Experience(batch["prompts"], responses, generated, logprobs, entropy, ref_logprobs, values,

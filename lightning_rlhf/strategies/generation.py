@@ -83,8 +83,9 @@ def generation_mode(
         backend: ``native`` (transformers' ``generate``; PyTorch tensor parallel; CPU and CUDA), ``fast`` (the
             decode loop of :mod:`~lightning_rlhf.models.fast_decode`, ``inference_tp_size=1``), ``auto`` (``fast``
             where its packed weights run: a float32 CPU replica, ``inference_tp_size=1``; else ``native``),
-            ``deepspeed`` (fused kernels; CUDA only) or ``vllm`` (a vLLM engine in this process, :mod:`~lightning_rlhf.models.
-            vllm_decode`, fed the replica's weights after each refresh; ``inference_tp_size=1``).
+            ``deepspeed`` (fused kernels; CUDA only) or ``vllm`` (a vLLM engine in this process,
+            :mod:`~lightning_rlhf.models.vllm_decode`, fed the replica's weights after each refresh;
+            ``inference_tp_size=1``).
         tp_plan: ``module pattern -> 'colwise'|'rowwise'`` for a family without a built-in plan.
         stats: accumulates gather/generate time and tokens; a fresh one if None.
         tp_group: an existing tensor-parallel process group of ``inference_tp_size`` ranks; None forms them.

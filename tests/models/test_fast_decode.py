@@ -58,14 +58,19 @@ def test_greedy_tokens_equal_generates_with_rows_that_stop_early(tiny, pack):
     assert torch.equal(fast_generate(FastDecoder(model, pack=pack), ids, mask, stop, do_sample=False), expected)
 
 
+def assert_drawn_with(tokens, probs):
+    """Each token's frequency within 5 standard errors of its probability; no token of probability 0 drawn."""
+    probs = probs.double()
+    frequency = torch.bincount(tokens, minlength=len(probs)).double() / len(tokens)
+    assert frequency[probs == 0].sum() == 0, "a token of probability 0 was drawn"
+    sigma = (probs * (1 - probs) / len(tokens)).sqrt()
+    assert ((frequency - probs).abs() <= 5 * sigma + 1e-9).all(), (frequency, probs)
+
+
 def test_sample_tokens_draws_each_token_with_its_probability_and_never_a_masked_one():
     probs = torch.tensor([0.5, 0.0, 0.3, 1e-3, 0.199, 0.0])  # zeros inside and at the end (top-k / top-p masks)
     torch.manual_seed(0)
-    tokens = sample_tokens(probs.expand(200_000, -1))
-    frequency = torch.bincount(tokens, minlength=len(probs)).double() / len(tokens)
-    assert frequency[probs == 0].sum() == 0
-    sigma = (probs.double() * (1 - probs.double()) / len(tokens)).sqrt()
-    assert ((frequency - probs.double()).abs() <= 5 * sigma).all(), (frequency, probs)
+    assert_drawn_with(sample_tokens(probs.expand(200_000, -1)), probs)
 
 
 @pytest.mark.parametrize("sampling", [dict(temperature=0.7, top_k=0, top_p=1.0), dict(temperature=1.3, top_k=5,
@@ -75,17 +80,12 @@ def test_sampled_tokens_follow_generates_distribution(tiny, sampling):
     model, ids, mask, stop = tiny
     rows = 4000
     copies = ids[:1].expand(rows, -1), mask[:1].expand(rows, -1)
-    tokens = fast_generate(FastDecoder(model, pack=False), *copies, stop, seed=3, do_sample=True, **sampling,
-                           )[:, ids.shape[1]]
+    sequences = fast_generate(FastDecoder(model, pack=False), *copies, stop, seed=3, do_sample=True, **sampling)
     with torch.no_grad():
         logits = model(input_ids=ids[:1], attention_mask=mask[:1]).logits[:, -1].float()
     for warper in _warpers(**sampling):
         logits = warper(ids[:1], logits)
-    probs = logits.softmax(-1)[0].double()
-    frequency = torch.bincount(tokens, minlength=len(probs)).double() / rows
-    assert frequency[probs == 0].sum() == 0, "a token the warpers removed was sampled"
-    sigma = (probs * (1 - probs) / rows).sqrt()
-    assert ((frequency - probs).abs() <= 5 * sigma + 1e-9).all()
+    assert_drawn_with(sequences[:, ids.shape[1]], logits.softmax(-1)[0])
 
 
 def test_streamed_logprobs_of_the_packed_decode_equal_a_forward_pass(tiny):
